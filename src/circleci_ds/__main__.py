@@ -1,0 +1,3 @@
+from circleci_ds.cli import main
+
+main()

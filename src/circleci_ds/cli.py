@@ -1,0 +1,433 @@
+"""The `circleci-ds` command line. Thin: parsing, output and exit statuses; work lives elsewhere.
+
+Exit statuses: 0 ok; 1 an endpoint failed or the token was rejected; 2 bad usage, fixture or
+database; 3 an unexpected internal error; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from circleci_ds import __version__
+from circleci_ds.api import DEFAULT_API_URL, CircleCIClient, Unauthorized
+from circleci_ds.collect import Collector, EndpointResult, Options
+from circleci_ds.fixture import FixtureError, Settings, load_fixture
+from circleci_ds.store import DEFAULT_DB_URL, Store, StoreError
+from circleci_ds.times import iso, parse_date, parse_duration
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+app = typer.Typer(
+    name="circleci-ds",
+    help="Collect CircleCI pipelines, workflows, jobs and job details into a store; export, report.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True, highlight=False)
+log = logging.getLogger("circleci_ds")
+F = TypeVar("F", bound=Callable[..., Any])
+
+DbOption = Annotated[
+    str,
+    typer.Option("--db", envvar="CIRCLECI_DS_DB", help="Database URL: sqlite:///file.db or postgresql://…"),
+]
+
+
+class Redactor(logging.Filter):
+    """Masks secrets in every log record and message that leaves the process."""
+
+    secrets: ClassVar[set[str]] = set()
+
+    @classmethod
+    def mask(cls, text: str) -> str:
+        for secret in cls.secrets:
+            if secret:
+                text = text.replace(secret, "***")
+        return text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = self.mask(record.getMessage())
+        record.args = None
+        return True
+
+
+def fail(message: str, code: int) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {Redactor.mask(message)}", markup=True, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def guarded(func: F) -> F:
+    """Turn known failures into one line and an exit status; never a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except (typer.Exit, typer.Abort):
+            raise
+        except FixtureError as exc:
+            raise fail(str(exc), EXIT_USAGE) from None
+        except StoreError as exc:
+            raise fail(str(exc), EXIT_USAGE) from None
+        except KeyboardInterrupt:
+            raise fail("interrupted; everything stored so far is kept", EXIT_INTERRUPTED) from None
+        except BrokenPipeError:
+            sys.stderr.close()
+            raise typer.Exit(EXIT_OK) from None
+        except Exception as exc:
+            if os.environ.get("CIRCLECI_DS_DEBUG"):
+                raise
+            raise fail(
+                f"internal error ({exc.__class__.__name__}: {exc}); set CIRCLECI_DS_DEBUG=1 for a traceback",
+                EXIT_INTERNAL,
+            ) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _setup_logging(verbose: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    handler.addFilter(Redactor())
+    root = logging.getLogger("circleci_ds")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    root.propagate = False
+
+
+def _open_store(db: str, *, create: bool = True) -> Store:
+    return Store.open(db, create=create)
+
+
+# -- collect --------------------------------------------------------------------------------
+@app.command()
+@guarded
+def collect(
+    fixture: Annotated[Path, typer.Argument(help="da-ds fixture file (YAML) listing CircleCI endpoints.")],
+    db: DbOption = DEFAULT_DB_URL,
+    api_url: Annotated[
+        str,
+        typer.Option(
+            envvar="CIRCLECI_API_URL", help="CircleCI API v2 base URL (server installs, simulator)."
+        ),
+    ] = DEFAULT_API_URL,
+    concurrency: Annotated[int, typer.Option(min=1, max=256, help="Requests in flight at most.")] = 16,
+    max_rps: Annotated[float | None, typer.Option(min=0.1, help="Requests per second at most.")] = None,
+    from_date: Annotated[
+        str | None, typer.Option(help="First run: only pipelines created on or after this date (ISO).")
+    ] = None,
+    lookback: Annotated[
+        str, typer.Option(help="Re-read workflows of pipelines this recent before the checkpoint (reruns).")
+    ] = "72h",
+    parallel_endpoints: Annotated[int, typer.Option(min=1, help="Endpoints collected at once.")] = 4,
+    lease_ttl: Annotated[
+        float, typer.Option(min=1.0, help="Seconds a dead collector's endpoints stay leased.", hidden=True)
+    ] = 60.0,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
+    """Collect every endpoint of FIXTURE incrementally into the store."""
+    _setup_logging(verbose)
+    try:
+        lookback_s = parse_duration(lookback)
+        from_ts = parse_date(from_date) if from_date else None
+    except ValueError as exc:
+        raise fail(str(exc), EXIT_USAGE) from None
+    settings = load_fixture(fixture)
+    if settings.token:
+        Redactor.secrets.add(settings.token)
+    for note in settings.notes:
+        log.info("%s: %s", settings.path, note)
+    store = _open_store(db)
+    options = Options(
+        lookback=lookback_s,
+        from_date=from_ts,
+        parallel_endpoints=parallel_endpoints,
+        trees_in_flight=max(8, concurrency * 2),
+        lease_ttl=lease_ttl,
+    )
+    started = time.monotonic()
+    try:
+        results, stats, counters = asyncio.run(
+            _collect(settings, store, api_url, concurrency, max_rps, options)
+        )
+    except Unauthorized:
+        raise fail(
+            "token rejected (HTTP 401): check the fixture's Circle-Token or CIRCLE_TOKEN", EXIT_FAILED
+        ) from None
+    finally:
+        store.close()
+    failed = [r for r in results if r.error]
+    for result in failed:
+        err.print(f"[red]failed:[/] {Redactor.mask(result.error or '')}", soft_wrap=True)
+    others = sum(1 for r in results if r.collected_by != "self")
+    print(
+        f"collected {len(results) - len(failed) - others}/{len(settings.endpoints)} endpoint(s)"
+        + (f" ({others} by another collector)" if others else "")
+        + f": {counters.pipelines} pipeline(s) stored, {counters.workflows} workflow(s), "
+        f"{counters.jobs} job(s), {counters.details} job detail(s) read; {stats.requests} request(s), "
+        f"{stats.rate_limited} rate-limited, {stats.retries} retried, in {time.monotonic() - started:.1f}s"
+        + (f"; {len(failed)} endpoint(s) failed" if failed else ""),
+        file=sys.stderr if not sys.stdout.isatty() else sys.stdout,
+    )
+    if failed:
+        raise typer.Exit(EXIT_FAILED)
+
+
+async def _collect(
+    settings: Settings, store: Store, api_url: str, concurrency: int, max_rps: float | None, options: Options
+) -> tuple[list[EndpointResult], Any, Any]:
+    async with CircleCIClient(api_url, settings.token, concurrency=concurrency, max_rps=max_rps) as client:
+        collector = Collector(client, store, options)
+        reporter = asyncio.create_task(_report_progress(collector))
+        try:
+            results = await collector.run(list(settings.endpoints))
+        finally:
+            reporter.cancel()
+        return results, client.stats, collector.counters
+
+
+async def _report_progress(collector: Collector) -> None:
+    """A live line on a terminal, a log line every 10 s otherwise."""
+    c, stats = collector.counters, collector.client.stats
+
+    def line() -> str:
+        return (
+            f"endpoints {c.endpoints_done}/{c.endpoints_total} | pipelines {c.pipelines} | "
+            f"workflows {c.workflows} | jobs {c.jobs} | details {c.details} | "
+            f"requests {stats.requests} | 429s {stats.rate_limited}"
+        )
+
+    if err.is_terminal:
+        with err.status(line()) as status:
+            while True:
+                await asyncio.sleep(0.2)
+                status.update(line())
+    while True:
+        await asyncio.sleep(10)
+        log.info("progress: %s", line())
+
+
+# -- export ---------------------------------------------------------------------------------
+class Kind(StrEnum):
+    raw = "raw"
+    enriched = "enriched"
+
+
+class Format(StrEnum):
+    ndjson = "ndjson"
+    es_bulk = "es-bulk"
+
+
+@app.command()
+@guarded
+def export(
+    db: DbOption = DEFAULT_DB_URL,
+    project: Annotated[str | None, typer.Option(help="Only this native project slug.")] = None,
+    kind: Annotated[
+        Kind, typer.Option(help="raw: one item per pipeline; enriched: pipeline/workflow/job docs.")
+    ] = Kind.raw,
+    fmt: Annotated[
+        Format, typer.Option("--format", help="ndjson, or Elasticsearch/OpenSearch _bulk.")
+    ] = Format.ndjson,
+) -> None:
+    """Print stored data as NDJSON (perceval item envelope for raw pipelines)."""
+    from circleci_ds import export as ex
+
+    store = _open_store(db, create=False)
+    try:
+        if kind is Kind.raw:
+            docs: Iterable[dict[str, Any]] = ex.raw_items(store, project)
+        else:
+            from circleci_ds.enrich import enrich_trees
+
+            docs = enrich_trees(store.iter_trees(project), store.project_infos())
+        lines = ex.es_bulk(docs, raw=kind is Kind.raw) if fmt is Format.es_bulk else ex.ndjson(docs)
+        _write_lines(lines)
+    finally:
+        store.close()
+
+
+def _write_lines(lines: Iterator[str]) -> None:
+    out = sys.stdout
+    for line in lines:
+        out.write(line)
+        out.write("\n")
+    out.flush()
+
+
+# -- status ---------------------------------------------------------------------------------
+@app.command()
+@guarded
+def status(db: DbOption = DEFAULT_DB_URL) -> None:
+    """Per endpoint: last pull date, what is stored, open pipelines, lease holder, last error."""
+    store = _open_store(db, create=False)
+    try:
+        rows = store.endpoint_statuses()
+    finally:
+        store.close()
+    if not rows:
+        print("no endpoints collected yet")
+        return
+    table = Table(title=f"circleci-ds store {store.url}", title_justify="left")
+    for name in (
+        "endpoint",
+        "project",
+        "last pull",
+        "pipelines",
+        "workflows",
+        "jobs",
+        "open",
+        "lease",
+        "last error",
+    ):
+        table.add_column(
+            name, justify="right" if name in ("pipelines", "workflows", "jobs", "open") else "left"
+        )
+    now = time.time()
+    for r in rows:
+        lease = (
+            f"{r.lease_owner} ({r.lease_expires - now:+.0f}s)" if r.lease_owner and r.lease_expires else "-"
+        )
+        table.add_row(
+            r.slug,
+            r.native,
+            iso(r.checkpoint) or "never",
+            str(r.pipelines),
+            str(r.workflows),
+            str(r.jobs),
+            str(r.open_pipelines),
+            lease,
+            r.last_error or "-",
+        )
+    Console(highlight=False, width=max(160, Console().width)).print(table)
+
+
+# -- report ---------------------------------------------------------------------------------
+@app.command()
+@guarded
+def report(
+    db: DbOption = DEFAULT_DB_URL,
+    project: Annotated[str | None, typer.Option(help="Only this native project slug.")] = None,
+    since: Annotated[
+        str | None, typer.Option(help="Window start (ISO date); default 30 days before --until.")
+    ] = None,
+    until: Annotated[str | None, typer.Option(help="Window end (ISO date); default now.")] = None,
+    branch: Annotated[str | None, typer.Option(help="Branch; default each project's default branch.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
+    html: Annotated[Path | None, typer.Option(help="Also write a self-contained HTML report here.")] = None,
+) -> None:
+    """CI metrics per project, workflow and job; optionally an offline HTML report."""
+    from circleci_ds.report import run_report
+
+    if fmt not in ("table", "json"):
+        raise fail(f"--format must be table or json, not {fmt!r}", EXIT_USAGE)
+    try:
+        since_dt = _as_datetime(since)
+        until_dt = _as_datetime(until)
+    except ValueError as exc:
+        raise fail(str(exc), EXIT_USAGE) from None
+    store = _open_store(db, create=False)
+    try:
+        run_report(
+            store,
+            project=project,
+            since=since_dt,
+            until=until_dt,
+            branch=branch,
+            fmt=fmt,
+            html_path=html,
+            console=Console(highlight=False),
+        )
+    finally:
+        store.close()
+
+
+def _as_datetime(text: str | None) -> datetime | None:
+    return datetime.fromtimestamp(parse_date(text), UTC) if text else None
+
+
+# -- simulator and demo ---------------------------------------------------------------------
+@app.command()
+@guarded
+def simulate(
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0: any free port).")] = 8765,
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic history.")] = 1,
+    projects: Annotated[int, typer.Option(min=1, help="Number of projects.")] = 3,
+    pipelines: Annotated[int, typer.Option(min=1, help="Pipelines per project.")] = 100,
+    span_days: Annotated[float, typer.Option(help="Days of history before the clock.")] = 30.0,
+    latency_ms: Annotated[float, typer.Option(help="Latency added to every request.")] = 0.0,
+    jitter_ms: Annotated[float, typer.Option(help="Random +/- jitter on the latency.")] = 0.0,
+    rate_limit: Annotated[float | None, typer.Option(help="Token-bucket limit, requests per second.")] = None,
+    rate_burst: Annotated[int, typer.Option(help="Token-bucket size.")] = 10,
+    fault_rate: Annotated[float, typer.Option(help="Share of requests answered 5xx.")] = 0.0,
+    token: Annotated[str | None, typer.Option(help="Token that private projects require.")] = None,
+) -> None:
+    """Serve the built-in fake CircleCI API v2 on loopback until interrupted."""
+    from circleci_ds.simulator import SimConfig, SimProject, run_standalone
+
+    sim_projects = [
+        SimProject(f"gh/sim-org/project-{i}", pipelines=pipelines, private=bool(token) and i == projects - 1)
+        for i in range(projects)
+    ]
+    cfg = SimConfig(
+        seed=seed,
+        projects=sim_projects,
+        span_days=span_days,
+        latency_ms=latency_ms,
+        jitter_ms=jitter_ms,
+        rate_limit_rps=rate_limit,
+        rate_burst=rate_burst,
+        fault_rate=fault_rate,
+        token=token,
+    )
+
+    def ready(url: str) -> None:
+        admin = url.rsplit("/api/v2", 1)[0] + "/_sim/advance?seconds=N"
+        print(f"simulator listening at {url}  (move its clock: POST {admin})")
+        print("projects: " + ", ".join(p.slug for p in sim_projects), flush=True)
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run_standalone(cfg, port=port, on_ready=ready))
+
+
+@app.command()
+@guarded
+def demo(
+    directory: Annotated[Path, typer.Option("--dir", help="Where the demo fixture and database go.")] = Path(
+        "circleci-ds-demo"
+    ),
+) -> None:
+    """Collect from the built-in simulator twice (moving its clock between runs) and show the status."""
+    from circleci_ds.demo import run_demo
+
+    raise typer.Exit(run_demo(directory))
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    print(__version__)
+
+
+def main() -> None:
+    app(prog_name="circleci-ds")
+
+
+if __name__ == "__main__":
+    main()

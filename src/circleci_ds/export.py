@@ -1,0 +1,66 @@
+"""Stored trees -> perceval-style items, and NDJSON / Elasticsearch `_bulk` lines."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from circleci_ds import __version__
+from circleci_ds.store import Store, StoredTree
+from circleci_ds.times import iso
+
+BACKEND_NAME = "CircleCI"
+BACKEND_VERSION = __version__
+
+
+def uuid(*parts: str) -> str:
+    """perceval's item id: sha1 of the parts joined by ':'."""
+    return hashlib.sha1(":".join(parts).encode("utf-8", errors="surrogateescape")).hexdigest()
+
+
+def index_name(native_slug: str, *, raw: bool) -> str:
+    """da-ds index names: `sds-<native-slug>-circleci[-raw]`, `/` turned into `-`, lowercase."""
+    base = f"sds-{native_slug.replace('/', '-').lower()}-circleci"
+    return f"{base}-raw" if raw else base
+
+
+def raw_item(tree: StoredTree, now: float | None = None) -> dict[str, Any]:
+    """One pipeline tree in perceval's item envelope."""
+    now = time.time() if now is None else now
+    return {
+        "backend_name": BACKEND_NAME,
+        "backend_version": BACKEND_VERSION,
+        "category": "pipeline",
+        "origin": tree.origin,
+        "tag": tree.origin,
+        "uuid": uuid(tree.origin, str(tree.data["id"])),
+        "updated_on": tree.updated_on,
+        "timestamp": now,
+        "project": tree.native,
+        "project_slug": tree.endpoint,
+        "metadata__updated_on": iso(tree.updated_on),
+        "metadata__timestamp": iso(now),
+        "data": tree.data,
+    }
+
+
+def raw_items(store: Store, project: str | None = None) -> Iterator[dict[str, Any]]:
+    now = time.time()
+    for tree in store.iter_trees(project):
+        yield raw_item(tree, now)
+
+
+def ndjson(docs: Iterable[dict[str, Any]]) -> Iterator[str]:
+    for doc in docs:
+        yield json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
+
+
+def es_bulk(docs: Iterable[dict[str, Any]], *, raw: bool) -> Iterator[str]:
+    """`_bulk` NDJSON: an index action (`_id` = uuid) then the document, per document."""
+    for doc in docs:
+        action = {"index": {"_index": index_name(doc["project"], raw=raw), "_id": doc["uuid"]}}
+        yield json.dumps(action, separators=(",", ":"))
+        yield json.dumps(doc, ensure_ascii=False, separators=(",", ":"))

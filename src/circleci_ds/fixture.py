@@ -1,0 +1,221 @@
+"""da-ds fixture file -> typed settings.
+
+A fixture names a native project and lists data sources; we read the `circleci` one(s)
+and ignore the others with a note. Errors name the file and the line of the offending field.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+
+class FixtureError(Exception):
+    """A fixture that cannot be used; the message is meant for the user as is."""
+
+
+VCS_ALIASES = {"gh": "gh", "github": "gh", "bb": "bb", "bitbucket": "bb", "circleci": "circleci"}
+_SEGMENT = re.compile(r"^[A-Za-z0-9_.\-]+$")
+_ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
+
+
+def canonical_slug(written: str) -> str:
+    """`github/org/repo` -> `gh/org/repo`; raises ValueError when it is not a project slug."""
+    parts = written.strip().strip("/").split("/")
+    if len(parts) != 3 or not all(parts):
+        raise ValueError(f"not a project slug (vcs/org/repo): {written!r}")
+    vcs = VCS_ALIASES.get(parts[0].lower())
+    if vcs is None:
+        raise ValueError(
+            f"unknown VCS {parts[0]!r} in {written!r} (expected gh, github, bb, bitbucket or circleci)"
+        )
+    if not all(_SEGMENT.match(p) for p in parts[1:]):
+        raise ValueError(f"not a project slug (vcs/org/repo): {written!r}")
+    return f"{vcs}/{parts[1]}/{parts[2]}"
+
+
+class _Endpoint(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str
+
+    @field_validator("name")
+    @classmethod
+    def _slug(cls, value: str) -> str:
+        canonical_slug(value)
+        return value
+
+
+class _Project(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str = ""
+    endpoints: list[_Endpoint]
+
+
+class _ConfigEntry(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str
+    value: str | None = None
+
+
+class _DataSource(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    slug: str
+    projects: list[_Project] = []
+    config: list[_ConfigEntry] = []
+
+
+class _Native(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    slug: str
+
+
+class _Fixture(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    native: _Native
+    data_sources: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One CircleCI project to collect."""
+
+    slug: str  # canonical, e.g. gh/StackStorm/st2
+    written: str  # as the user wrote it, for messages
+    native: str  # the fixture's native slug
+    project: str  # the fixture's project name
+
+
+@dataclass(frozen=True)
+class Settings:
+    path: Path
+    native_slug: str
+    endpoints: tuple[Endpoint, ...]
+    token: str | None = field(repr=False)
+    token_source: str  # "fixture", "environment" or "none"; never the token itself
+    notes: tuple[str, ...] = ()
+
+
+def load_fixture(path: Path | str, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate a da-ds fixture; raise FixtureError with one clear message."""
+    path = Path(path)
+    environ = os.environ if environ is None else environ
+    text = _read(path)
+    raw, root = _parse_yaml(path, text)
+    try:
+        fixture = _Fixture.model_validate(raw)
+    except ValidationError as exc:
+        raise FixtureError(_describe(path, root, exc, ())) from None
+    sources = [(i, s) for i, s in enumerate(fixture.data_sources) if isinstance(s, dict)]
+    circle = [(i, s) for i, s in sources if str(s.get("slug", "")).lower() == "circleci"]
+    notes = tuple(
+        f"ignoring data source {s.get('slug')!r} (only circleci is collected)"
+        for _, s in sources
+        if str(s.get("slug", "")).lower() != "circleci"
+    )
+    if not circle:
+        raise FixtureError(f"{path}: no data source with `slug: circleci` under `data_sources`")
+    endpoints: list[Endpoint] = []
+    token_values: list[str] = []
+    seen: dict[str, str] = {}
+    for index, source_raw in circle:
+        try:
+            source = _DataSource.model_validate(source_raw)
+        except ValidationError as exc:
+            raise FixtureError(_describe(path, root, exc, ("data_sources", index))) from None
+        token_values += [c.value or "" for c in source.config if c.name.lower() == "circle-token"]
+        for p_index, project in enumerate(source.projects):
+            for e_index, ep in enumerate(project.endpoints):
+                slug = canonical_slug(ep.name)
+                key = slug.lower()
+                if key in seen:
+                    where = _line(root, ("data_sources", index, "projects", p_index, "endpoints", e_index))
+                    raise FixtureError(
+                        f"{path}{where}: duplicate endpoint {ep.name!r} (same project as {seen[key]!r})"
+                    )
+                seen[key] = ep.name
+                endpoints.append(Endpoint(slug, ep.name, fixture.native.slug, project.name))
+    if not endpoints:
+        raise FixtureError(f"{path}: the circleci data source lists no endpoints")
+    token, source_name = _resolve_token(path, token_values, environ)
+    return Settings(path, fixture.native.slug, tuple(endpoints), token, source_name, notes)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise FixtureError(f"{path}: no such fixture file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise FixtureError(f"{path}: cannot read the fixture: {exc.__class__.__name__}") from None
+
+
+def _parse_yaml(path: Path, text: str) -> tuple[Any, yaml.Node | None]:
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        raw = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f":{mark.line + 1}" if mark else ""
+        raise FixtureError(f"{path}{where}: invalid YAML: {exc.problem or exc.context}") from None
+    except yaml.YAMLError as exc:
+        raise FixtureError(f"{path}: invalid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise FixtureError(f"{path}: the fixture must be a mapping with `native` and `data_sources`")
+    return raw, root
+
+
+def _resolve_token(path: Path, values: list[str], environ: Mapping[str, str]) -> tuple[str | None, str]:
+    if len(values) > 1:
+        raise FixtureError(f"{path}: more than one Circle-Token entry in the circleci data source config")
+    if values:
+        value = values[0].strip()
+        ref = _ENV_REF.match(value)
+        if ref:
+            name = ref.group(1)
+            if not environ.get(name):
+                raise FixtureError(f"{path}: Circle-Token refers to ${{{name}}}, which is not set")
+            return environ[name], "fixture"
+        if value:
+            return value, "fixture"
+    if environ.get("CIRCLE_TOKEN"):
+        return environ["CIRCLE_TOKEN"], "environment"
+    return None, "none"
+
+
+def _describe(path: Path, root: yaml.Node | None, exc: ValidationError, prefix: tuple[Any, ...]) -> str:
+    """First validation error as `file:line: field: problem`."""
+    err = exc.errors()[0]
+    loc = prefix + tuple(err["loc"])
+    dotted = ".".join(str(p) for p in loc)
+    if err["type"] == "missing":
+        problem = "is required"
+        where = _line(root, loc[:-1])
+    else:
+        problem = err["msg"].removeprefix("Value error, ")
+        where = _line(root, loc)
+    return f"{path}{where}: `{dotted}` {problem}"
+
+
+def _line(root: yaml.Node | None, loc: tuple[Any, ...]) -> str:
+    """`:N` for the YAML line of the node at `loc`, as deep as it exists."""
+    node, line = root, None
+    for key in loc:
+        if node is None:
+            break
+        line = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            node = next((v for k, v in node.value if getattr(k, "value", None) == key), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            node = node.value[key]
+        else:
+            node = None
+    if node is not None:
+        line = node.start_mark.line + 1
+    return f":{line}" if line else ""

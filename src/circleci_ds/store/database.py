@@ -1,0 +1,435 @@
+"""Store operations on top of SQLAlchemy Core; the same statements serve both dialects."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, delete, event, func, insert, select, text, update
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
+
+from circleci_ds.store import schema as s
+from circleci_ds.times import parse_ts
+
+DEFAULT_DB_URL = "sqlite:///circleci-ds.db"
+_CHUNK = 400  # pipelines per IN (...) query when reading trees back
+
+
+class StoreError(Exception):
+    """The database cannot be used; the message is for the user (never contains a password)."""
+
+
+@dataclass(frozen=True)
+class StoredTree:
+    endpoint: str  # canonical project slug
+    native: str  # the fixture's native slug
+    origin: str
+    updated_on: float  # epoch seconds of the latest change in the tree
+    data: dict[str, Any]  # pipeline + workflows[] + jobs[] + details
+
+
+@dataclass(frozen=True)
+class PipelineIndexEntry:
+    created_at: float | None
+    fetched_at: float | None
+    is_final: bool
+    digest: bytes  # of the stored pipeline object, to notice a changed listing entry
+
+
+@dataclass(frozen=True)
+class EndpointStatus:
+    slug: str
+    native: str
+    checkpoint: float | None
+    last_finished: float | None
+    last_error: str | None
+    pipelines: int
+    workflows: int
+    jobs: int
+    open_pipelines: int
+    lease_owner: str | None
+    lease_expires: float | None
+
+
+@dataclass(frozen=True)
+class LeaseInfo:
+    endpoint: str
+    owner: str
+    expires_at: float
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+
+def digest(obj: Any) -> bytes:
+    return hashlib.blake2b(dumps(obj).encode(), digest_size=16).digest()
+
+
+def engine_url(url: str) -> str:
+    """`postgresql://` means psycopg 3 here (SQLAlchemy would pick psycopg2)."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def display_url(url: str) -> str:
+    try:
+        return make_url(engine_url(url)).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<unparsable database URL>"
+
+
+class Store:
+    """One database. Methods are synchronous; the collector calls them from one worker thread."""
+
+    def __init__(self, engine: Engine, url: str) -> None:
+        self.engine = engine
+        self.url = display_url(url)
+        self.is_sqlite = engine.dialect.name == "sqlite"
+
+    @classmethod
+    def open(cls, url: str = DEFAULT_DB_URL, *, create: bool = True) -> Store:
+        """Connect, and create or upgrade the schema; StoreError on any problem."""
+        try:
+            engine = _make_engine(url)
+            store = cls(engine, url)
+            store.migrate(create=create)
+        except StoreError:
+            raise
+        except (ArgumentError, NoSuchModuleError, ValueError):
+            raise StoreError(f"not a usable database URL: {display_url(url)}") from None
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot use the database {display_url(url)}: {_db_reason(exc)}") from None
+        return store
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- schema ----------------------------------------------------------------------------
+    def migrate(self, *, create: bool = True) -> None:
+        with self._write() as conn:
+            if not self.is_sqlite:
+                conn.execute(text("SELECT pg_advisory_xact_lock(7422319)"))  # one migrator at a time
+            version = s.current_version(conn)
+            if version == -1:
+                raise StoreError(f"{self.url} holds tables that are not a circleci-ds store")
+            if version is None and not create:
+                raise StoreError(f"{self.url} is not a circleci-ds store (run `circleci-ds collect` first)")
+            version = version or 0
+            if version > s.SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self.url} has schema version {version}, newer than this circleci-ds supports "
+                    f"({s.SCHEMA_VERSION}); upgrade circleci-ds"
+                )
+            for step in s.MIGRATIONS[version:]:
+                step(conn)
+            if version == 0:
+                conn.execute(insert(s.schema_version).values(version=s.SCHEMA_VERSION))
+            elif version < s.SCHEMA_VERSION:
+                conn.execute(update(s.schema_version).values(version=s.SCHEMA_VERSION))
+
+    def schema_version(self) -> int:
+        with self.engine.connect() as conn:
+            return s.current_version(conn) or 0
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        """A write transaction; on SQLite it takes the write lock up front so busy_timeout applies."""
+        with self.engine.connect() as conn:
+            if self.is_sqlite:
+                conn = conn.execution_options(sqlite_begin="BEGIN IMMEDIATE")
+            with conn.begin():
+                yield conn
+
+    # -- endpoints -------------------------------------------------------------------------
+    def ensure_endpoint(self, slug: str, native: str, origin: str) -> None:
+        """Register an endpoint; its origin, once set, stays (document ids depend on it)."""
+        with self._write() as conn:
+            found = conn.execute(select(s.endpoints.c.slug).where(s.endpoints.c.slug == slug)).first()
+            if found is None:
+                conn.execute(insert(s.endpoints).values(slug=slug, native=native, origin=origin))
+            else:
+                conn.execute(update(s.endpoints).where(s.endpoints.c.slug == slug).values(native=native))
+
+    def checkpoint(self, slug: str) -> float | None:
+        with self.engine.connect() as conn:
+            return conn.execute(select(s.endpoints.c.checkpoint).where(s.endpoints.c.slug == slug)).scalar()
+
+    def origin(self, slug: str) -> str:
+        with self.engine.connect() as conn:
+            return conn.execute(select(s.endpoints.c.origin).where(s.endpoints.c.slug == slug)).scalar_one()
+
+    def record_start(self, slug: str, started: float) -> None:
+        with self._write() as conn:
+            conn.execute(update(s.endpoints).where(s.endpoints.c.slug == slug).values(last_started=started))
+
+    def record_finish(
+        self, slug: str, *, finished: float, error: str | None, checkpoint: float | None
+    ) -> None:
+        """End of an endpoint's run; the checkpoint moves only on success."""
+        values: dict[str, Any] = {"last_finished": finished, "last_error": error}
+        if error is None:
+            values["last_success"] = finished
+            if checkpoint is not None:
+                values["checkpoint"] = checkpoint
+        with self._write() as conn:
+            conn.execute(update(s.endpoints).where(s.endpoints.c.slug == slug).values(**values))
+
+    def finished_since(self, slug: str, since: float) -> bool:
+        with self.engine.connect() as conn:
+            finished = conn.execute(
+                select(s.endpoints.c.last_finished).where(s.endpoints.c.slug == slug)
+            ).scalar()
+        return finished is not None and finished >= since
+
+    def save_project_info(self, slug: str, info: dict[str, Any]) -> None:
+        with self._write() as conn:
+            conn.execute(
+                update(s.endpoints).where(s.endpoints.c.slug == slug).values(project_info=dumps(info))
+            )
+
+    def project_infos(self) -> dict[str, dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(s.endpoints.c.slug, s.endpoints.c.project_info)).all()
+        return {slug: json.loads(info) for slug, info in rows if info}
+
+    # -- pipeline trees --------------------------------------------------------------------
+    def pipeline_index(self, slug: str) -> dict[str, PipelineIndexEntry]:
+        """What the collector needs to decide which stored pipelines to read again."""
+        p = s.pipelines.c
+        query = select(p.id, p.created_at, p.fetched_at, p.is_final, p.data).where(p.endpoint == slug)
+        index: dict[str, PipelineIndexEntry] = {}
+        with self.engine.connect() as conn:
+            for row in conn.execute(query):
+                index[row.id] = PipelineIndexEntry(
+                    row.created_at, row.fetched_at, bool(row.is_final), digest(json.loads(row.data))
+                )
+        return index
+
+    def load_tree(self, pipeline_id: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(s.pipelines.c.data).where(s.pipelines.c.id == pipeline_id)).first()
+            if row is None:
+                return None
+            return _assemble(conn, [(pipeline_id, row.data)])[pipeline_id]
+
+    def save_tree(self, endpoint: str, tree: dict[str, Any], *, fetched_at: float, is_final: bool) -> None:
+        """Replace one pipeline's whole tree in a single transaction."""
+        pipeline = {k: v for k, v in tree.items() if k != "workflows"}
+        pid = pipeline["id"]
+        workflow_rows, job_rows = [], []
+        for w_seq, workflow in enumerate(tree.get("workflows") or []):
+            wf = {k: v for k, v in workflow.items() if k != "jobs"}
+            workflow_rows.append({"id": wf["id"], "pipeline_id": pid, "seq": w_seq, "data": dumps(wf)})
+            for j_seq, job in enumerate(workflow.get("jobs") or []):
+                raw = {k: v for k, v in job.items() if k != "details"}
+                details = job.get("details")
+                job_rows.append(
+                    {
+                        "workflow_id": wf["id"],
+                        "id": raw["id"],
+                        "pipeline_id": pid,
+                        "seq": j_seq,
+                        "data": dumps(raw),
+                        "details": None if details is None else dumps(details),
+                    }
+                )
+        with self._write() as conn:
+            conn.execute(delete(s.jobs).where(s.jobs.c.pipeline_id == pid))
+            conn.execute(delete(s.workflows).where(s.workflows.c.pipeline_id == pid))
+            conn.execute(delete(s.pipelines).where(s.pipelines.c.id == pid))
+            conn.execute(
+                insert(s.pipelines).values(
+                    id=pid,
+                    endpoint=endpoint,
+                    number=pipeline.get("number"),
+                    created_at=parse_ts(pipeline.get("created_at")),
+                    updated_on=tree_updated_on(tree),
+                    fetched_at=fetched_at,
+                    is_final=is_final,
+                    data=dumps(pipeline),
+                )
+            )
+            if workflow_rows:
+                conn.execute(insert(s.workflows), workflow_rows)
+            if job_rows:
+                conn.execute(insert(s.jobs), job_rows)
+
+    def iter_trees(self, project: str | None = None, endpoint: str | None = None) -> Iterator[StoredTree]:
+        """Every stored tree, by endpoint then pipeline number; memory bounded by a chunk."""
+        p, e = s.pipelines.c, s.endpoints.c
+        query = (
+            select(p.id, p.endpoint, p.updated_on, e.native, e.origin)
+            .join(s.endpoints, e.slug == p.endpoint)
+            .order_by(p.endpoint, p.number, p.id)
+        )
+        if project is not None:
+            query = query.where(e.native == project)
+        if endpoint is not None:
+            query = query.where(p.endpoint == endpoint)
+        with self.engine.connect() as conn:
+            keys = conn.execute(query).all()
+            for start in range(0, len(keys), _CHUNK):
+                chunk = keys[start : start + _CHUNK]
+                ids = [k.id for k in chunk]
+                data = dict(conn.execute(select(p.id, p.data).where(p.id.in_(ids))).tuples().all())
+                trees = _assemble(conn, [(pid, data[pid]) for pid in ids])
+                for k in chunk:
+                    yield StoredTree(k.endpoint, k.native, k.origin, k.updated_on or 0.0, trees[k.id])
+
+    # -- status ----------------------------------------------------------------------------
+    def endpoint_statuses(self) -> list[EndpointStatus]:
+        e, p, le = s.endpoints.c, s.pipelines.c, s.leases.c
+        per_pipeline = s.pipelines
+        with self.engine.connect() as conn:
+            pipes = _count_by_endpoint(conn, per_pipeline)
+            open_ = _count_by_endpoint(conn, per_pipeline, p.is_final.is_(False))
+            wfs = _count_by_endpoint(conn, s.workflows.join(s.pipelines, p.id == s.workflows.c.pipeline_id))
+            jbs = _count_by_endpoint(conn, s.jobs.join(s.pipelines, p.id == s.jobs.c.pipeline_id))
+            held = {r.endpoint: r for r in conn.execute(select(le.endpoint, le.owner, le.expires_at))}
+            rows = conn.execute(
+                select(e.slug, e.native, e.checkpoint, e.last_finished, e.last_error).order_by(e.slug)
+            ).all()
+        return [
+            EndpointStatus(
+                slug=r.slug,
+                native=r.native,
+                checkpoint=r.checkpoint,
+                last_finished=r.last_finished,
+                last_error=r.last_error,
+                pipelines=pipes.get(r.slug, 0),
+                workflows=wfs.get(r.slug, 0),
+                jobs=jbs.get(r.slug, 0),
+                open_pipelines=open_.get(r.slug, 0),
+                lease_owner=held[r.slug].owner if r.slug in held else None,
+                lease_expires=held[r.slug].expires_at if r.slug in held else None,
+            )
+            for r in rows
+        ]
+
+    # -- leases ----------------------------------------------------------------------------
+    def try_lease(self, endpoint: str, owner: str, ttl: float, now: float | None = None) -> bool:
+        """Take the endpoint if nobody holds it or the holder's lease ran out."""
+        now = time.time() if now is None else now
+        le = s.leases.c
+        with self._write() as conn:
+            taken = conn.execute(
+                update(s.leases)
+                .where(le.endpoint == endpoint, (le.expires_at < now) | (le.owner == owner))
+                .values(owner=owner, expires_at=now + ttl, acquired_at=now)
+            ).rowcount
+            if taken:
+                return True
+            exists = conn.execute(select(le.owner).where(le.endpoint == endpoint)).first()
+            if exists is not None:
+                return False
+            conn.execute(
+                insert(s.leases).values(endpoint=endpoint, owner=owner, expires_at=now + ttl, acquired_at=now)
+            )
+            return True
+
+    def renew_lease(self, endpoint: str, owner: str, ttl: float) -> bool:
+        le = s.leases.c
+        with self._write() as conn:
+            return bool(
+                conn.execute(
+                    update(s.leases)
+                    .where(le.endpoint == endpoint, le.owner == owner)
+                    .values(expires_at=time.time() + ttl)
+                ).rowcount
+            )
+
+    def release_lease(self, endpoint: str, owner: str) -> None:
+        le = s.leases.c
+        with self._write() as conn:
+            conn.execute(delete(s.leases).where(le.endpoint == endpoint, le.owner == owner))
+
+    def leases(self) -> list[LeaseInfo]:
+        le = s.leases.c
+        with self.engine.connect() as conn:
+            return [LeaseInfo(*r) for r in conn.execute(select(le.endpoint, le.owner, le.expires_at))]
+
+
+def tree_updated_on(tree: dict[str, Any]) -> float:
+    """Latest timestamp anywhere in a pipeline tree."""
+    stamps = [parse_ts(tree.get("updated_at")), parse_ts(tree.get("created_at"))]
+    for wf in tree.get("workflows") or []:
+        stamps += [parse_ts(wf.get("created_at")), parse_ts(wf.get("stopped_at"))]
+        for job in wf.get("jobs") or []:
+            stamps += [parse_ts(job.get("started_at")), parse_ts(job.get("stopped_at"))]
+            details = job.get("details") or {}
+            stamps += [parse_ts(details.get("queued_at")), parse_ts(details.get("stopped_at"))]
+    return max((x for x in stamps if x is not None), default=0.0)
+
+
+def _count_by_endpoint(conn: Connection, source: Any, *where: Any) -> dict[str, int]:
+    p = s.pipelines.c
+    query = select(p.endpoint, func.count()).select_from(source).where(*where).group_by(p.endpoint)
+    return {endpoint: count for endpoint, count in conn.execute(query).tuples()}
+
+
+def _assemble(conn: Connection, pipelines: Sequence[tuple[str, str]]) -> dict[str, dict[str, Any]]:
+    """Rebuild trees for (pipeline id, pipeline JSON) pairs with two queries."""
+    ids = [pid for pid, _ in pipelines]
+    w, j = s.workflows.c, s.jobs.c
+    wf_rows = conn.execute(
+        select(w.id, w.pipeline_id, w.data).where(w.pipeline_id.in_(ids)).order_by(w.pipeline_id, w.seq)
+    ).all()
+    job_rows = conn.execute(
+        select(j.workflow_id, j.data, j.details).where(j.pipeline_id.in_(ids)).order_by(j.workflow_id, j.seq)
+    ).all()
+    jobs_by_wf: dict[str, list[dict[str, Any]]] = {}
+    for r in job_rows:
+        job = json.loads(r.data)
+        job["details"] = json.loads(r.details) if r.details is not None else None
+        jobs_by_wf.setdefault(r.workflow_id, []).append(job)
+    wfs_by_pipeline: dict[str, list[dict[str, Any]]] = {}
+    for r in wf_rows:
+        wf = json.loads(r.data)
+        wf["jobs"] = jobs_by_wf.get(r.id, [])
+        wfs_by_pipeline.setdefault(r.pipeline_id, []).append(wf)
+    trees = {}
+    for pid, data in pipelines:
+        tree = json.loads(data)
+        tree["workflows"] = wfs_by_pipeline.get(pid, [])
+        trees[pid] = tree
+    return trees
+
+
+def _make_engine(url: str) -> Engine:
+    url = engine_url(url)
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 60})
+        event.listen(engine, "connect", _sqlite_connect)
+        event.listen(engine, "begin", _sqlite_begin)
+        return engine
+    return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 10})
+
+
+def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
+    # Autocommit at the driver; transactions are begun explicitly below (SQLAlchemy's recipe).
+    dbapi_conn.isolation_level = None
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=60000")
+    cursor.close()
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    conn.exec_driver_sql(conn.get_execution_options().get("sqlite_begin", "BEGIN"))
+
+
+def _db_reason(exc: SQLAlchemyError) -> str:
+    """The driver's first line, which names the problem without echoing the URL's password."""
+    orig = exc.orig if isinstance(exc, DBAPIError) else None
+    line = str(orig or exc).strip().splitlines()[0] if str(orig or exc).strip() else exc.__class__.__name__
+    return line[:300]

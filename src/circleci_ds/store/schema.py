@@ -1,0 +1,111 @@
+"""Tables and versioned migrations, one code path for SQLite and PostgreSQL.
+
+Raw API objects are kept as JSON text, exactly as parsed from the response; the other
+columns exist to find and order them and to drive incremental collection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Connection,
+    Double,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    inspect,
+    select,
+)
+
+metadata = MetaData()
+
+schema_version = Table("schema_version", metadata, Column("version", Integer, nullable=False))
+
+endpoints = Table(
+    "endpoints",
+    metadata,
+    Column("slug", String(300), primary_key=True),  # canonical project slug
+    Column("native", String(300), nullable=False),
+    Column("origin", String(500), nullable=False),
+    Column("checkpoint", Double),  # server time (epoch s) at the start of the last complete run
+    Column("last_started", Double),
+    Column("last_finished", Double),
+    Column("last_success", Double),
+    Column("last_error", Text),
+    Column("project_info", Text),  # GET /project/{slug}, for the default branch
+)
+
+pipelines = Table(
+    "pipelines",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("endpoint", String(300), nullable=False),
+    Column("number", BigInteger),
+    Column("created_at", Double),
+    Column("updated_on", Double),  # latest change anywhere in the tree
+    Column("fetched_at", Double),  # server time when the workflows were last read
+    Column("is_final", Boolean, nullable=False),
+    Column("data", Text, nullable=False),
+    Index("ix_pipelines_endpoint_created", "endpoint", "created_at"),
+)
+
+workflows = Table(
+    "workflows",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("pipeline_id", String(64), nullable=False, index=True),
+    Column("seq", Integer, nullable=False),
+    Column("data", Text, nullable=False),
+)
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("workflow_id", String(64), primary_key=True),
+    Column("id", String(64), primary_key=True),
+    Column("pipeline_id", String(64), nullable=False, index=True),
+    Column("seq", Integer, nullable=False),
+    Column("data", Text, nullable=False),
+    Column("details", Text),
+)
+
+leases = Table(
+    "leases",
+    metadata,
+    Column("endpoint", String(300), primary_key=True),
+    Column("owner", String(200), nullable=False),
+    Column("expires_at", Double, nullable=False),
+    Column("acquired_at", Double, nullable=False),
+)
+
+CORE_TABLES = (schema_version, endpoints, pipelines, workflows, jobs)
+
+
+def _v1_core(conn: Connection) -> None:
+    metadata.create_all(conn, tables=list(CORE_TABLES))
+
+
+def _v2_leases(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[leases])
+
+
+# Each step upgrades version N to N+1. Released steps never change; new ones are appended.
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1_core, _v2_leases]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def current_version(conn: Connection) -> int | None:
+    """The stored schema version; None for an empty database."""
+    names = set(inspect(conn).get_table_names())
+    if "schema_version" not in names:
+        if names & {"pipelines", "endpoints"}:
+            return -1  # tables of something else, or a damaged store
+        return None
+    return conn.execute(select(schema_version.c.version)).scalar_one_or_none() or 0
