@@ -1,0 +1,112 @@
+"""Configuration of the simulated CircleCI: the seeded history and the runtime knobs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+VCS_ALIASES = {"github": "gh", "gh": "gh", "bitbucket": "bb", "bb": "bb", "circleci": "circleci"}
+RETRY_AFTER_FORMS = ("seconds", "date", "both")
+
+# Knobs that may change while the server runs; the history-shaping fields may not.
+RUNTIME_KNOBS = frozenset(
+    {
+        "page_size",
+        "latency_ms",
+        "jitter_ms",
+        "rate_limit_rps",
+        "rate_burst",
+        "retry_after",
+        "fault_rate",
+        "token",
+        "retention_days",
+    }
+)
+
+
+def canonical_slug(slug: str) -> str | None:
+    """Return `vcs/org/repo` with the vcs alias normalised (`github` -> `gh`), or None if malformed."""
+    parts = slug.strip("/").split("/")
+    if len(parts) != 3 or not all(parts):
+        return None
+    vcs = VCS_ALIASES.get(parts[0].lower())
+    if vcs is None:
+        return None
+    return f"{vcs}/{parts[1]}/{parts[2]}"
+
+
+@dataclass(slots=True)
+class SimProject:
+    """One followed project; `slug` may use any vcs alias, the API answers with the canonical form."""
+
+    slug: str
+    pipelines: int = 30
+    private: bool = False
+    default_branch: str = "main"
+
+
+def _default_projects() -> list[SimProject]:
+    return [
+        SimProject("gh/acme/api", pipelines=60),
+        SimProject("gh/acme/web", pipelines=40, private=True),
+        SimProject("bb/acme/legacy-billing", pipelines=15, default_branch="master"),
+        SimProject(
+            "circleci/6f1c2a7e-3b4d-4e5f-8a9b-0c1d2e3f4a5b/9a8b7c6d-5e4f-4a3b-9c2d-1e0f9a8b7c6d",
+            pipelines=20,
+        ),
+    ]
+
+
+@dataclass(slots=True)
+class SimConfig:
+    """Seed and shape of the synthetic history plus the server's behaviour knobs."""
+
+    seed: int = 1
+    projects: list[SimProject] = field(default_factory=_default_projects)
+    span_days: float = 30.0
+    future_days: float = 2.0
+    start: datetime = field(default_factory=lambda: datetime(2026, 11, 1, tzinfo=UTC))
+    page_size: int = 20
+    latency_ms: float = 0.0
+    jitter_ms: float = 0.0
+    rate_limit_rps: float | None = None
+    rate_burst: int = 10
+    retry_after: str = "seconds"
+    fault_rate: float = 0.0
+    token: str | None = None
+    retention_days: float | None = None
+    reruns: bool = True
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError on knob values the server cannot honour."""
+        if self.start.tzinfo is None:
+            raise ValueError("start must be timezone-aware")
+        if self.page_size < 1:
+            raise ValueError("page_size must be >= 1")
+        if self.retry_after not in RETRY_AFTER_FORMS:
+            raise ValueError(f"retry_after must be one of {RETRY_AFTER_FORMS}")
+        if not 0.0 <= self.fault_rate <= 1.0:
+            raise ValueError("fault_rate must lie in [0, 1]")
+        if self.rate_limit_rps is not None and self.rate_limit_rps <= 0:
+            raise ValueError("rate_limit_rps must be positive or None")
+        if self.rate_burst < 1:
+            raise ValueError("rate_burst must be >= 1")
+        if self.span_days < 0 or self.future_days < 0:
+            raise ValueError("span_days and future_days must be >= 0")
+        seen: set[str] = set()
+        for project in self.projects:
+            slug = canonical_slug(project.slug)
+            if slug is None:
+                raise ValueError(f"bad project slug {project.slug!r}")
+            if slug.lower() in seen:
+                raise ValueError(f"project {slug!r} is listed twice")
+            seen.add(slug.lower())
+            if project.pipelines < 0:
+                raise ValueError(f"{slug}: pipelines must be >= 0")
+
+    def runtime_knobs(self) -> dict[str, object]:
+        """The knobs that `/_sim/config` may change, with their current values."""
+        return {name: getattr(self, name) for name in sorted(RUNTIME_KNOBS)}

@@ -1,0 +1,369 @@
+"""The aiohttp application: API v2 routes, auth, rate limit, faults, latency, counters and admin routes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import random
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from .history import Pipeline, Project, Workflow
+from .ratelimit import TokenBucket
+from .render import (
+    JSON,
+    InvalidPageToken,
+    View,
+    details_visible,
+    http_date,
+    iso_ms,
+    past_retention,
+    render_project,
+)
+
+if TYPE_CHECKING:
+    from .sim import Simulator
+
+ENDPOINTS = ("pipelines", "pipeline", "workflows", "workflow", "jobs", "job_details", "project", "me")
+Inner = Callable[[web.Request, View, bool], web.Response]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+_FAULT_BODIES = {
+    500: ("Internal Server Error", "Internal Server Error"),
+    502: ("Bad Gateway", "upstream connect error or disconnect/reset before headers"),
+    503: ("Service Unavailable", "no healthy upstream"),
+}
+
+
+class Stats:
+    """Request counters for the non-admin API."""
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.reset()
+
+    def reset(self) -> None:
+        self.requests = 0
+        self.by_endpoint = dict.fromkeys(ENDPOINTS, 0)
+        self.status: dict[str, int] = {}
+        self.max_in_flight = self.in_flight
+
+    def begin(self, kind: str | None) -> None:
+        self.requests += 1
+        if kind is not None:
+            self.by_endpoint[kind] += 1
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+
+    def end(self, status: int | None) -> None:
+        self.in_flight -= 1
+        if status is not None:
+            key = str(status)
+            self.status[key] = self.status.get(key, 0) + 1
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "by_endpoint": dict(self.by_endpoint),
+            "status": dict(self.status),
+            "max_in_flight": self.max_in_flight,
+        }
+
+
+def _response(view: View, status: int, body: bytes, content_type: str = "application/json") -> web.Response:
+    # The simulated clock, not the wall clock, is the server time clients see.
+    return web.Response(body=body, status=status, content_type=content_type, headers={"Date": view.date})
+
+
+def _message(view: View, status: int, message: str) -> web.Response:
+    return _response(view, status, json.dumps({"message": message}).encode())
+
+
+def _json(view: View, payload: Any, status: int = 200) -> web.Response:
+    return _response(view, status, json.dumps(payload).encode())
+
+
+def project_path_kind(rest: str) -> str | None:
+    """Which endpoint a `/project/...` path addresses; slugs are always three segments."""
+    parts = rest.strip("/").split("/")
+    if len(parts) == 3:
+        return "project"
+    if len(parts) == 4 and parts[3] == "pipeline":
+        return "pipelines"
+    if len(parts) == 5 and parts[3] == "job":
+        return "job_details"
+    return None
+
+
+class Api:
+    """Request handling for one Simulator; state lives in the Simulator so knobs apply immediately."""
+
+    def __init__(self, sim: Simulator) -> None:
+        self.sim = sim
+        self._bucket: TokenBucket | None = None
+        self._faults = random.Random(f"circleci-ds-sim:{sim.config.seed}:faults")
+        self._jitter = random.Random(f"circleci-ds-sim:{sim.config.seed}:jitter")
+        self._throttled = 0
+        self._project_inner: dict[str | None, Inner] = {
+            "project": self._project,
+            "pipelines": self._pipelines,
+            "job_details": self._job_details,
+            None: self._unknown_path,
+        }
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        add = app.router.add_route
+        for prefix in ("", "/api/v2"):
+            add("POST", f"{prefix}/_sim/advance", self._admin_advance)
+            add("GET", f"{prefix}/_sim/clock", self._admin_clock)
+            add("GET", f"{prefix}/_sim/truth", self._admin_truth)
+            add("GET", f"{prefix}/_sim/stats", self._admin_stats)
+            add("POST", f"{prefix}/_sim/reset-stats", self._admin_reset_stats)
+            add("POST", f"{prefix}/_sim/config", self._admin_config)
+        add("GET", "/api/v2/project/{rest:.+}", self._project_route)
+        add("GET", "/api/v2/pipeline/{id}/workflow", self._route("workflows", self._workflows))
+        add("GET", "/api/v2/pipeline/{id}", self._route("pipeline", self._pipeline))
+        add("GET", "/api/v2/workflow/{id}/job", self._route("jobs", self._jobs))
+        add("GET", "/api/v2/workflow/{id}", self._route("workflow", self._workflow))
+        add("GET", "/api/v2/me", self._route("me", self._me))
+        add("*", "/{tail:.*}", self._route(None, self._unknown_path))
+        return app
+
+    # -- the guarded request path ----------------------------------------------------------------------
+
+    def _route(self, kind: str | None, inner: Inner) -> Handler:
+        async def handler(request: web.Request) -> web.StreamResponse:
+            return await self._serve(request, kind, inner)
+
+        return handler
+
+    async def _project_route(self, request: web.Request) -> web.StreamResponse:
+        kind = project_path_kind(request.match_info["rest"])
+        return await self._serve(request, kind, self._project_inner[kind])
+
+    async def _serve(self, request: web.Request, kind: str | None, inner: Inner) -> web.StreamResponse:
+        stats = self.sim.recorder
+        stats.begin(kind)
+        status: int | None = None
+        try:
+            response = await self._answer(request, inner)
+            status = response.status
+            return response
+        finally:
+            stats.end(status)
+
+    async def _answer(self, request: web.Request, inner: Inner) -> web.Response:
+        cfg = self.sim.config
+        wait = self._rate_limit_wait()
+        await self._latency()
+        view = self.sim.view  # read after the sleep: the clock may have moved meanwhile
+        if wait > 0:
+            return self._too_many(view, wait)
+        if cfg.fault_rate > 0 and self._faults.random() < cfg.fault_rate:
+            return self._fault(view)
+        authed = self._authenticate(request)
+        if authed is None:
+            return _message(view, 401, "Invalid token provided.")
+        return inner(request, view, authed)
+
+    def _rate_limit_wait(self) -> float:
+        cfg = self.sim.config
+        if cfg.rate_limit_rps is None:
+            return 0.0
+        bucket = self._bucket
+        if bucket is None or (bucket.rate, bucket.burst) != (cfg.rate_limit_rps, cfg.rate_burst):
+            bucket = self._bucket = TokenBucket(cfg.rate_limit_rps, cfg.rate_burst)
+        return bucket.take()
+
+    async def _latency(self) -> None:
+        cfg = self.sim.config
+        delay = cfg.latency_ms
+        if cfg.jitter_ms:
+            delay += self._jitter.uniform(-cfg.jitter_ms, cfg.jitter_ms)
+        if delay > 0:
+            await asyncio.sleep(delay / 1000)
+
+    def _too_many(self, view: View, wait: float) -> web.Response:
+        seconds = max(1, math.ceil(wait))
+        count = self._throttled
+        self._throttled += 1
+        form = self.sim.config.retry_after
+        if form == "both":
+            form = ("seconds", "date")[count % 2]
+        retry = str(seconds) if form == "seconds" else http_date(view.now + seconds * 1000)
+        # Over any four consecutive 429s every (Retry-After form, body kind) pair occurs once.
+        if (count // 2) % 2:
+            response = _response(view, 429, b"Rate limited.", content_type="text/plain")
+        else:
+            response = _message(view, 429, "Rate limit exceeded")
+        response.headers["Retry-After"] = retry
+        return response
+
+    def _fault(self, view: View) -> web.Response:
+        status = self._faults.choice((500, 502, 503))
+        title, text = _FAULT_BODIES[status]
+        style = self._faults.choice(("json", "html", "text"))
+        if style == "json":
+            return _message(view, status, title)
+        if style == "html":
+            heading = f"{status} {title}"
+            html = f"<html><head><title>{heading}</title></head><body><h1>{heading}</h1></body></html>"
+            return _response(view, status, html.encode(), content_type="text/html")
+        return _response(view, status, text.encode(), content_type="text/plain")
+
+    def _authenticate(self, request: web.Request) -> bool | None:
+        """True with a valid token, False without one, None for a wrong one (any token is valid
+        when none is configured)."""
+        token = request.headers.get("Circle-Token", "")
+        if not token:
+            return False
+        expected = self.sim.config.token
+        return True if expected is None or token == expected else None
+
+    # -- lookups ---------------------------------------------------------------------------------------
+
+    def _project_at(self, request: web.Request, authed: bool) -> Project | None:
+        project = self.sim.history.project("/".join(request.match_info["rest"].strip("/").split("/")[:3]))
+        if project is None or (project.private and not authed):
+            return None  # private projects hide behind 404 like on CircleCI
+        return project
+
+    def _pipeline_at(self, request: web.Request, view: View, authed: bool) -> Pipeline | str:
+        pipeline = self.sim.history.pipelines.get(request.match_info["id"])
+        if pipeline is None or pipeline.created_at > view.now:
+            return "Pipeline not found"
+        if pipeline.project.private and not authed:
+            return "Project not found"
+        return pipeline
+
+    def _workflow_at(self, request: web.Request, view: View, authed: bool) -> Workflow | str:
+        workflow = self.sim.history.workflows.get(request.match_info["id"])
+        if workflow is None or workflow.created_at > view.now:
+            return "Workflow not found"
+        if workflow.pipeline.project.private and not authed:
+            return "Project not found"
+        return workflow
+
+    @staticmethod
+    def _page_token(request: web.Request) -> str | None:
+        return request.query.get("page-token") or None
+
+    # -- API endpoints ---------------------------------------------------------------------------------
+
+    def _project(self, request: web.Request, view: View, authed: bool) -> web.Response:
+        project = self._project_at(request, authed)
+        if project is None:
+            return _message(view, 404, "Project not found")
+        return _response(view, 200, view.body(("project", project.slug), lambda: render_project(project)))
+
+    def _pipelines(self, request: web.Request, view: View, authed: bool) -> web.Response:
+        project = self._project_at(request, authed)
+        if project is None:
+            return _message(view, 404, "Project not found")
+        branch = request.query.get("branch") or None
+        token = self._page_token(request)
+        size = self.sim.config.page_size
+        key = ("pipelines", project.slug, branch, token, size)
+        return self._list(view, key, lambda: view.pipeline_list(project, branch, token, size))
+
+    def _pipeline(self, request: web.Request, view: View, authed: bool) -> web.Response:
+        found = self._pipeline_at(request, view, authed)
+        if isinstance(found, str):
+            return _message(view, 404, found)
+        return _response(view, 200, view.body(("pipeline", found.id), lambda: view.pipeline(found)))
+
+    def _workflows(self, request: web.Request, view: View, authed: bool) -> web.Response:
+        found = self._pipeline_at(request, view, authed)
+        if isinstance(found, str):
+            return _message(view, 404, found)
+        if past_retention(found, view.now, self.sim.config.retention_days):
+            return _message(view, 404, "Pipeline not found")
+        token = self._page_token(request)
+        size = self.sim.config.page_size
+        key = ("workflows", found.id, token, size)
+        return self._list(view, key, lambda: view.workflow_list(found, token, size))
+
+    def _workflow(self, request: web.Request, view: View, authed: bool) -> web.Response:
+        found = self._workflow_at(request, view, authed)
+        if isinstance(found, str):
+            return _message(view, 404, found)
+        return _response(view, 200, view.body(("workflow", found.id), lambda: view.workflow(found)))
+
+    def _jobs(self, request: web.Request, view: View, authed: bool) -> web.Response:
+        found = self._workflow_at(request, view, authed)
+        if isinstance(found, str):
+            return _message(view, 404, found)
+        token = self._page_token(request)
+        size = self.sim.config.page_size
+        key = ("jobs", found.id, token, size)
+        return self._list(view, key, lambda: view.job_list(found, token, size))
+
+    def _job_details(self, request: web.Request, view: View, authed: bool) -> web.Response:
+        project = self._project_at(request, authed)
+        if project is None:
+            return _message(view, 404, "Project not found")
+        number = request.match_info["rest"].strip("/").split("/")[4]
+        job = project.jobs_by_number.get(int(number)) if number.isdigit() else None
+        if job is None or not details_visible(job, view.now):
+            return _message(view, 404, "Job not found")
+        return _response(view, 200, view.body(("details", job.id), lambda: view.details(job) or {}))
+
+    def _me(self, request: web.Request, view: View, authed: bool) -> web.Response:
+        if not authed:
+            return _message(view, 401, "You must log in first.")
+        return _json(view, self.sim.me)
+
+    def _unknown_path(self, request: web.Request, view: View, authed: bool) -> web.Response:
+        return _message(view, 404, "Not found")
+
+    def _list(self, view: View, key: tuple[object, ...], make: Callable[[], JSON]) -> web.Response:
+        try:
+            return _response(view, 200, view.body(key, make))
+        except InvalidPageToken:
+            return _message(view, 400, "Invalid page-token.")
+
+    # -- admin (no auth, latency, limits or counting) --------------------------------------------------
+
+    async def _admin_advance(self, request: web.Request) -> web.Response:
+        try:
+            seconds = float(request.query.get("seconds", "0"))
+            self.sim.advance(seconds)
+        except ValueError as exc:
+            return _message(self.sim.view, 400, str(exc))
+        return self._clock_body()
+
+    async def _admin_clock(self, request: web.Request) -> web.Response:
+        return self._clock_body()
+
+    def _clock_body(self) -> web.Response:
+        view = self.sim.view
+        return _json(view, {"now": iso_ms(view.now), "epoch_ms": view.now})
+
+    async def _admin_truth(self, request: web.Request) -> web.Response:
+        view = self.sim.view
+        try:
+            truth = self.sim.truth(request.query.get("project", ""))
+        except KeyError:
+            return _message(view, 404, "Project not found")
+        return _json(view, truth)
+
+    async def _admin_stats(self, request: web.Request) -> web.Response:
+        return _json(self.sim.view, self.sim.stats)
+
+    async def _admin_reset_stats(self, request: web.Request) -> web.Response:
+        self.sim.reset_stats()
+        return _json(self.sim.view, self.sim.stats)
+
+    async def _admin_config(self, request: web.Request) -> web.Response:
+        try:
+            changes = await request.json()
+            if not isinstance(changes, dict):
+                raise ValueError("expected a JSON object of knob changes")
+            knobs = self.sim.configure(**changes)
+        except (ValueError, TypeError) as exc:
+            return _message(self.sim.view, 400, str(exc))
+        return _json(self.sim.view, knobs)
