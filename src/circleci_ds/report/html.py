@@ -1,0 +1,305 @@
+"""One self-contained HTML page: styles, plotly.js and the data are all inline, so it opens offline.
+
+Every string from the API is HTML-escaped where it lands in markup; the chart data travels as
+JSON inside a `<script type="application/json">` whose `<`, `>` and `&` are written as \\u escapes,
+so no value can close the script element or open a comment.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from html import escape
+from pathlib import Path
+from typing import Any
+
+from circleci_ds.metrics import FailedRun, MetricsReport, ProjectMetrics
+from circleci_ds.report import formatting as fmt
+from circleci_ds.report.charts import Chart, project_charts
+from circleci_ds.report.terminal import slowest_jobs, window_line
+
+STYLE = """
+:root { --ink:#0f172a; --muted:#64748b; --line:#e2e8f0; --bg:#f1f5f9; --card:#fff; --accent:#2563eb;
+  --good:#15803d; --bad:#b91c1c; --warn:#b45309; }
+* { box-sizing: border-box; }
+body { margin:0; background:var(--bg); color:var(--ink);
+  font:14px/1.5 -apple-system, BlinkMacSystemFont, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; }
+header { background:linear-gradient(135deg,#0f172a,#1e3a8a); color:#fff; padding:28px 40px 24px; }
+header h1 { margin:0 0 4px; font-size:24px; font-weight:650; letter-spacing:-.01em; }
+header p { margin:0; color:#cbd5e1; }
+nav { margin-top:14px; display:flex; flex-wrap:wrap; gap:8px; }
+nav a { color:#fff; background:rgba(255,255,255,.12); padding:3px 10px; border-radius:999px;
+  text-decoration:none; font-size:13px; }
+main { max-width:1320px; margin:0 auto; padding:24px 40px 48px; }
+section.project { margin-bottom:40px; }
+h2 { font-size:20px; margin:0 0 12px; display:flex; flex-wrap:wrap; align-items:center; gap:10px; }
+h3 { font-size:15px; margin:0 0 2px; }
+.chip { font-size:12px; font-weight:500; color:#1e3a8a; background:#dbeafe; padding:2px 9px;
+  border-radius:999px; }
+.kpis { display:grid; grid-template-columns:repeat(auto-fit,minmax(135px,1fr)); gap:12px;
+  margin-bottom:16px; }
+.kpi, .card { background:var(--card); border:1px solid var(--line); border-radius:12px;
+  box-shadow:0 1px 2px rgba(15,23,42,.05); }
+.kpi { padding:14px 16px; }
+.kpi .label { color:var(--muted); font-size:12px; text-transform:uppercase; letter-spacing:.04em; }
+.kpi .value { font-size:22px; font-weight:650; font-variant-numeric:tabular-nums; }
+.grid { display:grid; grid-template-columns:repeat(auto-fit,minmax(520px,1fr)); gap:16px;
+  margin-bottom:16px; }
+.card { padding:16px 18px; margin-bottom:16px; overflow-x:auto; }
+.grid .card { margin-bottom:0; }
+.note { color:var(--muted); font-size:12px; margin:0 0 8px; }
+table { border-collapse:collapse; width:100%; font-variant-numeric:tabular-nums; }
+th, td { padding:7px 10px; border-bottom:1px solid var(--line); text-align:left; vertical-align:top; }
+th { font-size:12px; color:var(--muted); text-transform:uppercase; letter-spacing:.03em; font-weight:600;
+  white-space:nowrap; }
+td.num, th.num { text-align:right; white-space:nowrap; }
+tbody tr:nth-child(even) { background:#f8fafc; }
+tbody tr:hover { background:#eef2ff; }
+code { font-family:ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size:12px; }
+.status { font-size:12px; font-weight:600; padding:1px 8px; border-radius:999px; }
+.status.failed { background:#fee2e2; color:var(--bad); }
+.status.error { background:#ffedd5; color:var(--warn); }
+.empty { color:var(--muted); font-style:italic; }
+footer { color:var(--muted); font-size:12px; max-width:1320px; margin:0 auto; padding:0 40px 40px; }
+footer dt { font-weight:600; color:var(--ink); margin-top:6px; }
+footer dd { margin:0; }
+"""
+
+BOOT = """
+(function () {
+  var specs = JSON.parse(document.getElementById("chart-data").textContent);
+  var config = {displayModeBar: false, responsive: true};
+  specs.forEach(function (s) { Plotly.newPlot(s.id, s.data, s.layout, config); });
+})();
+"""
+
+DEFINITIONS = [
+    ("Runs", "Workflow runs created in the window, any status, reruns included."),
+    (
+        "Success rate",
+        "Successful / (successful + failed + error) runs; cancelled and unfinished runs left out.",
+    ),
+    ("Throughput", "Runs per day of the window."),
+    ("Duration", "stopped_at - created_at of successful runs; p95 interpolated between closest ranks."),
+    (
+        "MTTR",
+        "From the first failing run to the next successful run of the same workflow on the same branch.",
+    ),
+    ("Rerun rate", "Share of pipeline-and-workflow executions rerun at least once."),
+    ("Queue time", "started_at - queued_at of build jobs."),
+    ("Flaky job", "A job that both failed and passed on the same commit."),
+]
+
+
+def e(value: Any) -> str:
+    """HTML-escaped text of any value."""
+    return escape(str(value), quote=True)
+
+
+def safe_json(value: Any) -> str:
+    """JSON that can sit inside a <script> element: no `<`, `>` or `&` appears literally."""
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return (
+        text.replace("<", "\\u003c")
+        .replace(">", "\\u003e")
+        .replace("&", "\\u0026")
+        .replace("\u2028", "\\u2028")
+        .replace("\u2029", "\\u2029")
+    )
+
+
+@lru_cache(maxsize=1)
+def plotly_js() -> str:
+    """The plotly.js bundle shipped inside the plotly Python package."""
+    from plotly.offline import get_plotlyjs  # imported on use: plotly is slow to import
+
+    return get_plotlyjs()
+
+
+def render_html(report: MetricsReport) -> str:
+    """The whole page as a string."""
+    specs: list[dict[str, Any]] = []
+    sections = [_project_section(report, p, i, specs) for i, p in enumerate(report.projects)]
+    body = "\n".join(sections) or '<p class="empty">No workflow runs in this window.</p>'
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>CircleCI report</title><style>{STYLE}</style></head><body>"
+        f"{_header(report)}<main>{body}</main>{_footer()}"
+        f'<script id="chart-data" type="application/json">{safe_json(specs)}</script>'
+        f"<script>{plotly_js()}</script><script>{BOOT}</script></body></html>\n"
+    )
+
+
+def write_html(report: MetricsReport, path: Path) -> None:
+    path.write_text(render_html(report), encoding="utf-8")
+
+
+def _header(report: MetricsReport) -> str:
+    links = "".join(f'<a href="#p{i}">{e(p.project_slug)}</a>' for i, p in enumerate(report.projects))
+    nav = f"<nav>{links}</nav>" if len(report.projects) > 1 else ""
+    return (
+        f"<header><h1>CircleCI report</h1><p>{e(window_line(report))} "
+        f"Generated {e(report.generated_at)}.</p>{nav}</header>"
+    )
+
+
+def _footer() -> str:
+    items = "".join(f"<dt>{e(term)}</dt><dd>{e(text)}</dd>" for term, text in DEFINITIONS)
+    return f"<footer><h3>Definitions</h3><dl>{items}</dl></footer>"
+
+
+def _project_section(
+    report: MetricsReport, project: ProjectMetrics, index: int, specs: list[dict[str, Any]]
+) -> str:
+    charts = project_charts(report, project)
+    cards = []
+    for chart in charts:
+        chart_id = f"chart-{index}-{chart.key}"
+        specs.append({"id": chart_id, **chart.figure})
+        cards.append(_chart_card(chart, chart_id))
+    native = f'<span class="chip">{e(project.project)}</span>' if project.project else ""
+    return (
+        f'<section class="project" id="p{index}"><h2>{e(project.project_slug)}{native}'
+        f'<span class="chip">{e(fmt.branch(project.branch))}</span></h2>'
+        f'{_kpis(project)}<div class="grid">{"".join(cards)}</div>'
+        f"{_workflow_table(report, project)}{_slowest_table(report, project)}"
+        f"{_flaky_table(report, project)}{_failures_table(report, project)}</section>"
+    )
+
+
+def _chart_card(chart: Chart, chart_id: str) -> str:
+    return (
+        f'<div class="card"><h3>{e(chart.title)}</h3><p class="note">{e(chart.note)}</p>'
+        f'<div class="chart" id="{e(chart_id)}"></div></div>'
+    )
+
+
+def _kpis(p: ProjectMetrics) -> str:
+    values = [
+        ("Pipelines", fmt.count(p.pipelines)),
+        ("Runs", fmt.count(p.runs)),
+        ("Success rate", fmt.percent(p.success_rate)),
+        ("Throughput", fmt.rate(p.throughput)),
+        ("Duration p50", fmt.seconds(p.duration_median)),
+        ("MTTR", fmt.seconds(p.mttr_mean)),
+        ("Queue p50", fmt.seconds(p.queue_time_median)),
+        ("Flaky jobs", fmt.count(p.flaky_jobs)),
+    ]
+    cells = "".join(
+        f'<div class="kpi"><div class="label">{e(label)}</div><div class="value">{e(value)}</div></div>'
+        for label, value in values
+    )
+    return f'<div class="kpis">{cells}</div>'
+
+
+def _table(title: str, note: str, headers: list[str], rows: list[list[str]], numeric_from: int) -> str:
+    """A card with a table; cells arrive already escaped."""
+    head = "".join(
+        f'<th class="num">{e(h)}</th>' if i >= numeric_from else f"<th>{e(h)}</th>"
+        for i, h in enumerate(headers)
+    )
+    if not rows:
+        body = f'<tr><td class="empty" colspan="{len(headers)}">None.</td></tr>'
+    else:
+        body = "".join(
+            "<tr>"
+            + "".join(
+                f'<td class="num">{c}</td>' if i >= numeric_from else f"<td>{c}</td>"
+                for i, c in enumerate(row)
+            )
+            + "</tr>"
+            for row in rows
+        )
+    return (
+        f'<div class="card"><h3>{e(title)}</h3><p class="note">{e(note)}</p>'
+        f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
+    )
+
+
+def _workflow_table(report: MetricsReport, project: ProjectMetrics) -> str:
+    rows = [
+        [
+            e(w.workflow),
+            e(fmt.count(w.runs)),
+            e(fmt.percent(w.success_rate)),
+            e(fmt.rate(w.throughput)),
+            e(fmt.seconds(w.duration.median)),
+            e(fmt.seconds(w.duration.p95)),
+            e(fmt.seconds(w.duration.max)),
+            e(fmt.seconds(w.mttr_mean)),
+            e(fmt.percent(w.rerun_rate)),
+            e(fmt.seconds(w.queue_time_total)),
+            e(fmt.seconds(w.queue_time_median)),
+        ]
+        for w in report.workflows
+        if w.project_slug == project.project_slug
+    ]
+    headers = [
+        "Workflow",
+        "Runs",
+        "Success",
+        "Throughput",
+        "p50",
+        "p95",
+        "Max",
+        "MTTR",
+        "Rerun rate",
+        "Queue total",
+        "Queue p50",
+    ]
+    return _table("Workflows", "Durations over successful runs.", headers, rows, 1)
+
+
+def _slowest_table(report: MetricsReport, project: ProjectMetrics) -> str:
+    jobs = slowest_jobs([j for j in report.jobs if j.project_slug == project.project_slug])
+    rows = [
+        [
+            e(j.workflow),
+            e(j.job),
+            e(fmt.count(j.runs)),
+            e(fmt.seconds(j.duration_p50)),
+            e(fmt.seconds(j.duration_p95)),
+            e(fmt.percent(j.failure_rate)),
+            e(fmt.seconds(j.queue_time_p95)),
+        ]
+        for j in jobs
+    ]
+    headers = ["Workflow", "Job", "Runs", "p50", "p95", "Failure rate", "Queue p95"]
+    return _table("Slowest jobs", "By p95 duration of successful runs.", headers, rows, 2)
+
+
+def _flaky_table(report: MetricsReport, project: ProjectMetrics) -> str:
+    rows = [
+        [
+            e(f.workflow),
+            e(f.job),
+            e(fmt.count(f.flaky_commits)),
+            e(fmt.count(f.times_flaked)),
+            e(fmt.text(f.last_flaked)),
+            " ".join(f"<code>{e(fmt.short_sha(c))}</code>" for c in f.commits),
+        ]
+        for f in report.flaky_jobs
+        if f.project_slug == project.project_slug
+    ]
+    headers = ["Workflow", "Job", "Commits", "Times flaked", "Last flaked", "Latest commits"]
+    return _table("Flaky jobs", "Failed and passed on the same commit (any branch).", headers, rows, 2)
+
+
+def _failures_table(report: MetricsReport, project: ProjectMetrics) -> str:
+    rows = [_failure_row(f) for f in report.recent_failures if f.project_slug == project.project_slug]
+    headers = ["When", "Pipeline", "Workflow", "Status", "Branch", "Commit", "Subject", "Author"]
+    return _table("Recent failures", "Latest failed or errored workflow runs.", headers, rows, 99)
+
+
+def _failure_row(f: FailedRun) -> list[str]:
+    return [
+        e(fmt.text(f.created_at)),
+        e(fmt.count(f.pipeline_number)),
+        e(f.workflow),
+        f'<span class="status {e(f.status)}">{e(f.status)}</span>',
+        e(fmt.text(f.branch)),
+        f"<code>{e(fmt.short_sha(f.commit))}</code>",
+        e(fmt.text(f.subject)),
+        e(fmt.text(f.author)),
+    ]
