@@ -68,25 +68,29 @@ class ClientStats:
 class Pacer:
     """Spaces requests out to a rate that adapts to 429s, and pauses everyone on Retry-After.
 
-    Without 429s and `max_rps` it lets requests through at once. On a 429 the rate drops to
-    just under the rate that was succeeding, then creeps back up while no 429 comes.
+    Without 429s and `max_rps` it lets requests through at once. A 429 pauses every request
+    for Retry-After, and sets the rate just under the rate that was succeeding (the ceiling).
+    Below the ceiling the rate grows back quickly; near it, slowly, since each 429 costs a pause.
     """
 
     WINDOW = 3.0  # seconds of successes used to measure the rate the server allows
-    GROWTH_EVERY = 5.0  # seconds without 429 before the rate is raised
-    GROWTH = 1.03
-    BACKOFF = 0.93
+    BACKOFF = 0.95
+    FAST_EVERY, FAST_GROWTH = 0.5, 1.25
+    SLOW_EVERY, SLOW_GROWTH = 10.0, 1.02
 
     def __init__(self, max_rps: float | None = None) -> None:
         self.max_rps = max_rps
         self.rate: float | None = max_rps
+        self.ceiling: float | None = None
         self._next = 0.0
         self._paused_until = 0.0
         self._resumed_at = 0.0
         self._last_change = time.monotonic()
         self._successes: deque[float] = deque()
+        self._throttled = False  # requests had to wait for the rate since it last changed
 
     async def wait(self) -> None:
+        """Return when this request may go. Slots are not booked ahead, so a new rate applies at once."""
         while True:
             now = time.monotonic()
             if self._paused_until > now:
@@ -95,11 +99,12 @@ class Pacer:
             if self.rate is None:
                 return
             self._maybe_grow(now)
-            slot = max(now, self._next)
-            self._next = slot + 1.0 / self.rate
-            if slot > now:
-                await asyncio.sleep(slot - now)
-            return
+            if now >= self._next:
+                interval = 1.0 / self.rate
+                self._next = max(self._next + interval, now - interval)
+                return
+            self._throttled = True
+            await asyncio.sleep(self._next - now)
 
     def success(self) -> None:
         now = time.monotonic()
@@ -110,26 +115,51 @@ class Pacer:
     def rate_limited(self, retry_after: float) -> None:
         now = time.monotonic()
         if self._paused_until > now:
-            return  # one event: requests already in flight when the pause began
-        window = min(self.WINDOW, now - self._resumed_at)
-        measured = sum(1 for t in self._successes if t >= now - window) / window if window >= 0.5 else None
-        current = self.rate if self.rate is not None else measured
-        if current is None:
-            current = 1.0
-        candidates = [current] + ([measured] if measured else [])
-        self.rate = max(0.2, min(candidates) * self.BACKOFF)
-        if self.max_rps is not None:
-            self.rate = min(self.rate, self.max_rps)
+            return  # the same event: requests already in flight when the pause began
+        measured = self._measured_rate(now)
+        if measured is not None:
+            self.ceiling = measured
+            rate = measured * self.BACKOFF
+        else:
+            rate = (self.rate or self._rough_rate(now)) * 0.5
+        rate = max(0.2, rate)
+        self.rate = min(rate, self.max_rps) if self.max_rps is not None else rate
         self._paused_until = now + retry_after
         self._resumed_at = self._paused_until
         self._next = self._paused_until
         self._last_change = self._paused_until
 
+    def _measured_rate(self, now: float) -> float | None:
+        """Successes per second over the last half second since the pause (the last 8 if slower)."""
+        since_pause = [t for t in self._successes if t >= self._resumed_at]
+        recent = [t for t in since_pause if t >= now - 0.5]
+        if len(recent) < 8:
+            recent = since_pause[-8:]
+        if len(recent) < 5:
+            return None
+        span = now - recent[0]
+        return len(recent) / span if span >= 0.1 else None
+
+    def _rough_rate(self, now: float) -> float:
+        if not self._successes:
+            return 1.0
+        return max(1.0, len(self._successes) / max(0.05, now - self._successes[0]))
+
     def _maybe_grow(self, now: float) -> None:
-        if self.rate is None or now - self._last_change < self.GROWTH_EVERY:
+        if self.rate is None or not self._throttled:
+            return  # only raise a rate that is actually holding requests back
+        fast = self.ceiling is None or self.rate < 0.9 * self.ceiling
+        every = self.FAST_EVERY / 2 if self.ceiling is None else self.FAST_EVERY if fast else self.SLOW_EVERY
+        if now - self._last_change < every:
             return
         self._last_change = now
-        grown = self.rate * self.GROWTH
+        self._throttled = False
+        if self.ceiling is None:
+            grown = self.rate * 2.0  # nothing known yet: find the limit fast
+        else:
+            grown = self.rate * (self.FAST_GROWTH if fast else self.SLOW_GROWTH)
+        if fast and self.ceiling is not None:
+            grown = min(grown, self.ceiling * self.BACKOFF)
         self.rate = min(grown, self.max_rps) if self.max_rps is not None else grown
 
 

@@ -138,7 +138,7 @@ class Collector:
     async def _lane(
         self, pending: list[Endpoint], started: float, results: dict[str, EndpointResult]
     ) -> None:
-        poll = min(2.0, self.options.lease_ttl / 3)
+        poll = min(0.5, self.options.lease_ttl / 3)
         while pending:
             endpoint = await self._claim(pending, started, results)
             if endpoint is None:
@@ -152,22 +152,42 @@ class Collector:
     async def _claim(
         self, pending: list[Endpoint], started: float, results: dict[str, EndpointResult]
     ) -> Endpoint | None:
+        """A pending endpoint now leased to this process; None while others hold all the rest."""
         for endpoint in list(pending):
             if endpoint not in pending:
                 continue  # another lane of this process took it meanwhile
             if await self.db(self.store.finished_since, endpoint.slug, started):
-                pending.remove(endpoint)
-                results[endpoint.slug] = EndpointResult(endpoint, collected_by="another collector")
-                self.counters.endpoints_done += 1
+                if endpoint in pending:
+                    pending.remove(endpoint)
+                    self._finished_elsewhere(endpoint, results)
                 continue
             if endpoint not in pending:
                 continue
-            if await self.db(self.store.try_lease, endpoint.slug, self.options.owner, self.options.lease_ttl):
+            if await self._lease(endpoint):
                 if endpoint not in pending:
                     continue
                 pending.remove(endpoint)
+                # Checked again under the lease: the holder may have finished and released it since.
+                if await self.db(self.store.finished_since, endpoint.slug, started):
+                    await self.db(self.store.release_lease, endpoint.slug, self.options.owner)
+                    self._finished_elsewhere(endpoint, results)
+                    continue
                 return endpoint
         return None
+
+    def _finished_elsewhere(self, endpoint: Endpoint, results: dict[str, EndpointResult]) -> None:
+        results[endpoint.slug] = EndpointResult(endpoint, collected_by="another collector")
+        self.counters.endpoints_done += 1
+
+    async def _lease(self, endpoint: Endpoint) -> bool:
+        store, owner, ttl = self.store, self.options.owner, self.options.lease_ttl
+        if await self.db(store.try_lease, endpoint.slug, owner, ttl):
+            return True
+        holder = await self.db(store.lease_owner, endpoint.slug)
+        if holder is not None and _dead_local_owner(holder):
+            # A collector on this host that was killed: no need to wait for its lease to expire.
+            return await self.db(store.take_over_lease, endpoint.slug, holder, owner, ttl)
+        return False
 
     async def _collect_leased(self, endpoint: Endpoint) -> EndpointResult:
         work = asyncio.create_task(self.collect_endpoint(endpoint))
@@ -364,6 +384,21 @@ class _Walk:
             return await self.client.job_details(self.endpoint.slug, job["job_number"])
         except NotFound:
             return None
+
+
+def _dead_local_owner(owner: str) -> bool:
+    """True for an owner `host:pid:…` of this host whose process is gone."""
+    host, _, rest = owner.partition(":")
+    pid = rest.split(":", 1)[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def _older(pipeline: dict[str, Any], floor: float) -> bool:

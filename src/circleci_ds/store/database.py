@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sqlite3
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -12,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, delete, event, func, insert, select, text, update
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError, SQLAlchemyError
 
 from circleci_ds.store import schema as s
 from circleci_ds.times import parse_ts
@@ -62,6 +63,7 @@ class LeaseInfo:
     endpoint: str
     owner: str
     expires_at: float
+    acquired_at: float  # when this owner took the endpoint (renewals do not move it)
 
 
 def dumps(obj: Any) -> str:
@@ -83,7 +85,7 @@ def engine_url(url: str) -> str:
 def display_url(url: str) -> str:
     try:
         return make_url(engine_url(url)).render_as_string(hide_password=True)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: e.g. a port that is not a number
         return "<unparsable database URL>"
 
 
@@ -139,6 +141,18 @@ class Store:
     def schema_version(self) -> int:
         with self.engine.connect() as conn:
             return s.current_version(conn) or 0
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        """A read transaction on one snapshot, so a tree read while it is replaced is never a mix.
+
+        SQLite's deferred BEGIN already gives that; PostgreSQL's default (READ COMMITTED) does not.
+        """
+        with self.engine.connect() as conn:
+            if not self.is_sqlite:
+                conn = conn.execution_options(isolation_level="REPEATABLE READ")
+            with conn.begin():
+                yield conn
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
@@ -215,7 +229,7 @@ class Store:
         return index
 
     def load_tree(self, pipeline_id: str) -> dict[str, Any] | None:
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             row = conn.execute(select(s.pipelines.c.data).where(s.pipelines.c.id == pipeline_id)).first()
             if row is None:
                 return None
@@ -275,12 +289,12 @@ class Store:
             query = query.where(e.native == project)
         if endpoint is not None:
             query = query.where(p.endpoint == endpoint)
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             keys = conn.execute(query).all()
             for start in range(0, len(keys), _CHUNK):
                 chunk = keys[start : start + _CHUNK]
                 ids = [k.id for k in chunk]
-                data = dict(conn.execute(select(p.id, p.data).where(p.id.in_(ids))).tuples().all())
+                data = dict(conn.execute(select(p.id, p.data).where(p.id.in_(ids))).all())
                 trees = _assemble(conn, [(pid, data[pid]) for pid in ids])
                 for k in chunk:
                     yield StoredTree(k.endpoint, k.native, k.origin, k.updated_on or 0.0, trees[k.id])
@@ -289,7 +303,7 @@ class Store:
     def endpoint_statuses(self) -> list[EndpointStatus]:
         e, p, le = s.endpoints.c, s.pipelines.c, s.leases.c
         per_pipeline = s.pipelines
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             pipes = _count_by_endpoint(conn, per_pipeline)
             open_ = _count_by_endpoint(conn, per_pipeline, p.is_final.is_(False))
             wfs = _count_by_endpoint(conn, s.workflows.join(s.pipelines, p.id == s.workflows.c.pipeline_id))
@@ -319,6 +333,13 @@ class Store:
     def try_lease(self, endpoint: str, owner: str, ttl: float, now: float | None = None) -> bool:
         """Take the endpoint if nobody holds it or the holder's lease ran out."""
         now = time.time() if now is None else now
+        try:
+            return self._take_lease(endpoint, owner, ttl, now)
+        except IntegrityError:
+            # PostgreSQL: another collector inserted the first lease row after our check; it won.
+            return False
+
+    def _take_lease(self, endpoint: str, owner: str, ttl: float, now: float) -> bool:
         le = s.leases.c
         with self._write() as conn:
             taken = conn.execute(
@@ -335,6 +356,23 @@ class Store:
                 insert(s.leases).values(endpoint=endpoint, owner=owner, expires_at=now + ttl, acquired_at=now)
             )
             return True
+
+    def take_over_lease(self, endpoint: str, dead_owner: str, owner: str, ttl: float) -> bool:
+        """Take a lease from a holder known to be dead, unless someone else already did."""
+        le = s.leases.c
+        now = time.time()
+        with self._write() as conn:
+            return bool(
+                conn.execute(
+                    update(s.leases)
+                    .where(le.endpoint == endpoint, le.owner == dead_owner)
+                    .values(owner=owner, expires_at=now + ttl, acquired_at=now)
+                ).rowcount
+            )
+
+    def lease_owner(self, endpoint: str) -> str | None:
+        with self.engine.connect() as conn:
+            return conn.execute(select(s.leases.c.owner).where(s.leases.c.endpoint == endpoint)).scalar()
 
     def renew_lease(self, endpoint: str, owner: str, ttl: float) -> bool:
         le = s.leases.c
@@ -355,7 +393,8 @@ class Store:
     def leases(self) -> list[LeaseInfo]:
         le = s.leases.c
         with self.engine.connect() as conn:
-            return [LeaseInfo(*r) for r in conn.execute(select(le.endpoint, le.owner, le.expires_at))]
+            rows = conn.execute(select(le.endpoint, le.owner, le.expires_at, le.acquired_at))
+            return [LeaseInfo(*r) for r in rows]
 
 
 def tree_updated_on(tree: dict[str, Any]) -> float:
@@ -373,7 +412,7 @@ def tree_updated_on(tree: dict[str, Any]) -> float:
 def _count_by_endpoint(conn: Connection, source: Any, *where: Any) -> dict[str, int]:
     p = s.pipelines.c
     query = select(p.endpoint, func.count()).select_from(source).where(*where).group_by(p.endpoint)
-    return {endpoint: count for endpoint, count in conn.execute(query).tuples()}
+    return {endpoint: count for endpoint, count in conn.execute(query)}
 
 
 def _assemble(conn: Connection, pipelines: Sequence[tuple[str, str]]) -> dict[str, dict[str, Any]]:
@@ -418,10 +457,24 @@ def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
     # Autocommit at the driver; transactions are begun explicitly below (SQLAlchemy's recipe).
     dbapi_conn.isolation_level = None
     cursor = dbapi_conn.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=60000")
+    _enable_wal(cursor)
+    cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
+
+
+def _enable_wal(cursor: Any, patience: float = 60.0) -> None:
+    """Switch to WAL; retried, as SQLite answers "locked" at once (no busy wait) while another
+    connection opens a new database, which collectors starting together all do."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 def _sqlite_begin(conn: Connection) -> None:

@@ -1,0 +1,314 @@
+"""The collector against the simulator: completeness, incremental rules, failures, and kill -9."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from circleci_ds.simulator import SimConfig, SimProject, Simulator
+from circleci_ds.store import Store
+from circleci_ds.times import parse_ts
+from collect_helpers import assert_matches_truth, collect, exported
+
+SLUGS = ["gh/acme/api", "github/acme/web"]
+DAY = 86400.0
+
+
+def config(**knobs: Any) -> SimConfig:
+    projects = [SimProject("gh/acme/api", pipelines=50), SimProject("gh/acme/web", pipelines=30)]
+    return SimConfig(seed=knobs.pop("seed", 11), projects=knobs.pop("projects", projects), **knobs)
+
+
+@pytest.fixture
+def db_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'store.db'}"
+
+
+@pytest.fixture
+async def served() -> AsyncIterator[tuple[Simulator, str]]:
+    sim = Simulator(config())
+    async with sim.serve() as url:
+        yield sim, url
+
+
+def all_workflows(sim: Simulator, slug: str) -> dict[str, set[str]]:
+    return {p["id"]: {w["id"] for w in p["workflows"]} for p in sim.truth(slug)}
+
+
+async def test_full_then_incremental_equals_truth(served: tuple[Simulator, str], db_url: str) -> None:
+    sim, url = served
+    results, stats = await collect(url, db_url, SLUGS)
+    assert [r.error for r in results] == [None, None]
+    assert_matches_truth(db_url, sim, SLUGS)
+    assert stats.max_in_flight <= 8
+    for _ in range(3):
+        sim.advance(DAY)
+        await collect(url, db_url, SLUGS)
+        assert_matches_truth(db_url, sim, SLUGS)
+
+
+async def test_rerun_under_old_pipeline_is_collected(db_url: str) -> None:
+    busy = [SimProject("gh/acme/api", pipelines=200), SimProject("gh/acme/web", pipelines=100)]
+    sim = Simulator(config(projects=busy, span_days=8.0))
+    async with sim.serve() as url:
+        await _rerun_scenario(sim, url, db_url)
+
+
+async def _rerun_scenario(sim: Simulator, url: str, db_url: str) -> None:
+    await collect(url, db_url, SLUGS)
+    before = {slug: all_workflows(sim, slug) for slug in ("gh/acme/api", "gh/acme/web")}
+    sim.advance(2.5 * DAY)
+    after = {slug: all_workflows(sim, slug) for slug in before}
+    grown = [
+        (slug, pid) for slug in before for pid, wfs in before[slug].items() if wfs and after[slug][pid] > wfs
+    ]
+    assert grown, "the simulated history should rerun a workflow under an already collected pipeline"
+    await collect(url, db_url, SLUGS)
+    assert_matches_truth(db_url, sim, SLUGS)
+    stored = exported(db_url)
+    for slug, pid in grown:
+        assert {w["id"] for w in stored[slug][pid]["workflows"]} == after[slug][pid]
+
+
+async def test_running_pipelines_become_final(served: tuple[Simulator, str], db_url: str) -> None:
+    sim, url = served
+    await collect(url, db_url, SLUGS)
+    store = Store.open(db_url)
+    open_before = sum(s.open_pipelines for s in store.endpoint_statuses())
+    assert open_before > 0, "the initial clock should catch some pipelines mid-flight"
+    sim.advance(10 * DAY)
+    await collect(url, db_url, SLUGS)
+    assert_matches_truth(db_url, sim, SLUGS)
+    still_open = [t.data for t in store.iter_trees() if t.data["id"] in _open_ids(store)]
+    store.close()
+    # Only workflows held for an approval that never comes may stay open.
+    for tree in still_open:
+        assert any(w["status"] == "on_hold" for w in tree["workflows"]), tree["id"]
+
+
+def _open_ids(store: Store) -> set[str]:
+    return {
+        pid
+        for slug in ("gh/acme/api", "gh/acme/web")
+        for pid, e in store.pipeline_index(slug).items()
+        if not e.is_final
+    }
+
+
+async def test_unchanged_rerun_is_cheap_and_on_hold_is_reread(
+    served: tuple[Simulator, str], db_url: str
+) -> None:
+    sim, url = served
+    _, first = await collect(url, db_url, SLUGS)
+    _, second = await collect(url, db_url, SLUGS)
+    assert second.requests <= 0.05 * first.requests
+    assert_matches_truth(db_url, sim, SLUGS)
+
+
+async def test_approval_jobs_have_no_details(served: tuple[Simulator, str], db_url: str) -> None:
+    sim, url = served
+    sim.advance(DAY)
+    await collect(url, db_url, SLUGS)
+    jobs = [j for p in exported(db_url)["gh/acme/api"].values() for w in p["workflows"] for j in w["jobs"]]
+    approvals = [j for j in jobs if j["type"] == "approval"]
+    assert approvals and all(j["details"] is None for j in approvals)
+    numbered_builds = [j for j in jobs if j["type"] == "build" and j.get("job_number") is not None]
+    assert numbered_builds and all(j["details"]["number"] == j["job_number"] for j in numbered_builds)
+    assert any(j["type"] == "build" and "job_number" not in j and j["details"] is None for j in jobs)
+
+
+@pytest.mark.parametrize("form", ["seconds", "date"])
+async def test_rate_limit_honoured_with_both_retry_after_forms(db_url: str, form: str) -> None:
+    sim = Simulator(
+        config(
+            projects=[SimProject("gh/acme/api", pipelines=8)],
+            rate_limit_rps=150.0,
+            rate_burst=5,
+            retry_after=form,
+        )
+    )
+    async with sim.serve() as url:
+        results, stats = await collect(url, db_url, ["gh/acme/api"], concurrency=16)
+    assert results[0].error is None
+    assert stats.rate_limited > 0
+    assert sim.stats["status"].get("429", 0) == stats.rate_limited
+    assert_matches_truth(db_url, sim, ["gh/acme/api"])
+
+
+async def test_server_faults_are_retried(db_url: str) -> None:
+    sim = Simulator(config(fault_rate=0.1))
+    async with sim.serve() as url:
+        results, stats = await collect(url, db_url, SLUGS)
+    assert [r.error for r in results] == [None, None]
+    assert stats.retries > 0
+    assert_matches_truth(db_url, sim, SLUGS)
+
+
+async def test_unknown_project_fails_alone(served: tuple[Simulator, str], db_url: str) -> None:
+    sim, url = served
+    results, _ = await collect(url, db_url, ["gh/acme/nope", *SLUGS])
+    errors = {r.endpoint.written: r.error for r in results}
+    assert errors["gh/acme/nope"] == "project not found, or the token cannot see it: gh/acme/nope"
+    assert errors["gh/acme/api"] is None and errors["github/acme/web"] is None
+    assert_matches_truth(db_url, sim, SLUGS)
+
+
+async def test_private_project_needs_the_token(db_url: str) -> None:
+    projects = [
+        SimProject("gh/acme/api", pipelines=10),
+        SimProject("gh/acme/secret", pipelines=10, private=True),
+    ]
+    sim = Simulator(config(projects=projects, token="tok-123"))
+    slugs = ["gh/acme/api", "gh/acme/secret"]
+    async with sim.serve() as url:
+        anonymous, _ = await collect(url, db_url, slugs)
+        assert [r.error is None for r in anonymous] == [True, False]
+        authorised, _ = await collect(url, db_url, slugs, token="tok-123")
+        assert [r.error for r in authorised] == [None, None]
+    assert_matches_truth(db_url, sim, slugs)
+
+
+async def test_past_retention_pipeline_kept_without_workflows(db_url: str) -> None:
+    sim = Simulator(config(retention_days=20.0))
+    async with sim.serve() as url:
+        results, _ = await collect(url, db_url, SLUGS)
+    assert [r.error for r in results] == [None, None]
+    assert_matches_truth(db_url, sim, SLUGS)
+    trees = exported(db_url)["gh/acme/api"].values()
+    assert any(not t["workflows"] for t in trees) and any(t["workflows"] for t in trees)
+
+
+async def test_from_date_limits_the_first_run(served: tuple[Simulator, str], db_url: str) -> None:
+    sim, url = served
+    await collect(url, db_url, SLUGS, from_date=sim.now.timestamp() - 5 * DAY)
+    created = [parse_ts(p["created_at"]) or 0.0 for p in exported(db_url)["gh/acme/api"].values()]
+    cutoff = sim.now.timestamp() - 5 * DAY
+    assert created and all(c >= cutoff for c in created)
+    assert len(created) < len(sim.truth("gh/acme/api"))
+
+
+# -- the command line, as a user runs it ------------------------------------------------------
+FIXTURE = """\
+native:
+  slug: acme
+data_sources:
+- slug: circleci
+  projects:
+  - name: acme
+    endpoints:
+{endpoints}
+  config:
+  - name: Circle-Token
+    value: ${{TEST_CIRCLE_TOKEN}}
+"""
+
+
+@pytest.fixture
+def threaded() -> Iterator[tuple[Simulator, str]]:
+    sim = Simulator(config(token="sekrit-token-value-42", latency_ms=2.0))
+    url = sim.start_thread()
+    try:
+        yield sim, url
+    finally:
+        sim.stop_thread()
+
+
+def write_fixture(tmp_path: Path, slugs: list[str]) -> Path:
+    path = tmp_path / "fixture.yaml"
+    path.write_text(FIXTURE.format(endpoints="\n".join(f"    - name: {s}" for s in slugs)))
+    return path
+
+
+def cli(args: list[str], url: str, db_url: str, token: str, **kw: Any) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "CIRCLECI_API_URL": url, "CIRCLECI_DS_DB": db_url, "TEST_CIRCLE_TOKEN": token}
+    return subprocess.run(
+        [sys.executable, "-m", "circleci_ds", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        **kw,
+    )
+
+
+def test_cli_collect_export_status(threaded: tuple[Simulator, str], tmp_path: Path, db_url: str) -> None:
+    sim, url = threaded
+    fixture = write_fixture(tmp_path, [*SLUGS, "gh/acme/missing"])
+    run = cli(["collect", str(fixture)], url, db_url, "sekrit-token-value-42")
+    assert run.returncode == 1, run.stderr
+    assert "project not found, or the token cannot see it: gh/acme/missing" in run.stderr
+    assert "Traceback" not in run.stderr
+    out = cli(["export"], url, db_url, "x")
+    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    assert len(lines) == sum(len(sim.truth(s)) for s in ("gh/acme/api", "gh/acme/web"))
+    first = lines[0]
+    assert first["backend_name"] == "CircleCI" and first["category"] == "pipeline"
+    assert first["project"] == "acme" and first["project_slug"] in ("gh/acme/api", "gh/acme/web")
+    assert set(first) >= {"uuid", "origin", "updated_on", "timestamp", "tag", "metadata__updated_on", "data"}
+    status = cli(["status"], url, db_url, "x")
+    assert status.returncode == 0 and "gh/acme/api" in status.stdout and "project not found" in status.stdout
+
+
+def test_token_never_leaks(threaded: tuple[Simulator, str], tmp_path: Path, db_url: str) -> None:
+    sim, url = threaded
+    token = "sekrit-token-value-42"
+    sim.config.fault_rate = 0.05
+    fixture = write_fixture(tmp_path, [*SLUGS, "gh/acme/missing"])
+    outputs = [cli(["collect", str(fixture), "-v"], url, db_url, token)]
+    outputs.append(cli(["collect", str(fixture), "-v"], url, db_url, "wrong-" + token))
+    assert outputs[1].returncode == 1 and "token rejected" in outputs[1].stderr
+    outputs += [cli(["status"], url, db_url, token), cli(["export"], url, db_url, token)]
+    for proc in outputs:
+        assert token not in proc.stdout and token not in proc.stderr
+    for path in tmp_path.iterdir():
+        if path.is_file():
+            assert token.encode() not in path.read_bytes(), path
+
+
+def test_kill_9_mid_run_then_resume(threaded: tuple[Simulator, str], tmp_path: Path, db_url: str) -> None:
+    sim, url = threaded
+    sim.config.latency_ms = 5.0
+    fixture = write_fixture(tmp_path, SLUGS)
+    env = {
+        **os.environ,
+        "CIRCLECI_API_URL": url,
+        "CIRCLECI_DS_DB": db_url,
+        "TEST_CIRCLE_TOKEN": "sekrit-token-value-42",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "circleci_ds", "collect", str(fixture), "--concurrency", "4"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    db_file = db_url.removeprefix("sqlite:///")
+    deadline = time.monotonic() + 60
+    stored = 0
+    while time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+        if os.path.exists(db_file):
+            try:
+                with sqlite3.connect(db_file, timeout=1) as conn:
+                    stored = conn.execute("select count(*) from pipelines").fetchone()[0]
+            except sqlite3.Error:
+                continue
+            if stored >= 10:
+                break
+    assert proc.poll() is None, "the collection ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert stored >= 10
+    sim.advance(3600)
+    done = cli(["collect", str(fixture)], url, db_url, "sekrit-token-value-42")
+    assert done.returncode == 0, done.stderr
+    assert_matches_truth(db_url, sim, SLUGS)
