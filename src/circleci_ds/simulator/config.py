@@ -76,6 +76,7 @@ class SimConfig:
     token: str | None = None
     retention_days: float | None = None
     reruns: bool = True
+    rerun_rate: float = 0.13  # share of failed workflows rerun by hand (automatic reruns aside)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -88,6 +89,8 @@ class SimConfig:
             raise ValueError("page_size must be >= 1")
         if self.retry_after not in RETRY_AFTER_FORMS:
             raise ValueError(f"retry_after must be one of {RETRY_AFTER_FORMS}")
+        if not 0.0 <= self.rerun_rate <= 1.0:
+            raise ValueError("rerun_rate must lie in [0, 1]")
         if not 0.0 <= self.fault_rate <= 1.0:
             raise ValueError("fault_rate must lie in [0, 1]")
         if self.rate_limit_rps is not None and self.rate_limit_rps <= 0:

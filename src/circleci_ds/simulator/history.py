@@ -373,7 +373,7 @@ class _ProjectBuilder:
         if original.run.final not in ("failed", "error"):
             return
         auto = template.max_auto_reruns
-        if auto is None and self.rng.random() >= 0.13:
+        if auto is None and self.rng.random() >= self.cfg.rerun_rate:
             return
         attempts = auto if auto is not None else (2 if self.rng.random() < 0.25 else 1)
         previous = original
