@@ -26,7 +26,8 @@ from typing import Any
 
 from rich.console import Console
 
-from circleci_ds.enrich import enrich_trees, es_bulk_lines, index_name
+from circleci_ds.enrich import enrich_trees
+from circleci_ds.export import es_bulk
 from circleci_ds.report import run_report
 from circleci_ds.store import Store
 
@@ -78,9 +79,7 @@ def count_store(store: Store) -> tuple[int, int, int]:
 def export(store: Store, path: Path) -> int:
     docs = 0
     with path.open("w", encoding="utf-8") as out:
-        for line in es_bulk_lines(
-            enrich_trees(store.iter_trees(), store.project_infos()), index_name(NATIVE, False)
-        ):
+        for line in es_bulk(enrich_trees(store.iter_trees(), store.project_infos()), raw=False):
             out.write(line)
             out.write("\n")
             docs += 1

@@ -13,16 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from circleci_ds.enrich import (
-    enrich_trees,
-    es_bulk_lines,
-    index_name,
-    is_bot_login,
-    job_seconds,
-    parse_time,
-    stamp,
-    uuid,
-)
+from circleci_ds.enrich import enrich_trees, is_bot_login, job_seconds, parse_time, stamp
+from circleci_ds.export import es_bulk, index_name, uuid
 from circleci_ds.store import StoredTree
 
 ORIGIN = "https://circleci.com/gh/acme/api"
@@ -444,8 +436,7 @@ def test_enriched_on_defaults_to_now() -> None:
 
 def test_es_bulk_lines() -> None:
     docs = list(enrich_trees([stored(full_tree())], INFOS, enriched_on=ENRICHED_ON))
-    index = index_name("acme", raw=False)
-    lines = list(es_bulk_lines(docs, index))
+    lines = list(es_bulk(docs, raw=False))
     assert len(lines) == 2 * len(docs)
     assert not any("\n" in line for line in lines)  # one JSON value per line, the writer adds newlines
     for action_line, doc_line, doc in zip(lines[::2], lines[1::2], docs, strict=True):

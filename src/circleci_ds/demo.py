@@ -75,12 +75,15 @@ def run_demo(directory: Path) -> int:
         _say("second collection: incremental")
         code = _run(["collect", str(fixture)], env) or code
         _run(["status"], env)
+        report = directory / "report.html"
+        _say(f"CI metrics for the default branches, and an HTML report at {report}")
+        _run(["report", "--html", str(report)], env)
     finally:
         sim.stop_thread()
     _say(
         f"done. Data is in {db_path}. Try:\n"
         f"  circleci-ds export --db {db} | head -c 600\n"
-        f"  circleci-ds report --db {db} --html {directory / 'report.html'}"
+        f"  circleci-ds report --db {db} --format json"
     )
     return code
 

@@ -8,17 +8,14 @@ seconds. A value the API did not give is null, never 0.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 from circleci_ds import __version__
+from circleci_ds.export import BACKEND_NAME, uuid
 from circleci_ds.store import StoredTree
-
-BACKEND_NAME = "CircleCI"
 
 WORKFLOW_STATUSES = (
     "success",
@@ -72,18 +69,11 @@ KNOWN_BOTS = frozenset(
     }
 )
 
-_ES_INDEX_BAD = re.compile(r'[\\/*?"<>|\s,#:]+')
 # Documents are fresh trees of plain values: no cycle check needed.
-_BULK_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False)
 _CANONICAL_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{3})?Z\Z")
 
 
 # -- small helpers -----------------------------------------------------------------------
-
-
-def uuid(*args: str) -> str:
-    """Perceval's document id: sha1 hex of the arguments joined by ':'."""
-    return hashlib.sha1(":".join(args).encode("utf-8", errors="surrogateescape")).hexdigest()
 
 
 def parse_time(value: Any) -> datetime | None:
@@ -145,24 +135,6 @@ def default_branch(info: dict[str, Any] | None) -> str | None:
     vcs_info = (info or {}).get("vcs_info") or {}
     branch = vcs_info.get("default_branch")
     return branch if isinstance(branch, str) and branch else None
-
-
-def index_name(native_slug: str, raw: bool) -> str:
-    """`sds-<native-slug>-circleci[-raw]`, lowercase, with `/` and other characters ES refuses as `-`."""
-    slug = _ES_INDEX_BAD.sub("-", native_slug.strip().lower()).strip("-_+") or "unknown"
-    return f"sds-{slug}-circleci" + ("-raw" if raw else "")
-
-
-def es_bulk_lines(docs: Iterable[dict[str, Any]], index: str) -> Iterator[str]:
-    """Elasticsearch/OpenSearch `_bulk` lines: an index action (`_id` = uuid), then the document.
-
-    Lines come without their newline, as the CLI's writer adds it; a `_bulk` body is the lines
-    each followed by '\\n'.
-    """
-    encode = _BULK_ENCODER.encode
-    for doc in docs:
-        yield encode({"index": {"_index": index, "_id": doc["uuid"]}})
-        yield encode(doc)
 
 
 # -- documents -----------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -21,10 +22,14 @@ def uuid(*parts: str) -> str:
     return hashlib.sha1(":".join(parts).encode("utf-8", errors="surrogateescape")).hexdigest()
 
 
-def index_name(native_slug: str, *, raw: bool) -> str:
-    """da-ds index names: `sds-<native-slug>-circleci[-raw]`, `/` turned into `-`, lowercase."""
-    base = f"sds-{native_slug.replace('/', '-').lower()}-circleci"
-    return f"{base}-raw" if raw else base
+_ES_INDEX_BAD = re.compile(r'[\\/*?"<>|\s,#:]+')
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False)
+
+
+def index_name(native_slug: str, raw: bool) -> str:
+    """`sds-<native-slug>-circleci[-raw]`, lowercase, with `/` and other characters ES refuses as `-`."""
+    slug = _ES_INDEX_BAD.sub("-", native_slug.strip().lower()).strip("-_+") or "unknown"
+    return f"sds-{slug}-circleci" + ("-raw" if raw else "")
 
 
 def raw_item(tree: StoredTree, now: float | None = None) -> dict[str, Any]:
@@ -54,13 +59,16 @@ def raw_items(store: Store, project: str | None = None) -> Iterator[dict[str, An
 
 
 def ndjson(docs: Iterable[dict[str, Any]]) -> Iterator[str]:
+    """One JSON document per line; lines come without their newline."""
     for doc in docs:
-        yield json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
+        yield _ENCODER.encode(doc)
 
 
 def es_bulk(docs: Iterable[dict[str, Any]], *, raw: bool) -> Iterator[str]:
-    """`_bulk` NDJSON: an index action (`_id` = uuid) then the document, per document."""
+    """Elasticsearch/OpenSearch `_bulk` lines: an index action (`_id` = uuid), then the document.
+
+    The index is the da-ds one of each document's native project.
+    """
     for doc in docs:
-        action = {"index": {"_index": index_name(doc["project"], raw=raw), "_id": doc["uuid"]}}
-        yield json.dumps(action, separators=(",", ":"))
-        yield json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
+        yield _ENCODER.encode({"index": {"_index": index_name(doc["project"], raw), "_id": doc["uuid"]}})
+        yield _ENCODER.encode(doc)
