@@ -7,11 +7,11 @@ import asyncio
 import itertools
 from pathlib import Path
 
-from collect_helpers import assert_matches_truth, collect
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from circleci_ds.simulator import SimConfig, SimProject, Simulator
+from collect_helpers import assert_matches_truth, collect
 
 DAY = 86400.0
 SLUGS = ["gh/prop/alpha", "github/prop/beta"]
