@@ -45,8 +45,8 @@ async def test_pacer_caps_rate() -> None:
     started = time.monotonic()
     for _ in range(11):
         await pacer.wait()
-    # 11 slots at 50/s span 10 intervals of 20 ms.
-    assert time.monotonic() - started >= 0.19
+    # 11 slots at 50/s span 10 intervals of 20 ms, less a burst of two: a slot missed is made up once.
+    assert time.monotonic() - started >= 0.155
 
 
 def test_origin() -> None:
