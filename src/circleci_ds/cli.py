@@ -21,6 +21,8 @@ from typing import Annotated, Any, ClassVar, TypeVar
 
 import typer
 from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from circleci_ds import __version__
@@ -102,8 +104,12 @@ def guarded(func: F) -> F:
 
 
 def _setup_logging(verbose: bool) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    handler: logging.Handler
+    if err.is_terminal:  # log lines go above the progress bar
+        handler = RichHandler(console=err, show_path=False, markup=False, rich_tracebacks=False)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
     handler.addFilter(Redactor())
     root = logging.getLogger("circleci_ds")
     root.handlers[:] = [handler]
@@ -203,24 +209,31 @@ async def _collect(
 
 
 async def _report_progress(collector: Collector) -> None:
-    """A live line on a terminal, a log line every 10 s otherwise."""
+    """A progress bar over endpoints on a terminal; a log line every 10 s otherwise."""
     c, stats = collector.counters, collector.client.stats
 
     def line() -> str:
         return (
-            f"endpoints {c.endpoints_done}/{c.endpoints_total} | pipelines {c.pipelines} | "
-            f"workflows {c.workflows} | jobs {c.jobs} | details {c.details} | "
+            f"pipelines {c.pipelines} | workflows {c.workflows} | jobs {c.jobs} | details {c.details} | "
             f"requests {stats.requests} | 429s {stats.rate_limited}"
         )
 
     if err.is_terminal:
-        with err.status(line()) as status:
+        columns = (
+            TextColumn("endpoints"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.description}"),
+            TimeElapsedColumn(),
+        )
+        with Progress(*columns, console=err, transient=True) as progress:
+            task = progress.add_task(line(), total=c.endpoints_total or None)
             while True:
                 await asyncio.sleep(0.2)
-                status.update(line())
+                progress.update(task, completed=c.endpoints_done, total=c.endpoints_total, description=line())
     while True:
         await asyncio.sleep(10)
-        log.info("progress: %s", line())
+        log.info("progress: endpoints %d/%d | %s", c.endpoints_done, c.endpoints_total, line())
 
 
 # -- export ---------------------------------------------------------------------------------
