@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, delete, event, func, insert, select, text, update
@@ -84,7 +85,7 @@ def engine_url(url: str) -> str:
 
 def display_url(url: str) -> str:
     try:
-        return make_url(engine_url(url)).render_as_string(hide_password=True)
+        return make_url(url).render_as_string(hide_password=True)
     except (ArgumentError, ValueError):  # ValueError: e.g. a port that is not a number
         return "<unparsable database URL>"
 
@@ -100,6 +101,8 @@ class Store:
     @classmethod
     def open(cls, url: str = DEFAULT_DB_URL, *, create: bool = True) -> Store:
         """Connect, and create or upgrade the schema; StoreError on any problem."""
+        if not create:
+            _require_sqlite_file(url)
         try:
             engine = _make_engine(url)
             store = cls(engine, url)
@@ -441,6 +444,17 @@ def _assemble(conn: Connection, pipelines: Sequence[tuple[str, str]]) -> dict[st
         tree["workflows"] = wfs_by_pipeline.get(pid, [])
         trees[pid] = tree
     return trees
+
+
+def _require_sqlite_file(url: str) -> None:
+    """Reading commands must not leave an empty SQLite file behind for a mistyped path."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return  # reported by open() with the other URL problems
+    path = parsed.database if parsed.get_backend_name() == "sqlite" else None
+    if path and path != ":memory:" and not path.startswith("file:") and not Path(path).exists():
+        raise StoreError(f"no such database: {path} (run `circleci-ds collect` first)")
 
 
 def _make_engine(url: str) -> Engine:
