@@ -112,6 +112,8 @@ class Collector:
         self.counters = Counters()
         self._db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="circleci-ds-store")
         self._tree_slots = asyncio.Semaphore(self.options.trees_in_flight)
+        self._claiming = asyncio.Lock()  # one lane looks for work at a time
+        self._quiet_until = 0.0  # monotonic time before which no lane looks again
 
     async def db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a store call on the single store thread, so the event loop never blocks on I/O."""
@@ -138,16 +140,35 @@ class Collector:
     async def _lane(
         self, pending: list[Endpoint], started: float, results: dict[str, EndpointResult]
     ) -> None:
-        poll = min(0.5, self.options.lease_ttl / 3)
         while pending:
-            endpoint = await self._claim(pending, started, results)
+            endpoint = await self._next_endpoint(pending, started, results)
             if endpoint is None:
-                await asyncio.sleep(poll)  # the rest are held by others; take over if they die
                 continue
             try:
                 results[endpoint.slug] = await self._collect_leased(endpoint)
             finally:
                 self.counters.endpoints_done += 1
+
+    async def _next_endpoint(
+        self, pending: list[Endpoint], started: float, results: dict[str, EndpointResult]
+    ) -> Endpoint | None:
+        """An endpoint to collect, or None after a pause while others hold all the rest.
+
+        The lanes take turns, and once a look found nothing, none looks again for a short poll
+        interval: short, as the run ends only when the others' last endpoints are seen finished;
+        a turn each, as looking costs a few queries per endpoint held elsewhere.
+        """
+        poll = min(0.5, self.options.lease_ttl / 3)
+        async with self._claiming:
+            wait = self._quiet_until - time.monotonic()
+            if wait <= 0:
+                endpoint = await self._claim(pending, started, results)
+                if endpoint is not None or not pending:
+                    return endpoint
+                self._quiet_until = time.monotonic() + poll
+                wait = poll
+        await asyncio.sleep(wait)  # the rest are held by others; take over if they die
+        return None
 
     async def _claim(
         self, pending: list[Endpoint], started: float, results: dict[str, EndpointResult]

@@ -450,7 +450,7 @@ def _require_sqlite_file(url: str) -> None:
     """Reading commands must not leave an empty SQLite file behind for a mistyped path."""
     try:
         parsed = make_url(url)
-    except ArgumentError:
+    except (ArgumentError, ValueError):
         return  # reported by open() with the other URL problems
     path = parsed.database if parsed.get_backend_name() == "sqlite" else None
     if path and path != ":memory:" and not path.startswith("file:") and not Path(path).exists():

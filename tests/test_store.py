@@ -1,0 +1,557 @@
+"""The store on SQLite and PostgreSQL: schema, trees, checkpoints, leases, status and errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import Engine, create_engine, func, insert, inspect, select, text
+
+from circleci_ds.store import SCHEMA_VERSION, Store, StoreError
+from circleci_ds.store import database as db
+from circleci_ds.store import schema as s
+from pgserver import PASSWORD, PASSWORD_USER, PgServer, free_port
+
+EP = "gh/acme/api"
+
+
+# -- helpers --------------------------------------------------------------------------------------
+@contextmanager
+def opened(url: str, *, create: bool = True) -> Iterator[Store]:
+    store = Store.open(url, create=create)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+@contextmanager
+def raw_engine(url: str) -> Iterator[Engine]:
+    """A plain engine, to set up or inspect a database behind the store's back."""
+    engine = create_engine(db.engine_url(url))
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
+def table_names(url: str) -> set[str]:
+    with raw_engine(url) as engine, engine.connect() as conn:
+        return set(inspect(conn).get_table_names())
+
+
+def stored_version(url: str) -> int:
+    with raw_engine(url) as engine, engine.connect() as conn:
+        return int(conn.execute(select(s.schema_version.c.version)).scalar_one())
+
+
+def ts(second: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(1_793_000_000 + second)) + ".000Z"
+
+
+def make_tree(pid: str, number: int, *, workflows: int = 2, jobs: int = 2, tag: str = "") -> dict[str, Any]:
+    """A pipeline tree as the collector stores it: pipeline + workflows[] + jobs[] + details."""
+    return {
+        "id": pid,
+        "number": number,
+        "state": "created",
+        "created_at": ts(number * 100),
+        "updated_at": ts(number * 100 + 1),
+        "vcs": {"branch": "main", "note": tag or "ünïcode ✓"},
+        "workflows": [
+            {
+                "id": f"{pid}-w{w}",
+                "name": f"build-{w}{tag}",
+                "status": "success",
+                "created_at": ts(number * 100 + 2),
+                "stopped_at": ts(number * 100 + 50 + w),
+                "jobs": [
+                    {
+                        "id": f"{pid}-w{w}-j{j}",
+                        "name": f"job-{j}",
+                        "type": "build" if j else "approval",
+                        "job_number": number * 10 + j if j else None,
+                        "status": "success",
+                        "started_at": ts(number * 100 + 3),
+                        "stopped_at": ts(number * 100 + 40),
+                        "details": {"queued_at": ts(number * 100 + 3), "executor": {"type": "docker"}}
+                        if j
+                        else None,
+                    }
+                    for j in range(jobs)
+                ],
+            }
+            for w in range(workflows)
+        ],
+    }
+
+
+def save(store: Store, tree: dict[str, Any], endpoint: str = EP, *, final: bool = True) -> None:
+    store.save_tree(endpoint, tree, fetched_at=1_793_100_000.0, is_final=final)
+
+
+def count_rows(url: str, table: str) -> int:
+    with raw_engine(url) as engine, engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(s.metadata.tables[table])).scalar_one())
+
+
+# -- schema and migrations ----------------------------------------------------------------------
+def test_creates_current_schema_on_an_empty_database(db_url: str) -> None:
+    with opened(db_url) as store:
+        assert store.schema_version() == SCHEMA_VERSION
+    assert {"schema_version", "endpoints", "pipelines", "workflows", "jobs", "leases"} <= table_names(db_url)
+    with opened(db_url) as store:  # opening again changes nothing
+        assert store.schema_version() == SCHEMA_VERSION
+    assert count_rows(db_url, "schema_version") == 1
+
+
+def test_upgrades_a_v1_store_in_place_and_keeps_its_data(db_url: str) -> None:
+    tree = make_tree("p-1", 1)
+    with raw_engine(db_url) as engine:
+        with engine.begin() as conn:
+            for step in s.MIGRATIONS[:1]:
+                step(conn)
+            conn.execute(insert(s.schema_version).values(version=1))
+        v1 = Store(engine, db_url)  # a store of the first release: no migration run
+        v1.ensure_endpoint(EP, "acme", "https://circleci.com/gh/acme/api")
+        save(v1, tree)
+        v1.record_finish(EP, finished=10.0, error=None, checkpoint=5.0)
+    assert "leases" not in table_names(db_url)
+
+    with opened(db_url) as store:
+        assert store.schema_version() == SCHEMA_VERSION
+        assert store.load_tree("p-1") == tree
+        assert store.checkpoint(EP) == 5.0
+        assert store.try_lease(EP, "me", 30)
+    assert "leases" in table_names(db_url)
+    assert stored_version(db_url) == SCHEMA_VERSION
+    assert count_rows(db_url, "schema_version") == 1
+
+
+def test_a_newer_schema_is_refused_and_nothing_is_written(db_url: str) -> None:
+    with raw_engine(db_url) as engine, engine.begin() as conn:
+        s.MIGRATIONS[0](conn)
+        conn.execute(insert(s.schema_version).values(version=SCHEMA_VERSION + 1))
+    before = table_names(db_url)
+    with pytest.raises(StoreError, match=r"schema version \d+, newer than this circleci-ds supports") as info:
+        Store.open(db_url)
+    assert "upgrade circleci-ds" in str(info.value)
+    assert table_names(db_url) == before
+    assert stored_version(db_url) == SCHEMA_VERSION + 1
+
+
+@pytest.mark.parametrize("create", [True, False])
+def test_tables_of_something_else_are_refused(db_url: str, create: bool) -> None:
+    with raw_engine(db_url) as engine, engine.begin() as conn:
+        conn.execute(text("CREATE TABLE pipelines (name VARCHAR(20))"))
+    with pytest.raises(StoreError, match="not a circleci-ds store"):
+        Store.open(db_url, create=create)
+    assert table_names(db_url) == {"pipelines"}
+
+
+def test_readers_do_not_create_a_store(db_url: str) -> None:
+    with raw_engine(db_url) as engine, engine.begin() as conn:
+        conn.execute(text("CREATE TABLE users (name VARCHAR(20))"))
+    with pytest.raises(StoreError, match=r"is not a circleci-ds store \(run `circleci-ds collect` first\)"):
+        Store.open(db_url, create=False)
+    assert table_names(db_url) == {"users"}
+
+
+def test_concurrent_openers_migrate_once(db_url: str) -> None:
+    errors: list[BaseException] = []
+    start = threading.Barrier(4)
+
+    def open_one() -> None:
+        start.wait()
+        try:
+            Store.open(db_url).close()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_one) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert count_rows(db_url, "schema_version") == 1
+    assert stored_version(db_url) == SCHEMA_VERSION
+
+
+# -- connection errors ---------------------------------------------------------------------------
+def test_unreachable_postgresql_is_a_store_error_without_the_password() -> None:
+    url = f"postgresql://someone:{PASSWORD}@127.0.0.1:{free_port()}/nowhere"
+    with pytest.raises(StoreError, match="cannot use the database") as info:
+        Store.open(url)
+    message = str(info.value)
+    assert PASSWORD not in message
+    assert "someone:***@127.0.0.1" in message
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize(
+    ("user", "password", "reason"),
+    [
+        (PASSWORD_USER, "not-" + PASSWORD, "password authentication failed"),
+        ("nobody_here", PASSWORD, 'role "nobody_here" does not exist'),
+    ],
+)
+def test_wrong_credentials_are_a_store_error_without_the_password(
+    pg_server: PgServer, user: str, password: str, reason: str
+) -> None:
+    name = pg_server.create_database().rsplit("/", 1)[1]
+    with pytest.raises(StoreError, match=reason) as info:
+        Store.open(pg_server.url(name, user, password))
+    assert password not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [f"postgresql://u:{PASSWORD}@127.0.0.1:notaport/x", f"nosuchdialect://u:{PASSWORD}@h/x", "just words"],
+)
+@pytest.mark.parametrize("create", [True, False])
+def test_unusable_urls_are_a_store_error_without_the_password(url: str, create: bool) -> None:
+    with pytest.raises(StoreError) as info:
+        Store.open(url, create=create)
+    assert PASSWORD not in str(info.value)
+
+
+def test_a_missing_sqlite_file_is_not_created_by_readers(tmp_path: Path) -> None:
+    path = tmp_path / "missing.db"
+    with pytest.raises(StoreError, match="no such database"):
+        Store.open(f"sqlite:///{path}", create=False)
+    assert not path.exists()
+
+
+# -- pipeline trees ------------------------------------------------------------------------------
+def test_tree_round_trip(db_url: str) -> None:
+    with opened(db_url) as store:
+        store.ensure_endpoint(EP, "acme", "https://circleci.com/gh/acme/api")
+        tree = make_tree("p-1", 7, workflows=3, jobs=3)
+        save(store, tree)
+        assert store.load_tree("p-1") == tree
+        assert store.load_tree("missing") is None
+        [stored] = store.iter_trees()
+        assert (stored.endpoint, stored.native, stored.origin) == (
+            EP,
+            "acme",
+            "https://circleci.com/gh/acme/api",
+        )
+        assert stored.data == tree
+        assert stored.updated_on == db.tree_updated_on(tree) > 0
+
+
+def test_origin_is_kept_once_set(db_url: str) -> None:
+    with opened(db_url) as store:
+        store.ensure_endpoint(EP, "acme", "https://circleci.com/gh/acme/api")
+        store.ensure_endpoint(EP, "acme-renamed", "http://127.0.0.1:1/gh/acme/api")
+        assert store.origin(EP) == "https://circleci.com/gh/acme/api"
+        assert [st.native for st in store.endpoint_statuses()] == ["acme-renamed"]
+
+
+def test_iter_trees_orders_by_endpoint_then_number_and_filters(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(db, "_CHUNK", 2)  # several chunks with few trees
+    with opened(db_url) as store:
+        store.ensure_endpoint("gh/b/two", "native-b", "o-b")
+        store.ensure_endpoint("gh/a/one", "native-a", "o-a")
+        for pid, number in [("b-10", 10), ("b-2", 2), ("b-33", 33)]:
+            save(store, make_tree(pid, number, workflows=1, jobs=1), "gh/b/two")
+        for pid, number in [("a-5", 5), ("a-1", 1)]:
+            save(store, make_tree(pid, number, workflows=0), "gh/a/one")
+        order = [t.data["id"] for t in store.iter_trees()]
+        assert order == ["a-1", "a-5", "b-2", "b-10", "b-33"]
+        assert [t.data["id"] for t in store.iter_trees(project="native-b")] == ["b-2", "b-10", "b-33"]
+        assert [t.data["id"] for t in store.iter_trees(endpoint="gh/a/one")] == ["a-1", "a-5"]
+        assert all(t.data == store.load_tree(t.data["id"]) for t in store.iter_trees())
+
+
+def test_replacing_a_tree_leaves_no_duplicates(db_url: str) -> None:
+    with opened(db_url) as store:
+        store.ensure_endpoint(EP, "acme", "o")
+        save(store, make_tree("p-1", 1, workflows=3, jobs=3), final=False)
+        smaller = make_tree("p-1", 1, workflows=1, jobs=2, tag="-rerun")
+        save(store, smaller)
+        assert store.load_tree("p-1") == smaller
+        assert [t.data for t in store.iter_trees()] == [smaller]
+    assert (count_rows(db_url, "pipelines"), count_rows(db_url, "workflows"), count_rows(db_url, "jobs")) == (
+        1,
+        1,
+        2,
+    )
+
+
+def test_a_failed_replacement_keeps_the_previous_tree(db_url: str) -> None:
+    with opened(db_url) as store:
+        store.ensure_endpoint(EP, "acme", "o")
+        old = make_tree("p-1", 1)
+        save(store, old)
+        broken = make_tree("p-1", 1, tag="-new")
+        broken["workflows"][0]["jobs"].append(broken["workflows"][0]["jobs"][0])  # same key twice
+        with pytest.raises(Exception, match=r"(?i)unique|duplicate"):
+            save(store, broken)
+        assert store.load_tree("p-1") == old
+
+
+def test_readers_see_a_whole_tree_while_it_is_replaced(db_url: str) -> None:
+    """A tree read during replacements is always one of the versions written, never a mix."""
+    versions = [
+        make_tree("p-1", 1, workflows=3, jobs=3, tag="-a"),
+        make_tree("p-1", 1, workflows=1, tag="-b"),
+    ]
+    with opened(db_url) as writer, opened(db_url) as reader:
+        writer.ensure_endpoint(EP, "acme", "o")
+        save(writer, versions[0])
+        stop = threading.Event()
+        seen: list[dict[str, Any] | None] = []
+
+        def read() -> None:
+            while not stop.is_set():
+                seen.append(reader.load_tree("p-1"))
+                seen.extend(t.data for t in reader.iter_trees())
+
+        thread = threading.Thread(target=read)
+        thread.start()
+        try:
+            for i in range(60):
+                save(writer, versions[i % 2])
+        finally:
+            stop.set()
+            thread.join()
+    assert seen
+    assert all(tree in versions for tree in seen)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@st.composite
+def trees(draw: st.DrawFn) -> dict[str, Any]:
+    pid = draw(st.uuids()).hex
+    extra = draw(
+        st.dictionaries(st.text(min_size=1, max_size=8).filter(lambda k: k != "workflows"), json_values)
+    )
+    workflows = []
+    for w in range(draw(st.integers(0, 3))):
+        jobs = [
+            {"id": f"j{j}", "payload": draw(json_values), "details": draw(st.none() | st.just({"x": 1}))}
+            for j in range(draw(st.integers(0, 3)))
+        ]
+        workflows.append({"id": f"{pid}-{w}", "payload": draw(json_values), "jobs": jobs})
+    return {**extra, "id": pid, "number": draw(st.integers(0, 10**6)), "workflows": workflows}
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(tree=trees())
+def test_any_json_tree_survives_a_round_trip(db_url: str, tree: dict[str, Any]) -> None:
+    with opened(db_url) as store:
+        store.ensure_endpoint(EP, "acme", "o")
+        save(store, tree)
+        assert store.load_tree(tree["id"]) == tree
+
+
+def test_pipeline_index(db_url: str) -> None:
+    with opened(db_url) as store:
+        store.ensure_endpoint(EP, "acme", "o")
+        store.ensure_endpoint("gh/acme/other", "acme", "o2")
+        tree = make_tree("p-1", 3)
+        store.save_tree(EP, tree, fetched_at=123.5, is_final=False)
+        save(store, make_tree("p-2", 4), "gh/acme/other")
+        index = store.pipeline_index(EP)
+    assert set(index) == {"p-1"}
+    entry = index["p-1"]
+    assert entry.created_at == db.parse_ts(tree["created_at"])
+    assert entry.fetched_at == 123.5
+    assert entry.is_final is False
+    assert entry.digest == db.digest({k: v for k, v in tree.items() if k != "workflows"})
+
+
+# -- endpoints and checkpoints ------------------------------------------------------------------
+def test_checkpoint_moves_only_on_success(db_url: str) -> None:
+    with opened(db_url) as store:
+        store.ensure_endpoint(EP, "acme", "o")
+        assert store.checkpoint(EP) is None
+        store.record_start(EP, 100.0)
+        store.record_finish(EP, finished=110.0, error=None, checkpoint=90.0)
+        assert store.checkpoint(EP) == 90.0
+        store.record_finish(EP, finished=210.0, error="boom", checkpoint=190.0)
+        assert store.checkpoint(EP) == 90.0
+        [status] = store.endpoint_statuses()
+        assert (status.last_error, status.last_finished) == ("boom", 210.0)
+        store.record_finish(EP, finished=310.0, error=None, checkpoint=None)  # nothing listed
+        assert store.checkpoint(EP) == 90.0
+        [status] = store.endpoint_statuses()
+        assert status.last_error is None
+        assert store.finished_since(EP, 310.0)
+        assert not store.finished_since(EP, 310.5)
+        assert not store.finished_since("gh/acme/unknown", 0.0)
+
+
+def test_project_infos(db_url: str) -> None:
+    with opened(db_url) as store:
+        store.ensure_endpoint(EP, "acme", "o")
+        store.ensure_endpoint("gh/acme/web", "acme", "o2")
+        store.save_project_info(EP, {"vcs_info": {"default_branch": "main"}, "name": "api"})
+        assert store.project_infos() == {EP: {"vcs_info": {"default_branch": "main"}, "name": "api"}}
+
+
+# -- leases ----------------------------------------------------------------------------------------
+def test_lease_take_renew_release(db_url: str) -> None:
+    with opened(db_url) as store:
+        assert store.try_lease(EP, "a", 30)
+        assert not store.try_lease(EP, "b", 30)
+        assert store.try_lease(EP, "a", 30)  # the holder may take it again
+        assert store.renew_lease(EP, "a", 30)
+        assert not store.renew_lease(EP, "b", 30)
+        [held] = store.leases()
+        assert (held.endpoint, held.owner) == (EP, "a")
+        assert held.expires_at > time.time() + 25
+        store.release_lease(EP, "b")  # not the holder: no effect
+        assert [x.owner for x in store.leases()] == ["a"]
+        store.release_lease(EP, "a")
+        assert store.leases() == []
+        assert store.try_lease(EP, "b", 30)
+        assert not store.renew_lease(EP, "a", 30)
+
+
+def test_an_expired_lease_is_taken_over(db_url: str) -> None:
+    with opened(db_url) as store:
+        assert store.try_lease(EP, "a", 10, now=1000.0)
+        assert not store.try_lease(EP, "b", 10, now=1009.0)
+        assert store.try_lease(EP, "b", 10, now=1010.5)
+        [held] = store.leases()
+        assert (held.owner, held.expires_at, held.acquired_at) == ("b", 1020.5, 1010.5)
+        assert not store.renew_lease(EP, "a", 10)  # the old holder learns it lost the endpoint
+        store.release_lease(EP, "a")
+        assert [x.owner for x in store.leases()] == ["b"]
+
+
+def test_a_lease_expires_in_real_time(db_url: str) -> None:
+    with opened(db_url) as store:
+        assert store.try_lease(EP, "a", 0.2)
+        assert not store.try_lease(EP, "b", 5)
+        time.sleep(0.3)
+        assert store.try_lease(EP, "b", 5)
+
+
+def test_leases_are_per_endpoint(db_url: str) -> None:
+    with opened(db_url) as store:
+        assert store.try_lease("gh/acme/one", "a", 30)
+        assert store.try_lease("gh/acme/two", "b", 30)
+        assert sorted((x.endpoint, x.owner) for x in store.leases()) == [
+            ("gh/acme/one", "a"),
+            ("gh/acme/two", "b"),
+        ]
+
+
+def test_racing_collectors_get_one_lease_each_endpoint(db_url: str) -> None:
+    """Separate connections racing for fresh endpoints: exactly one winner each, and no error."""
+    racers, rounds = 4, 15
+    stores = [Store.open(db_url) for _ in range(racers)]
+    wins: list[tuple[int, str]] = []
+    errors: list[BaseException] = []
+    gate = threading.Barrier(racers)
+
+    def race(i: int) -> None:
+        for r in range(rounds):
+            gate.wait()
+            try:
+                if stores[i].try_lease(f"gh/race/ep-{r}", f"owner-{i}", 30):
+                    wins.append((r, f"owner-{i}"))
+            except BaseException as exc:
+                errors.append(exc)
+
+    threads = [threading.Thread(target=race, args=(i,)) for i in range(racers)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        for store in stores:
+            store.close()
+    assert not errors, errors[0]
+    assert sorted(r for r, _ in wins) == list(range(rounds))
+
+
+# -- status --------------------------------------------------------------------------------------
+def test_endpoint_statuses_count_what_is_stored(db_url: str) -> None:
+    with opened(db_url) as store:
+        store.ensure_endpoint("gh/acme/web", "acme", "o2")
+        store.ensure_endpoint(EP, "acme", "o")
+        save(store, make_tree("p-1", 1, workflows=2, jobs=3))
+        save(store, make_tree("p-2", 2, workflows=1, jobs=1), final=False)
+        store.record_finish(EP, finished=50.0, error=None, checkpoint=40.0)
+        store.try_lease("gh/acme/web", "collector-1", 30, now=time.time())
+        api, web = store.endpoint_statuses()
+    assert (api.slug, api.pipelines, api.workflows, api.jobs, api.open_pipelines) == (EP, 2, 3, 7, 1)
+    assert (api.checkpoint, api.last_finished, api.lease_owner, api.lease_expires) == (40.0, 50.0, None, None)
+    assert (web.slug, web.pipelines, web.workflows, web.jobs, web.open_pipelines) == (
+        "gh/acme/web",
+        0,
+        0,
+        0,
+        0,
+    )
+    assert web.lease_owner == "collector-1"
+    assert web.lease_expires is not None and web.lease_expires > time.time()
+
+
+# -- the command line ------------------------------------------------------------------------------
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "circleci_ds", *args], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def assert_one_line_error(done: subprocess.CompletedProcess[str], *, code: int = 2) -> None:
+    assert done.returncode == code, done.stderr
+    assert "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert done.stderr.startswith("error:")
+    assert PASSWORD not in done.stderr + done.stdout
+
+
+def test_status_on_unreachable_postgresql_exits_2_with_one_line() -> None:
+    done = run_cli("status", "--db", f"postgresql://someone:{PASSWORD}@127.0.0.1:{free_port()}/x")
+    assert_one_line_error(done)
+    assert "cannot use the database" in done.stderr
+
+
+@pytest.mark.postgres
+def test_status_with_a_wrong_password_exits_2_with_one_line(pg_server: PgServer) -> None:
+    url = pg_server.create_database()
+    wrong = pg_server.url(url.rsplit("/", 1)[1], PASSWORD_USER, PASSWORD + "-wrong")
+    done = run_cli("status", "--db", wrong)
+    assert_one_line_error(done)
+    assert "password authentication failed" in done.stderr
+
+
+@pytest.mark.postgres
+def test_status_shows_lease_holders(pg_url: str) -> None:
+    with opened(pg_url) as store:
+        store.ensure_endpoint(EP, "acme", "o")
+        save(store, make_tree("p-1", 1))
+        store.try_lease(EP, "host:4242:abc", 60)
+    done = run_cli("status", "--db", pg_url)
+    assert done.returncode == 0, done.stderr
+    assert EP in done.stdout and "host:4242:abc" in done.stdout
+
+
+def test_status_on_an_empty_database_exits_2(db_url: str) -> None:
+    assert_one_line_error(run_cli("status", "--db", db_url))
+    assert table_names(db_url) == set()
