@@ -85,3 +85,19 @@ def test_details_only_for_numbered_build_jobs() -> None:
     assert wants_details({"type": "build", "job_number": 3})
     assert not wants_details({"type": "build"})
     assert not wants_details({"type": "approval", "job_number": 4})
+
+
+def test_dead_local_owner_needs_same_host_and_process_space() -> None:
+    import socket
+    import subprocess
+
+    from circleci_ds.collect import _dead_local_owner, new_owner
+
+    host, _, space, _ = new_owner().split(":")
+    finished = subprocess.Popen(["true"])
+    finished.wait()  # its pid is now free
+    assert _dead_local_owner(f"{host}:{finished.pid}:{space}:abc")
+    assert not _dead_local_owner(new_owner())  # this very process is alive
+    assert not _dead_local_owner(f"{host}:{finished.pid}:00000000:abc")  # another container's pids
+    assert not _dead_local_owner(f"not-{socket.gethostname()}:{finished.pid}:{space}:abc")
+    assert not _dead_local_owner("garbage")

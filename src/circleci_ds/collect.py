@@ -12,6 +12,7 @@ Rules (see the README's "Incremental collection"):
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import socket
@@ -21,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -47,7 +49,7 @@ class Options:
     parallel_endpoints: int = 4
     trees_in_flight: int = 32
     lease_ttl: float = 60.0
-    owner: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}")
+    owner: str = field(default_factory=lambda: new_owner())
 
 
 @dataclass
@@ -407,14 +409,33 @@ class _Walk:
             return None
 
 
+def _process_space() -> str:
+    """What makes a pid mean the same process: this boot and this pid namespace.
+
+    Containers can share a host name without sharing processes; they differ here.
+    """
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return "unknown"
+    return hashlib.blake2b(f"{boot}:{namespace}".encode(), digest_size=4).hexdigest()
+
+
+def new_owner() -> str:
+    """`host:pid:process-space:random`, naming this collector in leases and `status`."""
+    return f"{socket.gethostname()}:{os.getpid()}:{_process_space()}:{uuid.uuid4().hex[:6]}"
+
+
 def _dead_local_owner(owner: str) -> bool:
-    """True for an owner `host:pid:…` of this host whose process is gone."""
-    host, _, rest = owner.partition(":")
-    pid = rest.split(":", 1)[0]
-    if host != socket.gethostname() or not pid.isdigit():
+    """True for an owner of this host and process space whose process is gone."""
+    parts = owner.split(":")
+    if len(parts) != 4 or parts[0] != socket.gethostname() or not parts[1].isdigit():
+        return False
+    if parts[2] == "unknown" or parts[2] != _process_space():
         return False
     try:
-        os.kill(int(pid), 0)
+        os.kill(int(parts[1]), 0)
     except ProcessLookupError:
         return True
     except PermissionError:
