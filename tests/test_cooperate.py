@@ -320,7 +320,8 @@ def after_the_victim(seq: list[Tenure], victim: Collector) -> tuple[Tenure, Tenu
 def check_status_showed_holders(run: Run) -> None:
     status, snapshots = run.status_during, run.watcher.snapshots
     assert status.returncode == 0, status.stderr
-    assert re.search(r":\d+:[0-9a-f]{8}:[0-9a-f]{6} \([+-]\d+s\)", status.stdout), status.stdout  # owner (expiry)
+    owner_and_expiry = r":\d+:[0-9a-f]{8}:[0-9a-f]{6} \([+-]\d+s\)"
+    assert re.search(owner_and_expiry, status.stdout), status.stdout
     owners = {owner_pid(x.owner) for _, leases in snapshots for x in leases}
     assert owners == {c.pid for c in run.collectors}, "every collector held leases"
     assert max(len({x.owner for x in leases}) for _, leases in snapshots) >= 2, "they worked side by side"
