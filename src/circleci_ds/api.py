@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 import random
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -24,6 +25,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 from circleci_ds import __version__
 
 DEFAULT_API_URL = "https://circleci.com/api/v2"
+log = logging.getLogger("circleci_ds.api")
 
 
 class ApiError(Exception):
@@ -66,101 +68,140 @@ class ClientStats:
 
 
 class Pacer:
-    """Spaces requests out to a rate that adapts to 429s, and pauses everyone on Retry-After.
+    """Spaces requests out to a pace that adapts to 429s, and pauses everyone on Retry-After.
 
-    Without 429s and `max_rps` it lets requests through at once. A 429 pauses every request
-    for Retry-After, and sets the rate just under the rate that was succeeding (the ceiling).
-    Below the ceiling the rate grows back quickly; near it, slowly, since each 429 costs a pause.
+    Unpaced (or at `max_rps`) until a 429. A 429 pauses every request for its Retry-After and
+    sets the pace just under the ceiling, an estimate of the server's rate from the stretch of
+    requests since the previous pause, if they were pressing on the pace:
+    - after a climb, the pace held for a whole step before (it did not run the server dry);
+    - after a steady stretch, the pace less the burst the server let through above its rate
+      (the sooner the 429 came, the larger that share), and at most the success rate.
+    Otherwise, or when the pace was far above the server's rate, the pace halves and climbs again.
+    The pace climbs fast without a ceiling or below one; past a ceiling from a climb, which may be
+    low, it grows slowly; a ceiling from a steady stretch is held for HOLD seconds before the pace
+    probes above it, since every 429 costs every request a pause. The pace only grows while it
+    holds requests back. `max_rps` is a hard cap: at most max_rps * W + 1 requests in any W seconds.
     """
 
-    WINDOW = 3.0  # seconds of successes used to measure the rate the server allows
-    BACKOFF = 0.95
-    FAST_EVERY, FAST_GROWTH = 0.5, 1.25
-    SLOW_EVERY, SLOW_GROWTH = 10.0, 1.02
+    STEP = 0.25  # seconds between changes of pace
+    MEASURE = 2.0  # seconds of successes since the last pause that measure the server's rate
+    MIN_SPAN, MIN_COUNT = 0.3, 10  # a shorter or sparser stretch says nothing
+    BACKOFF = 0.97  # the pace kept under a ceiling
+    BURST = 0.05  # burst assumed let through above the server's rate, in seconds of that rate
+    CLIMB, PUSH = 1.25, 1.04  # growth per step: without or below a ceiling; past an unconfirmed one
+    HOLD = 60.0  # seconds a confirmed ceiling is trusted before the pace probes above it
 
-    def __init__(self, max_rps: float | None = None) -> None:
+    def __init__(self, max_rps: float | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.max_rps = max_rps
-        self.rate: float | None = max_rps
+        self.rate: float | None = max_rps  # None: unpaced
         self.ceiling: float | None = None
-        self._next = 0.0
+        self.confirmed = False
+        self._clock = clock
+        self._next = 0.0  # the next free slot
         self._paused_until = 0.0
-        self._resumed_at = 0.0
-        self._last_change = time.monotonic()
+        self._resumed_at = self._last_change = clock()
         self._successes: deque[float] = deque()
-        self._throttled = False  # requests had to wait for the rate since it last changed
+        self._waited_at = -math.inf  # when the pace last held a request back
+        self._climbing = False  # the pace grew fast since the last pause
+        self._held: float | None = None  # the pace before the last step up
 
     async def wait(self) -> None:
-        """Return when this request may go. Slots are not booked ahead, so a new rate applies at once."""
-        while True:
-            now = time.monotonic()
-            if self._paused_until > now:
-                await asyncio.sleep(self._paused_until - now)
-                continue
-            if self.rate is None:
-                return
-            self._maybe_grow(now)
-            if now >= self._next:
-                interval = 1.0 / self.rate
-                self._next = max(self._next + interval, now - interval)
-                return
-            self._throttled = True
-            await asyncio.sleep(self._next - now)
+        """Return when this request may go."""
+        while (delay := self.delay()) > 0:
+            await asyncio.sleep(delay)
+
+    def delay(self) -> float:
+        """0.0 if a request may go now (it takes the slot), else seconds to wait before asking again.
+        Slots are not booked ahead, so a new pace applies at once."""
+        now = self._clock()
+        if self._paused_until > now:
+            return self._paused_until - now
+        if self.rate is None:
+            return 0.0
+        self._grow(now)
+        if now >= self._next:
+            interval = 1.0 / self.rate
+            # A late wake-up keeps its place in the schedule; idle time earns no burst.
+            slot = self._next if now - self._next <= interval / 2 else now
+            self._next = slot + interval
+            return 0.0
+        self._waited_at = now
+        return self._next - now
 
     def success(self) -> None:
-        now = time.monotonic()
+        now = self._clock()
         self._successes.append(now)
-        while self._successes and self._successes[0] < now - self.WINDOW:
+        while self._successes and self._successes[0] < now - self.MEASURE:
             self._successes.popleft()
 
     def rate_limited(self, retry_after: float) -> None:
-        now = time.monotonic()
+        now = self._clock()
         if self._paused_until > now:
-            return  # the same event: requests already in flight when the pause began
-        measured = self._measured_rate(now)
-        if measured is not None:
-            self.ceiling = measured
-            rate = measured * self.BACKOFF
+            # The same event (requests in flight when the pause began); a longer Retry-After still counts.
+            self._pause_until(max(self._paused_until, now + retry_after))
+            return
+        ceiling = self._estimate(now)
+        if ceiling is None:
+            self._set(0.5 * (self.rate or self._rough_rate(now)))
         else:
-            rate = (self.rate or self._rough_rate(now)) * 0.5
-        rate = max(0.2, rate)
-        self.rate = min(rate, self.max_rps) if self.max_rps is not None else rate
-        self._paused_until = now + retry_after
-        self._resumed_at = self._paused_until
-        self._next = self._paused_until
-        self._last_change = self._paused_until
+            self._set(self.BACKOFF * ceiling)
+        self.confirmed = ceiling is not None and not self._climbing
+        self.ceiling = ceiling
+        self._climbing = False
+        self._held = None
+        self._pause_until(now + retry_after)
+        estimate = "unknown" if ceiling is None else f"{ceiling:.1f}/s"
+        log.debug("HTTP 429: pausing %.2fs; pace %.1f/s, server rate %s", retry_after, self.rate, estimate)
 
-    def _measured_rate(self, now: float) -> float | None:
-        """Successes per second over the last half second since the pause (the last 8 if slower)."""
-        since_pause = [t for t in self._successes if t >= self._resumed_at]
-        recent = [t for t in since_pause if t >= now - 0.5]
-        if len(recent) < 8:
-            recent = since_pause[-8:]
-        if len(recent) < 5:
-            return None
-        span = now - recent[0]
-        return len(recent) / span if span >= 0.1 else None
+    def _pause_until(self, when: float) -> None:
+        self._paused_until = self._resumed_at = self._next = self._last_change = when
+
+    def _estimate(self, now: float) -> float | None:
+        """The server's rate judged from the stretch since the last pause; None if unknown."""
+        if self.rate is None or self._waited_at < self._resumed_at:
+            return None  # requests were not pressing on a pace: nothing was measured
+        if self._climbing:
+            return self._held
+        # A steady pace that ran the server's burst dry in T seconds was about burst / T above its rate.
+        excess = self.BURST / (now - self._resumed_at)
+        if excess > 0.25:
+            return None  # far above it: start again from half
+        measured = self._measured(now)
+        ceiling = self.rate * (1 - excess)
+        return ceiling if measured is None else min(ceiling, measured)
+
+    def _measured(self, now: float) -> float | None:
+        """Successes per second over the last MEASURE seconds since the pause."""
+        start = max(self._resumed_at, now - self.MEASURE)
+        span = now - start
+        count = sum(1 for t in self._successes if t >= start)
+        return count / span if span >= self.MIN_SPAN and count >= self.MIN_COUNT else None
 
     def _rough_rate(self, now: float) -> float:
         if not self._successes:
-            return 1.0
-        return max(1.0, len(self._successes) / max(0.05, now - self._successes[0]))
+            return 2.0
+        return max(2.0, len(self._successes) / max(0.05, now - self._successes[0]))
 
-    def _maybe_grow(self, now: float) -> None:
-        if self.rate is None or not self._throttled:
-            return  # only raise a rate that is actually holding requests back
-        fast = self.ceiling is None or self.rate < 0.9 * self.ceiling
-        every = self.FAST_EVERY / 2 if self.ceiling is None else self.FAST_EVERY if fast else self.SLOW_EVERY
-        if now - self._last_change < every:
+    def _grow(self, now: float) -> None:
+        if self.rate is None or now - self._last_change < self.STEP or now - self._waited_at > self.STEP:
+            return  # only raise a pace that is holding requests back
+        if self.confirmed and now - self._resumed_at < self.HOLD:
             return
         self._last_change = now
-        self._throttled = False
-        if self.ceiling is None:
-            grown = self.rate * 2.0  # nothing known yet: find the limit fast
+        self._held = self.rate
+        ceiling = self.ceiling
+        if ceiling is None:
+            self._climbing = True
+            self._set(self.rate * self.CLIMB)
+        elif self.rate < self.BACKOFF * ceiling:
+            self._climbing = True
+            self._set(min(self.rate * self.CLIMB, self.BACKOFF * ceiling))
         else:
-            grown = self.rate * (self.FAST_GROWTH if fast else self.SLOW_GROWTH)
-        if fast and self.ceiling is not None:
-            grown = min(grown, self.ceiling * self.BACKOFF)
-        self.rate = min(grown, self.max_rps) if self.max_rps is not None else grown
+            self._set(self.rate * self.PUSH)
+
+    def _set(self, rate: float) -> None:
+        rate = max(1.0, rate)
+        self.rate = min(rate, self.max_rps) if self.max_rps is not None else rate
 
 
 def parse_retry_after(value: str | None, server_date: str | None, default: float = 1.0) -> float:

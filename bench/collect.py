@@ -1,0 +1,447 @@
+"""Benchmark: `circleci-ds collect` as a process against the simulator in another process.
+
+    python bench/collect.py [--full] [--incremental] [--ratelimit] [--memory] [--repeat N] [--json]
+
+With no scenario flag every scenario runs:
+  full         P projects x M pipelines (3 x 100), L ms latency per request (25): the collection at
+               each --concurrency (16,64) and at --concurrency 1, which makes the same requests one
+               after another; the speed-up is the sequential time over the concurrent one.
+  incremental  a first collection at concurrency 16, a re-run with the clock unchanged and a re-run
+               after moving the simulator's clock one day: requests as a share of the first run.
+  ratelimit    the same collection against a token bucket (--rate-limit 100 rps, --rate-burst 10,
+               Retry-After alternating between seconds and an HTTP date): time over the ideal
+               (requests not answered 429 / allowed rate) and the share of requests answered 429.
+  memory       --memory-pipelines (5,000) pipelines, --memory-latency-ms (2) per request: the
+               collector's peak RSS.
+
+Requests, 429s and requests in flight are counted by the simulator (`/_sim/stats`). `active s` runs
+from the first request the simulator saw (polled every 5 ms) to the collector's exit, so it leaves
+out interpreter start-up and imports; `wall s` is the whole process. Peak RSS and CPU come from
+`os.wait4` on the collector; CPU per request leaves out the CPU of `python -m circleci_ds version`
+(interpreter start-up and the same imports), shown in the header.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from circleci_ds.store import Store
+
+DAY = 86400.0
+Row = dict[str, Any]
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "circleci_ds", *args]
+
+
+class Sim:
+    """`circleci-ds simulate` on a free port, driven through its admin endpoints."""
+
+    def __init__(self, proc: subprocess.Popen[str], url: str, slugs: list[str]) -> None:
+        self.proc, self.url, self.slugs = proc, url, slugs
+
+    def admin(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(f"{self.url}/_sim/{path}", data=data, method=method)
+        request.add_header("Content-Type", "application/json")
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            result: dict[str, Any] = json.load(resp)
+            return result
+
+    def stats(self) -> dict[str, Any]:
+        return self.admin("GET", "stats")
+
+    def reset_stats(self) -> None:
+        self.admin("POST", "reset-stats")
+
+    def advance(self, seconds: float) -> None:
+        self.admin("POST", f"advance?seconds={seconds}")
+
+    def configure(self, **knobs: Any) -> None:
+        self.admin("POST", "config", knobs)
+
+
+@contextmanager
+def simulator(projects: int, pipelines: int, latency_ms: float) -> Iterator[Sim]:
+    args = cli(
+        "simulate", "--port", "0", "--projects", str(projects), "--pipelines", str(pipelines),
+        "--latency-ms", str(latency_ms),
+    )  # fmt: skip
+    # stderr to a file, never a pipe nobody reads: a full pipe would stall the server.
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=err, text=True)
+        try:
+            assert proc.stdout is not None
+            found = re.search(r"listening at (\S+)", proc.stdout.readline())
+            if found is None:
+                err.seek(0)
+                raise RuntimeError(f"the simulator did not start:\n{err.read()[-2000:]}")
+            slugs = proc.stdout.readline().removeprefix("projects: ").strip().split(", ")
+            yield Sim(proc, found.group(1), slugs)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
+def write_fixture(path: Path, slugs: list[str]) -> Path:
+    # A token makes every project visible, whatever CIRCLE_TOKEN holds in the environment.
+    endpoints = "".join(f"    - name: {slug}\n" for slug in slugs)
+    path.write_text(
+        "native:\n  slug: bench\ndata_sources:\n- slug: circleci\n"
+        "  config:\n  - name: Circle-Token\n    value: bench-token\n"
+        f"  projects:\n  - name: bench\n    endpoints:\n{endpoints}"
+    )
+    return path
+
+
+@dataclass
+class Run:
+    """One collector process, as the simulator and the kernel saw it."""
+
+    wall_s: float
+    active_s: float
+    requests: int
+    rate_limited: int
+    max_in_flight: int
+    cpu_s: float
+    peak_rss_mb: float
+
+    @property
+    def answered(self) -> int:
+        """Requests that were not turned away with a 429."""
+        return self.requests - self.rate_limited
+
+
+def wait_for(proc: subprocess.Popen[str], sim: Sim | None) -> tuple[int, Any, float | None]:
+    """Reap `proc` with its resource usage; also when the simulator saw its first request."""
+    first: float | None = None
+    while True:
+        pid, status, usage = os.wait4(proc.pid, 0 if first is not None or sim is None else os.WNOHANG)
+        if pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            return proc.returncode, usage, first
+        assert sim is not None
+        if sim.stats()["requests"] > 0:
+            first = time.monotonic()
+        else:
+            time.sleep(0.005)
+
+
+def run_process(args: list[str], sim: Sim | None = None) -> tuple[float, float, Any]:
+    """Run `args` to the end; (wall s, active s, rusage). Raises with stderr's tail on failure."""
+    with tempfile.TemporaryFile("w+") as err:
+        started = time.monotonic()
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=err, text=True)
+        try:
+            code, usage, first = wait_for(proc, sim)
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        ended = time.monotonic()
+        if code != 0:
+            err.seek(0)
+            raise RuntimeError(f"{' '.join(args[2:4])} exited {code}:\n{err.read()[-2000:]}")
+    return ended - started, ended - (first if first is not None else started), usage
+
+
+def collect(sim: Sim, fixture: Path, db_url: str, concurrency: int = 16) -> Run:
+    sim.reset_stats()
+    args = cli("collect", str(fixture), "--db", db_url, "--api-url", sim.url)
+    args += ["--concurrency", str(concurrency)]
+    wall, active, usage = run_process(args, sim)
+    stats = sim.stats()
+    return Run(
+        wall_s=wall,
+        active_s=active,
+        requests=stats["requests"],
+        rate_limited=stats["status"].get("429", 0),
+        max_in_flight=stats["max_in_flight"],
+        cpu_s=usage.ru_utime + usage.ru_stime,
+        peak_rss_mb=usage.ru_maxrss / 1024,  # KiB on Linux
+    )
+
+
+def startup() -> Row:
+    """CPU and RSS of starting the interpreter and importing the CLI, without collecting."""
+    _, _, usage = run_process(cli("version"))
+    return {"cpu_ms": (usage.ru_utime + usage.ru_stime) * 1000, "peak_rss_mb": usage.ru_maxrss / 1024}
+
+
+def stored_pipelines(db_url: str) -> int:
+    store = Store.open(db_url, create=False)
+    try:
+        return sum(status.pipelines for status in store.endpoint_statuses())
+    finally:
+        store.close()
+
+
+class Workdir:
+    """A temporary directory handing out fresh SQLite databases."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.count = path, 0
+
+    def fresh_db(self) -> str:
+        self.count += 1
+        return f"sqlite:///{self.path / f'bench-{self.count}.db'}"
+
+    def fixture(self, sim: Sim) -> Path:
+        return write_fixture(self.path / f"fixture-{self.count}.yaml", sim.slugs)
+
+
+# -- scenarios -----------------------------------------------------------------------------------
+
+
+def base_row(label: str, run: Run, base_cpu_ms: float) -> Row:
+    return {
+        "run": label,
+        "wall s": run.wall_s,
+        "active s": run.active_s,
+        "requests": run.requests,
+        "429s": run.rate_limited,
+        "max in flight": run.max_in_flight,
+        "peak RSS MB": run.peak_rss_mb,
+        "CPU ms/req": max(0.0, run.cpu_s * 1000 - base_cpu_ms) / max(1, run.requests),
+    }
+
+
+def full(args: argparse.Namespace, work: Workdir, base_cpu_ms: float) -> list[Row]:
+    rows: list[Row] = []
+    with simulator(args.projects, args.pipelines, args.latency_ms) as sim:
+        fixture = work.fixture(sim)
+        runs: dict[int, Run] = {}
+        for concurrency in [1, *args.concurrency]:
+            db_url = work.fresh_db()
+            runs[concurrency] = collect(sim, fixture, db_url, concurrency)
+            pipelines = stored_pipelines(db_url)
+            row = base_row(f"concurrency {concurrency}", runs[concurrency], base_cpu_ms)
+            row["req/pipeline"] = runs[concurrency].requests / max(1, pipelines)
+            row["vs sequential"] = runs[1].active_s / runs[concurrency].active_s
+            rows.append(row)
+    return rows
+
+
+def incremental(args: argparse.Namespace, work: Workdir, base_cpu_ms: float) -> list[Row]:
+    with simulator(args.projects, args.pipelines, args.latency_ms) as sim:
+        fixture, db_url = work.fixture(sim), work.fresh_db()
+        first = collect(sim, fixture, db_url)
+        unchanged = collect(sim, fixture, db_url)
+        sim.advance(DAY)
+        next_day = collect(sim, fixture, db_url)
+    rows = []
+    for label, run in (("first", first), ("unchanged", unchanged), ("one day later", next_day)):
+        row = base_row(label, run, base_cpu_ms)
+        row["% of first"] = 100 * run.requests / max(1, first.requests)
+        rows.append(row)
+    return rows
+
+
+def ratelimit(args: argparse.Namespace, work: Workdir, base_cpu_ms: float) -> list[Row]:
+    rows = []
+    with simulator(args.projects, args.pipelines, args.latency_ms) as sim:
+        fixture = work.fixture(sim)
+        for limit in args.rate_limit:
+            sim.configure(rate_limit_rps=limit, rate_burst=args.rate_burst, retry_after="both")
+            run = collect(sim, fixture, work.fresh_db())
+            row = base_row(f"{limit:g} rps", run, base_cpu_ms)
+            ideal = run.answered / limit
+            row["ideal s"] = ideal
+            row["vs ideal"] = run.active_s / ideal
+            row["429 %"] = 100 * run.rate_limited / max(1, run.requests)
+            rows.append(row)
+    return rows
+
+
+def memory(args: argparse.Namespace, work: Workdir, base_cpu_ms: float) -> list[Row]:
+    per_project = -(-args.memory_pipelines // args.projects)
+    with simulator(args.projects, per_project, args.memory_latency_ms) as sim:
+        fixture, db_url = work.fixture(sim), work.fresh_db()
+        run = collect(sim, fixture, db_url)
+        row = base_row(f"{args.projects} x {per_project} pipelines", run, base_cpu_ms)
+        row["pipelines"] = stored_pipelines(db_url)
+    return [row]
+
+
+def verdict(ok: bool) -> str:
+    return "meets" if ok else "MISSES"
+
+
+def full_targets(rows: list[Row]) -> list[str]:
+    best = max(rows, key=lambda row: row["vs sequential"])
+    ok = best["vs sequential"] >= 20
+    return [f"{verdict(ok)} >= 20x the sequential run: {best['vs sequential']:.1f}x at {best['run']}"]
+
+
+def incremental_targets(rows: list[Row]) -> list[str]:
+    share = rows[1]["% of first"]
+    return [f"{verdict(share <= 5)} unchanged re-run <= 5% of the first run's requests: {share:.1f}%"]
+
+
+def ratelimit_targets(rows: list[Row]) -> list[str]:
+    return [
+        f"{verdict(row['vs ideal'] <= 1.1 and row['429 %'] < 2)} <= 1.1x the ideal time with < 2% 429s: "
+        f"{row['vs ideal']:.3f}x, {row['429 %']:.2f}% at {row['run']}"
+        for row in rows
+    ]
+
+
+def memory_targets(rows: list[Row]) -> list[str]:
+    peak = rows[0]["peak RSS MB"]
+    return [f"{verdict(peak <= 150)} peak RSS <= 150 MB: {peak:.1f} MB"]
+
+
+Scenario = Callable[[argparse.Namespace, Workdir, float], list[Row]]
+Targets = Callable[[list[Row]], list[str]]
+SCENARIOS: dict[str, tuple[Scenario, str, Targets]] = {
+    "full": (
+        full,
+        "full collection: {projects} x {pipelines} pipelines, {latency_ms:g} ms latency",
+        full_targets,
+    ),
+    "incremental": (incremental, "incremental re-runs, {latency_ms:g} ms latency", incremental_targets),
+    "ratelimit": (
+        ratelimit,
+        "rate limit: token bucket, burst {rate_burst}, Retry-After both forms, {latency_ms:g} ms latency",
+        ratelimit_targets,
+    ),
+    "memory": (
+        memory,
+        "memory: {memory_pipelines} pipelines, {memory_latency_ms:g} ms latency",
+        memory_targets,
+    ),
+}
+
+
+# -- output --------------------------------------------------------------------------------------
+
+
+def medians(repeats: list[list[Row]]) -> list[Row]:
+    """Row by row, the median of every number over the repeats."""
+    merged = []
+    for rows in zip(*repeats, strict=True):
+        row: Row = {}
+        for key, value in rows[0].items():
+            values = [r[key] for r in rows]
+            row[key] = statistics.median(values) if isinstance(value, int | float) else value
+        merged.append(row)
+    return merged
+
+
+def fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.0f}" if abs(value) >= 1000 else f"{value:.3g}" if abs(value) < 10 else f"{value:.1f}"
+    return str(value)
+
+
+def table(rows: list[Row]) -> str:
+    headers = list(dict.fromkeys(key for row in rows for key in row))
+    cells = [headers, *([fmt(row.get(key, "")) for key in headers] for row in rows)]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(headers))]
+    lines = ["  ".join(align(line, widths)) for line in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def align(cells: list[str], widths: list[int]) -> Iterator[str]:
+    """The first column to the left, numbers to the right."""
+    for i, (cell, width) in enumerate(zip(cells, widths, strict=True)):
+        yield cell.rjust(width) if i else cell.ljust(width)
+
+
+def machine() -> dict[str, Any]:
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": model,
+        "python": platform.python_version(),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    for name in SCENARIOS:
+        parser.add_argument(f"--{name}", action="store_true", help=f"run the {name} scenario")
+    parser.add_argument("--projects", type=int, default=3)
+    parser.add_argument("--pipelines", type=int, default=100, help="pipelines per project")
+    parser.add_argument("--latency-ms", type=float, default=25.0)
+    parser.add_argument("--concurrency", type=_ints, default=[16, 64], help="comma-separated (full)")
+    parser.add_argument("--rate-limit", type=_floats, default=[100.0], help="rps, comma-separated")
+    parser.add_argument("--rate-burst", type=int, default=10)
+    parser.add_argument("--memory-pipelines", type=int, default=5000)
+    parser.add_argument("--memory-latency-ms", type=float, default=2.0)
+    parser.add_argument("--repeat", type=int, default=1, help="report medians of N repeats")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    return parser.parse_args()
+
+
+def _ints(text: str) -> list[int]:
+    return [int(part) for part in text.split(",") if part.strip()]
+
+
+def _floats(text: str) -> list[float]:
+    return [float(part) for part in text.split(",") if part.strip()]
+
+
+def main() -> int:
+    args = parse_args()
+    chosen = [name for name in SCENARIOS if getattr(args, name)] or list(SCENARIOS)
+    results: dict[str, Any] = {"machine": machine(), "startup": startup(), "repeat": args.repeat}
+    with tempfile.TemporaryDirectory(prefix="circleci-ds-bench-") as tmp:
+        work = Workdir(Path(tmp))
+        for name in chosen:
+            scenario, _, check = SCENARIOS[name]
+            repeats = [scenario(args, work, results["startup"]["cpu_ms"]) for _ in range(args.repeat)]
+            results[name] = medians(repeats)
+            results.setdefault("targets", {})[name] = check(results[name])
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        print_tables(results, chosen, args)
+    return 0
+
+
+def print_tables(results: dict[str, Any], chosen: list[str], args: argparse.Namespace) -> None:
+    m, s = results["machine"], results["startup"]
+    print(f"{m['date']}  nproc {m['nproc']}  {m['cpu']}  Python {m['python']}")
+    print(
+        f"start-up (python -m circleci_ds version): {s['cpu_ms']:.0f} ms CPU, {s['peak_rss_mb']:.1f} MB RSS"
+    )
+    if args.repeat > 1:
+        print(f"medians of {args.repeat} repeats")
+    for name in chosen:
+        print(f"\n{SCENARIOS[name][1].format(**vars(args))}")
+        print(table(results[name]))
+        for line in results["targets"][name]:
+            print(f"  {line}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
