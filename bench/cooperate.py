@@ -13,7 +13,6 @@ times as fast (target: at least 2.5x). PostgreSQL is a throw-away server (tests/
 from __future__ import annotations
 
 import argparse
-import re
 import statistics
 import subprocess
 import sys
@@ -29,41 +28,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from circleci_ds.store import Store  # noqa: E402
 from pgserver import PgServer  # noqa: E402
+from simproc import cli, simulator, write_fixture  # noqa: E402
 
 TARGET = 2.5
-
-
-def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "circleci_ds", *args]
-
-
-@contextmanager
-def simulator(projects: int, pipelines: int, latency_ms: float) -> Iterator[tuple[str, list[str]]]:
-    """`circleci-ds simulate` on a free port; yields its API URL and project slugs."""
-    args = cli(
-        "simulate", "--port", "0", "--projects", str(projects), "--pipelines", str(pipelines),
-        "--latency-ms", str(latency_ms),
-    )  # fmt: skip
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        assert proc.stdout is not None
-        url = re.search(r"listening at (\S+)", proc.stdout.readline())
-        slugs = proc.stdout.readline().removeprefix("projects: ").strip().split(", ")
-        if url is None:
-            raise RuntimeError("the simulator did not start")
-        yield url.group(1), slugs
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-
-
-def write_fixture(path: Path, slugs: list[str]) -> Path:
-    endpoints = "".join(f"    - name: {slug}\n" for slug in slugs)
-    path.write_text(
-        "native:\n  slug: bench\ndata_sources:\n- slug: circleci\n  projects:\n  - name: bench\n"
-        f"    endpoints:\n{endpoints}"
-    )
-    return path
 
 
 def collect_wall_time(processes: int, fixture: Path, db_url: str, api_url: str, max_rps: float) -> float:
@@ -121,16 +88,16 @@ def run(args: argparse.Namespace) -> dict[str, Figures]:
     figures = {backend: Figures() for backend in backends}
     with (
         tempfile.TemporaryDirectory(prefix="circleci-ds-bench-") as tmp,
-        simulator(args.projects, args.pipelines, args.latency_ms) as (api_url, slugs),
+        simulator(args.projects, args.pipelines, args.latency_ms) as sim,
         PgServer() if "postgresql" in backends else _nothing() as pg,
     ):
-        fixture = write_fixture(Path(tmp) / "fixture.yaml", slugs)
+        fixture = write_fixture(Path(tmp) / "fixture.yaml", sim.slugs)
         dbs = Databases(Path(tmp), pg)
         for i in range(args.runs):
             for backend in backends:
                 for processes, times in ((1, figures[backend].one), (3, figures[backend].three)):
                     db_url = dbs.fresh(backend)
-                    wall = collect_wall_time(processes, fixture, db_url, api_url, args.max_rps)
+                    wall = collect_wall_time(processes, fixture, db_url, sim.url, args.max_rps)
                     times.append(wall)
                     figures[backend].pipelines.add(stored_pipelines(db_url))
                     print(f"run {i + 1}  {backend:<10}  {processes} collector(s)  {wall:6.1f}s", flush=True)

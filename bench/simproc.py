@@ -1,0 +1,78 @@
+"""The simulator as its own process, and fixtures for it: shared by the benchmarks."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "circleci_ds", *args]
+
+
+class Sim:
+    """`circleci-ds simulate` on a free port, driven through its admin endpoints."""
+
+    def __init__(self, proc: subprocess.Popen[str], url: str, slugs: list[str]) -> None:
+        self.proc, self.url, self.slugs = proc, url, slugs
+
+    def admin(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(f"{self.url}/_sim/{path}", data=data, method=method)
+        request.add_header("Content-Type", "application/json")
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            result: dict[str, Any] = json.load(resp)
+            return result
+
+    def stats(self) -> dict[str, Any]:
+        return self.admin("GET", "stats")
+
+    def reset_stats(self) -> None:
+        self.admin("POST", "reset-stats")
+
+    def advance(self, seconds: float) -> None:
+        self.admin("POST", f"advance?seconds={seconds}")
+
+    def configure(self, **knobs: Any) -> None:
+        self.admin("POST", "config", knobs)
+
+
+@contextmanager
+def simulator(projects: int, pipelines: int, latency_ms: float) -> Iterator[Sim]:
+    args = cli(
+        "simulate", "--port", "0", "--projects", str(projects), "--pipelines", str(pipelines),
+        "--latency-ms", str(latency_ms),
+    )  # fmt: skip
+    # stderr to a file, never a pipe nobody reads: a full pipe would stall the server.
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=err, text=True)
+        try:
+            assert proc.stdout is not None
+            found = re.search(r"listening at (\S+)", proc.stdout.readline())
+            if found is None:
+                err.seek(0)
+                raise RuntimeError(f"the simulator did not start:\n{err.read()[-2000:]}")
+            slugs = proc.stdout.readline().removeprefix("projects: ").strip().split(", ")
+            yield Sim(proc, found.group(1), slugs)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
+def write_fixture(path: Path, slugs: list[str]) -> Path:
+    # A token makes every project visible, whatever CIRCLE_TOKEN holds in the environment.
+    endpoints = "".join(f"    - name: {slug}\n" for slug in slugs)
+    path.write_text(
+        "native:\n  slug: bench\ndata_sources:\n- slug: circleci\n"
+        "  config:\n  - name: Circle-Token\n    value: bench-token\n"
+        f"  projects:\n  - name: bench\n    endpoints:\n{endpoints}"
+    )
+    return path
