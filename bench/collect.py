@@ -38,8 +38,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from circleci_ds.store import Store
-from simproc import Sim, cli, simulator, write_fixture
+from simproc import Sim, cli, simulator, stored_pipelines, write_fixture
 
 DAY = 86400.0
 Row = dict[str, Any]
@@ -117,14 +116,6 @@ def startup() -> Row:
     """CPU and RSS of starting the interpreter and importing the CLI, without collecting."""
     _, _, usage = run_process(cli("version"))
     return {"cpu_ms": (usage.ru_utime + usage.ru_stime) * 1000, "peak_rss_mb": usage.ru_maxrss / 1024}
-
-
-def stored_pipelines(db_url: str) -> int:
-    store = Store.open(db_url, create=False)
-    try:
-        return sum(status.pipelines for status in store.endpoint_statuses())
-    finally:
-        store.close()
 
 
 class Workdir:

@@ -26,9 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from circleci_ds.store import Store  # noqa: E402
 from pgserver import PgServer  # noqa: E402
-from simproc import cli, simulator, write_fixture  # noqa: E402
+from simproc import cli, simulator, stored_pipelines, write_fixture  # noqa: E402
 
 TARGET = 2.5
 
@@ -47,14 +46,6 @@ def collect_wall_time(processes: int, fixture: Path, db_url: str, api_url: str, 
         if proc.returncode != 0:
             raise RuntimeError(f"collect exited {proc.returncode}:\n{err[-2000:]}")
     return wall
-
-
-def stored_pipelines(db_url: str) -> int:
-    store = Store.open(db_url, create=False)
-    try:
-        return sum(status.pipelines for status in store.endpoint_statuses())
-    finally:
-        store.close()
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The simulator as its own process, and fixtures for it: shared by the benchmarks."""
+"""Shared by the benchmarks: the simulator as its own process, fixtures for it, what was stored."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from circleci_ds.store import Store
 
 
 def cli(*args: str) -> list[str]:
@@ -76,3 +78,11 @@ def write_fixture(path: Path, slugs: list[str]) -> Path:
         f"  projects:\n  - name: bench\n    endpoints:\n{endpoints}"
     )
     return path
+
+
+def stored_pipelines(db_url: str) -> int:
+    store = Store.open(db_url, create=False)
+    try:
+        return sum(status.pipelines for status in store.endpoint_statuses())
+    finally:
+        store.close()
