@@ -2,18 +2,54 @@
 
 Auth, pagination, retries (tenacity), 429 / Retry-After with a client-wide pause and an
 adaptive rate, and a bound on requests in flight. It knows nothing of the store.
+
+Every byte from the server is hostile. Rules:
+- The token never leaves the origin (scheme, host, port) of the base URL: no request goes
+  elsewhere; a redirect is followed only within that origin (at most `Limits.max_redirects`
+  hops), any other fails the request (`Redirected`) without asking the other host anything.
+- Bodies are read in chunks and decompressed here (gzip, deflate or none) in bounded steps, so
+  no body grows past `Limits.max_response_bytes` decoded (`ResponseTooLarge`), however well it
+  compresses; another Content-Encoding fails the request.
+- A 200 body must be a JSON object nested at most `Limits.max_depth` levels, without NaN or
+  Infinity, with finite numbers and integers of at most 19 digits (`MalformedResponse`); JSON
+  that does not parse is retried (`UnreadableBody`). In what is returned, lone surrogates
+  become U+FFFD and the token, wherever the server echoed it, becomes `***`.
+- Lists end at a null, absent or empty `next_page_token`; a token must be a string of at most
+  `Limits.max_page_token` characters and is sent back as the `page-token` query parameter. A
+  repeated token, `Limits.max_empty_pages` empty pages in a row that name a next page, or more
+  than `Limits.max_pages` pages fail the list (`EndlessPagination`).
+- Ids from the server are sent back as one path segment, percent-encoded; `.` and `..` are refused.
+- Status codes: 200 is an answer; 301/302/303/307/308 redirect; 401, 404, 429 as below; 408 and
+  5xx are retried; anything else (1xx, other 2xx and 3xx, 418, 999) fails the request.
+- Error messages carry the path and at most a cleaned, bounded excerpt of the server's message
+  (`text.clean`), never headers or the token.
+
+Exceptions (all raised by the client derive from ApiError):
+
+    ApiError                 a request or list that failed for good
+     +-- Unauthorized        401: the token was rejected
+     +-- NotFound            404
+     +-- TransientError      retried: 408, 5xx, timeouts, connection errors
+     |    +-- RateLimited    429
+     |    +-- UnreadableBody a body cut short, badly compressed or not JSON
+     +-- Redirected          a redirect not followed: other origin, no usable Location, too many
+     +-- ResponseTooLarge    a body past the decoded-size cap
+     +-- MalformedResponse   JSON that is not what the endpoint answers, or an unusable id
+     +-- EndlessPagination   a list that does not end
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import math
 import random
 import time
+import zlib
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -21,18 +57,34 @@ from urllib.parse import quote
 
 import aiohttp
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
+from yarl import URL
 
 from circleci_ds import __version__
+from circleci_ds.text import clean, without_surrogates
 
 DEFAULT_API_URL = "https://circleci.com/api/v2"
+MiB = 1024 * 1024
 log = logging.getLogger("circleci_ds.api")
 
 
+@dataclass(frozen=True)
+class Limits:
+    """What one server can make the client do; going past a limit fails that request or list."""
+
+    max_response_bytes: int = 64 * MiB  # a body, decoded
+    max_pages: int = 10_000  # pages of one list (200,000 pipelines at 20 a page)
+    max_empty_pages: int = 5  # empty pages in a row that still name a next page
+    max_redirects: int = 5  # same-origin hops of one request
+    max_depth: int = 64  # JSON nesting; CircleCI's bodies nest about 5 deep
+    max_page_token: int = 4096  # characters
+
+
 class ApiError(Exception):
-    """A request that failed for good. Messages carry the path, never headers or the token."""
+    """A request that failed for good. Messages carry the path, never headers or the token;
+    they are one printable line of bounded length whatever the server sent."""
 
     def __init__(self, message: str, *, status: int | None = None, path: str = "") -> None:
-        super().__init__(message)
+        super().__init__(clean(message, limit=1000))
         self.status = status
         self.path = path
 
@@ -55,6 +107,28 @@ class RateLimited(TransientError):
     def __init__(self, message: str, *, retry_after: float, path: str = "") -> None:
         super().__init__(message, status=429, path=path)
         self.retry_after = retry_after
+
+
+class UnreadableBody(TransientError):
+    """A body cut short, badly compressed or not JSON: retried, as a proxy's hiccup may cause it."""
+
+
+class Redirected(ApiError):
+    """A redirect not followed: to another origin (the token stays home), without a usable
+    Location, or one too many."""
+
+
+class ResponseTooLarge(ApiError):
+    """A body larger, decoded, than `Limits.max_response_bytes`."""
+
+
+class MalformedResponse(ApiError):
+    """JSON that is not what the endpoint answers (not an object, NaN, too deep, a bad page
+    token), a Content-Encoding the client does not speak, or an id unfit for a path."""
+
+
+class EndlessPagination(ApiError):
+    """A list that does not end: a repeated page token, too many empty pages, too many pages."""
 
 
 @dataclass
@@ -214,7 +288,7 @@ def parse_retry_after(value: str | None, server_date: str | None, default: float
     except ValueError:
         try:
             target = parsedate_to_datetime(value).timestamp()
-        except (TypeError, ValueError, IndexError):
+        except (TypeError, ValueError, IndexError, OverflowError):
             return default
         base = _parse_http_date(server_date)
         seconds = target - (base if base is not None else time.time())
@@ -228,7 +302,7 @@ def _parse_http_date(value: str | None) -> float | None:
         return None
     try:
         return parsedate_to_datetime(value).timestamp()
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
 
 
@@ -247,16 +321,20 @@ class CircleCIClient:
         max_rate_limited: int = 40,
         backoff_initial: float = 0.5,
         backoff_max: float = 30.0,
+        limits: Limits | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self._origin = origin_of(URL(self.base_url))
         self._token = token
         self._concurrency = asyncio.Semaphore(concurrency)
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        # A body that trickles in is bounded by the total, a silent connection by sock_read.
+        self._timeout = aiohttp.ClientTimeout(total=timeout, sock_read=timeout)
         self._max_attempts = max_attempts
         self._max_rate_limited = max_rate_limited
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
         self._connections = concurrency
+        self.limits = limits or Limits()
         self.pacer = Pacer(max_rps)
         self.stats = ClientStats()
         self._session: aiohttp.ClientSession | None = None
@@ -266,11 +344,21 @@ class CircleCIClient:
         return f"CircleCIClient({self.base_url!r}, token={'set' if self._token else 'none'})"
 
     async def __aenter__(self) -> CircleCIClient:
-        headers = {"Accept": "application/json", "User-Agent": f"circleci-ds/{__version__}"}
+        headers = {
+            "Accept": "application/json",
+            "Accept-Encoding": "gzip, deflate",
+            "User-Agent": f"circleci-ds/{__version__}",
+        }
         if self._token:
             headers["Circle-Token"] = self._token
         connector = aiohttp.TCPConnector(limit=self._connections, ttl_dns_cache=300)
-        self._session = aiohttp.ClientSession(headers=headers, timeout=self._timeout, connector=connector)
+        self._session = aiohttp.ClientSession(
+            headers=headers,
+            timeout=self._timeout,
+            connector=connector,
+            auto_decompress=False,  # decompressed here, in bounded steps
+            trust_env=False,  # no proxy from the environment sees the token
+        )
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -287,16 +375,16 @@ class CircleCIClient:
         return self.pages(f"/project/{_path(slug)}/pipeline")
 
     async def pipeline(self, pipeline_id: str) -> dict[str, Any]:
-        return await self.get(f"/pipeline/{_path(pipeline_id)}")
+        return await self.get(f"/pipeline/{segment(pipeline_id)}")
 
     async def workflows(self, pipeline_id: str) -> list[dict[str, Any]]:
-        return await self.list_all(f"/pipeline/{_path(pipeline_id)}/workflow")
+        return await self.list_all(f"/pipeline/{segment(pipeline_id)}/workflow")
 
     async def jobs(self, workflow_id: str) -> list[dict[str, Any]]:
-        return await self.list_all(f"/workflow/{_path(workflow_id)}/job")
+        return await self.list_all(f"/workflow/{segment(workflow_id)}/job")
 
     async def job_details(self, slug: str, number: int) -> dict[str, Any]:
-        return await self.get(f"/project/{_path(slug)}/job/{int(number)}")
+        return await self.get(f"/project/{_path(slug)}/job/{job_number(number)}")
 
     async def project(self, slug: str) -> dict[str, Any]:
         return await self.get(f"/project/{_path(slug)}")
@@ -305,19 +393,19 @@ class CircleCIClient:
     async def pages(
         self, path: str, params: dict[str, str] | None = None
     ) -> AsyncIterator[list[dict[str, Any]]]:
-        """Yield each page's items; a null or absent `next_page_token` ends the list."""
+        """Yield each page's items until a page names no next page; endless lists fail."""
         query = dict(params or {})
-        seen_tokens: set[str] = set()
+        pages = PageGuard(path, self.limits)
         while True:
             body = await self.get(path, query)
             items = body.get("items")
             if not isinstance(items, list):
-                raise ApiError(f"unexpected list body from {path}", path=path)
+                raise MalformedResponse(f"{path}: a list answer without an `items` list", path=path)
+            token = page_token(path, body, self.limits)
             yield items
-            token = body.get("next_page_token")
-            if not token or token in seen_tokens:
+            if token is None:
                 return
-            seen_tokens.add(token)
+            pages.next(token, empty=not items)
             query["page-token"] = token
 
     async def list_all(self, path: str) -> list[dict[str, Any]]:
@@ -363,44 +451,108 @@ class CircleCIClient:
             self.stats.in_flight += 1
             self.stats.max_in_flight = max(self.stats.max_in_flight, self.stats.in_flight)
             try:
-                async with self._session.get(self.base_url + path, params=params) as resp:
-                    body = await resp.read()
-                    return self._handle(path, resp, body)
+                return await self._fetch(path, URL(self.base_url + path).extend_query(params or {}))
             except (TimeoutError, aiohttp.ClientError) as exc:
-                raise TransientError(f"{path}: {_describe_exception(exc)}", path=path) from None
+                raise TransientError(f"{path}: {self._say(_describe_exception(exc))}", path=path) from None
             finally:
                 self.stats.in_flight -= 1
 
+    async def _fetch(self, path: str, url: URL) -> dict[str, Any]:
+        """GET `url`, following redirects within the origin only; the answer's JSON object."""
+        assert self._session is not None
+        for _ in range(self.limits.max_redirects + 1):
+            if origin_of(url) != self._origin:  # the one check every request passes
+                raise Redirected(self._elsewhere(path, url), path=path)
+            async with self._session.get(url, allow_redirects=False) as resp:
+                if resp.status in REDIRECTS:
+                    url = self._redirect_target(path, url, resp)
+                    continue
+                limit = self.limits.max_response_bytes if resp.status == 200 else ERROR_BODY_BYTES
+                body = await read_body(path, resp, limit, strict=resp.status == 200)
+                return self._handle(path, resp, body)
+        raise Redirected(f"{path}: more than {self.limits.max_redirects} redirects", path=path)
+
+    def _redirect_target(self, path: str, url: URL, resp: aiohttp.ClientResponse) -> URL:
+        self._count(resp.status)
+        location = resp.headers.get("Location")
+        if not location:
+            raise Redirected(f"{path}: HTTP {resp.status} without a Location", status=resp.status, path=path)
+        try:
+            target = url.join(URL(location))
+        except (ValueError, TypeError):
+            raise Redirected(
+                f"{path}: HTTP {resp.status} to an unusable Location ({self._say(location, 120)})",
+                status=resp.status,
+                path=path,
+            ) from None
+        if origin_of(target) != self._origin:
+            raise Redirected(self._elsewhere(path, target), status=resp.status, path=path)
+        return target
+
+    def _elsewhere(self, path: str, target: URL) -> str:
+        there = self._say(f"{target.scheme}://{target.host}:{target.port}", 120)
+        home = "{}://{}:{}".format(*self._origin)
+        return f"{path}: redirected to another origin ({there}); not followed, the token stays with {home}"
+
+    def _count(self, status: int) -> None:
+        self.stats.by_status[status] = self.stats.by_status.get(status, 0) + 1
+
     def _handle(self, path: str, resp: aiohttp.ClientResponse, body: bytes) -> dict[str, Any]:
         status = resp.status
-        self.stats.by_status[status] = self.stats.by_status.get(status, 0) + 1
+        self._count(status)
         self._note_date(resp.headers.get("Date"))
         if status == 200:
             self.pacer.success()
-            try:
-                data = json.loads(body)
-            except ValueError:
-                raise TransientError(f"{path}: response is not JSON", status=status, path=path) from None
-            if not isinstance(data, dict):
-                raise ApiError(f"{path}: unexpected response body", status=status, path=path)
-            return data
+            return self._json_object(path, body)
         if status == 429:
             self.stats.rate_limited += 1
             wait = parse_retry_after(resp.headers.get("Retry-After"), resp.headers.get("Date"))
             self.pacer.rate_limited(wait)
             raise RateLimited(f"{path}: rate limited", retry_after=wait, path=path)
-        message = _message(body)
+        message = self._message(body)
         if status == 401:
             raise Unauthorized(f"token rejected (HTTP 401 on {path})", status=status, path=path)
         if status == 404:
             raise NotFound(f"{path}: not found{message}", status=status, path=path)
-        if status >= 500 or status == 408:
+        if 500 <= status <= 599 or status == 408:
             raise TransientError(f"{path}: HTTP {status}{message}", status=status, path=path)
         raise ApiError(f"{path}: HTTP {status}{message}", status=status, path=path)
 
+    def _json_object(self, path: str, body: bytes) -> dict[str, Any]:
+        try:
+            data = json.loads(body, parse_constant=_refuse_constant, parse_float=_finite, parse_int=_int64)
+        except _Refused as exc:
+            raise MalformedResponse(f"{path}: {exc}", status=200, path=path) from None
+        except RecursionError:
+            raise MalformedResponse(f"{path}: JSON nested too deeply", status=200, path=path) from None
+        except ValueError:
+            raise UnreadableBody(f"{path}: response is not JSON", status=200, path=path) from None
+        if not isinstance(data, dict):
+            kind = "null" if data is None else type(data).__name__
+            raise MalformedResponse(f"{path}: expected a JSON object, got {kind}", status=200, path=path)
+        try:
+            return scrubbed(data, self._token, self.limits.max_depth)
+        except _Refused as exc:
+            raise MalformedResponse(f"{path}: {exc}", status=200, path=path) from None
+
+    def _message(self, body: bytes) -> str:
+        """`: <message>` from a JSON error body, cleaned and bounded; else nothing."""
+        try:
+            data = json.loads(body)
+        except (ValueError, RecursionError):
+            return ""  # HTML error pages say nothing useful
+        message = data.get("message") if isinstance(data, dict) else None
+        return f": {self._say(message, 200)}" if isinstance(message, str) else ""
+
+    def _say(self, text: str, limit: int = 300) -> str:
+        """Server text fit for a message: the token masked, printable, bounded."""
+        if self._token:
+            text = text.replace(self._token, "***")
+        return clean(text, limit)
+
     def _note_date(self, value: str | None) -> None:
         date = _parse_http_date(value)
-        if date is not None:
+        if date is not None and PLAUSIBLE_DATES[0] <= date < PLAUSIBLE_DATES[1]:
             # Date has one-second resolution; keeping the smallest offset errs on the early side.
             offset = date - time.time()
             if self._clock_offset is None or abs(offset - self._clock_offset) > 2:
@@ -409,19 +561,191 @@ class CircleCIClient:
                 self._clock_offset = min(self._clock_offset, offset)
 
 
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
+ERROR_BODY_BYTES = 64 * 1024  # enough for any error message; the rest is not read
+CHUNK = 256 * 1024  # decoded bytes produced at once, at most
+PLAUSIBLE_DATES = (946684800.0, 7258118400.0)  # server Dates from 2000 to 2200 set the clock
+
+
+def origin_of(url: URL) -> tuple[str, str, int | None]:
+    """Scheme, host and port: what a redirect must keep for the token to go along."""
+    return (url.scheme.lower(), (url.host or "").lower().rstrip("."), url.port)
+
+
+def segment(value: object) -> str:
+    """A server-given id as one path segment: percent-encoded, never `.`, `..` or empty."""
+    if not isinstance(value, str) or value in ("", ".", ".."):
+        raise MalformedResponse(f"unusable id {clean(repr(value), 80)}")
+    return quote(value, safe="")
+
+
+def job_number(value: object) -> int:
+    """A job number fit for a path: a non-negative integer below 2**63."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
+        raise MalformedResponse(f"unusable job number {clean(repr(value), 80)}")
+    return value
+
+
+def page_token(path: str, body: dict[str, Any], limits: Limits) -> str | None:
+    """The next page's token; None at the end of the list."""
+    token = body.get("next_page_token")
+    if token is None or token == "":
+        return None
+    if not isinstance(token, str):
+        raise MalformedResponse(f"{path}: next_page_token is not a string", path=path)
+    if len(token) > limits.max_page_token:
+        raise MalformedResponse(
+            f"{path}: next_page_token longer than {limits.max_page_token} characters", path=path
+        )
+    return token
+
+
+class PageGuard:
+    """Ends a list that would not end: a repeated token, empty pages in a row, a page ceiling."""
+
+    def __init__(self, path: str, limits: Limits) -> None:
+        self.path = path
+        self.limits = limits
+        self.pages = 0
+        self.empty_in_a_row = 0
+        self._seen: set[bytes] = set()  # digests: memory stays small whatever the tokens' size
+
+    def next(self, token: str, *, empty: bool) -> None:
+        """The page just read names `token` as the next one; raise if the list should end here."""
+        self.pages += 1
+        self.empty_in_a_row = self.empty_in_a_row + 1 if empty else 0
+        key = hashlib.blake2b(token.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+        if key in self._seen:
+            self._fail(f"page token repeated after {self.pages} pages")
+        if self.empty_in_a_row >= self.limits.max_empty_pages:
+            self._fail(f"{self.empty_in_a_row} empty pages in a row, each naming a next page")
+        if self.pages >= self.limits.max_pages:
+            self._fail(f"more than {self.limits.max_pages} pages (raise --max-pages for longer lists)")
+        self._seen.add(key)
+
+    def _fail(self, why: str) -> None:
+        raise EndlessPagination(f"{self.path}: list does not end: {why}", path=self.path)
+
+
+class _Decoder:
+    """Undoes a Content-Encoding in steps of at most CHUNK bytes, so a bomb never inflates at once."""
+
+    def __init__(self, encoding: str) -> None:
+        if encoding in ("", "identity"):
+            self._wbits: int | None = None
+        elif encoding in ("gzip", "x-gzip"):
+            self._wbits = 16 + zlib.MAX_WBITS
+        elif encoding == "deflate":
+            self._wbits = zlib.MAX_WBITS
+        else:
+            raise ValueError(encoding)
+        self._z = zlib.decompressobj(self._wbits) if self._wbits is not None else None
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        if self._z is None:
+            yield data
+            return
+        while data:
+            out = self._z.decompress(data, CHUNK)
+            if out:
+                yield out
+            data = self._z.unconsumed_tail
+            if self._z.eof and self._z.unused_data:
+                if self._wbits != 16 + zlib.MAX_WBITS:
+                    raise zlib.error("data after the end of the compressed body")
+                data = self._z.unused_data  # gzip allows several members in a row
+                self._z = zlib.decompressobj(self._wbits)
+
+    def finish(self) -> None:
+        if self._z is not None and not self._z.eof:
+            raise zlib.error("compressed body cut short")
+
+
+async def read_body(path: str, resp: aiohttp.ClientResponse, limit: int, *, strict: bool) -> bytes:
+    """The decoded body, at most `limit` bytes: past it, ResponseTooLarge if `strict`, else cut.
+    Compressed bytes count against the same limit."""
+    encoding = resp.headers.get("Content-Encoding", "").strip().lower()
+    try:
+        decoder = _Decoder(encoding)
+    except ValueError:
+        raise MalformedResponse(
+            f"{path}: unsupported Content-Encoding {clean(encoding, 40)!r}", status=resp.status, path=path
+        ) from None
+    too_large = f"{path}: response larger than {limit / MiB:g} MiB (see --max-response-mb)"
+    if strict and resp.content_length is not None and resp.content_length > limit:
+        raise ResponseTooLarge(too_large, status=resp.status, path=path)
+    out = bytearray()
+    received = 0
+    try:
+        async for chunk in resp.content.iter_chunked(CHUNK):
+            received += len(chunk)
+            for piece in decoder.feed(chunk):
+                out += piece
+                if len(out) > limit or received > limit:
+                    if strict:
+                        raise ResponseTooLarge(too_large, status=resp.status, path=path)
+                    return bytes(out[:limit])
+        decoder.finish()
+    except zlib.error as exc:
+        why = f"{path}: {encoding} body unreadable ({exc})"
+        raise UnreadableBody(why, status=resp.status, path=path) from None
+    return bytes(out)
+
+
+class _Refused(ValueError):
+    """A JSON value the client will not accept."""
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _Refused(f"JSON holds {name}")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _Refused("JSON holds a number out of range")
+    return value
+
+
+def _int64(text: str) -> int:
+    if len(text.lstrip("-")) > 19:
+        raise _Refused("JSON holds an integer of more than 19 digits")
+    return int(text)
+
+
+def scrubbed(data: dict[str, Any], token: str | None, max_depth: int) -> dict[str, Any]:
+    """`data` (changed in place) with lone surrogates replaced and `token` masked in every string,
+    keys included; _Refused past `max_depth` levels of nesting."""
+    stack: list[tuple[dict[str, Any] | list[Any], int]] = [(data, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > max_depth:
+            raise _Refused(f"JSON nested deeper than {max_depth} levels")
+        if isinstance(node, dict) and any(isinstance(k, str) and _unclean(k, token) for k in node):
+            renamed = {_clean_str(k, token): v for k, v in node.items()}
+            node.clear()
+            node.update(renamed)
+        pairs = node.items() if isinstance(node, dict) else enumerate(node)
+        for key, value in pairs:
+            if isinstance(value, str):
+                if _unclean(value, token):
+                    node[key] = _clean_str(value, token)  # type: ignore[index]
+            elif isinstance(value, dict | list):
+                stack.append((value, depth + 1))
+    return data
+
+
+def _unclean(text: str, token: str | None) -> bool:
+    return not text.isascii() or bool(token and token in text)
+
+
+def _clean_str(text: str, token: str | None) -> str:
+    text = without_surrogates(text)
+    return text.replace(token, "***") if token else text
+
+
 def _path(segment: str) -> str:
     return quote(segment, safe="/")
-
-
-def _message(body: bytes) -> str:
-    """`: <message>` from a JSON error body, else nothing (HTML error pages say nothing useful)."""
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return ""
-    if isinstance(data, dict) and isinstance(data.get("message"), str):
-        return f": {data['message'][:200]}"
-    return ""
 
 
 def _describe_exception(exc: BaseException) -> str:

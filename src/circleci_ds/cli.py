@@ -26,7 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from circleci_ds import __version__
-from circleci_ds.api import DEFAULT_API_URL, CircleCIClient, Unauthorized
+from circleci_ds.api import DEFAULT_API_URL, CircleCIClient, Limits, MiB, Unauthorized
 from circleci_ds.collect import Collector, EndpointResult, Options
 from circleci_ds.fixture import FixtureError, Settings, load_fixture
 from circleci_ds.store import DEFAULT_DB_URL, Store, StoreError
@@ -145,6 +145,19 @@ def collect(
     lease_ttl: Annotated[
         float, typer.Option(min=1.0, help="Seconds a dead collector's endpoints stay leased.", hidden=True)
     ] = 60.0,
+    timeout: Annotated[
+        float, typer.Option(min=0.1, help="Seconds one request may take, body included; then it is retried.")
+    ] = 60.0,
+    max_response_mb: Annotated[
+        float,
+        typer.Option(min=0.01, help="Largest response body accepted, in MiB once decompressed; larger fail."),
+    ] = 64.0,
+    max_pages: Annotated[
+        int, typer.Option(min=1, help="Pages read at most per list (pipelines, workflows, jobs); more fail.")
+    ] = Limits.max_pages,
+    retry_backoff: Annotated[
+        float, typer.Option(min=0.0, help="Seconds before the first retry; doubles each time.", hidden=True)
+    ] = 0.5,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
     """Collect every endpoint of FIXTURE incrementally into the store."""
@@ -167,10 +180,21 @@ def collect(
         trees_in_flight=max(8, concurrency * 2),
         lease_ttl=lease_ttl,
     )
+    limits = Limits(max_response_bytes=int(max_response_mb * MiB), max_pages=max_pages)
     started = time.monotonic()
     try:
         results, stats, counters = asyncio.run(
-            _collect(settings, store, api_url, concurrency, max_rps, options)
+            _collect(
+                settings,
+                store,
+                api_url,
+                concurrency,
+                max_rps,
+                options,
+                limits=limits,
+                timeout=timeout,
+                backoff=retry_backoff,
+            )
         )
     except Unauthorized:
         raise fail(
@@ -196,9 +220,26 @@ def collect(
 
 
 async def _collect(
-    settings: Settings, store: Store, api_url: str, concurrency: int, max_rps: float | None, options: Options
+    settings: Settings,
+    store: Store,
+    api_url: str,
+    concurrency: int,
+    max_rps: float | None,
+    options: Options,
+    *,
+    limits: Limits,
+    timeout: float,
+    backoff: float,
 ) -> tuple[list[EndpointResult], Any, Any]:
-    async with CircleCIClient(api_url, settings.token, concurrency=concurrency, max_rps=max_rps) as client:
+    async with CircleCIClient(
+        api_url,
+        settings.token,
+        concurrency=concurrency,
+        max_rps=max_rps,
+        timeout=timeout,
+        backoff_initial=backoff,
+        limits=limits,
+    ) as client:
         collector = Collector(client, store, options)
         reporter = asyncio.create_task(_report_progress(collector))
         try:

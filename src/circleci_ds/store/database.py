@@ -17,6 +17,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError, SQLAlchemyError
 
 from circleci_ds.store import schema as s
+from circleci_ds.text import clean
 from circleci_ds.times import parse_ts
 
 DEFAULT_DB_URL = "sqlite:///circleci-ds.db"
@@ -191,8 +192,12 @@ class Store:
     def record_finish(
         self, slug: str, *, finished: float, error: str | None, checkpoint: float | None
     ) -> None:
-        """End of an endpoint's run; the checkpoint moves only on success."""
-        values: dict[str, Any] = {"last_finished": finished, "last_error": error}
+        """End of an endpoint's run; the checkpoint moves only on success. Any error text is
+        stored, cleaned: it may quote a server."""
+        values: dict[str, Any] = {
+            "last_finished": finished,
+            "last_error": None if error is None else clean(error, limit=2000),
+        }
         if error is None:
             values["last_success"] = finished
             if checkpoint is not None:

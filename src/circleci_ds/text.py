@@ -1,0 +1,34 @@
+"""Text from outside (the network, the database) made safe to put in messages, logs and the store.
+
+Rules:
+- any value becomes a str; bytes are decoded as UTF-8 with undecodable bytes replaced;
+- lone surrogates (valid in a Python str, not encodable as UTF-8) become U+FFFD;
+- control characters (C0 except nothing, DEL, C1) and the bidirectional overrides become U+FFFD,
+  so a message cannot move the cursor, clear a screen or reorder what is shown;
+- the result is at most `limit` characters, an ellipsis marking a cut.
+Pure functions, no I/O.
+"""
+
+from __future__ import annotations
+
+import re
+
+REPLACEMENT = "\ufffd"
+_SURROGATES = re.compile("[\ud800-\udfff]")
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def without_surrogates(text: str) -> str:
+    """`text` with each lone surrogate replaced by U+FFFD: encodable as UTF-8, otherwise unchanged."""
+    return text if text.isascii() else _SURROGATES.sub(REPLACEMENT, text)
+
+
+def clean(value: object, limit: int = 300) -> str:
+    """One line of printable, encodable text of at most `limit` characters."""
+    if isinstance(value, bytes | bytearray):
+        text = bytes(value[: limit * 4]).decode("utf-8", "replace")
+    else:
+        text = value if isinstance(value, str) else repr(value)
+    if len(text) > limit:
+        text = text[: max(0, limit - 1)] + "…"
+    return _UNSAFE.sub(REPLACEMENT, text)
