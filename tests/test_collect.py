@@ -18,7 +18,7 @@ import pytest
 from circleci_ds.simulator import SimConfig, SimProject, Simulator
 from circleci_ds.store import Store
 from circleci_ds.times import parse_ts
-from collect_helpers import assert_matches_truth, collect, exported
+from collect_helpers import assert_matches_truth, cli_env, collect, exported, write_fixture
 
 SLUGS = ["gh/acme/api", "github/acme/web"]
 DAY = 86400.0
@@ -198,21 +198,6 @@ async def test_from_date_limits_the_first_run(served: tuple[Simulator, str], db_
 
 
 # -- the command line, as a user runs it ------------------------------------------------------
-FIXTURE = """\
-native:
-  slug: acme
-data_sources:
-- slug: circleci
-  projects:
-  - name: acme
-    endpoints:
-{endpoints}
-  config:
-  - name: Circle-Token
-    value: ${{TEST_CIRCLE_TOKEN}}
-"""
-
-
 @pytest.fixture
 def threaded() -> Iterator[tuple[Simulator, str]]:
     sim = Simulator(config(token="sekrit-token-value-42", latency_ms=2.0))
@@ -223,17 +208,10 @@ def threaded() -> Iterator[tuple[Simulator, str]]:
         sim.stop_thread()
 
 
-def write_fixture(tmp_path: Path, slugs: list[str]) -> Path:
-    path = tmp_path / "fixture.yaml"
-    path.write_text(FIXTURE.format(endpoints="\n".join(f"    - name: {s}" for s in slugs)))
-    return path
-
-
 def cli(args: list[str], url: str, db_url: str, token: str, **kw: Any) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "CIRCLECI_API_URL": url, "CIRCLECI_DS_DB": db_url, "TEST_CIRCLE_TOKEN": token}
     return subprocess.run(
         [sys.executable, "-m", "circleci_ds", *args],
-        env=env,
+        env=cli_env(url, db_url, token),
         capture_output=True,
         text=True,
         timeout=300,
@@ -279,12 +257,7 @@ def test_kill_9_mid_run_then_resume(threaded: tuple[Simulator, str], tmp_path: P
     sim, url = threaded
     sim.config.latency_ms = 5.0
     fixture = write_fixture(tmp_path, SLUGS)
-    env = {
-        **os.environ,
-        "CIRCLECI_API_URL": url,
-        "CIRCLECI_DS_DB": db_url,
-        "TEST_CIRCLE_TOKEN": "sekrit-token-value-42",
-    }
+    env = cli_env(url, db_url, "sekrit-token-value-42")
     proc = subprocess.Popen(
         [sys.executable, "-m", "circleci_ds", "collect", str(fixture), "--concurrency", "4"],
         env=env,
