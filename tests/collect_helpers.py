@@ -67,6 +67,16 @@ def exported(db_url: str) -> dict[str, dict[str, dict[str, Any]]]:
         store.close()
 
 
+def stored_state(db_url: str) -> tuple[dict[str, tuple[Any, ...]], dict[str, dict[str, dict[str, Any]]]]:
+    """Per endpoint (checkpoint, pipelines, workflows, jobs), and every stored tree."""
+    store = Store.open(db_url, create=False)
+    try:
+        ends = {e.slug: (e.checkpoint, e.pipelines, e.workflows, e.jobs) for e in store.endpoint_statuses()}
+    finally:
+        store.close()
+    return ends, exported(db_url)
+
+
 def truth(sim: Simulator, slugs: list[str]) -> dict[str, dict[str, dict[str, Any]]]:
     return {canonical_slug(s): {p["id"]: p for p in sim.truth(canonical_slug(s))} for s in slugs}
 

@@ -27,7 +27,14 @@ from circleci_ds.api import CircleCIClient, EndlessPagination, Limits, Malformed
 from circleci_ds.collect import EndpointResult
 from circleci_ds.simulator import SimConfig, SimProject, Simulator
 from circleci_ds.store import Store
-from collect_helpers import Run, assert_matches_truth, collect, exported, run_cli, write_fixture
+from collect_helpers import (
+    Run,
+    assert_matches_truth,
+    collect,
+    run_cli,
+    stored_state,
+    write_fixture,
+)
 from hostile_server import HostileServer, Mode, Reply, gzip_bomb
 
 SLUGS = ["gh/acme/api", "gh/acme/web"]
@@ -39,16 +46,6 @@ DAY = 86400.0
 def simulator() -> Simulator:
     projects = [SimProject("gh/acme/api", pipelines=12), SimProject("gh/acme/web", pipelines=8)]
     return Simulator(SimConfig(seed=5, projects=projects, page_size=4, span_days=4.0))
-
-
-def stored_state(db_url: str) -> Any:
-    """Checkpoints, counts and every stored tree: what a hostile run must leave alone."""
-    store = Store.open(db_url, create=False)
-    try:
-        ends = {e.slug: (e.checkpoint, e.pipelines, e.workflows, e.jobs) for e in store.endpoint_statuses()}
-    finally:
-        store.close()
-    return ends, exported(db_url)
 
 
 @dataclass(frozen=True)
