@@ -26,7 +26,6 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict
 
 from circleci_ds.simulator.server import project_path_kind
 
@@ -278,7 +277,8 @@ async def _send(request: web.Request, reply: Reply) -> web.StreamResponse:
         return await _write_raw(request, reply.raw)
     response = web.Response(status=reply.status, body=reply.body)
     response.headers.clear()
-    response.headers.update(CIMultiDict(reply.headers))
+    for name, value in reply.headers:
+        response.headers.add(name, value)
     return response
 
 
