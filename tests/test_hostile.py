@@ -23,7 +23,15 @@ from typing import Any
 
 import pytest
 
-from circleci_ds.api import CircleCIClient, EndlessPagination, Limits, MalformedResponse, NotFound, Redirected
+from circleci_ds.api import (
+    CircleCIClient,
+    EndlessPagination,
+    Limits,
+    MalformedResponse,
+    NotFound,
+    Redirected,
+    Unauthorized,
+)
 from circleci_ds.collect import EndpointResult
 from circleci_ds.simulator import SimConfig, SimProject, Simulator
 from circleci_ds.store import Store
@@ -588,6 +596,20 @@ async def test_scripted_replies_reach_the_client_in_order() -> None:
         with pytest.raises(NotFound, match="not found: gone"):
             await client.project("gh/a/b")
         assert (await client.project("gh/a/b"))["name"] == "bait"
+
+
+@pytest.mark.parametrize("encoding", ["br", "gzip", "deflate"])
+async def test_error_answers_keep_their_meaning_whatever_their_body(encoding: str) -> None:
+    hostile = HostileServer()
+    async with hostile.serve() as url, CircleCIClient(url, TOKEN) as client:
+        junk = [("Content-Encoding", encoding)]
+        hostile.play(
+            [Reply(404, junk, b"not compressed"), Reply(401, junk, b"\x1f\x8b junk")], kinds="project"
+        )
+        with pytest.raises(NotFound):
+            await client.project("gh/a/b")
+        with pytest.raises(Unauthorized):
+            await client.project("gh/a/b")
 
 
 @pytest.mark.parametrize("bad", ["", ".", "..", None, 7])

@@ -467,8 +467,10 @@ class CircleCIClient:
                 if resp.status in REDIRECTS:
                     url = self._redirect_target(path, url, resp)
                     continue
-                limit = self.limits.max_response_bytes if resp.status == 200 else ERROR_BODY_BYTES
-                body = await read_body(path, resp, limit, strict=resp.status == 200)
+                if resp.status == 200:
+                    body = await read_body(path, resp, self.limits.max_response_bytes)
+                else:
+                    body = await error_body(path, resp)
                 return self._handle(path, resp, body)
         raise Redirected(f"{path}: more than {self.limits.max_redirects} redirects", path=path)
 
@@ -661,7 +663,16 @@ class _Decoder:
             raise zlib.error("compressed body cut short")
 
 
-async def read_body(path: str, resp: aiohttp.ClientResponse, limit: int, *, strict: bool) -> bytes:
+async def error_body(path: str, resp: aiohttp.ClientResponse) -> bytes:
+    """What an error answer says, for its message: at most ERROR_BODY_BYTES, nothing if it cannot
+    be read; its status alone decides what happens."""
+    try:
+        return await read_body(path, resp, ERROR_BODY_BYTES, strict=False)
+    except (MalformedResponse, UnreadableBody, aiohttp.ClientPayloadError):
+        return b""
+
+
+async def read_body(path: str, resp: aiohttp.ClientResponse, limit: int, *, strict: bool = True) -> bytes:
     """The decoded body, at most `limit` bytes: past it, ResponseTooLarge if `strict`, else cut.
     Compressed bytes count against the same limit."""
     encoding = resp.headers.get("Content-Encoding", "").strip().lower()
