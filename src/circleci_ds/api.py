@@ -685,22 +685,23 @@ async def read_body(path: str, resp: aiohttp.ClientResponse, limit: int, *, stri
     too_large = f"{path}: response larger than {limit / MiB:g} MiB (see --max-response-mb)"
     if strict and resp.content_length is not None and resp.content_length > limit:
         raise ResponseTooLarge(too_large, status=resp.status, path=path)
-    out = bytearray()
-    received = 0
+    pieces: list[bytes] = []  # joined once at the end: no reallocation copies the body as it grows
+    size = received = 0
     try:
         async for chunk in resp.content.iter_chunked(CHUNK):
             received += len(chunk)
             for piece in decoder.feed(chunk):
-                out += piece
-                if len(out) > limit or received > limit:
+                pieces.append(piece)
+                size += len(piece)
+                if size > limit or received > limit:
                     if strict:
                         raise ResponseTooLarge(too_large, status=resp.status, path=path)
-                    return bytes(out[:limit])
+                    return b"".join(pieces)[:limit]
         decoder.finish()
     except zlib.error as exc:
         why = f"{path}: {encoding} body unreadable ({exc})"
         raise UnreadableBody(why, status=resp.status, path=path) from None
-    return bytes(out)
+    return b"".join(pieces)
 
 
 class _Refused(ValueError):
