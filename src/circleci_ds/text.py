@@ -3,7 +3,8 @@
 Rules:
 - any value becomes a str; bytes are decoded as UTF-8 with undecodable bytes replaced;
 - lone surrogates (valid in a Python str, not encodable as UTF-8) become U+FFFD;
-- control characters (C0 except nothing, DEL, C1) and the bidirectional overrides become U+FFFD,
+- control characters (all of C0, tab and newline included; DEL; C1) and the bidirectional
+  overrides and isolates become U+FFFD,
   so a message cannot move the cursor, clear a screen or reorder what is shown;
 - the result is at most `limit` characters, an ellipsis marking a cut.
 Pure functions, no I/O.
