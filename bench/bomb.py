@@ -5,14 +5,13 @@
 A hostile server (tests/hostile_server.py) answers every project request with about 1 MB of gzip
 that inflates to 1 GiB of JSON whitespace; `circleci-ds collect` (one endpoint) must fail that
 request at the cap. `baseline` is the same run against a server that answers 404 at once: the
-interpreter, the libraries and the store. Peak RSS comes from `os.wait4` on the collector process.
+interpreter, the libraries and the store. Peak RSS is the collector's own VmHWM, read as it exits.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import subprocess
 import sys
@@ -24,8 +23,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
+from collect_helpers import RSS_PROBE, peak_rss_mib
 from hostile_server import HostileServer, Mode, gzip_bomb
-from simproc import cli, write_fixture
+from simproc import write_fixture
 
 
 @contextmanager
@@ -53,15 +53,15 @@ def hostile(mode: Mode, **params: object) -> Iterator[str]:
         thread.join()
 
 
-def peak_rss_mib(url: str, cap_mib: float | None) -> tuple[float, int]:
+def collector_peak(url: str, cap_mib: float | None) -> tuple[float, int]:
+    """Peak RSS in MiB and exit status of one `circleci-ds collect` against `url`."""
     with tempfile.TemporaryDirectory() as tmp:
         fixture = write_fixture(Path(tmp) / "fixture.yaml", ["gh/bench/bomb"])
-        args = cli("collect", str(fixture), "--db", f"sqlite:///{tmp}/store.db", "--api-url", url)
+        args = ["collect", str(fixture), "--db", f"sqlite:///{tmp}/store.db", "--api-url", url]
         if cap_mib is not None:
             args += ["--max-response-mb", str(cap_mib)]
-        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _, status, usage = os.wait4(proc.pid, 0)
-        return usage.ru_maxrss / 1024, os.waitstatus_to_exitcode(status)
+        done = subprocess.run([*RSS_PROBE, *args], capture_output=True, text=True, check=False)
+        return peak_rss_mib(done.stderr), done.returncode
 
 
 def main() -> None:
@@ -81,7 +81,7 @@ def main() -> None:
     for name, mode, cap in rows:
         params = {"status": 404, "text": "nope"} if mode is Mode.MESSAGE else {}
         with hostile(mode, **params) as url:
-            runs = [peak_rss_mib(url, cap) for _ in range(options.repeat)]
+            runs = [collector_peak(url, cap) for _ in range(options.repeat)]
         print(f"| {name} | {statistics.median(r for r, _ in runs):.1f} MiB | {runs[0][1]} |")
 
 

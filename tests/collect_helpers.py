@@ -154,3 +154,25 @@ async def run_cli(
         raise AssertionError(f"circleci-ds {' '.join(args)} still running after {timeout}s") from None
     assert proc.returncode is not None
     return Run(proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"))
+
+
+# `circleci-ds` that reports, on exit, the peak RSS of its own process image. Not getrusage's
+# ru_maxrss: Linux carries that over from the parent through fork and exec.
+RSS_PROBE = [
+    sys.executable,
+    "-c",
+    "import atexit, re, sys\n"
+    "def report():\n"
+    "    kib = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)\n"
+    "    print(f'peak-rss-kib {kib}', file=sys.stderr)\n"
+    "atexit.register(report)\n"
+    "from circleci_ds.cli import main\n"
+    "sys.argv[0] = 'circleci-ds'\n"
+    "main()\n",
+]
+
+
+def peak_rss_mib(stderr: str) -> float:
+    """The peak RSS a run under RSS_PROBE reported."""
+    line = next(line for line in stderr.splitlines() if line.startswith("peak-rss-kib "))
+    return int(line.split()[1]) / 1024

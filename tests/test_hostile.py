@@ -15,7 +15,6 @@ import asyncio
 import json
 import logging
 import shutil
-import sys
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,9 +35,11 @@ from circleci_ds.collect import EndpointResult
 from circleci_ds.simulator import SimConfig, SimProject, Simulator
 from circleci_ds.store import Store
 from collect_helpers import (
+    RSS_PROBE,
     Run,
     assert_matches_truth,
     collect,
+    peak_rss_mib,
     run_cli,
     stored_state,
     write_fixture,
@@ -325,39 +326,24 @@ async def test_page_tokens_of_any_characters_go_back_as_a_query_parameter(tmp_pa
 
 
 # -- 6. untrusted sizes ----------------------------------------------------------------------------------
-RSS_PROBE = (
-    "import atexit, resource, sys\n"
-    "atexit.register(lambda: print(f'peak-rss-kib {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}',"
-    " file=sys.stderr))\n"
-    "from circleci_ds.cli import main\n"
-    "sys.argv[0] = 'circleci-ds'\n"
-    "main()\n"
-)
-
-
-def peak_rss_mib(run: Run) -> float:
-    line = next(line for line in run.stderr.splitlines() if line.startswith("peak-rss-kib "))
-    return int(line.split()[1]) / 1024
-
-
 async def test_cli_gzip_bomb_fails_the_request_and_memory_stays_small(scene: Scene) -> None:
     """About 1 MB of gzip that inflates to 1 GiB: the request fails at the 64 MiB cap."""
     scene.hostile.behave(Mode.GZIP_BOMB, kinds="project", only="acme/api")
     gzip_bomb()  # built before the run, which must not wait for it
-    run = await scene.cli(prefix=[sys.executable, "-c", RSS_PROBE])
+    run = await scene.cli(prefix=RSS_PROBE)
     scene.assert_safe(run)
     assert failures(run) == [
         "failed: gh/acme/api: /project/gh/acme/api: response larger than 64 MiB (see --max-response-mb)"
     ]
     # The interpreter and libraries take about 60 MiB, the capped body 64 MiB; 1 GiB never is.
-    assert peak_rss_mib(run) < 200
+    assert peak_rss_mib(run.stderr) < 200
     scene.assert_intact(failed=["gh/acme/api"])
 
 
 async def test_cli_max_response_mb_sets_the_cap(scene: Scene) -> None:
     scene.hostile.behave(Mode.GZIP_BOMB, kinds="project")
     gzip_bomb()  # built before the run, which must not wait for it
-    run = await scene.cli("--max-response-mb", "2", prefix=[sys.executable, "-c", RSS_PROBE])
+    run = await scene.cli("--max-response-mb", "2", prefix=RSS_PROBE)
     scene.assert_safe(run)
     assert [
         line.endswith("response larger than 2 MiB (see --max-response-mb)") for line in failures(run)
@@ -365,7 +351,7 @@ async def test_cli_max_response_mb_sets_the_cap(scene: Scene) -> None:
         True,
         True,
     ]
-    assert peak_rss_mib(run) < 120
+    assert peak_rss_mib(run.stderr) < 120
     scene.assert_intact()
 
 
