@@ -676,7 +676,9 @@ def _check_details(job: dict[str, Any], details: dict[str, Any]) -> None:
         assert details["duration"] is None
 
 
-async def test_users_answer_by_id_deleted_ones_404_and_the_truth_names_them(http: Http, sim: Simulator) -> None:
+async def test_users_answer_by_id_deleted_ones_404_and_the_truth_names_them(
+    http: Http, sim: Simulator
+) -> None:
     users = sim.users_truth()
     referenced = {w.started_by for w in workflows(sim)} | {w.canceled_by for w in workflows(sim)}
     referenced |= {j.approved_by for j in jobs(sim)}

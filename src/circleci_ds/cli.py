@@ -29,6 +29,8 @@ from circleci_ds import __version__
 from circleci_ds.api import DEFAULT_API_URL, CircleCIClient, Unauthorized
 from circleci_ds.collect import Collector, EndpointResult, Options
 from circleci_ds.fixture import FixtureError, Settings, load_fixture
+from circleci_ds.identities import IdentitiesError
+from circleci_ds.people import UserPass
 from circleci_ds.store import DEFAULT_DB_URL, Store, StoreError
 from circleci_ds.times import iso, parse_date, parse_duration
 
@@ -83,7 +85,7 @@ def guarded(func: F) -> F:
             return func(*args, **kwargs)
         except (typer.Exit, typer.Abort):
             raise
-        except FixtureError as exc:
+        except (FixtureError, IdentitiesError) as exc:
             raise fail(str(exc), EXIT_USAGE) from None
         except StoreError as exc:
             raise fail(str(exc), EXIT_USAGE) from None
@@ -169,7 +171,7 @@ def collect(
     )
     started = time.monotonic()
     try:
-        results, stats, counters = asyncio.run(
+        results, stats, counters, users = asyncio.run(
             _collect(settings, store, api_url, concurrency, max_rps, options)
         )
     except Unauthorized:
@@ -186,7 +188,8 @@ def collect(
         f"collected {len(results) - len(failed) - others}/{len(settings.endpoints)} endpoint(s)"
         + (f" ({others} by another collector)" if others else "")
         + f": {counters.pipelines} pipeline(s) stored, {counters.workflows} workflow(s), "
-        f"{counters.jobs} job(s), {counters.details} job detail(s) read; {stats.requests} request(s), "
+        f"{counters.jobs} job(s), {counters.details} job detail(s) read, "
+        f"{users.resolved} user(s) resolved ({users.deleted} deleted); {stats.requests} request(s), "
         f"{stats.rate_limited} rate-limited, {stats.retries} retried, in {time.monotonic() - started:.1f}s"
         + (f"; {len(failed)} endpoint(s) failed" if failed else ""),
         file=sys.stderr if not sys.stdout.isatty() else sys.stdout,
@@ -197,7 +200,7 @@ def collect(
 
 async def _collect(
     settings: Settings, store: Store, api_url: str, concurrency: int, max_rps: float | None, options: Options
-) -> tuple[list[EndpointResult], Any, Any]:
+) -> tuple[list[EndpointResult], Any, Any, UserPass]:
     async with CircleCIClient(api_url, settings.token, concurrency=concurrency, max_rps=max_rps) as client:
         collector = Collector(client, store, options)
         reporter = asyncio.create_task(_report_progress(collector))
@@ -205,7 +208,7 @@ async def _collect(
             results = await collector.run(list(settings.endpoints))
         finally:
             reporter.cancel()
-        return results, client.stats, collector.counters
+        return results, client.stats, collector.counters, collector.users
 
 
 async def _report_progress(collector: Collector) -> None:
