@@ -29,8 +29,8 @@ from circleci_ds import __version__
 from circleci_ds.api import DEFAULT_API_URL, CircleCIClient, Unauthorized
 from circleci_ds.collect import Collector, EndpointResult, Options
 from circleci_ds.fixture import FixtureError, Settings, load_fixture
-from circleci_ds.identities import IdentitiesError
-from circleci_ds.people import UserPass
+from circleci_ds.identities import Identities, IdentitiesError, load_identities
+from circleci_ds.people import People, UserPass
 from circleci_ds.store import DEFAULT_DB_URL, Store, StoreError
 from circleci_ds.times import iso, parse_date, parse_duration
 
@@ -243,6 +243,13 @@ async def _report_progress(collector: Collector) -> None:
 class Kind(StrEnum):
     raw = "raw"
     enriched = "enriched"
+    dads = "dads"
+
+
+IdentitiesOption = Annotated[
+    Path | None,
+    typer.Option(help="People, logins and organisations (YAML or JSON; a SortingHat export works too)."),
+]
 
 
 class Format(StrEnum):
@@ -256,27 +263,47 @@ def export(
     db: DbOption = DEFAULT_DB_URL,
     project: Annotated[str | None, typer.Option(help="Only this native project slug.")] = None,
     kind: Annotated[
-        Kind, typer.Option(help="raw: one item per pipeline; enriched: pipeline/workflow/job docs.")
+        Kind,
+        typer.Option(
+            help="raw: one item per pipeline; enriched: pipeline/workflow/job docs; "
+            "dads: one da-ds document per job."
+        ),
     ] = Kind.raw,
     fmt: Annotated[
         Format, typer.Option("--format", help="ndjson, or Elasticsearch/OpenSearch _bulk.")
     ] = Format.ndjson,
+    index: Annotated[
+        str | None, typer.Option(help="es-bulk: this index instead of sds-<native-slug>-circleci[-raw].")
+    ] = None,
+    identities: IdentitiesOption = None,
 ) -> None:
     """Print stored data as NDJSON (perceval item envelope for raw pipelines)."""
     from circleci_ds import export as ex
 
+    people_ids = _load_identities(identities)
     store = _open_store(db, create=False)
     try:
+        docs: Iterable[dict[str, Any]]
         if kind is Kind.raw:
-            docs: Iterable[dict[str, Any]] = ex.raw_items(store, project)
+            docs = ex.raw_items(store, project)
+        elif kind is Kind.dads:
+            from circleci_ds.dads import dads_documents
+
+            docs = dads_documents(store.iter_trees(project), People.load(store, people_ids))
         else:
             from circleci_ds.enrich import enrich_trees
 
-            docs = enrich_trees(store.iter_trees(project), store.project_infos())
-        lines = ex.es_bulk(docs, raw=kind is Kind.raw) if fmt is Format.es_bulk else ex.ndjson(docs)
+            people = People.load(store, people_ids)
+            docs = enrich_trees(store.iter_trees(project), store.project_infos(), people=people)
+        raw = kind is Kind.raw
+        lines = ex.es_bulk(docs, raw=raw, index=index) if fmt is Format.es_bulk else ex.ndjson(docs)
         _write_lines(lines)
     finally:
         store.close()
+
+
+def _load_identities(path: Path | None) -> Identities | None:
+    return load_identities(path) if path is not None else None
 
 
 def _write_lines(lines: Iterator[str]) -> None:

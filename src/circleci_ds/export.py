@@ -64,11 +64,12 @@ def ndjson(docs: Iterable[dict[str, Any]]) -> Iterator[str]:
         yield _ENCODER.encode(doc)
 
 
-def es_bulk(docs: Iterable[dict[str, Any]], *, raw: bool) -> Iterator[str]:
+def es_bulk(docs: Iterable[dict[str, Any]], *, raw: bool, index: str | None = None) -> Iterator[str]:
     """Elasticsearch/OpenSearch `_bulk` lines: an index action (`_id` = uuid), then the document.
 
-    The index is the da-ds one of each document's native project.
+    The index is `index` when given, else the da-ds one of each document's native project.
     """
     for doc in docs:
-        yield _ENCODER.encode({"index": {"_index": index_name(doc["project"], raw), "_id": doc["uuid"]}})
+        target = index or index_name(doc["project"], raw)
+        yield _ENCODER.encode({"index": {"_index": target, "_id": doc["uuid"]}})
         yield _ENCODER.encode(doc)

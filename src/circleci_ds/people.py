@@ -27,8 +27,9 @@ from typing import Any, TypeVar
 from circleci_ds.api import ApiError, CircleCIClient, NotFound, Unauthorized
 from circleci_ds.enrich import is_bot_login
 from circleci_ds.identities import Identities, organizations_at
-from circleci_ds.store import Store
+from circleci_ds.store import Store, StoredTree
 from circleci_ds.store.users import UserRecord, known_user_ids, load_users, save_users, stored_people_objects
+from circleci_ds.times import parse_ts
 
 log = logging.getLogger("circleci_ds.people")
 T = TypeVar("T")
@@ -195,6 +196,56 @@ class People:
 
     def person_by_id(self, user_id: Any, provider: str | None, at: float | None) -> Person:
         return self.person(self.login_of(user_id), provider, at)
+
+    def author(self, tree: StoredTree) -> Person:
+        """The pipeline's trigger actor, at the pipeline's creation."""
+        pipeline = tree.data
+        login = ((pipeline.get("trigger") or {}).get("actor") or {}).get("login")
+        provider = provider_of(tree.endpoint, pipeline)
+        created = parse_ts(pipeline.get("created_at"))
+        return self.person(login if isinstance(login, str) else None, provider, created)
+
+    def creator(self, workflow: dict[str, Any], provider: str | None) -> Person:
+        """Who started the workflow, at its creation."""
+        return self.person_by_id(workflow.get("started_by"), provider, parse_ts(workflow.get("created_at")))
+
+    def approver(self, job: dict[str, Any], workflow: dict[str, Any], provider: str | None) -> Person:
+        """Who approved an approval job, at the approval (else the workflow's creation)."""
+        at = parse_ts(job.get("stopped_at")) or parse_ts(workflow.get("created_at"))
+        return self.person_by_id(job.get("approved_by"), provider, at)
+
+    def enriched_fields(
+        self, tree: StoredTree, workflow: dict[str, Any] | None, job: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        """People fields of an enriched document (pipeline: workflow and job None; workflow: job None).
+
+        Every document: the author's name, uuid, domain and organisations at the pipeline's creation.
+        Workflow and job documents: who started and cancelled the workflow. Approval jobs: the approver.
+        """
+        author = self.author(tree).fields("author")
+        fields = {k: v for k, v in author.items() if k not in ("author_user_name", "author_bot")}
+        if workflow is None:
+            return fields
+        provider = provider_of(tree.endpoint, tree.data)
+        creator = self.creator(workflow, provider)
+        fields.update(
+            {
+                "started_by_login": creator.user_name,
+                "started_by_name": self.name_of(workflow.get("started_by")),
+                "started_by_org_name": creator.org_name,
+                "canceled_by_login": self.login_of(workflow.get("canceled_by")),
+            }
+        )
+        if job is not None and job.get("type") == "approval":
+            approver = self.approver(job, workflow, provider)
+            fields.update(
+                {
+                    "approved_by_login": approver.user_name,
+                    "approved_by_name": self.name_of(job.get("approved_by")),
+                    "approved_by_org_name": approver.org_name,
+                }
+            )
+        return fields
 
 
 def provider_of(endpoint: str, pipeline: dict[str, Any]) -> str | None:
