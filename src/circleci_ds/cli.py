@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 import os
 import sys
@@ -30,6 +31,7 @@ from circleci_ds.api import DEFAULT_API_URL, CircleCIClient, Unauthorized
 from circleci_ds.collect import Collector, EndpointResult, Options
 from circleci_ds.fixture import FixtureError, Settings, load_fixture
 from circleci_ds.identities import Identities, IdentitiesError, load_identities
+from circleci_ds.mapping import ExportKind, index_template
 from circleci_ds.people import People, UserPass
 from circleci_ds.store import DEFAULT_DB_URL, Store, StoreError
 from circleci_ds.times import iso, parse_date, parse_duration
@@ -240,12 +242,6 @@ async def _report_progress(collector: Collector) -> None:
 
 
 # -- export ---------------------------------------------------------------------------------
-class Kind(StrEnum):
-    raw = "raw"
-    enriched = "enriched"
-    dads = "dads"
-
-
 IdentitiesOption = Annotated[
     Path | None,
     typer.Option(help="People, logins and organisations (YAML or JSON; a SortingHat export works too)."),
@@ -263,12 +259,12 @@ def export(
     db: DbOption = DEFAULT_DB_URL,
     project: Annotated[str | None, typer.Option(help="Only this native project slug.")] = None,
     kind: Annotated[
-        Kind,
+        ExportKind,
         typer.Option(
             help="raw: one item per pipeline; enriched: pipeline/workflow/job docs; "
             "dads: one da-ds document per job."
         ),
-    ] = Kind.raw,
+    ] = ExportKind.raw,
     fmt: Annotated[
         Format, typer.Option("--format", help="ndjson, or Elasticsearch/OpenSearch _bulk.")
     ] = Format.ndjson,
@@ -284,9 +280,9 @@ def export(
     store = _open_store(db, create=False)
     try:
         docs: Iterable[dict[str, Any]]
-        if kind is Kind.raw:
+        if kind is ExportKind.raw:
             docs = ex.raw_items(store, project)
-        elif kind is Kind.dads:
+        elif kind is ExportKind.dads:
             from circleci_ds.dads import dads_documents
 
             docs = dads_documents(store.iter_trees(project), People.load(store, people_ids))
@@ -295,7 +291,7 @@ def export(
 
             people = People.load(store, people_ids)
             docs = enrich_trees(store.iter_trees(project), store.project_infos(), people=people)
-        raw = kind is Kind.raw
+        raw = kind is ExportKind.raw
         lines = ex.es_bulk(docs, raw=raw, index=index) if fmt is Format.es_bulk else ex.ndjson(docs)
         _write_lines(lines)
     finally:
@@ -304,6 +300,18 @@ def export(
 
 def _load_identities(path: Path | None) -> Identities | None:
     return load_identities(path) if path is not None else None
+
+
+@app.command("es-mapping")
+@guarded
+def es_mapping(
+    kind: Annotated[ExportKind, typer.Option(help="The export kind the index will hold.")] = ExportKind.dads,
+    pattern: Annotated[
+        str | None, typer.Option(help="Index pattern; default sds-*-circleci (sds-*-circleci-raw for raw).")
+    ] = None,
+) -> None:
+    """Print an Elasticsearch/OpenSearch index template (PUT _index_template/NAME) for an export kind."""
+    print(json.dumps(index_template(kind, pattern), indent=2))
 
 
 def _write_lines(lines: Iterator[str]) -> None:

@@ -30,6 +30,31 @@ from circleci_ds.store import StoredTree
 from circleci_ds.times import iso_ms, parse_ts
 
 NO_PERSON = Person(None)
+PERSON_FIELDS = ("id", "uuid", "name", "user_name", "domain", "org_name", "multi_org_names", "bot")
+
+
+def _person(role: str) -> tuple[str, ...]:
+    return tuple(f"{role}_{name}" for name in PERSON_FIELDS)
+
+
+# Every field of a document, in the order written.
+FIELDS: tuple[str, ...] = (
+    "uuid", "origin", "project", "project_slug", "project_name", "pipeline_id", "pipeline_number",
+    "pipeline_created_at", "pipeline_updated_at", "pipeline_state", "pipeline_trigger_type",
+    "pipeline_trigger_date", *_person("author"), "original_repository_url", "target_repository_url",
+    "revision", "provider", "is_release", "tag", "is_commit", "commit_branch", "commit_subject",
+    "commit_body",
+    "metadata__updated_on", "metadata__timestamp", "metadata__enriched_on", "metadata__backend_name",
+    "metadata__backend_version", "workflow_id", "workflow_name", "workflow_status", "workflow_created_at",
+    "workflow_stopped_at", "workflow_duration", "workflow_duration_seconds", "workflow_duration_minutes",
+    "workflow_duration_hours", *_person("workflow_creator"), "workflow_canceled_by",
+    "workflow_canceled_by_id",
+    "is_approval", *_person("workflow_approval"), "workflow_approval_request_id", "workflow_job_type",
+    "workflow_job_id", "workflow_job_name", "workflow_job_status", "workflow_job_started_at",
+    "workflow_job_stopped_at", "workflow_job_dependencies", "job_number", "job_started_at", "job_queued_at",
+    "job_stopped_at", "job_status", "job_parallelism", "job_duration", "job_executor_type",
+    "job_executor_resource_class",
+)  # fmt: skip
 
 
 def dads_documents(
