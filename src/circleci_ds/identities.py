@@ -304,33 +304,39 @@ def _domain(value: str | None) -> str | None:
 
 
 def _parse(path: Path) -> tuple[Any, yaml.Node | None]:
+    """The file's data and its YAML node tree (for line numbers); JSON files are parsed as JSON."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise IdentitiesError(f"{path}: no such identities file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise IdentitiesError(f"{path}: cannot read the identities file: {exc.__class__.__name__}") from None
-    try:
-        root = yaml.compose(text, Loader=_Loader)
-        raw = yaml.load(text, Loader=_Loader)
-    except yaml.MarkedYAMLError as exc:
-        if path.suffix.lower() == ".json":
-            return _parse_json(path, text), None
-        mark = exc.problem_mark or exc.context_mark
-        where = f":{mark.line + 1}" if mark else ""
-        raise IdentitiesError(f"{path}{where}: invalid YAML: {exc.problem or exc.context}") from None
-    except yaml.YAMLError as exc:
-        raise IdentitiesError(f"{path}: invalid YAML: {exc}") from None
+    if path.suffix.lower() == ".json":
+        raw, root = _parse_json(path, text), _nodes(text)
+    else:
+        try:
+            root = yaml.compose(text, Loader=_Loader)
+            raw = yaml.load(text, Loader=_Loader)
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            where = f":{mark.line + 1}" if mark else ""
+            raise IdentitiesError(f"{path}{where}: invalid YAML: {exc.problem or exc.context}") from None
+        except yaml.YAMLError as exc:
+            raise IdentitiesError(f"{path}: invalid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise IdentitiesError(f"{path}: expected a mapping with `people` (or a SortingHat export)")
     return raw, root
 
 
+def _nodes(text: str) -> yaml.Node | None:
+    try:
+        return yaml.compose(text, Loader=_Loader)
+    except yaml.YAMLError:
+        return None  # valid JSON that YAML cannot read: messages go without a line
+
+
 def _parse_json(path: Path, text: str) -> Any:
     try:
-        raw = json.loads(text)
+        return json.loads(text)
     except json.JSONDecodeError as exc:
         raise IdentitiesError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from None
-    if not isinstance(raw, dict):
-        raise IdentitiesError(f"{path}: expected a mapping with `people` (or a SortingHat export)")
-    return raw
