@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import subprocess
+import sys
+from collections import Counter
+from datetime import UTC, datetime
+from html import escape
 from pathlib import Path
 from typing import Any
 
+from circleci_ds.identities import load_identities
 from circleci_ds.people import People, new_user_ids, user_ids_in, user_record
+from circleci_ds.people_report import people_report
 from circleci_ds.simulator import SimConfig, SimProject, Simulator
 from circleci_ds.store import Store
 from circleci_ds.store.users import load_users
@@ -124,3 +133,108 @@ def test_people_name_resolved_deleted_and_unknown_ids() -> None:
     unknown = people.person_by_id(B, "github", 0.0)
     assert (unknown.user_name, unknown.name, unknown.id, unknown.bot) == (None, "Unknown", "Unknown", False)
     assert people.person("renovate-bot", "github", 0.0).bot
+
+
+IDENTITIES = """\
+people:
+- name: Alice
+  logins: {github: alice-dev}
+  enrollments:
+  - {organization: Acme, end: "2026-10-29T00:00:00Z"}
+  - {organization: Beta, start: "2026-10-29T00:00:00Z"}
+- name: Carol
+  logins: {github: carol-sre}
+  enrollments:
+  - {organization: Acme}
+"""
+SPLIT = datetime(2026, 10, 29, tzinfo=UTC).timestamp()
+
+
+def expected_org(login: str | None, at: float) -> str:
+    """The identities above, applied by hand."""
+    if login == "alice-dev":
+        return "Acme" if at < SPLIT else "Beta"
+    return "Acme" if login == "carol-sre" else "Unknown"
+
+
+def ts(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+PerPerson = Counter[tuple[str | None, str]]
+
+
+def truth_people(sim: Simulator) -> tuple[dict[str, list[int]], PerPerson, PerPerson]:
+    """(org -> [runs, failures, reruns]), approvals and manual reruns per (login, org), from the simulator."""
+    users = sim.users_truth()
+
+    def login(user_id: str) -> str | None:
+        return user["login"] if (user := users[user_id]) else None
+
+    orgs: dict[str, list[int]] = {}
+    approvals: PerPerson = Counter()
+    reruns: PerPerson = Counter()
+    for slug in SLUGS:
+        for pipeline in sim.truth(slug):
+            for w in pipeline["workflows"]:
+                org = expected_org(login(w["started_by"]), ts(w["created_at"]))
+                record = sim.history.workflows[w["id"]]
+                tally = orgs.setdefault(org, [0, 0, 0])
+                tally[0] += 1
+                tally[1] += w["status"] in ("failed", "error")
+                tally[2] += record.rerun_of is not None
+                if record.rerun_of is not None and record.auto_rerun_number is None:
+                    reruns[login(w["started_by"]), org] += 1
+                for job in w["jobs"]:
+                    if job["type"] == "approval" and job["status"] == "success":
+                        who = login(job["approved_by"])
+                        approvals[who, expected_org(who, ts(job["stopped_at"]))] += 1
+    return orgs, approvals, reruns
+
+
+async def test_report_counts_runs_failures_reruns_by_organisation_and_approvers(tmp_path: Path) -> None:
+    sim = Simulator(sim_config())
+    url = sim.start_thread()
+    db_url = f"sqlite:///{tmp_path / 'store.db'}"
+    path = tmp_path / "identities.yaml"
+    path.write_text(IDENTITIES)
+    try:
+        await collect(url, db_url, SLUGS, token=TOKEN)
+        orgs, approvals, reruns = truth_people(sim)
+    finally:
+        sim.stop_thread()
+    store = Store.open(db_url, create=False)
+    try:
+        people = People.load(store, load_identities(path))
+        got = people_report(store.iter_trees(), store.project_infos(), people, branch="*")
+    finally:
+        store.close()
+    assert {o.organization: [o.runs, o.failures, o.reruns] for o in got.organizations} == orgs
+    assert {"Acme", "Beta", "Unknown"} <= set(orgs)
+    assert {(a.login, a.organization): a.approvals for a in got.approvers} == approvals
+    assert {(r.login, r.organization): r.reruns for r in got.rerunners} == reruns
+    assert [a.approvals for a in got.approvers] == sorted((a.approvals for a in got.approvers), reverse=True)
+    assert any(a.login is None for a in got.approvers), "a deleted account approved something"
+
+
+def test_report_shows_people_in_json_terminal_and_escaped_html(tmp_path: Path) -> None:
+    sim = Simulator(sim_config())
+    url = sim.start_thread()
+    db_url = f"sqlite:///{tmp_path / 'store.db'}"
+    try:
+        asyncio.run(collect(url, db_url, SLUGS, token=TOKEN))
+    finally:
+        sim.stop_thread()
+    html = tmp_path / "report.html"
+    base = [sys.executable, "-m", "circleci_ds", "report", "--db", db_url, "--branch", "*"]
+    as_json = json.loads(subprocess.run([*base, "--format", "json"], capture_output=True, text=True,
+                                        check=True).stdout)  # fmt: skip
+    names = {a["name"] for a in as_json["people"]["approvers"] if a["name"]}
+    assert as_json["people"]["organizations"][0]["organization"] == "Unknown"
+    table = subprocess.run([*base, "--html", str(html)], capture_output=True, text=True, check=True).stdout
+    assert "Runs by organisation" in table and "Who approves" in table and "Who reruns most" in table
+    page = html.read_text()
+    assert 'id="people"' in page
+    for name in names:
+        assert escape(name) in page
+        assert "<" not in name or name not in page

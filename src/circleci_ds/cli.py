@@ -382,6 +382,7 @@ def report(
     branch: Annotated[str | None, typer.Option(help="Branch; default each project's default branch.")] = None,
     fmt: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
     html: Annotated[Path | None, typer.Option(help="Also write a self-contained HTML report here.")] = None,
+    identities: IdentitiesOption = None,
 ) -> None:
     """CI metrics per project, workflow and job; optionally an offline HTML report."""
     from circleci_ds.report import run_report
@@ -393,6 +394,7 @@ def report(
         until_dt = _as_datetime(until)
     except ValueError as exc:
         raise fail(str(exc), EXIT_USAGE) from None
+    people_ids = _load_identities(identities)
     store = _open_store(db, create=False)
     try:
         run_report(
@@ -404,6 +406,7 @@ def report(
             fmt=fmt,
             html_path=html,
             console=Console(highlight=False),
+            identities=people_ids,
         )
     finally:
         store.close()

@@ -6,9 +6,10 @@ each project's default branch, all branches when that is unknown or the branch i
   the run's creation ("Unknown" without an identities file, or when unaffiliated then);
 - failures are runs that ended `failed` or `error`; reruns are runs that are not the first of
   their workflow name in their pipeline (automatic reruns included);
-- approvers: approval jobs approved (status success) by someone, counted per approver, with the
-  workflows they gate; the approver's organisation is the one at the approval;
-- rerunners: manual reruns (not automatic) per person who started them, most first.
+- approvers: approval jobs approved (status success) by someone, counted per approver and the
+  approver's organisation at the approval (someone who moved appears once per organisation),
+  with the workflows they gate;
+- rerunners: manual reruns (not automatic) per person and organisation at the rerun, most first.
 A person whose account was deleted, or who was not resolved yet, shows as null.
 """
 
@@ -81,10 +82,10 @@ class _Tallies:
     def __init__(self, people: People) -> None:
         self.people = people
         self.orgs: dict[str, _Tally] = defaultdict(_Tally)
-        self.approvals: Counter[str] = Counter()
-        self.gated: dict[str, set[str]] = defaultdict(set)
-        self.reruns: Counter[str] = Counter()
-        self.org_of: dict[tuple[str, str], str] = {}  # (role, user id) -> organisation, the latest seen
+        # Keyed by (user id, organisation at the event): a person who moved counts under each.
+        self.approvals: Counter[tuple[str, str]] = Counter()
+        self.gated: dict[tuple[str, str], set[str]] = defaultdict(set)
+        self.reruns: Counter[tuple[str, str]] = Counter()
 
     def run(self, workflow: dict[str, Any], provider: str | None, rerun: bool) -> None:
         creator = self.people.creator(workflow, provider)
@@ -95,17 +96,15 @@ class _Tallies:
         started_by = workflow.get("started_by")
         tally.starters.add(started_by)
         if rerun and workflow.get("auto_rerun_number") is None and isinstance(started_by, str):
-            self.reruns[started_by] += 1
-            self.org_of["rerun", started_by] = creator.org_name
+            self.reruns[started_by, creator.org_name] += 1
         for job in workflow.get("jobs") or []:
             if _approved(job):
                 self.approval(job, workflow, provider)
 
     def approval(self, job: dict[str, Any], workflow: dict[str, Any], provider: str | None) -> None:
-        approved_by = str(job["approved_by"])
-        self.approvals[approved_by] += 1
-        self.gated[approved_by].add(str(workflow.get("name")))
-        self.org_of["approval", approved_by] = self.people.approver(job, workflow, provider).org_name
+        key = (str(job["approved_by"]), self.people.approver(job, workflow, provider).org_name)
+        self.approvals[key] += 1
+        self.gated[key].add(str(workflow.get("name")))
 
     def report(self) -> PeopleReport:
         people = self.people
@@ -117,15 +116,12 @@ class _Tallies:
             with_identities=people.identities is not None,
             organizations=sorted(organizations, key=lambda o: (-o.runs, o.organization)),
             approvers=[
-                Approver(
-                    people.login_of(uid), people.name_of(uid), self.org_of["approval", uid], count,
-                    sorted(self.gated[uid]),
-                )
-                for uid, count in _most(self.approvals, people)
+                Approver(people.login_of(uid), people.name_of(uid), org, count, sorted(self.gated[uid, org]))
+                for (uid, org), count in _most(self.approvals, people)
             ],
             rerunners=[
-                Rerunner(people.login_of(uid), people.name_of(uid), self.org_of["rerun", uid], count)
-                for uid, count in _most(self.reruns, people)[:TOP]
+                Rerunner(people.login_of(uid), people.name_of(uid), org, count)
+                for (uid, org), count in _most(self.reruns, people)[:TOP]
             ],
         )
 
@@ -159,8 +155,9 @@ def _approved(job: dict[str, Any]) -> bool:
     return job.get("type") == "approval" and job.get("status") == "success" and bool(job.get("approved_by"))
 
 
-def _most(counts: Counter[str], people: People) -> list[tuple[str, int]]:
-    return sorted(counts.items(), key=lambda item: (-item[1], people.login_of(item[0]) or "~", str(item[0])))
+def _most(counts: Counter[tuple[str, str]], people: People) -> list[tuple[tuple[str, str], int]]:
+    """Most first; ties by login (unresolved people last), then id and organisation."""
+    return sorted(counts.items(), key=lambda item: (-item[1], people.login_of(item[0][0]) or "~", item[0]))
 
 
 def _branch(branch: str | None, info: dict[str, Any] | None) -> str | None:

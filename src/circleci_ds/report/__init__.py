@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from pathlib import Path
 
 from rich.console import Console
 
 from circleci_ds.enrich import enrich_trees
+from circleci_ds.identities import Identities
 from circleci_ds.metrics import MetricsReport, compute_metrics
+from circleci_ds.people import People
+from circleci_ds.people_report import people_report
 from circleci_ds.report.html import render_html, write_html
+from circleci_ds.report.people_section import people_html, print_people
 from circleci_ds.report.terminal import print_tables
 from circleci_ds.store import Store
 
@@ -41,6 +46,7 @@ def run_report(
     fmt: str,
     html_path: Path | None,
     console: Console,
+    identities: Identities | None = None,
 ) -> None:
     """Print tables (fmt "table") or JSON (fmt "json") and, with html_path, write the HTML page.
 
@@ -49,11 +55,18 @@ def run_report(
     if fmt not in FORMATS:
         raise ValueError(f"unknown report format {fmt!r} (expected one of {', '.join(FORMATS)})")
     report = build_report(store, project=project, since=since, until=until, branch=branch)
+    # People: a section of its own, computed apart from the metrics.
+    people = People.load(store, identities)
+    trees = store.iter_trees(project)
+    who = people_report(trees, store.project_infos(), people, since=since, until=until, branch=branch)
     if fmt == "json":
-        console.out(report.to_json(), highlight=False)
+        console.out(json.dumps({**report.to_dict(), "people": who.to_dict()}, indent=2, ensure_ascii=False),
+                    highlight=False)  # fmt: skip
     else:
         print_tables(report, console)
+        if report.projects:
+            print_people(who, console)
     if html_path is not None:
-        write_html(report, html_path)
+        write_html(report, html_path, people_html(who))
         if fmt == "table":  # JSON output stays pure JSON
             console.print(f"Wrote {html_path}", highlight=False, markup=False)
