@@ -12,6 +12,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from circleci_ds.enrich import enrich_trees
 from circleci_ds.identities import load_identities
 from circleci_ds.people import People, new_user_ids, user_ids_in, user_record
 from circleci_ds.people_report import people_report
@@ -238,3 +239,43 @@ def test_report_shows_people_in_json_terminal_and_escaped_html(tmp_path: Path) -
     for name in names:
         assert escape(name) in page
         assert "<" not in name or name not in page
+
+
+async def test_enriched_documents_carry_logins_names_and_organisations(tmp_path: Path) -> None:
+    sim = Simulator(sim_config())
+    url = sim.start_thread()
+    db_url = f"sqlite:///{tmp_path / 'store.db'}"
+    path = tmp_path / "identities.yaml"
+    path.write_text(IDENTITIES)
+    try:
+        await collect(url, db_url, SLUGS, token=TOKEN)
+        users = sim.users_truth()
+    finally:
+        sim.stop_thread()
+    store = Store.open(db_url, create=False)
+    try:
+        people = People.load(store, load_identities(path))
+        docs = list(enrich_trees(store.iter_trees(), store.project_infos(), people=people))
+    finally:
+        store.close()
+    approvals = 0
+    created: dict[str, float] = {}
+    started_by: dict[str, str | None] = {}
+    for doc in docs:  # each tree's pipeline first, then each workflow before its jobs
+        if doc["type"] == "pipeline":
+            created[doc["pipeline_id"]] = ts(doc["created_at"])
+            assert "started_by_login" not in doc
+        elif doc["type"] == "workflow":
+            creator = users[doc["started_by"]]
+            assert doc["started_by_login"] == (creator["login"] if creator else None)
+            assert doc["started_by_name"] == (creator["name"] if creator else None)
+            started_by[doc["workflow_id"]] = doc["started_by_login"]
+        else:
+            assert doc["started_by_login"] == started_by[doc["workflow_id"]]
+            if doc["job_type"] == "approval" and doc["approved_by"]:
+                approver = users[doc["approved_by"]]
+                assert doc["approved_by_login"] == (approver["login"] if approver else None)
+                approvals += 1
+        author_org = expected_org(doc["author_login"], created[doc["pipeline_id"]])
+        assert doc["author_org_name"] == author_org
+    assert approvals
