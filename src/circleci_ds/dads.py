@@ -27,7 +27,7 @@ from circleci_ds import __version__
 from circleci_ds.export import BACKEND_NAME, uuid
 from circleci_ds.people import People, Person, provider_of
 from circleci_ds.store import StoredTree
-from circleci_ds.times import iso_ms, parse_ts
+from circleci_ds.times import iso_ms, iso_text, parse_ts
 
 NO_PERSON = Person(None)
 PERSON_FIELDS = ("id", "uuid", "name", "user_name", "domain", "org_name", "multi_org_names", "bot")
@@ -86,7 +86,6 @@ def _pipeline_fields(tree: StoredTree, people: People, now: float) -> dict[str, 
     vcs = pipeline.get("vcs") or {}
     trigger = pipeline.get("trigger") or {}
     commit = vcs.get("commit") or {}
-    created = parse_ts(pipeline.get("created_at"))
     tag, branch = vcs.get("tag"), vcs.get("branch")
     fields: dict[str, Any] = {
         "origin": tree.origin,
@@ -95,11 +94,11 @@ def _pipeline_fields(tree: StoredTree, people: People, now: float) -> dict[str, 
         "project_name": tree.project_name or tree.native,
         "pipeline_id": pipeline.get("id"),
         "pipeline_number": pipeline.get("number"),
-        "pipeline_created_at": iso_ms(created),
-        "pipeline_updated_at": _time(pipeline.get("updated_at")),
+        "pipeline_created_at": iso_text(pipeline.get("created_at")),
+        "pipeline_updated_at": iso_text(pipeline.get("updated_at")),
         "pipeline_state": pipeline.get("state"),
         "pipeline_trigger_type": trigger.get("type"),
-        "pipeline_trigger_date": _time(trigger.get("received_at")),
+        "pipeline_trigger_date": iso_text(trigger.get("received_at")),
     }
     fields.update(people.author(tree).fields("author"))
     fields.update(
@@ -132,8 +131,8 @@ def _workflow_fields(workflow: dict[str, Any], people: People, provider: str | N
         "workflow_id": workflow.get("id"),
         "workflow_name": workflow.get("name"),
         "workflow_status": workflow.get("status"),
-        "workflow_created_at": iso_ms(created),
-        "workflow_stopped_at": iso_ms(stopped),
+        "workflow_created_at": iso_text(workflow.get("created_at")),
+        "workflow_stopped_at": iso_text(workflow.get("stopped_at")),
         "workflow_duration": duration,
         "workflow_duration_seconds": None if duration is None else duration / 1000,
         "workflow_duration_minutes": None if duration is None else duration / 60_000,
@@ -166,13 +165,13 @@ def _job_fields(
             "workflow_job_id": job.get("id"),
             "workflow_job_name": job.get("name"),
             "workflow_job_status": job.get("status"),
-            "workflow_job_started_at": _time(job.get("started_at")),
-            "workflow_job_stopped_at": _time(job.get("stopped_at")),
+            "workflow_job_started_at": iso_text(job.get("started_at")),
+            "workflow_job_stopped_at": iso_text(job.get("stopped_at")),
             "workflow_job_dependencies": dependencies,
             "job_number": _first_int(job.get("job_number"), details.get("number")),
-            "job_started_at": _time(details.get("started_at")),
-            "job_queued_at": _time(details.get("queued_at")),
-            "job_stopped_at": _time(details.get("stopped_at")),
+            "job_started_at": iso_text(details.get("started_at")),
+            "job_queued_at": iso_text(details.get("queued_at")),
+            "job_stopped_at": iso_text(details.get("stopped_at")),
             "job_status": details.get("status"),
             "job_parallelism": _first_int(details.get("parallelism")),
             "job_duration": job_duration_ms(details.get("duration"), started, stopped),
@@ -195,10 +194,6 @@ def job_duration_ms(duration: Any, started: float | None, stopped: float | None)
     if isinstance(duration, int | float) and not isinstance(duration, bool) and started is not None:
         return round(duration)
     return wall_clock_ms(started, stopped)
-
-
-def _time(value: Any) -> str | None:
-    return iso_ms(parse_ts(value))
 
 
 def _first_int(*values: Any) -> int | None:

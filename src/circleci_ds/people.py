@@ -202,17 +202,21 @@ class People:
         pipeline = tree.data
         login = ((pipeline.get("trigger") or {}).get("actor") or {}).get("login")
         provider = provider_of(tree.endpoint, pipeline)
-        created = parse_ts(pipeline.get("created_at"))
-        return self.person(login if isinstance(login, str) else None, provider, created)
+        at = self._when(pipeline.get("created_at"))
+        return self.person(login if isinstance(login, str) else None, provider, at)
 
     def creator(self, workflow: dict[str, Any], provider: str | None) -> Person:
         """Who started the workflow, at its creation."""
-        return self.person_by_id(workflow.get("started_by"), provider, parse_ts(workflow.get("created_at")))
+        return self.person_by_id(workflow.get("started_by"), provider, self._when(workflow.get("created_at")))
 
     def approver(self, job: dict[str, Any], workflow: dict[str, Any], provider: str | None) -> Person:
         """Who approved an approval job, at the approval (else the workflow's creation)."""
-        at = parse_ts(job.get("stopped_at")) or parse_ts(workflow.get("created_at"))
+        at = self._when(job.get("stopped_at") or workflow.get("created_at"))
         return self.person_by_id(job.get("approved_by"), provider, at)
+
+    def _when(self, stamp: Any) -> float | None:
+        """An event's epoch, needed only to pick an organisation from identities."""
+        return parse_ts(stamp) if self.identities is not None else None
 
     def enriched_fields(
         self, tree: StoredTree, workflow: dict[str, Any] | None, job: dict[str, Any] | None
