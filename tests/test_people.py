@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
 import sys
@@ -193,7 +192,8 @@ def truth_people(sim: Simulator) -> tuple[dict[str, list[int]], PerPerson, PerPe
     return orgs, approvals, reruns
 
 
-async def test_report_counts_runs_failures_reruns_by_organisation_and_approvers(tmp_path: Path) -> None:
+async def collected_with_identities(tmp_path: Path) -> tuple[Simulator, str, Path]:
+    """A simulator (stopped, its truth still readable), the store it was collected into, and IDENTITIES."""
     sim = Simulator(sim_config())
     url = sim.start_thread()
     db_url = f"sqlite:///{tmp_path / 'store.db'}"
@@ -201,9 +201,14 @@ async def test_report_counts_runs_failures_reruns_by_organisation_and_approvers(
     path.write_text(IDENTITIES)
     try:
         await collect(url, db_url, SLUGS, token=TOKEN)
-        orgs, approvals, reruns = truth_people(sim)
     finally:
         sim.stop_thread()
+    return sim, db_url, path
+
+
+async def test_report_counts_runs_failures_reruns_by_organisation_and_approvers(tmp_path: Path) -> None:
+    sim, db_url, path = await collected_with_identities(tmp_path)
+    orgs, approvals, reruns = truth_people(sim)
     store = Store.open(db_url, create=False)
     try:
         people = People.load(store, load_identities(path))
@@ -218,14 +223,8 @@ async def test_report_counts_runs_failures_reruns_by_organisation_and_approvers(
     assert any(a.login is None for a in got.approvers), "a deleted account approved something"
 
 
-def test_report_shows_people_in_json_terminal_and_escaped_html(tmp_path: Path) -> None:
-    sim = Simulator(sim_config())
-    url = sim.start_thread()
-    db_url = f"sqlite:///{tmp_path / 'store.db'}"
-    try:
-        asyncio.run(collect(url, db_url, SLUGS, token=TOKEN))
-    finally:
-        sim.stop_thread()
+async def test_report_shows_people_in_json_terminal_and_escaped_html(tmp_path: Path) -> None:
+    _, db_url, _ = await collected_with_identities(tmp_path)
     html = tmp_path / "report.html"
     base = [sys.executable, "-m", "circleci_ds", "report", "--db", db_url, "--branch", "*"]
     as_json = json.loads(subprocess.run([*base, "--format", "json"], capture_output=True, text=True,
@@ -242,16 +241,8 @@ def test_report_shows_people_in_json_terminal_and_escaped_html(tmp_path: Path) -
 
 
 async def test_enriched_documents_carry_logins_names_and_organisations(tmp_path: Path) -> None:
-    sim = Simulator(sim_config())
-    url = sim.start_thread()
-    db_url = f"sqlite:///{tmp_path / 'store.db'}"
-    path = tmp_path / "identities.yaml"
-    path.write_text(IDENTITIES)
-    try:
-        await collect(url, db_url, SLUGS, token=TOKEN)
-        users = sim.users_truth()
-    finally:
-        sim.stop_thread()
+    sim, db_url, path = await collected_with_identities(tmp_path)
+    users = sim.users_truth()
     store = Store.open(db_url, create=False)
     try:
         people = People.load(store, load_identities(path))

@@ -129,8 +129,9 @@ def _epoch(value: datetime | date | None, *, end: bool) -> float | None:
     return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
 
 
-class _Enrollment(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class _Span(BaseModel):
+    """An enrolment as both formats write it."""
+
     organization: str = Field(min_length=1)
     start: Any = None
     end: Any = None
@@ -139,6 +140,10 @@ class _Enrollment(BaseModel):
     @classmethod
     def _when(cls, value: Any) -> datetime | date | None:
         return _moment(value)
+
+
+class _Enrollment(_Span):
+    model_config = ConfigDict(extra="forbid")
 
     @model_validator(mode="after")
     def _ordered(self) -> _Enrollment:
@@ -187,22 +192,11 @@ class _ShIdentity(BaseModel):
     username: str | None = None
 
 
-class _ShEnrollment(BaseModel):
-    organization: str = Field(min_length=1)
-    start: Any = None
-    end: Any = None
-
-    @field_validator("start", "end", mode="before")
-    @classmethod
-    def _when(cls, value: Any) -> datetime | date | None:
-        return _moment(value)
-
-
 class _ShUnique(BaseModel):
     uuid: str = Field(min_length=1)
     profile: _ShProfile | None = None
     identities: list[_ShIdentity] = []
-    enrollments: list[_ShEnrollment] = []
+    enrollments: list[_Span] = []
 
 
 class _ShExport(BaseModel):
