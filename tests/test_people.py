@@ -11,13 +11,17 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import create_engine, insert
+
 from circleci_ds.enrich import enrich_trees
 from circleci_ds.identities import load_identities
 from circleci_ds.people import People, new_user_ids, user_ids_in, user_record
 from circleci_ds.people_report import people_report
 from circleci_ds.simulator import SimConfig, SimProject, Simulator
 from circleci_ds.store import Store
-from circleci_ds.store.users import load_users
+from circleci_ds.store import schema as s
+from circleci_ds.store.database import engine_url
+from circleci_ds.store.users import known_user_ids, load_users, save_users, stored_people_objects
 from collect_helpers import collect
 
 A = "11111111-1111-4111-8111-111111111111"
@@ -270,3 +274,28 @@ async def test_enriched_documents_carry_logins_names_and_organisations(tmp_path:
         author_org = expected_org(doc["author_login"], created[doc["pipeline_id"]])
         assert doc["author_org_name"] == author_org
     assert approvals
+
+
+def test_users_table_and_project_names_on_both_backends_and_after_an_upgrade(db_url: str) -> None:
+    engine = create_engine(engine_url(db_url))
+    with engine.begin() as conn:  # a store of the release before: two migration steps
+        for step in s.MIGRATIONS[:2]:
+            step(conn)
+        conn.execute(insert(s.schema_version).values(version=2))
+    engine.dispose()
+    store = Store.open(db_url)
+    try:
+        store.ensure_endpoint("gh/acme/api", "acme", "https://circleci.com/gh/acme/api", "Acme API")
+        tree = {"id": "p-1", "number": 1, "created_at": "2026-11-01T00:00:00Z", "workflows": [
+            {"id": "w-1", "started_by": A, "jobs": [{"id": "j-1", "type": "approval", "approved_by": B},
+                                                    {"id": "j-2", "type": "build"}]}]}  # fmt: skip
+        store.save_tree("gh/acme/api", tree, fetched_at=1.0, is_final=True)
+        assert new_user_ids(stored_people_objects(store), known_user_ids(store)) == sorted([A, B])
+        save_users(store, [user_record(A, {"login": "a", "name": "A", "avatar_url": None}, 2.0)])
+        save_users(store, [user_record(B, None, 2.0), user_record(A, {"login": "a2"}, 3.0)])
+        users = load_users(store)
+        assert (users[A].login, users[B].deleted) == ("a2", True)
+        assert new_user_ids(stored_people_objects(store), known_user_ids(store)) == []
+        assert [t.project_name for t in store.iter_trees()] == ["Acme API"]
+    finally:
+        store.close()

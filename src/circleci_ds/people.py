@@ -87,8 +87,8 @@ class UserPass:
 
 async def resolve_users(client: CircleCIClient, store: Store, db: Db) -> UserPass:
     """Look up every user id the store names and has not resolved yet; `db` runs a store call."""
-    objects = await db(lambda: list(stored_people_objects(store)))
-    todo = new_user_ids(objects, await db(known_user_ids, store))
+    # Streamed on the store's thread: only the ids are kept, whatever the size of the history.
+    todo: list[str] = await db(lambda: new_user_ids(stored_people_objects(store), known_user_ids(store)))
     done = UserPass()
     for start in range(0, len(todo), BATCH):
         batch = todo[start : start + BATCH]

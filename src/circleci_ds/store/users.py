@@ -75,7 +75,7 @@ def stored_people_objects(store: Store) -> Iterator[dict[str, object]]:
     named = or_(j.data.like('%"approved_by"%'), j.data.like('%"canceled_by"%'))
     with store._read() as conn:
         for query in (select(w.data), select(j.data).where(named)):
-            for (data,) in conn.execute(query):
+            for (data,) in conn.execute(query.execution_options(yield_per=_CHUNK)):  # streamed
                 parsed = json.loads(data)
                 if isinstance(parsed, dict):
                     yield parsed
