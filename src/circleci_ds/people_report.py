@@ -16,7 +16,7 @@ A person whose account was deleted, or who was not resolved yet, shows as null.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -76,16 +76,43 @@ class _Tally:
     starters: set[Any] = field(default_factory=set)
 
 
-class _Tallies:
-    """Counts kept while the trees stream by."""
+class PeopleTally:
+    """Counts kept while the trees stream by: `watch` passes trees through (to the metrics, say),
+    so the report reads the store once; `report` gives the result after the stream ended."""
 
-    def __init__(self, people: People) -> None:
+    def __init__(
+        self,
+        people: People,
+        project_infos: dict[str, dict[str, Any]],
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        branch: str | None = None,
+    ) -> None:
         self.people = people
+        self.project_infos = project_infos
+        self.start, self.end, self.branch = _epoch(since), _epoch(until), branch
         self.orgs: dict[str, _Tally] = defaultdict(_Tally)
         # Keyed by (user id, organisation at the event): a person who moved counts under each.
         self.approvals: Counter[tuple[str, str]] = Counter()
         self.gated: dict[tuple[str, str], set[str]] = defaultdict(set)
         self.reruns: Counter[tuple[str, str]] = Counter()
+
+    def watch(self, trees: Iterable[StoredTree]) -> Iterator[StoredTree]:
+        for tree in trees:
+            self.tree(tree)
+            yield tree
+
+    def tree(self, tree: StoredTree) -> None:
+        wanted = _branch(self.branch, self.project_infos.get(tree.endpoint))
+        if wanted is not None and (tree.data.get("vcs") or {}).get("branch") != wanted:
+            return
+        provider = provider_of(tree.endpoint, tree.data)
+        workflows = tree.data.get("workflows") or []
+        indexes = rerun_indexes(workflows)
+        for workflow in workflows:
+            if in_time(parse_ts(workflow.get("created_at")), self.start, self.end):
+                self.run(workflow, provider, indexes[workflow.get("id")] > 0)
 
     def run(self, workflow: dict[str, Any], provider: str | None, rerun: bool) -> None:
         creator = self.people.creator(workflow, provider)
@@ -136,19 +163,10 @@ def people_report(
     branch: str | None = None,
 ) -> PeopleReport:
     """Streams the trees once; see the module rules."""
-    start, end = _epoch(since), _epoch(until)
-    tallies = _Tallies(people)
+    tally = PeopleTally(people, project_infos, since=since, until=until, branch=branch)
     for tree in trees:
-        wanted = _branch(branch, project_infos.get(tree.endpoint))
-        if wanted is not None and (tree.data.get("vcs") or {}).get("branch") != wanted:
-            continue
-        provider = provider_of(tree.endpoint, tree.data)
-        workflows = tree.data.get("workflows") or []
-        indexes = rerun_indexes(workflows)
-        for workflow in workflows:
-            if in_time(parse_ts(workflow.get("created_at")), start, end):
-                tallies.run(workflow, provider, indexes[workflow.get("id")] > 0)
-    return tallies.report()
+        tally.tree(tree)
+    return tally.report()
 
 
 def _approved(job: dict[str, Any]) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
 
@@ -12,11 +13,11 @@ from circleci_ds.enrich import enrich_trees
 from circleci_ds.identities import Identities
 from circleci_ds.metrics import MetricsReport, compute_metrics
 from circleci_ds.people import People
-from circleci_ds.people_report import people_report
+from circleci_ds.people_report import PeopleTally
 from circleci_ds.report.html import render_html, write_html
 from circleci_ds.report.people_section import people_html, print_people
 from circleci_ds.report.terminal import print_tables
-from circleci_ds.store import Store
+from circleci_ds.store import Store, StoredTree
 
 __all__ = ["build_report", "print_tables", "render_html", "run_report", "write_html"]
 
@@ -30,9 +31,10 @@ def build_report(
     since: datetime | None = None,
     until: datetime | None = None,
     branch: str | None = None,
+    trees: Iterable[StoredTree] | None = None,
 ) -> MetricsReport:
-    """Enrich the stored trees (of one native project, or all) and compute the metrics."""
-    docs = enrich_trees(store.iter_trees(project), store.project_infos())
+    """Enrich the stored trees (of one native project, or all; or `trees`) and compute the metrics."""
+    docs = enrich_trees(store.iter_trees(project) if trees is None else trees, store.project_infos())
     return compute_metrics(docs, since=since, until=until, branch=branch)
 
 
@@ -54,11 +56,12 @@ def run_report(
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown report format {fmt!r} (expected one of {', '.join(FORMATS)})")
-    report = build_report(store, project=project, since=since, until=until, branch=branch)
-    # People: a section of its own, computed apart from the metrics.
-    people = People.load(store, identities)
-    trees = store.iter_trees(project)
-    who = people_report(trees, store.project_infos(), people, since=since, until=until, branch=branch)
+    # People: a section of its own, tallied from the same pass over the trees as the metrics.
+    people = PeopleTally(People.load(store, identities), store.project_infos(), since=since, until=until,
+                         branch=branch)  # fmt: skip
+    trees = people.watch(store.iter_trees(project))
+    report = build_report(store, project=project, since=since, until=until, branch=branch, trees=trees)
+    who = people.report()
     if fmt == "json":
         console.out(json.dumps({**report.to_dict(), "people": who.to_dict()}, indent=2, ensure_ascii=False),
                     highlight=False)  # fmt: skip
