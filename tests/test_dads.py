@@ -290,3 +290,10 @@ def test_es_mapping_command_prints_a_template(collected: Collected) -> None:
     assert props["workflow_duration_hours"]["type"] == "double"
     assert props["author_org_name"]["type"] == "keyword"
     assert props["is_approval"]["type"] == "long" and props["author_bot"]["type"] == "boolean"
+
+
+def test_a_bad_index_name_exits_2(collected: Collected) -> None:
+    command = [sys.executable, "-m", "circleci_ds", "export", "--db", collected.db_url, "--kind", "dads",
+               "--format", "es-bulk", "--index", "Bad Name"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    assert result.returncode == 2 and result.stdout == "" and "--index 'Bad Name'" in result.stderr

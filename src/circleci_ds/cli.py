@@ -276,6 +276,9 @@ def export(
     """Print stored data as NDJSON (perceval item envelope for raw pipelines)."""
     from circleci_ds import export as ex
 
+    if index is not None and not ex.valid_index_name(index):
+        rule = 'lowercase, without spaces or \\/*?"<>|,#:'
+        raise fail(f"--index {index!r}: index names are {rule}", EXIT_USAGE)
     people_ids = _load_identities(identities)
     store = _open_store(db, create=False)
     try:

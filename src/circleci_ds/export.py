@@ -32,6 +32,11 @@ def index_name(native_slug: str, raw: bool) -> str:
     return f"sds-{slug}-circleci" + ("-raw" if raw else "")
 
 
+def valid_index_name(name: str) -> bool:
+    """Whether Elasticsearch/OpenSearch accept `name` as an index name."""
+    return bool(name) and name == name.lower() and not _ES_INDEX_BAD.search(name) and name[0] not in "-_+"
+
+
 def raw_item(tree: StoredTree, now: float | None = None) -> dict[str, Any]:
     """One pipeline tree in perceval's item envelope."""
     now = time.time() if now is None else now
