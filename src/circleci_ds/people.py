@@ -22,7 +22,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 from circleci_ds.api import ApiError, CircleCIClient, NotFound, Unauthorized
 from circleci_ds.enrich import is_bot_login
@@ -32,7 +32,6 @@ from circleci_ds.store.users import UserRecord, known_user_ids, load_users, save
 from circleci_ds.times import parse_ts
 
 log = logging.getLogger("circleci_ds.people")
-T = TypeVar("T")
 Db = Callable[..., Awaitable[Any]]
 
 USER_FIELDS = ("started_by", "canceled_by", "errored_by", "approved_by")
