@@ -2,7 +2,7 @@
 
 It answers as an upstream (the simulator, proxied) would, except for the requests of the kinds
 it was told to attack (`kinds`: "project", "pipelines", "pipeline", "workflows", "jobs",
-"job_details"), which get what its `Mode` says; so a collection runs as far as the attack.
+"job_details", "user"), which get what its `Mode` says; so a collection runs as far as the attack.
 `play(replies)` serves a given sequence of replies to those requests instead (property tests);
 when the sequence runs out, the upstream answers again. Without an upstream, requests that are
 not attacked get bait: a plausible answer that must never end up in a store.
@@ -30,7 +30,7 @@ from aiohttp import web
 from circleci_ds.simulator.server import project_path_kind
 
 LISTS = ("pipelines", "workflows", "jobs")
-KINDS = frozenset({"project", "pipelines", "pipeline", "workflows", "jobs", "job_details"})
+KINDS = frozenset({"project", "pipelines", "pipeline", "workflows", "jobs", "job_details", "user"})
 MOVED = "/api/v2/moved"  # where same-origin redirects point; proxied as the path after it
 GiB, MiB = 1 << 30, 1 << 20
 
@@ -235,8 +235,8 @@ def request_kind(path: str) -> str | None:
     if rest.startswith("/project/"):
         return project_path_kind(rest.removeprefix("/project/"))
     parts = rest.strip("/").split("/")
-    if len(parts) == 2 and parts[0] == "pipeline":
-        return "pipeline"
+    if len(parts) == 2 and parts[0] in ("pipeline", "user"):
+        return parts[0]
     if len(parts) == 3 and parts[0] == "pipeline" and parts[2] == "workflow":
         return "workflows"
     if len(parts) == 3 and parts[0] == "workflow" and parts[2] == "job":

@@ -173,7 +173,7 @@ async def test_redirect_to_another_origin_is_refused(scene: Scene, status: int, 
     assert stored_state(scene.db_url)[0] == scene.before[0]  # no checkpoint moved
 
 
-@pytest.mark.parametrize("kind", ["pipelines", "pipeline", "workflows", "jobs", "job_details"])
+@pytest.mark.parametrize("kind", ["pipelines", "pipeline", "workflows", "jobs", "job_details", "user"])
 async def test_every_request_refuses_cross_origin_redirects(kind: str) -> None:
     """Each endpoint the client calls, redirected elsewhere, fails without following."""
     hostile, other = HostileServer(), HostileServer()
@@ -186,6 +186,7 @@ async def test_every_request_refuses_cross_origin_redirects(kind: str) -> None:
                 "workflows": lambda: client.workflows("p-1"),
                 "jobs": lambda: client.jobs("w-1"),
                 "job_details": lambda: client.job_details("gh/acme/api", 7),
+                "user": lambda: client.user("u-1"),
             }[kind]
             with pytest.raises(Redirected, match="another origin"):
                 await call()
