@@ -585,6 +585,18 @@ async def test_scripted_replies_reach_the_client_in_order() -> None:
         assert (await client.project("gh/a/b"))["name"] == "bait"
 
 
+@pytest.mark.parametrize(("token", "masked"), [(TOKEN, True), ("t", False)])
+async def test_an_echoed_token_is_masked_in_values_and_keys_a_too_short_one_is_not(
+    token: str, masked: bool
+) -> None:
+    hostile = HostileServer()
+    answer = {"items": [f"at {token}."], token: 1}
+    async with hostile.serve() as url, CircleCIClient(url, token) as client:
+        hostile.play([Reply(200, body=json.dumps(answer).encode())], kinds="project")
+        got = await client.project("gh/a/b")
+    assert got == ({"items": ["at ***."], "***": 1} if masked else answer)
+
+
 @pytest.mark.parametrize("encoding", ["br", "gzip", "deflate"])
 async def test_error_answers_keep_their_meaning_whatever_their_body(encoding: str) -> None:
     hostile = HostileServer()

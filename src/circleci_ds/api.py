@@ -13,7 +13,8 @@ Every byte from the server is hostile. Rules:
 - A 200 body must be a JSON object nested at most `Limits.max_depth` levels, without NaN or
   Infinity, with finite numbers and integers of at most 19 digits (`MalformedResponse`); JSON
   that does not parse is retried (`UnreadableBody`). In what is returned, lone surrogates
-  become U+FFFD and the token, wherever the server echoed it, becomes `***`.
+  become U+FFFD and the token, wherever the server echoed it, becomes `***` (tokens of fewer
+  than 8 characters, which no real one is, would match ordinary text and are left alone).
 - Lists end at a null, absent or empty `next_page_token`; a token must be a string of at most
   `Limits.max_page_token` characters and is sent back as the `page-token` query parameter. A
   repeated token, `Limits.max_empty_pages` empty pages in a row that name a next page, or more
@@ -326,6 +327,8 @@ class CircleCIClient:
         self.base_url = base_url.rstrip("/")
         self._origin = origin_of(URL(self.base_url))
         self._token = token
+        # Masked in answers' strings; a token too short to be real would match ordinary text.
+        self._masked = token if token and len(token) >= MIN_MASKED_TOKEN else None
         self._concurrency = asyncio.Semaphore(concurrency)
         # A body that trickles in is bounded by the total, a silent connection by sock_read.
         self._timeout = aiohttp.ClientTimeout(total=timeout, sock_read=timeout)
@@ -537,7 +540,7 @@ class CircleCIClient:
             kind = "null" if data is None else type(data).__name__
             raise MalformedResponse(f"{path}: expected a JSON object, got {kind}", status=200, path=path)
         try:
-            return scrubbed(data, self._token, self.limits.max_depth)
+            return scrubbed(data, self._masked, self.limits.max_depth)
         except _Refused as exc:
             raise MalformedResponse(f"{path}: {exc}", status=200, path=path) from None
 
@@ -568,6 +571,7 @@ class CircleCIClient:
 
 
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
+MIN_MASKED_TOKEN = 8  # CircleCI's tokens have 40 characters
 ERROR_BODY_BYTES = 64 * 1024  # enough for any error message; the rest is not read
 CHUNK = 256 * 1024  # decoded bytes produced at once, at most
 PLAUSIBLE_DATES = (946684800.0, 7258118400.0)  # server Dates from 2000 to 2200 set the clock
