@@ -161,7 +161,7 @@ def test_tables_of_something_else_are_refused(db_url: str, create: bool) -> None
 def test_readers_do_not_create_a_store(db_url: str) -> None:
     with raw_engine(db_url) as engine, engine.begin() as conn:
         conn.execute(text("CREATE TABLE users (name VARCHAR(20))"))
-    with pytest.raises(StoreError, match=r"is not a circleci-ds store \(run `circleci-ds collect` first\)"):
+    with pytest.raises(StoreError, match=r"is not a circleci-ds store: it holds another application's"):
         Store.open(db_url, create=False)
     assert table_names(db_url) == {"users"}
 
