@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
@@ -108,7 +109,7 @@ class Store:
         try:
             target = _Target.parse(url)
             if target.sqlite_path is not None:
-                target.check_sqlite_file(must_exist=not create)
+                target.check_sqlite_file(write=create)
             if create and target.sqlite_path is not None and target.sqlite_has_content():
                 # Look before the writable engine switches the file to WAL: a foreign file stays as it is.
                 _check_owned(_make_engine(target, read_only=True), url)
@@ -527,16 +528,19 @@ class _Target:
         usable = bool(path) and path != ":memory:" and not str(path).startswith("file:") and not parsed.query
         return cls(sa_url, Path(path) if usable and path else None)
 
-    def check_sqlite_file(self, *, must_exist: bool) -> None:
-        """Reading commands must not leave an empty SQLite file behind for a mistyped path."""
+    def check_sqlite_file(self, *, write: bool) -> None:
+        """Readers must not leave an empty SQLite file behind for a mistyped path; writers need to
+        write the file and, for its journal, the directory."""
         path = self.sqlite_path
         assert path is not None
         if path.exists() and not path.is_file():
             raise StoreError(f"not a database file: {path}")
-        if must_exist and not path.exists():
+        if not write and not path.exists():
             raise StoreError(f"no such database: {path} (run `circleci-ds collect` first)")
-        if not path.exists() and not path.parent.is_dir():
+        if not path.parent.is_dir():
             raise StoreError(f"no such directory for the database: {path.parent}")
+        if write and not all(os.access(p, os.W_OK) for p in (path, path.parent) if p.exists()):
+            raise StoreError(f"cannot write to the database {path}: the file or its directory is read-only")
 
     def sqlite_has_content(self) -> bool:
         path = self.sqlite_path
