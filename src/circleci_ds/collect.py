@@ -332,8 +332,13 @@ class _Walk:
 
     async def _spawn(self, group: asyncio.TaskGroup, work: Awaitable[None]) -> None:
         """Start a tree once a slot is free: memory stays bounded whatever the history's size."""
-        await self.c._tree_slots.acquire()
-        group.create_task(self._guarded(work))
+        try:
+            await self.c._tree_slots.acquire()
+        except BaseException:  # cancelled (a signal): `work` never starts
+            _discard(work)
+            raise
+        task = group.create_task(self._guarded(work))
+        task.add_done_callback(lambda _: _discard(work))  # a task cancelled before it ran never started it
 
     async def _guarded(self, work: Awaitable[None]) -> None:
         try:
@@ -442,6 +447,13 @@ def _dead_local_owner(owner: str) -> bool:
     except PermissionError:
         return False
     return False
+
+
+def _discard(work: Awaitable[None]) -> None:
+    """Close a coroutine that may never have run, so it ends quietly (no "never awaited" warning)."""
+    close = getattr(work, "close", None)
+    if close is not None:
+        close()
 
 
 def _older(pipeline: dict[str, Any], floor: float) -> bool:
