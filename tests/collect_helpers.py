@@ -7,14 +7,17 @@ import contextlib
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
+
+import pytest
 
 from circleci_ds.api import CircleCIClient, ClientStats
 from circleci_ds.collect import Collector, EndpointResult, Options
 from circleci_ds.export import raw_items
 from circleci_ds.fixture import Endpoint, canonical_slug
-from circleci_ds.simulator import Simulator
+from circleci_ds.simulator import SimConfig, Simulator
 from circleci_ds.store import Store
 
 
@@ -127,3 +130,21 @@ def write_fixture(path: Path, slugs: list[str], native: str = "acme", token: str
         lines += ["  config:", "  - name: Circle-Token", f"    value: {token}"]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+@contextlib.contextmanager
+def serving(config: SimConfig) -> Iterator[tuple[Simulator, str]]:
+    """A simulator on loopback in a thread of this process: (simulator, API URL)."""
+    sim = Simulator(config)
+    url = sim.start_thread()
+    try:
+        yield sim, url
+    finally:
+        sim.stop_thread()
+
+
+def skip_outside_ci(reason: str) -> NoReturn:
+    """Skip a test that needs what this machine lacks; under CI (CI=true) fail instead."""
+    if os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no"):
+        pytest.fail(f"{reason} (CI is set, so this test may not be skipped)", pytrace=False)
+    pytest.skip(reason)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import os
 import re
 import subprocess
 from collections.abc import Callable, Iterator
@@ -32,6 +31,8 @@ from collect_helpers import (
     error_lines,
     exported,
     run_cli,
+    serving,
+    skip_outside_ci,
     truth,
     write_fixture,
 )
@@ -45,12 +46,8 @@ SECRET_TOKEN = "tok-9d1c-secret"
 # -- shared pieces ------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def simulator() -> Iterator[tuple[Simulator, str]]:
-    sim = Simulator(SimConfig(seed=3, projects=[SimProject(slug, pipelines=30) for slug in SLUGS]))
-    url = sim.start_thread()
-    try:
-        yield sim, url
-    finally:
-        sim.stop_thread()
+    with serving(SimConfig(seed=3, projects=[SimProject(slug, pipelines=30) for slug in SLUGS])) as served:
+        yield served
 
 
 @pytest.fixture
@@ -61,10 +58,6 @@ def filled_store(simulator: tuple[Simulator, str], tmp_path: Path) -> Path:
     return path
 
 
-def in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
-
-
 @contextlib.contextmanager
 def tmpfs(where: Path, size: str) -> Iterator[Path]:
     """A small tmpfs mounted at `where` (needs root); skipped where mounting is not allowed."""
@@ -73,10 +66,7 @@ def tmpfs(where: Path, size: str) -> Iterator[Path]:
         ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True
     )
     if done.returncode != 0:
-        reason = f"cannot mount a tmpfs: {done.stderr.decode(errors='replace').strip()}"
-        if in_ci():
-            pytest.fail(reason + " (CI is set, so this test may not be skipped)", pytrace=False)
-        pytest.skip(reason)
+        skip_outside_ci(f"cannot mount a tmpfs: {done.stderr.decode(errors='replace').strip()}")
     try:
         yield where
     finally:
@@ -472,13 +462,9 @@ def test_status_shows_hostile_strings_as_text(filled_store: Path) -> None:
 
 
 def test_report_shows_hostile_names_as_text(tmp_path: Path) -> None:
-    sim = Simulator(SimConfig(seed=4, projects=[SimProject("gh/bad/names", pipelines=10)]))
     db = f"sqlite:///{tmp_path / 'names.db'}"
-    url = sim.start_thread()
-    try:
+    with serving(SimConfig(seed=4, projects=[SimProject("gh/bad/names", pipelines=10)])) as (_, url):
         asyncio.run(collect(url, db, ["gh/bad/names"]))
-    finally:
-        sim.stop_thread()
     engine = create_engine(engine_url(db))
     with engine.begin() as conn:  # a workflow name as a hostile server could send it
         conn.execute(text("UPDATE workflows SET data = json_set(data, '$.name', :name)"), {"name": HOSTILE})

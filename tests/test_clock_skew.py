@@ -8,7 +8,6 @@ alone (the simulator counts them).
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -19,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from circleci_ds.simulator import SimConfig, SimProject, Simulator
-from collect_helpers import assert_matches_truth, cli_args, write_fixture
+from collect_helpers import assert_matches_truth, cli_args, serving, skip_outside_ci, write_fixture
 from pgserver import PgServer
 
 SLUGS = [f"gh/skew/project-{i:02d}" for i in range(8)]
@@ -28,25 +27,15 @@ DONE_LINE = re.compile(r" INFO (\S+): done, \d+ pipeline\(s\) stored")
 
 
 def faketime_or_skip() -> str:
-    found = shutil.which("faketime")
-    if found is None:
-        reason = "Debian's faketime is not installed"
-        if os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no"):
-            pytest.fail(reason + " (CI is set, so this test may not be skipped)", pytrace=False)
-        pytest.skip(reason)
-    return found
+    return shutil.which("faketime") or skip_outside_ci("Debian's faketime is not installed")
 
 
 @pytest.fixture
 def simulator() -> Iterator[tuple[Simulator, str]]:
     # Some projects take longer than the lease TTL, so leases are renewed while held.
     projects = [SimProject(slug, pipelines=20 if i % 3 == 0 else 6) for i, slug in enumerate(SLUGS)]
-    sim = Simulator(SimConfig(seed=11, projects=projects, latency_ms=20.0))
-    url = sim.start_thread()
-    try:
-        yield sim, url
-    finally:
-        sim.stop_thread()
+    with serving(SimConfig(seed=11, projects=projects, latency_ms=20.0)) as served:
+        yield served
 
 
 def collect_args(fixture: Path, db_url: str, api_url: str) -> list[str]:

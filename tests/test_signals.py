@@ -16,19 +16,17 @@ import pytest
 
 from circleci_ds.simulator import SimConfig, SimProject, Simulator
 from circleci_ds.store import Store, StoreError
-from collect_helpers import assert_matches_truth, cli_args, error_lines, run_cli, write_fixture
+from collect_helpers import assert_matches_truth, cli_args, error_lines, run_cli, serving, write_fixture
 
 SLUGS = [f"gh/sig/project-{i}" for i in range(3)]
 
 
 @pytest.fixture
 def simulator() -> Iterator[tuple[Simulator, str]]:
-    sim = Simulator(SimConfig(seed=9, projects=[SimProject(s, pipelines=40) for s in SLUGS], latency_ms=30.0))
-    url = sim.start_thread()
-    try:
-        yield sim, url
-    finally:
-        sim.stop_thread()
+    with serving(
+        SimConfig(seed=9, projects=[SimProject(s, pipelines=40) for s in SLUGS], latency_ms=30.0)
+    ) as served:
+        yield served
 
 
 def stored_pipelines(db_url: str) -> int:
