@@ -137,7 +137,7 @@ class Store:
             if not self.is_sqlite:
                 conn.execute(text("SELECT pg_advisory_xact_lock(7422319)"))  # one migrator at a time
             owner = s.ownership(conn)
-            self._refuse_foreign(owner)
+            _refuse_foreign(self.url, owner)
             version = 0 if owner is s.Ownership.EMPTY else s.current_version(conn)
             self._refuse_newer(version)
             for step in s.MIGRATIONS[version:]:
@@ -156,20 +156,13 @@ class Store:
             owner = s.ownership(conn)
             if owner is s.Ownership.EMPTY:
                 raise StoreError(f"{self.url} is not a circleci-ds store (run `circleci-ds collect` first)")
-            self._refuse_foreign(owner)
+            _refuse_foreign(self.url, owner)
             version = s.current_version(conn)
         self._refuse_newer(version)
         if version < s.SCHEMA_VERSION or owner is s.Ownership.UNMARKED:
             raise StoreError(
                 f"{self.url} is a circleci-ds store of schema version {version}; this release reads "
                 f"version {s.SCHEMA_VERSION}: run `circleci-ds collect` once to upgrade it"
-            )
-
-    def _refuse_foreign(self, owner: s.Ownership) -> None:
-        if owner is s.Ownership.FOREIGN:
-            raise StoreError(
-                f"{self.url} is not a circleci-ds store: it holds another application's tables "
-                "(left untouched; point --db at an empty or circleci-ds database)"
             )
 
     def _refuse_newer(self, version: int) -> None:
@@ -554,7 +547,15 @@ def _check_owned(engine: Engine, url: str) -> None:
             owner = s.ownership(conn)
     finally:
         engine.dispose()
-    Store(engine, url, read_only=True)._refuse_foreign(owner)
+    _refuse_foreign(display_url(url), owner)
+
+
+def _refuse_foreign(shown_url: str, owner: s.Ownership) -> None:
+    if owner is s.Ownership.FOREIGN:
+        raise StoreError(
+            f"{shown_url} is not a circleci-ds store: it holds another application's tables "
+            "(left untouched; point --db at an empty or circleci-ds database)"
+        )
 
 
 def _make_engine(target: _Target, *, read_only: bool = False) -> Engine:
