@@ -18,7 +18,7 @@ import pytest
 from circleci_ds.simulator import SimConfig, SimProject, Simulator
 from circleci_ds.store import Store
 from circleci_ds.times import parse_ts
-from collect_helpers import assert_matches_truth, cli_env, collect, exported, write_fixture
+from collect_helpers import TOKEN_FROM_ENV, assert_matches_truth, cli_env, collect, exported, write_fixture
 
 SLUGS = ["gh/acme/api", "github/acme/web"]
 DAY = 86400.0
@@ -221,7 +221,7 @@ def cli(args: list[str], url: str, db_url: str, token: str, **kw: Any) -> subpro
 
 def test_cli_collect_export_status(threaded: tuple[Simulator, str], tmp_path: Path, db_url: str) -> None:
     sim, url = threaded
-    fixture = write_fixture(tmp_path, [*SLUGS, "gh/acme/missing"])
+    fixture = write_fixture(tmp_path / "fixture.yaml", [*SLUGS, "gh/acme/missing"], token=TOKEN_FROM_ENV)
     run = cli(["collect", str(fixture)], url, db_url, "sekrit-token-value-42")
     assert run.returncode == 1, run.stderr
     assert "project not found, or the token cannot see it: gh/acme/missing" in run.stderr
@@ -241,7 +241,7 @@ def test_token_never_leaks(threaded: tuple[Simulator, str], tmp_path: Path, db_u
     sim, url = threaded
     token = "sekrit-token-value-42"
     sim.config.fault_rate = 0.05
-    fixture = write_fixture(tmp_path, [*SLUGS, "gh/acme/missing"])
+    fixture = write_fixture(tmp_path / "fixture.yaml", [*SLUGS, "gh/acme/missing"], token=TOKEN_FROM_ENV)
     outputs = [cli(["collect", str(fixture), "-v"], url, db_url, token)]
     outputs.append(cli(["collect", str(fixture), "-v"], url, db_url, "wrong-" + token))
     assert outputs[1].returncode == 1 and "token rejected" in outputs[1].stderr
@@ -256,7 +256,7 @@ def test_token_never_leaks(threaded: tuple[Simulator, str], tmp_path: Path, db_u
 def test_kill_9_mid_run_then_resume(threaded: tuple[Simulator, str], tmp_path: Path, db_url: str) -> None:
     sim, url = threaded
     sim.config.latency_ms = 5.0
-    fixture = write_fixture(tmp_path, SLUGS)
+    fixture = write_fixture(tmp_path / "fixture.yaml", SLUGS, token=TOKEN_FROM_ENV)
     env = cli_env(url, db_url, "sekrit-token-value-42")
     proc = subprocess.Popen(
         [sys.executable, "-m", "circleci_ds", "collect", str(fixture), "--concurrency", "4"],

@@ -36,11 +36,12 @@ from circleci_ds.simulator import SimConfig, SimProject, Simulator
 from circleci_ds.store import Store
 from collect_helpers import (
     RSS_PROBE,
+    TOKEN_FROM_ENV,
     Run,
     assert_matches_truth,
     collect,
     peak_rss_mib,
-    run_cli,
+    run_cli_async,
     stored_state,
     write_fixture,
 )
@@ -92,9 +93,9 @@ class Scene:
 
     async def cli(self, *extra: str, prefix: list[str] | None = None) -> Run:
         """`circleci-ds collect` against the hostile server; checked with `assert_safe`."""
-        fixture = write_fixture(self.dir, SLUGS)
+        fixture = write_fixture(self.dir / "fixture.yaml", SLUGS, token=TOKEN_FROM_ENV)
         args = ["collect", str(fixture), "--concurrency", "4", *FAST, *extra]
-        return await run_cli(args, self.url, self.db_url, TOKEN, prefix=prefix)
+        return await run_cli_async(args, self.url, self.db_url, TOKEN, prefix=prefix)
 
     async def collect(self, limits: Limits | None = None, timeout: float = 2.0) -> dict[str, str | None]:
         """The collector in-process against the hostile server: endpoint -> error."""
@@ -374,7 +375,8 @@ async def test_body_that_never_ends_is_cut_by_the_timeout(scene: Scene) -> None:
 
 # -- 7. text that cannot be encoded, or printed ----------------------------------------------------------
 NASTY = (
-    "lone \ud800 and \udfff, escape \x1b[2J\x1b]0;owned\x07, bidi \u202etxt, nul \x00, new\nline" + "!" * 5000
+    "lone \ud800 and \udfff, escape \x1b[2J\x1b]0;owned\x07, bidi \u202etxt, nul \x00, new\nline, "
+    "markup [/x] [bold]" + "!" * 5000
 )
 
 
@@ -391,10 +393,11 @@ async def test_cli_server_message_with_any_text_never_aborts_the_run(scene: Scen
     run = await scene.cli()
     scene.assert_safe(run)
     assert "collected 1/2 endpoint(s)" in run.stderr
+    assert "markup [/x] [bold]" in run.stderr  # shown as text, not read as rich markup
     error = last_error(scene.db_url, "gh/acme/api")
     assert_clean_error(error)
     assert error and "HTTP 400: lone \ufffd and \ufffd, escape \ufffd[2J" in error
-    status = await run_cli(["status"], scene.url, scene.db_url, TOKEN)
+    status = await run_cli_async(["status"], scene.url, scene.db_url, TOKEN)
     assert status.returncode == 0 and "\x1b" not in status.stdout
     scene.assert_intact(failed=["gh/acme/api"])
 

@@ -3,10 +3,10 @@
 Rules:
 - any value becomes a str; bytes are decoded as UTF-8 with undecodable bytes replaced;
 - lone surrogates (valid in a Python str, not encodable as UTF-8) become U+FFFD;
-- control characters (all of C0, tab and newline included; DEL; C1) and the bidirectional
-  overrides and isolates become U+FFFD,
-  so a message cannot move the cursor, clear a screen or reorder what is shown;
-- the result is at most `limit` characters, an ellipsis marking a cut.
+- control characters, bidirectional overrides and lone surrogates are replaced as
+  `display.safe_text` replaces them for the terminal (one set of unsafe characters, there), so a
+  message cannot move the cursor, clear a screen or reorder what is shown, wherever it ends up;
+- the result is one line of at most `limit` characters, an ellipsis marking a cut.
 Pure functions, no I/O.
 """
 
@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import re
 
-REPLACEMENT = "\ufffd"
+from circleci_ds.display import REPLACEMENT, safe_text
+
 _SURROGATES = re.compile("[\ud800-\udfff]")
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 
 
 def without_surrogates(text: str) -> str:
@@ -32,4 +32,4 @@ def clean(value: object, limit: int = 300) -> str:
         text = value if isinstance(value, str) else repr(value)
     if len(text) > limit:
         text = text[: max(0, limit - 1)] + "…"
-    return _UNSAFE.sub(REPLACEMENT, text)
+    return safe_text(text)
