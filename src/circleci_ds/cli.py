@@ -27,8 +27,9 @@ from rich.table import Table
 
 from circleci_ds import __version__
 from circleci_ds.api import DEFAULT_API_URL, CircleCIClient, Unauthorized
-from circleci_ds.collect import Collector, EndpointResult, Options
+from circleci_ds.collect import DEFAULT_CONCURRENCY, Collector, EndpointResult, Options, trees_in_flight
 from circleci_ds.fixture import FixtureError, Settings, load_fixture
+from circleci_ds.lanes import Outcome
 from circleci_ds.store import DEFAULT_DB_URL, Store, StoreError
 from circleci_ds.times import iso, parse_date, parse_duration
 
@@ -133,13 +134,16 @@ def collect(
             envvar="CIRCLECI_API_URL", help="CircleCI API v2 base URL (server installs, simulator)."
         ),
     ] = DEFAULT_API_URL,
-    concurrency: Annotated[int, typer.Option(min=1, max=256, help="Requests in flight at most.")] = 16,
+    concurrency: Annotated[
+        int, typer.Option(min=1, max=256, help="Requests in flight at most.")
+    ] = DEFAULT_CONCURRENCY,
     max_rps: Annotated[float | None, typer.Option(min=0.1, help="Requests per second at most.")] = None,
     from_date: Annotated[
         str | None, typer.Option(help="First run: only pipelines created on or after this date (ISO).")
     ] = None,
     lookback: Annotated[
-        str, typer.Option(help="Re-read workflows of pipelines this recent before the checkpoint (reruns).")
+        str,
+        typer.Option(help="Re-read final pipelines as their age doubles, up to this age (reruns that wait)."),
     ] = "72h",
     parallel_endpoints: Annotated[int, typer.Option(min=1, help="Endpoints collected at once.")] = 4,
     lease_ttl: Annotated[
@@ -164,7 +168,7 @@ def collect(
         lookback=lookback_s,
         from_date=from_ts,
         parallel_endpoints=parallel_endpoints,
-        trees_in_flight=max(8, concurrency * 2),
+        trees_in_flight=trees_in_flight(concurrency),
         lease_ttl=lease_ttl,
     )
     started = time.monotonic()
@@ -181,7 +185,7 @@ def collect(
     failed = [r for r in results if r.error]
     for result in failed:
         err.print(f"[red]failed:[/] {Redactor.mask(result.error or '')}", soft_wrap=True)
-    others = sum(1 for r in results if r.collected_by != "self")
+    others = sum(1 for r in results if r.outcome is Outcome.ELSEWHERE)
     print(
         f"collected {len(results) - len(failed) - others}/{len(settings.endpoints)} endpoint(s)"
         + (f" ({others} by another collector)" if others else "")

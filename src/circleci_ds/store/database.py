@@ -189,9 +189,15 @@ class Store:
             conn.execute(update(s.endpoints).where(s.endpoints.c.slug == slug).values(last_started=started))
 
     def record_finish(
-        self, slug: str, *, finished: float, error: str | None, checkpoint: float | None
+        self,
+        slug: str,
+        *,
+        finished: float,
+        error: str | None,
+        checkpoint: float | None,
+        job_frontier: int | None = None,
     ) -> None:
-        """End of an endpoint's run; the checkpoint moves only on success."""
+        """End of an endpoint's run; the checkpoint and the job frontier move only on success."""
         values: dict[str, Any] = {"last_finished": finished, "last_error": error}
         if error is None:
             values["last_success"] = finished
@@ -199,6 +205,65 @@ class Store:
                 values["checkpoint"] = checkpoint
         with self._write() as conn:
             conn.execute(update(s.endpoints).where(s.endpoints.c.slug == slug).values(**values))
+            if error is None and job_frontier is not None:
+                ew = s.endpoint_walk
+                conn.execute(update(ew).where(ew.c.slug == slug).values(job_frontier=job_frontier))
+
+    def job_numbers(self, slug: str) -> tuple[int | None, int | None]:
+        """(job frontier, highest stored job number) of an endpoint; None where unknown."""
+        ew, jn, p = s.endpoint_walk, s.jobs_numbered, s.pipelines.c
+        with self.engine.connect() as conn:
+            frontier = conn.execute(select(ew.c.job_frontier).where(ew.c.slug == slug)).scalar()
+            stored_max = conn.execute(
+                select(func.max(jn.c.job_number))
+                .select_from(jn.join(s.pipelines, p.id == jn.c.pipeline_id))
+                .where(p.endpoint == slug)
+            ).scalar()
+        return frontier, stored_max
+
+    def stored_job_numbers(self, slug: str, numbers: Sequence[int]) -> set[int]:
+        """Which of `numbers` belong to jobs stored under the endpoint."""
+        jn, p = s.jobs_numbered, s.pipelines.c
+        found: set[int] = set()
+        with self.engine.connect() as conn:
+            for start in range(0, len(numbers), _CHUNK):
+                chunk = list(numbers[start : start + _CHUNK])
+                query = (
+                    select(jn.c.job_number)
+                    .select_from(jn.join(s.pipelines, p.id == jn.c.pipeline_id))
+                    .where(p.endpoint == slug, jn.c.job_number.in_(chunk))
+                )
+                found.update(conn.execute(query).scalars())
+        return found
+
+    def project_info_at(self, slug: str) -> float | None:
+        """When GET /project/{slug} was last tried (answered or not)."""
+        ew = s.endpoint_walk
+        with self.engine.connect() as conn:
+            return conn.execute(select(ew.c.project_info_at).where(ew.c.slug == slug)).scalar()
+
+    def note_project_info(self, slug: str, at: float, info: dict[str, Any] | None = None) -> None:
+        """Remember an attempt at the project info, and the info when there is some."""
+        with self._write() as conn:
+            ew = s.endpoint_walk
+            conn.execute(update(ew).where(ew.c.slug == slug).values(project_info_at=at))
+            if info is not None:
+                conn.execute(
+                    update(s.endpoints).where(s.endpoints.c.slug == slug).values(project_info=dumps(info))
+                )
+
+    def recent_branches(self, slug: str, limit: int = 200) -> list[str | None]:
+        """Branches of the endpoint's newest stored pipelines, newest first."""
+        p = s.pipelines.c
+        query = select(p.data).where(p.endpoint == slug).order_by(p.created_at.desc()).limit(limit)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).scalars().all()
+        branches: list[str | None] = []
+        for data in rows:
+            vcs = json.loads(data).get("vcs")
+            branch = vcs.get("branch") if isinstance(vcs, dict) else None
+            branches.append(branch if isinstance(branch, str) else None)
+        return branches
 
     def finished_since(self, slug: str, since: float) -> bool:
         with self.engine.connect() as conn:
@@ -206,12 +271,6 @@ class Store:
                 select(s.endpoints.c.last_finished).where(s.endpoints.c.slug == slug)
             ).scalar()
         return finished is not None and finished >= since
-
-    def save_project_info(self, slug: str, info: dict[str, Any]) -> None:
-        with self._write() as conn:
-            conn.execute(
-                update(s.endpoints).where(s.endpoints.c.slug == slug).values(project_info=dumps(info))
-            )
 
     def project_infos(self) -> dict[str, dict[str, Any]]:
         with self.engine.connect() as conn:
@@ -257,6 +316,7 @@ class Store:
                         "seq": j_seq,
                         "data": dumps(raw),
                         "details": None if details is None else dumps(details),
+                        "job_number": s.job_number_of(raw),
                     }
                 )
         with self._write() as conn:
@@ -278,7 +338,7 @@ class Store:
             if workflow_rows:
                 conn.execute(insert(s.workflows), workflow_rows)
             if job_rows:
-                conn.execute(insert(s.jobs), job_rows)
+                conn.execute(insert(s.jobs_numbered), job_rows)
 
     def iter_trees(self, project: str | None = None, endpoint: str | None = None) -> Iterator[StoredTree]:
         """Every stored tree, by endpoint then pipeline number; memory bounded by a chunk."""

@@ -6,7 +6,9 @@ columns exist to find and order them and to drive incremental collection.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -20,8 +22,12 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    column,
     inspect,
     select,
+    table,
+    text,
+    update,
 )
 
 metadata = MetaData()
@@ -96,8 +102,48 @@ def _v2_leases(conn: Connection) -> None:
     metadata.create_all(conn, tables=[leases])
 
 
+# Columns added by `_rerun_signals`; lightweight views, so the first step's tables stay as released.
+# jobs.job_number: the job's number, for the rerun probe; endpoints.job_frontier: every job number up
+# to it is accounted for; endpoints.project_info_at: when GET /project/{slug} was last tried.
+jobs_numbered = table(
+    "jobs", *(column(c.name, c.type) for c in jobs.columns), column("job_number", BigInteger)
+)
+endpoint_walk = table(
+    "endpoints", column("slug", String), column("job_frontier", BigInteger), column("project_info_at", Double)
+)
+
+
+def _rerun_signals(conn: Connection) -> None:
+    conn.execute(text("ALTER TABLE jobs ADD COLUMN job_number BIGINT"))
+    conn.execute(text("ALTER TABLE endpoints ADD COLUMN job_frontier BIGINT"))
+    conn.execute(text("ALTER TABLE endpoints ADD COLUMN project_info_at DOUBLE PRECISION"))
+    conn.execute(text("CREATE INDEX ix_jobs_job_number ON jobs (job_number)"))
+    rows = conn.execute(select(jobs.c.workflow_id, jobs.c.id, jobs.c.data)).all()
+    for row in rows:
+        number = _job_number(row.data)
+        if number is not None:
+            conn.execute(
+                update(jobs_numbered)
+                .where(jobs_numbered.c.workflow_id == row.workflow_id, jobs_numbered.c.id == row.id)
+                .values(job_number=number)
+            )
+
+
+def _job_number(data: str) -> int | None:
+    try:
+        job = json.loads(data)
+    except ValueError:
+        return None
+    return job_number_of(job) if isinstance(job, dict) else None
+
+
+def job_number_of(job: dict[str, Any]) -> int | None:
+    number = job.get("job_number")
+    return number if isinstance(number, int) and not isinstance(number, bool) else None
+
+
 # Each step upgrades version N to N+1. Released steps never change; new ones are appended.
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1_core, _v2_leases]
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1_core, _v2_leases, _rerun_signals]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
