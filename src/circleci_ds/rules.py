@@ -6,7 +6,7 @@ Nothing here does I/O; `collect.py` asks these functions what to read and keeps 
 - Needs re-read: a stored pipeline is read again when it is not final, its listing entry changed,
   a rerun signal names it, or the age-spaced re-read is due.
 - Reusable: a workflow's stored jobs when it is unchanged and settled; a job's stored details when
-  the job is unchanged and final.
+  the job's list entry is unchanged and they agree with its status.
 - Rerun signals: job numbers are given per project in the order jobs start, so the numbers past the
   job frontier tell what started since; their details name the pipeline to read again.
 - Fallback: a rerun whose new jobs all wait (blocked, on hold) carries no started job; a final
@@ -30,7 +30,7 @@ DAY = 24 * HOUR
 MIN_REREAD_GAP = HOUR  # the age-spaced re-read never comes sooner than this after the last read
 PROJECT_INFO_MAX_AGE = DAY  # GET /project/{slug} is read again when older than this
 WALK_MISSES = 2  # numbers in a row that answer 404 (past every stored number) end the walk
-WALK_BATCH_MAX = 32  # numbers probed at once while the walk keeps finding jobs
+WALK_BATCH_MAX = 16  # numbers probed at once while the walk keeps finding jobs (and the most it overshoots)
 MAX_ID = 64  # longest id the store keeps
 MAX_NUMBER = 2**62
 
@@ -116,16 +116,20 @@ def jobs_reusable(
 
 
 def details_reusable(job: Mapping[str, Any], old: Mapping[str, Any] | None) -> bool:
-    """Stored details stand when the job is unchanged and finished (they cannot move any more)."""
-    if old is None or {k: v for k, v in old.items() if k != "details"} != job or job_is_open(job):
+    """Stored details stand while the job's list entry is unchanged and they agree with its status
+    (what details show moves with the status: started, stopped, duration); a job that finished
+    without details (404) stays without."""
+    if old is None or {k: v for k, v in old.items() if k != "details"} != job:
         return False
     details = old.get("details")
-    return details is None or not job_is_open(details)
+    if details is None:
+        return not job_is_open(job)
+    return isinstance(details, dict) and details.get("status") == job.get("status")
 
 
 def walked_details_usable(job: Mapping[str, Any], walked: Mapping[str, Any] | None) -> bool:
-    """Details fetched by this run's walk serve the job when both say it finished the same way."""
-    return walked is not None and not job_is_open(job) and walked.get("status") == job.get("status")
+    """Details fetched by this run's walk serve the job when they agree with its listed status."""
+    return walked is not None and walked.get("status") == job.get("status")
 
 
 # -- rerun signals: the job-number walk --------------------------------------------------------------------
