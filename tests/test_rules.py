@@ -17,11 +17,12 @@ def test_listing_floor_is_the_previous_checkpoint_or_from_date() -> None:
     assert rules.listing_floor(None, 150.0) == 150.0
 
 
-def test_listing_stops_at_a_page_entirely_older_than_the_floor() -> None:
-    assert rules.page_ends_listing([10.0, 20.0], 30.0)
-    assert not rules.page_ends_listing([10.0, 40.0], 30.0)
+def test_listing_stops_after_the_first_page_reaching_below_the_floor() -> None:
+    assert rules.page_ends_listing([20.0, 10.0], 30.0)
+    assert rules.page_ends_listing([40.0, 10.0], 30.0)  # newest first: the rest is older still
+    assert not rules.page_ends_listing([50.0, 40.0], 30.0)
     assert not rules.page_ends_listing([], 30.0)  # an empty page says nothing
-    assert not rules.page_ends_listing([10.0, None], 30.0)  # an undated pipeline may be new
+    assert not rules.page_ends_listing([None], 30.0)  # an undated pipeline may be new
     assert not rules.page_ends_listing([10.0], None)  # first run: everything
 
 
@@ -71,6 +72,11 @@ def test_reruns_frontier_never_moves_back() -> None:
     assert rules.next_frontier(500, 520, 510) == 520
     assert rules.next_frontier(None, None, 42) == 42
     assert rules.next_frontier(None, None, None) is None
+
+
+def test_reruns_frontier_covers_the_stored_numbers_just_past_it() -> None:
+    assert rules.extend_frontier(10, {11, 12, 14}) == 12  # 13 is unaccounted for: it stops there
+    assert rules.extend_frontier(10, set()) == 10
 
 
 def test_reruns_details_name_their_pipeline() -> None:

@@ -275,7 +275,16 @@ class _Walk:
         checkpoint = await self._list_and_read(index, previous, signaled)
         assert self.server_start is not None
         queued_top = rules.started_before(self.details_read, self.server_start, parse_ts)
-        return checkpoint, rules.next_frontier(frontier, walked_top, queued_top)
+        return checkpoint, await self._frontier(rules.next_frontier(frontier, walked_top, queued_top))
+
+    async def _frontier(self, base: int | None) -> int | None:
+        """The frontier this run earns: `base`, extended over the stored numbers just past it."""
+        c, slug = self.c, self.endpoint.slug
+        _, stored_max = await c.db(c.store.job_numbers, slug)
+        if base is None or stored_max is None or stored_max <= base:
+            return base
+        stored = await c.db(c.store.stored_job_numbers, slug, base + 1, min(stored_max, base + WALK_LIMIT))
+        return rules.extend_frontier(base, stored)
 
     # -- the job-number walk ------------------------------------------------------------------------
     async def _walk_numbers(self, start: int, stored_max: int | None) -> int | None:
@@ -318,7 +327,8 @@ class _Walk:
         if not self.walked_pipelines:
             return set()
         c = self.c
-        stored = await c.db(c.store.stored_job_numbers, self.endpoint.slug, sorted(self.walked_pipelines))
+        numbers = self.walked_pipelines
+        stored = await c.db(c.store.stored_job_numbers, self.endpoint.slug, min(numbers), max(numbers))
         signaled = rules.rerun_signals(self.walked_pipelines, stored, stored_pipelines)
         self.progress.signaled = len(signaled)
         return signaled

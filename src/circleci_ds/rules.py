@@ -1,7 +1,7 @@
 """The incremental rules, as pure functions of stored state and listed data (README, "Incremental rules").
 
 Nothing here does I/O; `collect.py` asks these functions what to read and keeps only the reading.
-- Listing floor: pipelines come newest first; paging stops at the first page entirely older than
+- Listing floor: pipelines come newest first; paging stops after the first page that reaches below
   the previous checkpoint (or `--from-date`).
 - Needs re-read: a stored pipeline is read again when it is not final, its listing entry changed,
   a rerun signal names it, or the age-spaced re-read is due.
@@ -67,9 +67,8 @@ def listing_floor(checkpoint: float | None, from_date: float | None) -> float | 
 
 
 def page_ends_listing(created: Iterable[float | None], floor: float | None) -> bool:
-    """A non-empty page whose every pipeline is older than the floor ends the listing."""
-    times = list(created)
-    return floor is not None and bool(times) and all(t is not None and t < floor for t in times)
+    """The listing is newest first: the first page that reaches below the floor is the last."""
+    return floor is not None and any(t is not None and t < floor for t in created)
 
 
 # -- re-reading stored pipelines ------------------------------------------------------------------------
@@ -167,6 +166,13 @@ def next_frontier(previous: int | None, walked_top: int | None, queued_top: int 
     """The frontier after a successful run: nothing at or below it can start unseen."""
     known = [x for x in (previous, walked_top, queued_top) if x is not None]
     return max(known) if known else None
+
+
+def extend_frontier(frontier: int, stored: set[int]) -> int:
+    """Numbers just past the frontier that are stored are accounted for: the frontier covers them."""
+    while frontier + 1 in stored:
+        frontier += 1
+    return frontier
 
 
 def rerun_signals(

@@ -221,20 +221,16 @@ class Store:
             ).scalar()
         return frontier, stored_max
 
-    def stored_job_numbers(self, slug: str, numbers: Sequence[int]) -> set[int]:
-        """Which of `numbers` belong to jobs stored under the endpoint."""
+    def stored_job_numbers(self, slug: str, low: int, high: int) -> set[int]:
+        """The job numbers in [low, high] of jobs stored under the endpoint."""
         jn, p = s.jobs_numbered, s.pipelines.c
-        found: set[int] = set()
+        query = (
+            select(jn.c.job_number)
+            .select_from(jn.join(s.pipelines, p.id == jn.c.pipeline_id))
+            .where(p.endpoint == slug, jn.c.job_number >= low, jn.c.job_number <= high)
+        )
         with self.engine.connect() as conn:
-            for start in range(0, len(numbers), _CHUNK):
-                chunk = list(numbers[start : start + _CHUNK])
-                query = (
-                    select(jn.c.job_number)
-                    .select_from(jn.join(s.pipelines, p.id == jn.c.pipeline_id))
-                    .where(p.endpoint == slug, jn.c.job_number.in_(chunk))
-                )
-                found.update(conn.execute(query).scalars())
-        return found
+            return set(conn.execute(query).scalars())
 
     def project_info_at(self, slug: str) -> float | None:
         """When GET /project/{slug} was last tried (answered or not)."""
