@@ -21,15 +21,17 @@ from typing import Annotated, Any, ClassVar, TypeVar
 
 import typer
 from rich.console import Console
+from rich.live import Live
 from rich.logging import RichHandler
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from circleci_ds import __version__
 from circleci_ds.api import DEFAULT_API_URL, CircleCIClient, Unauthorized
 from circleci_ds.collect import DEFAULT_CONCURRENCY, Collector, EndpointResult, Options, trees_in_flight
 from circleci_ds.fixture import FixtureError, Settings, load_fixture
 from circleci_ds.lanes import Outcome
+from circleci_ds.progress import RequestRate, active_lines, client_line, pause_left
 from circleci_ds.store import DEFAULT_DB_URL, Store, StoreError
 from circleci_ds.times import iso, parse_date, parse_duration
 
@@ -213,31 +215,25 @@ async def _collect(
 
 
 async def _report_progress(collector: Collector) -> None:
-    """A progress bar over endpoints on a terminal; a log line every 10 s otherwise."""
-    c, stats = collector.counters, collector.client.stats
+    """On a terminal, a live view: per endpoint what is known so far, and the client's pace (log
+    lines go above it); piped, a plain log line every 10 s."""
+    c, client = collector.counters, collector.client
+    rate = RequestRate()
 
-    def line() -> str:
-        return (
-            f"pipelines {c.pipelines} | workflows {c.workflows} | jobs {c.jobs} | details {c.details} | "
-            f"requests {stats.requests} | 429s {stats.rate_limited}"
-        )
+    def lines() -> list[str]:
+        now = time.monotonic()
+        pace = rate.sample(client.stats.requests, now)
+        return [client_line(c, client.stats, pace, pause_left(client.pacer, now)), *active_lines(c)]
 
     if err.is_terminal:
-        columns = (
-            TextColumn("endpoints"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.description}"),
-            TimeElapsedColumn(),
-        )
-        with Progress(*columns, console=err, transient=True) as progress:
-            task = progress.add_task(line(), total=c.endpoints_total or None)
+        with Live(Text(""), console=err, transient=True, refresh_per_second=4) as live:
             while True:
-                await asyncio.sleep(0.2)
-                progress.update(task, completed=c.endpoints_done, total=c.endpoints_total, description=line())
+                live.update(Text(Redactor.mask("\n".join(lines()))))
+                await asyncio.sleep(0.25)
     while True:
         await asyncio.sleep(10)
-        log.info("progress: endpoints %d/%d | %s", c.endpoints_done, c.endpoints_total, line())
+        for line in lines():
+            log.info("progress: %s", line)
 
 
 # -- export ---------------------------------------------------------------------------------

@@ -62,8 +62,8 @@ class Options:
 class Phase(Enum):
     WAITING = "waiting"
     WALKING = "looking for reruns"
-    LISTING = "listing"
-    READING = "reading"
+    LISTING = "listing and reading"
+    READING = "reading stored ones"
     DONE = "done"
     FAILED = "failed"
 
