@@ -113,16 +113,17 @@ def write_fixture(path: Path, slugs: list[str]) -> Path:
 
 
 def stored_pipelines(db_url: str) -> int:
-    store = Store.open(db_url, create=False)
-    try:
-        return sum(status.pipelines for status in store.endpoint_statuses())
-    finally:
-        store.close()
+    return _pipelines(db_url, open_only=False)
 
 
 def open_pipelines(db_url: str) -> int:
+    return _pipelines(db_url, open_only=True)
+
+
+def _pipelines(db_url: str, *, open_only: bool) -> int:
     store = Store.open(db_url, create=False)
     try:
-        return sum(status.open_pipelines for status in store.endpoint_statuses())
+        statuses = store.endpoint_statuses()
+        return sum(s.open_pipelines if open_only else s.pipelines for s in statuses)
     finally:
         store.close()
