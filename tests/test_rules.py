@@ -63,8 +63,8 @@ def test_reruns_frontier_counts_only_jobs_queued_before_the_run_began() -> None:
     ]
     start = parse_ts("2026-11-01T00:05:00Z")
     assert start is not None
-    assert rules.started_before(details, start, parse_ts) == 10
-    assert rules.started_before([], start, parse_ts) is None
+    assert rules.started_before(details, start) == 10
+    assert rules.started_before([], start) is None
 
 
 def test_reruns_frontier_never_moves_back() -> None:

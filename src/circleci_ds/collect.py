@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import Enum
@@ -255,7 +255,7 @@ class _Walk:
         self.server_start: float | None = None  # server time when the run began
         self.walked: dict[int, dict[str, Any]] = {}  # job number -> details, from the walk
         self.walked_pipelines: dict[int, str] = {}  # job number -> pipeline id it names
-        self.details_read: list[dict[str, Any]] = []  # number and queued_at of details read
+        self.queued_top: int | None = None  # highest number of details read, queued before the start
         self._began = time.monotonic()
 
     def _note_start(self) -> None:
@@ -274,8 +274,7 @@ class _Walk:
         signaled = await self._signaled(set(index))
         checkpoint = await self._list_and_read(index, previous, signaled)
         assert self.server_start is not None
-        queued_top = rules.started_before(self.details_read, self.server_start, parse_ts)
-        return checkpoint, await self._frontier(rules.next_frontier(frontier, walked_top, queued_top))
+        return checkpoint, await self._frontier(rules.next_frontier(frontier, walked_top, self.queued_top))
 
     async def _frontier(self, base: int | None) -> int | None:
         """The frontier this run earns: `base`, extended over the stored numbers just past it."""
@@ -364,7 +363,7 @@ class _Walk:
             self.progress.phase = Phase.READING
             for pipeline_id, entry in index.items():
                 if pipeline_id not in seen and self._needs_read(entry, None, pipeline_id in signaled):
-                    await self._spawn(group, self._refresh(pipeline_id, entry), entry)
+                    await self._spawn(group, partial(self._refresh, pipeline_id, entry), entry)
         return checkpoint
 
     def _wanted(self, pipeline: dict[str, Any]) -> bool:
@@ -381,7 +380,7 @@ class _Walk:
         signaled: bool,
     ) -> None:
         if self._needs_read(entry, pipeline, signaled):
-            await self._spawn(group, self._tree(pipeline, entry), entry)
+            await self._spawn(group, partial(self._tree, pipeline, entry), entry)
 
     def _needs_read(
         self, entry: PipelineIndexEntry | None, listed: dict[str, Any] | None, signaled: bool
@@ -399,7 +398,7 @@ class _Walk:
         )
 
     async def _spawn(
-        self, group: asyncio.TaskGroup, work: Coroutine[Any, Any, None], entry: PipelineIndexEntry | None
+        self, group: asyncio.TaskGroup, work: Callable[[], Awaitable[None]], entry: PipelineIndexEntry | None
     ) -> None:
         """Start a tree once a slot is free: memory stays bounded whatever the history's size."""
         self.progress.to_read += 1
@@ -407,9 +406,9 @@ class _Walk:
             self.progress.open_read += 1
         await self.c.slots.spawn(group, self._guarded(work))
 
-    async def _guarded(self, work: Coroutine[Any, Any, None]) -> None:
+    async def _guarded(self, work: Callable[[], Awaitable[None]]) -> None:
         try:
-            await work
+            await work()
         except Unauthorized:
             raise
         except Exception as exc:  # one bad pipeline must not stop the walk
@@ -495,8 +494,13 @@ class _Walk:
             details = await self.client.job_details(self.endpoint.slug, job["job_number"])
         except NotFound:
             return None
-        self.details_read.append({"number": details.get("number"), "queued_at": details.get("queued_at")})
+        self._note_details(details)
         return details
+
+    def _note_details(self, details: dict[str, Any]) -> None:
+        assert self.server_start is not None  # set by the first response, before any tree is read
+        number = rules.started_before([details], self.server_start)
+        self.queued_top = rules.next_frontier(self.queued_top, number, None)
 
 
 def _check_items(kind: str, items: list[Any]) -> None:

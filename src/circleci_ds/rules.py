@@ -20,6 +20,8 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from circleci_ds.times import parse_ts
+
 FINAL_PIPELINE_STATES = frozenset({"created", "errored"})
 FINAL_WORKFLOW_STATUSES = frozenset({"success", "failed", "error", "canceled", "not_run", "unauthorized"})
 OPEN_JOB_STATUSES = frozenset({"queued", "running", "not_running", "blocked", "on_hold"})
@@ -151,12 +153,12 @@ def next_batch(size: int, found_any: bool) -> int:
     return min(WALK_BATCH_MAX, size * 2) if found_any else WALK_MISSES
 
 
-def started_before(details: Iterable[Mapping[str, Any]], start: float, parse: Any) -> int | None:
+def started_before(details: Iterable[Mapping[str, Any]], start: float) -> int | None:
     """The highest job number among details queued before `start` (the server's time when the run
     began): every job numbered since then has a higher number."""
     best: int | None = None
     for d in details:
-        number, queued = d.get("number"), parse(d.get("queued_at"))
+        number, queued = d.get("number"), parse_ts(d.get("queued_at"))
         if isinstance(number, int) and queued is not None and queued < start:
             best = number if best is None else max(best, number)
     return best
