@@ -4,7 +4,7 @@
 
 With no scenario flag every scenario runs:
   full         P projects x M pipelines (3 x 100), L ms latency per request (25): the collection at
-               each --concurrency (16,64) and at --concurrency 1, which makes the same requests one
+               each --concurrency (16,32,64) and at --concurrency 1, which makes the same requests one
                after another; the speed-up is the sequential time over the concurrent one.
   incremental  a first collection at concurrency 16, a re-run with the clock unchanged and a re-run
                after moving the simulator's clock one day: requests as a share of the first run.
@@ -392,7 +392,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--projects", type=int, default=3)
     parser.add_argument("--pipelines", type=int, default=100, help="pipelines per project")
     parser.add_argument("--latency-ms", type=float, default=25.0)
-    parser.add_argument("--concurrency", type=_ints, default=[16, 64], help="comma-separated (full)")
+    parser.add_argument("--concurrency", type=_ints, default=[16, 32, 64], help="comma-separated (full)")
     parser.add_argument("--rate-limit", type=_floats, default=[100.0], help="rps, comma-separated")
     parser.add_argument("--rate-burst", type=int, default=10)
     parser.add_argument("--memory-pipelines", type=int, default=5000)

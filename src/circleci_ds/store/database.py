@@ -244,9 +244,11 @@ class Store:
             ew = s.endpoint_walk
             conn.execute(update(ew).where(ew.c.slug == slug).values(project_info_at=at))
             if info is not None:
-                conn.execute(
-                    update(s.endpoints).where(s.endpoints.c.slug == slug).values(project_info=dumps(info))
-                )
+                _set_project_info(conn, slug, info)
+
+    def save_project_info(self, slug: str, info: dict[str, Any]) -> None:
+        with self._write() as conn:
+            _set_project_info(conn, slug, info)
 
     def recent_branches(self, slug: str, limit: int = 200) -> list[str | None]:
         """Branches of the endpoint's newest stored pipelines, newest first."""
@@ -295,46 +297,17 @@ class Store:
 
     def save_tree(self, endpoint: str, tree: dict[str, Any], *, fetched_at: float, is_final: bool) -> None:
         """Replace one pipeline's whole tree in a single transaction."""
-        pipeline = {k: v for k, v in tree.items() if k != "workflows"}
-        pid = pipeline["id"]
-        workflow_rows, job_rows = [], []
-        for w_seq, workflow in enumerate(tree.get("workflows") or []):
-            wf = {k: v for k, v in workflow.items() if k != "jobs"}
-            workflow_rows.append({"id": wf["id"], "pipeline_id": pid, "seq": w_seq, "data": dumps(wf)})
-            for j_seq, job in enumerate(workflow.get("jobs") or []):
-                raw = {k: v for k, v in job.items() if k != "details"}
-                details = job.get("details")
-                job_rows.append(
-                    {
-                        "workflow_id": wf["id"],
-                        "id": raw["id"],
-                        "pipeline_id": pid,
-                        "seq": j_seq,
-                        "data": dumps(raw),
-                        "details": None if details is None else dumps(details),
-                        "job_number": s.job_number_of(raw),
-                    }
-                )
+        rows = tree_rows(endpoint, tree, fetched_at=fetched_at, is_final=is_final)
+        pid = rows.pipeline["id"]
         with self._write() as conn:
             conn.execute(delete(s.jobs).where(s.jobs.c.pipeline_id == pid))
             conn.execute(delete(s.workflows).where(s.workflows.c.pipeline_id == pid))
             conn.execute(delete(s.pipelines).where(s.pipelines.c.id == pid))
-            conn.execute(
-                insert(s.pipelines).values(
-                    id=pid,
-                    endpoint=endpoint,
-                    number=pipeline.get("number"),
-                    created_at=parse_ts(pipeline.get("created_at")),
-                    updated_on=tree_updated_on(tree),
-                    fetched_at=fetched_at,
-                    is_final=is_final,
-                    data=dumps(pipeline),
-                )
-            )
-            if workflow_rows:
-                conn.execute(insert(s.workflows), workflow_rows)
-            if job_rows:
-                conn.execute(insert(s.jobs_numbered), job_rows)
+            conn.execute(insert(s.pipelines).values(**rows.pipeline))
+            if rows.workflows:
+                conn.execute(insert(s.workflows), rows.workflows)
+            if rows.jobs:
+                conn.execute(insert(s.jobs_numbered), rows.jobs)
 
     def iter_trees(self, project: str | None = None, endpoint: str | None = None) -> Iterator[StoredTree]:
         """Every stored tree, by endpoint then pipeline number; memory bounded by a chunk."""
@@ -456,6 +429,49 @@ class Store:
             return [LeaseInfo(*r) for r in rows]
 
 
+@dataclass(frozen=True)
+class TreeRows:
+    """A pipeline tree as rows of the pipelines, workflows and jobs tables."""
+
+    pipeline: dict[str, Any]
+    workflows: list[dict[str, Any]]
+    jobs: list[dict[str, Any]]
+
+
+def tree_rows(endpoint: str, tree: dict[str, Any], *, fetched_at: float, is_final: bool) -> TreeRows:
+    pipeline = {k: v for k, v in tree.items() if k != "workflows"}
+    pid = pipeline["id"]
+    workflow_rows, job_rows = [], []
+    for w_seq, workflow in enumerate(tree.get("workflows") or []):
+        wf = {k: v for k, v in workflow.items() if k != "jobs"}
+        workflow_rows.append({"id": wf["id"], "pipeline_id": pid, "seq": w_seq, "data": dumps(wf)})
+        for j_seq, job in enumerate(workflow.get("jobs") or []):
+            raw = {k: v for k, v in job.items() if k != "details"}
+            details = job.get("details")
+            job_rows.append(
+                {
+                    "workflow_id": wf["id"],
+                    "id": raw["id"],
+                    "pipeline_id": pid,
+                    "seq": j_seq,
+                    "data": dumps(raw),
+                    "details": None if details is None else dumps(details),
+                    "job_number": s.job_number_of(raw),
+                }
+            )
+    pipeline_row = {
+        "id": pid,
+        "endpoint": endpoint,
+        "number": pipeline.get("number"),
+        "created_at": parse_ts(pipeline.get("created_at")),
+        "updated_on": tree_updated_on(tree),
+        "fetched_at": fetched_at,
+        "is_final": is_final,
+        "data": dumps(pipeline),
+    }
+    return TreeRows(pipeline_row, workflow_rows, job_rows)
+
+
 def tree_updated_on(tree: dict[str, Any]) -> float:
     """Latest timestamp anywhere in a pipeline tree."""
     stamps = [parse_ts(tree.get("updated_at")), parse_ts(tree.get("created_at"))]
@@ -466,6 +482,10 @@ def tree_updated_on(tree: dict[str, Any]) -> float:
             details = job.get("details") or {}
             stamps += [parse_ts(details.get("queued_at")), parse_ts(details.get("stopped_at"))]
     return max((x for x in stamps if x is not None), default=0.0)
+
+
+def _set_project_info(conn: Connection, slug: str, info: dict[str, Any]) -> None:
+    conn.execute(update(s.endpoints).where(s.endpoints.c.slug == slug).values(project_info=dumps(info)))
 
 
 def _count_by_endpoint(conn: Connection, source: Any, *where: Any) -> dict[str, int]:
