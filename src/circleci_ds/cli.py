@@ -188,10 +188,13 @@ def collect(
     for result in failed:
         err.print(f"[red]failed:[/] {Redactor.mask(result.error or '')}", soft_wrap=True)
     others = sum(1 for r in results if r.outcome is Outcome.ELSEWHERE)
+    reruns = sum(p.signaled for p in counters.endpoints.values())
     print(
         f"collected {len(results) - len(failed) - others}/{len(settings.endpoints)} endpoint(s)"
         + (f" ({others} by another collector)" if others else "")
-        + f": {counters.pipelines} pipeline(s) stored, {counters.workflows} workflow(s), "
+        + f": {counters.pipelines} pipeline(s) stored"
+        + (f" ({reruns} found rerun by job number)" if reruns else "")
+        + f", {counters.workflows} workflow(s), "
         f"{counters.jobs} job(s), {counters.details} job detail(s) read; {stats.requests} request(s), "
         f"{stats.rate_limited} rate-limited, {stats.retries} retried, in {time.monotonic() - started:.1f}s"
         + (f"; {len(failed)} endpoint(s) failed" if failed else ""),
