@@ -28,6 +28,7 @@ from circleci_ds import rules
 from circleci_ds.api import DEFAULT_API_URL, ApiError, CircleCIClient, NotFound, Unauthorized
 from circleci_ds.fixture import Endpoint
 from circleci_ds.lanes import EndpointResult, LaneOptions, Lanes, Outcome, new_owner
+from circleci_ds.people import UserPass, resolve_users
 from circleci_ds.store import PipelineIndexEntry, Store
 from circleci_ds.store.database import digest
 from circleci_ds.times import parse_ts
@@ -135,6 +136,7 @@ class Collector:
         self.options = options or Options()
         self.counters = Counters()
         self.slots = TreeSlots(self.options.trees_in_flight)
+        self.users = UserPass()
         self._db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="circleci-ds-store")
 
     async def db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -157,6 +159,7 @@ class Collector:
         )
         try:
             results = await lanes.run(endpoints)
+            self.users = await resolve_users(self.client, self.store, self.db)  # people, once per id
         except BaseExceptionGroup as group_error:
             raise _first(group_error) from None
         finally:
@@ -172,7 +175,7 @@ class Collector:
     async def collect_endpoint(self, endpoint: Endpoint) -> EndpointResult:
         """One endpoint, start to end; errors end up in the result, except a rejected token."""
         origin = origin_for(self.client.base_url, endpoint.slug)
-        await self.db(self.store.ensure_endpoint, endpoint.slug, endpoint.native, origin)
+        await self.db(self.store.ensure_endpoint, endpoint.slug, endpoint.native, origin, endpoint.project)
         await self.db(self.store.record_start, endpoint.slug, time.time())
         log.info("%s: collecting", endpoint.written)
         walk = _Walk(self, endpoint)

@@ -91,6 +91,17 @@ leases = Table(
     Column("acquired_at", Double, nullable=False),
 )
 
+users = Table(
+    "users",
+    metadata,
+    Column("id", String(64), primary_key=True),  # the id workflows and jobs refer to
+    Column("login", String(300)),
+    Column("name", Text),
+    Column("avatar_url", Text),
+    Column("deleted", Boolean, nullable=False),  # GET /user/{id} answered 404
+    Column("resolved_at", Double, nullable=False),
+)
+
 CORE_TABLES = (schema_version, endpoints, pipelines, workflows, jobs)
 
 
@@ -100,6 +111,20 @@ def _v1_core(conn: Connection) -> None:
 
 def _v2_leases(conn: Connection) -> None:
     metadata.create_all(conn, tables=[leases])
+
+
+def _users_table(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[users])
+
+
+# The fixture's project name of each endpoint, a column added to `endpoints` by a later step;
+# a lightweight view of the table, so the first step's table stays as released.
+endpoint_projects = table("endpoints", column("slug", String), column("project", String))
+
+
+def _endpoint_project_name(conn: Connection) -> None:
+    conn.execute(text("ALTER TABLE endpoints ADD COLUMN project VARCHAR(300)"))
+
 
 
 # Columns added by `_rerun_signals`; lightweight views, so the first step's tables stay as released.
@@ -143,7 +168,13 @@ def job_number_of(job: dict[str, Any]) -> int | None:
 
 
 # Each step upgrades version N to N+1. Released steps never change; new ones are appended.
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1_core, _v2_leases, _rerun_signals]
+MIGRATIONS: list[Callable[[Connection], None]] = [
+    _v1_core,
+    _v2_leases,
+    _users_table,
+    _endpoint_project_name,
+    _rerun_signals,
+]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
