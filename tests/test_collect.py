@@ -12,6 +12,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -239,11 +240,11 @@ async def test_tree_slot_released_by_a_task_cancelled_before_it_ran() -> None:
 
     with pytest.raises(ExceptionGroup):
         async with asyncio.TaskGroup() as group:
-            await slots.spawn(group, tree("first"))
+            await slots.spawn(group, partial(tree, "first"))
             raise ValueError("the walk fails before the tree's task ever runs")
     assert ran == []
     async with asyncio.timeout(5), asyncio.TaskGroup() as group:  # a leaked slot would hang here
-        await slots.spawn(group, tree("second"))
+        await slots.spawn(group, partial(tree, "second"))
     assert ran == ["second"]
 
 

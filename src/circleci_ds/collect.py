@@ -29,7 +29,7 @@ from circleci_ds.api import DEFAULT_API_URL, ApiError, CircleCIClient, NotFound,
 from circleci_ds.fixture import Endpoint
 from circleci_ds.lanes import EndpointResult, LaneOptions, Lanes, Outcome, new_owner
 from circleci_ds.people import UserPass, resolve_users
-from circleci_ds.store import PipelineIndexEntry, Store
+from circleci_ds.store import PipelineIndexEntry, Store, StoreError
 from circleci_ds.store.database import digest
 from circleci_ds.times import parse_ts
 
@@ -108,8 +108,11 @@ class TreeSlots:
         self.size = size
         self._free = asyncio.Semaphore(size)
 
-    async def spawn(self, group: asyncio.TaskGroup, work: Coroutine[Any, Any, None]) -> None:
+    async def spawn(self, group: asyncio.TaskGroup, start: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run `start()` as a task of `group` once a slot is free; nothing is created before that,
+        so a wait cancelled (a signal) leaves nothing behind."""
         await self._free.acquire()
+        work = start()
         try:
             task = group.create_task(work)
         except BaseException:
@@ -176,7 +179,7 @@ class Collector:
         """One endpoint, start to end; errors end up in the result, except a rejected token."""
         origin = origin_for(self.client.base_url, endpoint.slug)
         await self.db(self.store.ensure_endpoint, endpoint.slug, endpoint.native, origin, endpoint.project)
-        await self.db(self.store.record_start, endpoint.slug, time.time())
+        await self.db(self.store.record_start, endpoint.slug, await self.db(self.store.now))
         log.info("%s: collecting", endpoint.written)
         walk = _Walk(self, endpoint)
         ended: tuple[float | None, int | None] = (None, None)
@@ -187,8 +190,8 @@ class Collector:
                 await self.after_trees(endpoint, walk)
             except BaseExceptionGroup as group_error:
                 raise _first(group_error) from None
-        except Unauthorized:
-            raise
+        except (Unauthorized, StoreError):
+            raise  # the run stops: a rejected token, or a store that cannot take more
         except NotFound:
             error = f"project not found, or the token cannot see it: {endpoint.written}"
         except ApiError as exc:
@@ -199,10 +202,11 @@ class Collector:
         if error is None and walk.errors:
             error = f"{endpoint.written}: {len(walk.errors)} item(s) not collected; first: {walk.errors[0]}"
         checkpoint, frontier = ended
+        finished = await self.db(self.store.now)
         await self.db(
             self.store.record_finish,
             endpoint.slug,
-            finished=time.time(),
+            finished=finished,
             error=error,
             checkpoint=checkpoint,
             job_frontier=frontier,
@@ -407,12 +411,12 @@ class _Walk:
         self.progress.to_read += 1
         if entry is not None and not entry.is_final:
             self.progress.open_read += 1
-        await self.c.slots.spawn(group, self._guarded(work))
+        await self.c.slots.spawn(group, partial(self._guarded, work))
 
     async def _guarded(self, work: Callable[[], Awaitable[None]]) -> None:
         try:
             await work()
-        except Unauthorized:
+        except (Unauthorized, StoreError):
             raise
         except Exception as exc:  # one bad pipeline must not stop the walk
             log.debug("pipeline failed", exc_info=True)

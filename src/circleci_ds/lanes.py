@@ -77,7 +77,7 @@ class Lanes:
         self._quiet_until = 0.0  # monotonic time before which no lane looks again
 
     async def run(self, endpoints: list[Endpoint]) -> dict[str, EndpointResult]:
-        started = time.time()
+        started = await self.db(self.store.now)  # the database's clock, shared with other collectors
         pending = list(endpoints)
         results: dict[str, EndpointResult] = {}
         lanes = max(1, min(self.options.parallel_endpoints, len(endpoints)))

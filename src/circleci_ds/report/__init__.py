@@ -9,6 +9,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from circleci_ds.display import plain
 from circleci_ds.enrich import enrich_trees
 from circleci_ds.identities import Identities
 from circleci_ds.metrics import MetricsReport, compute_metrics
@@ -72,4 +73,4 @@ def run_report(
     if html_path is not None:
         write_html(report, html_path, people_html(who))
         if fmt == "table":  # JSON output stays pure JSON
-            console.print(f"Wrote {html_path}", highlight=False, markup=False)
+            console.print(plain(f"Wrote {html_path}"), highlight=False)

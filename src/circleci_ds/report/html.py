@@ -13,6 +13,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from circleci_ds.files import write_atomic
 from circleci_ds.metrics import FailedRun, MetricsReport, ProjectMetrics
 from circleci_ds.report import formatting as fmt
 from circleci_ds.report.charts import Chart, project_charts
@@ -133,7 +134,7 @@ def render_html(report: MetricsReport, extra_sections: str = "") -> str:
 
 
 def write_html(report: MetricsReport, path: Path, extra_sections: str = "") -> None:
-    path.write_text(render_html(report, extra_sections), encoding="utf-8")
+    write_atomic(path, render_html(report, extra_sections))  # OutputError leaves a previous report as it was
 
 
 def _header(report: MetricsReport) -> str:
