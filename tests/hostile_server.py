@@ -200,7 +200,7 @@ class HostileServer:
         token = request.headers.get("Circle-Token", "")
         status, data = await self._upstream_json(request, path)
         echoed = _echo_into(data, token) if status == 200 else {"message": f"bad token {token}"}
-        return _json(echoed, status if status == 200 else 400)
+        return _json(echoed, status)  # a 404 stays a 404: job-number probes end on one
 
     # -- the upstream ----------------------------------------------------------------------------
     async def _proxy(self, request: web.Request, path: str) -> web.StreamResponse:

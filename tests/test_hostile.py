@@ -14,7 +14,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import shutil
+import sqlite3
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,6 +121,12 @@ class Scene:
                 assert TOKEN.encode() not in path.read_bytes(), path
         assert self.other.seen == [], "a request went to another origin"
 
+    def forget_checkpoints(self) -> None:
+        """As if no run had ever completed: pipelines are listed to the end of the list."""
+        with sqlite3.connect(self.dir / "store.db") as conn:
+            conn.execute("UPDATE endpoints SET checkpoint = NULL")
+        self.before = stored_state(self.db_url)
+
     def assert_intact(self, failed: Iterable[str] = SLUGS) -> None:
         """Every stored tree as it was; the checkpoints of the endpoints that failed unmoved."""
         (ends, trees), (ends_before, trees_before) = stored_state(self.db_url), self.before
@@ -160,12 +168,14 @@ async def test_cli_redirect_to_another_origin_is_refused_and_the_token_stays_hom
     run = await scene.cli()
     scene.assert_safe(run)
     assert len(failures(run)) == 2
-    assert "/project/gh/acme/api: redirected to another origin (http://127.0.0.1:" in run.stderr
+    # The first request, a probe for new job numbers, is the one refused.
+    refused = r"failed: gh/acme/api: /project/gh/acme/api/job/\d+: redirected to another origin \(http://127"
+    assert re.search(refused, run.stderr)
     scene.assert_intact()
 
 
 @pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
-@pytest.mark.parametrize("kind", ["project", "pipelines", "workflows"])
+@pytest.mark.parametrize("kind", ["job_details", "pipelines", "workflows"])
 async def test_redirect_to_another_origin_is_refused(scene: Scene, status: int, kind: str) -> None:
     scene.sim.advance(DAY)  # new pipelines: their workflows are listed
     scene.hostile.behave(Mode.REDIRECT_OTHER, kinds=kind, status=status, to=scene.other_url)
@@ -202,7 +212,7 @@ async def test_every_request_refuses_cross_origin_redirects(kind: str) -> None:
 async def test_a_change_of_scheme_host_or_port_is_another_origin(scene: Scene, target: str) -> None:
     host = scene.url.split("/")[2]
     to = target.format(host=host, port=host.rsplit(":", 1)[1])
-    scene.hostile.behave(Mode.REDIRECT_OTHER, kinds="project", to=to)
+    scene.hostile.behave(Mode.REDIRECT_OTHER, kinds="pipelines", to=to)
     errors = await scene.collect()
     assert all("redirected to another origin" in (e or "") for e in errors.values()), errors
     assert all(s.path.startswith("/api/v2/project/") for s in scene.hostile.seen)  # nothing else asked
@@ -233,7 +243,7 @@ async def test_cli_redirect_within_the_origin_is_followed_with_the_token(scene: 
 async def test_unusable_redirects_fail_the_request(
     scene: Scene, status: int, location: str | None, says: str
 ) -> None:
-    scene.hostile.behave(Mode.REDIRECT_BAD, kinds="project", status=status, location=location)
+    scene.hostile.behave(Mode.REDIRECT_BAD, kinds="pipelines", status=status, location=location)
     errors = await scene.collect()
     assert all(says in (e or "") for e in errors.values()), errors
     scene.assert_intact()
@@ -271,6 +281,7 @@ async def test_cli_pipeline_list_without_end_fails_that_list_only(scene: Scene) 
 async def test_pipeline_list_without_end_fails_that_list(
     scene: Scene, mode: Mode, limits: Limits, says: str
 ) -> None:
+    scene.forget_checkpoints()
     scene.hostile.behave(mode, kinds="pipelines")
     errors = await scene.collect(limits)
     assert all(f"list does not end: {says}" in (e or "") for e in errors.values()), errors
@@ -287,7 +298,8 @@ async def test_workflow_and_job_lists_without_end_fail_their_pipeline(
     scene.hostile.behave(mode, kinds=kind)
     errors = await scene.collect(limits)
     assert all(f"list does not end: {says}" in (e or "") for e in errors.values()), errors
-    assert all("pipeline(s) not collected" in (e or "") for e in errors.values()), errors
+    assert all("item(s) not collected" in (e or "") for e in errors.values()), errors
+    assert not [r for r in scene.caplog.records if r.exc_info], "a traceback logged for an ordinary failure"
     assert stored_state(scene.db_url)[0] == scene.before[0]  # no checkpoint moved
 
 
@@ -330,12 +342,13 @@ async def test_page_tokens_of_any_characters_go_back_as_a_query_parameter(tmp_pa
 # -- 6. untrusted sizes ----------------------------------------------------------------------------------
 async def test_cli_gzip_bomb_fails_the_request_and_memory_stays_small(scene: Scene) -> None:
     """About 1 MB of gzip that inflates to 1 GiB: the request fails at the 64 MiB cap."""
-    scene.hostile.behave(Mode.GZIP_BOMB, kinds="project", only="acme/api")
+    scene.hostile.behave(Mode.GZIP_BOMB, kinds="pipelines", only="acme/api")
     gzip_bomb()  # built before the run, which must not wait for it
     run = await scene.cli(prefix=RSS_PROBE)
     scene.assert_safe(run)
     assert failures(run) == [
-        "failed: gh/acme/api: /project/gh/acme/api: response larger than 64 MiB (see --max-response-mb)"
+        "failed: gh/acme/api: /project/gh/acme/api/pipeline: "
+        "response larger than 64 MiB (see --max-response-mb)"
     ]
     # The interpreter and libraries take about 60 MiB, the capped body 64 MiB; 1 GiB never is.
     assert peak_rss_mib(run.stderr) < 200
@@ -343,7 +356,7 @@ async def test_cli_gzip_bomb_fails_the_request_and_memory_stays_small(scene: Sce
 
 
 async def test_cli_max_response_mb_sets_the_cap(scene: Scene) -> None:
-    scene.hostile.behave(Mode.GZIP_BOMB, kinds="project")
+    scene.hostile.behave(Mode.GZIP_BOMB, kinds="pipelines")
     gzip_bomb()  # built before the run, which must not wait for it
     run = await scene.cli("--max-response-mb", "2", prefix=RSS_PROBE)
     scene.assert_safe(run)
@@ -366,10 +379,11 @@ async def test_huge_body_fails_the_request(scene: Scene, length: bool) -> None:
 
 
 async def test_body_that_never_ends_is_cut_by_the_timeout(scene: Scene) -> None:
-    scene.hostile.behave(Mode.SLOW_BODY, kinds="project", only="acme/web")
+    scene.hostile.behave(Mode.SLOW_BODY, kinds="pipelines", only="acme/web")
     errors = await scene.collect(timeout=0.5)
-    assert errors == {"gh/acme/api": None, "gh/acme/web": "gh/acme/web: /project/gh/acme/web: timed out"}
-    assert len([s for s in scene.hostile.seen if s.path == "/api/v2/project/gh/acme/web"]) == 6  # attempts
+    listing = "/project/gh/acme/web/pipeline"
+    assert errors == {"gh/acme/api": None, "gh/acme/web": f"gh/acme/web: {listing}: timed out"}
+    assert len([s for s in scene.hostile.seen if s.path == "/api/v2" + listing]) == 6  # attempts
     scene.assert_intact(failed=["gh/acme/web"])
 
 
@@ -388,7 +402,7 @@ def assert_clean_error(error: str | None) -> None:
 
 async def test_cli_server_message_with_any_text_never_aborts_the_run(scene: Scene) -> None:
     scene.hostile.behave(
-        Mode.MESSAGE, kinds="project", only="acme/api", status=400, text=NASTY[:60] + TOKEN + NASTY[60:]
+        Mode.MESSAGE, kinds="pipelines", only="acme/api", status=400, text=NASTY[:60] + TOKEN + NASTY[60:]
     )
     run = await scene.cli()
     scene.assert_safe(run)
@@ -404,7 +418,7 @@ async def test_cli_server_message_with_any_text_never_aborts_the_run(scene: Scen
 
 @pytest.mark.parametrize("status", [400, 404, 418, 500, 999])
 async def test_server_messages_with_any_text_are_recorded_clean(scene: Scene, status: int) -> None:
-    scene.hostile.behave(Mode.MESSAGE, kinds="project", status=status, text=NASTY[:60] + TOKEN + NASTY[60:])
+    scene.hostile.behave(Mode.MESSAGE, kinds="pipelines", status=status, text=NASTY[:60] + TOKEN + NASTY[60:])
     errors = await scene.collect()
     for slug, error in errors.items():
         assert_clean_error(error)
@@ -416,9 +430,11 @@ async def test_server_messages_with_any_text_are_recorded_clean(scene: Scene, st
 
 async def test_lone_surrogates_in_data_are_stored_replaced(scene: Scene) -> None:
     body = json.dumps({"slug": "gh/acme/api", "name": "api \ud800", "vcs_info": {"default_branch": "main"}})
+    scene.sim.advance(2 * DAY)  # the stored project info is stale: it is read again
     scene.hostile.behave(Mode.BODY, kinds="project", only="acme/api", body=body.encode())
     errors = await scene.collect()
     assert errors == {"gh/acme/api": None, "gh/acme/web": None}
+    assert any(s.path == "/api/v2/project/gh/acme/api" for s in scene.hostile.seen)
     store = Store.open(scene.db_url, create=False)
     try:
         assert store.project_infos()["gh/acme/api"]["name"] == "api \ufffd"
@@ -427,7 +443,7 @@ async def test_lone_surrogates_in_data_are_stored_replaced(scene: Scene) -> None
 
 
 async def test_cli_token_echoed_by_the_server_is_masked(scene: Scene) -> None:
-    scene.sim.advance(DAY)
+    scene.sim.advance(2 * DAY)  # new pipelines, and the stored project info stale: read again
     scene.hostile.behave(Mode.ECHO_TOKEN)
     run = await scene.cli()
     assert run.returncode in (0, 1)
@@ -458,10 +474,10 @@ def nested(depth: int) -> bytes:
 
 
 async def test_cli_body_that_is_not_an_object_fails_the_endpoint(scene: Scene) -> None:
-    scene.hostile.behave(Mode.BODY, kinds="project", only="acme/api", body=b"[" * 200_000 + b"]" * 200_000)
+    scene.hostile.behave(Mode.BODY, kinds="pipelines", only="acme/api", body=b"[" * 200_000 + b"]" * 200_000)
     run = await scene.cli()
     scene.assert_safe(run)
-    assert failures(run) == ["failed: gh/acme/api: /project/gh/acme/api: JSON nested too deeply"]
+    assert failures(run) == ["failed: gh/acme/api: /project/gh/acme/api/pipeline: JSON nested too deeply"]
     scene.assert_intact(failed=["gh/acme/api"])
 
 
@@ -486,9 +502,10 @@ async def test_cli_body_that_is_not_an_object_fails_the_endpoint(scene: Scene) -
 async def test_bodies_that_are_not_usable_objects_fail_the_request(
     scene: Scene, body: bytes, says: str
 ) -> None:
-    scene.hostile.behave(Mode.BODY, kinds="project", only="acme/api", body=body)
+    scene.hostile.behave(Mode.BODY, kinds="pipelines", only="acme/api", body=body)
     errors = await scene.collect()
-    assert errors == {"gh/acme/api": f"gh/acme/api: /project/gh/acme/api: {says}", "gh/acme/web": None}
+    listing = "/project/gh/acme/api/pipeline"
+    assert errors == {"gh/acme/api": f"gh/acme/api: {listing}: {says}", "gh/acme/web": None}
     scene.assert_intact(failed=["gh/acme/api"])
 
 
@@ -509,26 +526,26 @@ async def test_list_pages_of_the_wrong_shape_fail_the_list(scene: Scene, page: A
     scene.assert_intact()
 
 
-VALID_PROJECT = json.dumps({"slug": "gh/acme/api", "name": "api", "vcs_info": {"default_branch": "main"}})
+EMPTY_PAGE = json.dumps({"items": [], "next_page_token": None})
 
 
 @pytest.mark.parametrize(
     ("headers", "body", "says"),
     [
-        ([("Date", "Mon, 2 Jan 932134643768 560:1:1")], VALID_PROJECT.encode(), None),
-        ([("Date", "yesterday, around noon")], VALID_PROJECT.encode(), None),
-        ([("Date", "Fri, 31 Dec 9999 23:59:59 GMT")], VALID_PROJECT.encode(), None),
-        ([("Retry-After", "soon"), ("Content-Type", "garbage/;;=;")], VALID_PROJECT.encode(), None),
-        ([("Content-Encoding", "br")], VALID_PROJECT.encode(), "unsupported Content-Encoding 'br'"),
-        ([("Content-Encoding", "x-\u00e9vil")], VALID_PROJECT.encode(), "unsupported Content-Encoding"),
-        ([("Content-Encoding", "gzip")], VALID_PROJECT.encode(), "gzip body unreadable"),
+        ([("Date", "Mon, 2 Jan 932134643768 560:1:1")], EMPTY_PAGE.encode(), None),
+        ([("Date", "yesterday, around noon")], EMPTY_PAGE.encode(), None),
+        ([("Date", "Fri, 31 Dec 9999 23:59:59 GMT")], EMPTY_PAGE.encode(), None),
+        ([("Retry-After", "soon"), ("Content-Type", "garbage/;;=;")], EMPTY_PAGE.encode(), None),
+        ([("Content-Encoding", "br")], EMPTY_PAGE.encode(), "unsupported Content-Encoding 'br'"),
+        ([("Content-Encoding", "x-\u00e9vil")], EMPTY_PAGE.encode(), "unsupported Content-Encoding"),
+        ([("Content-Encoding", "gzip")], EMPTY_PAGE.encode(), "gzip body unreadable"),
         ([("Content-Encoding", "deflate")], b"\x78\x9c\x00garbage", "deflate body unreadable"),
     ],
 )
 async def test_garbage_headers(
     scene: Scene, headers: list[tuple[str, str]], body: bytes, says: str | None
 ) -> None:
-    scene.hostile.behave(Mode.BODY, kinds="project", only="acme/api", headers=headers, body=body)
+    scene.hostile.behave(Mode.BODY, kinds="pipelines", only="acme/api", headers=headers, body=body)
     errors = await scene.collect()
     if says is None:
         assert errors == {"gh/acme/api": None, "gh/acme/web": None}
@@ -562,18 +579,19 @@ def raw(head: str, body: bytes = b"") -> bytes:
     ids=lambda v: v[:28].decode(errors="replace").replace("\r\n", "|") if isinstance(v, bytes) else None,
 )
 async def test_raw_answers_weird_statuses_and_lying_lengths(scene: Scene, answer: bytes, says: str) -> None:
-    scene.hostile.behave(Mode.RAW, kinds="project", only="acme/api", raw=answer)
+    scene.hostile.behave(Mode.RAW, kinds="pipelines", only="acme/api", raw=answer)
     errors = await scene.collect()
-    assert (errors["gh/acme/api"] or "").startswith(f"gh/acme/api: /project/gh/acme/api: {says}"), errors
+    listing = "/project/gh/acme/api/pipeline"
+    assert (errors["gh/acme/api"] or "").startswith(f"gh/acme/api: {listing}: {says}"), errors
     assert errors["gh/acme/web"] is None
     scene.assert_intact(failed=["gh/acme/api"])
 
 
 async def test_cli_weird_status_is_an_endpoint_failure(scene: Scene) -> None:
-    scene.hostile.behave(Mode.RAW, kinds="project", only="acme/api", raw=raw("HTTP/1.1 999 Beyond\n"))
+    scene.hostile.behave(Mode.RAW, kinds="pipelines", only="acme/api", raw=raw("HTTP/1.1 999 Beyond\n"))
     run = await scene.cli()
     scene.assert_safe(run)
-    assert failures(run) == ["failed: gh/acme/api: /project/gh/acme/api: HTTP 999"]
+    assert failures(run) == ["failed: gh/acme/api: /project/gh/acme/api/pipeline: HTTP 999"]
     scene.assert_intact(failed=["gh/acme/api"])
 
 
