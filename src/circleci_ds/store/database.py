@@ -16,7 +16,9 @@ from sqlalchemy import Connection, Engine, create_engine, delete, event, func, i
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError, SQLAlchemyError
 
+from circleci_ds.facts import derive
 from circleci_ds.store import schema as s
+from circleci_ds.store.facts_store import default_branch_of, write_facts
 from circleci_ds.times import parse_ts
 
 DEFAULT_DB_URL = "sqlite:///circleci-ds.db"
@@ -236,49 +238,32 @@ class Store:
             row = conn.execute(select(s.pipelines.c.data).where(s.pipelines.c.id == pipeline_id)).first()
             if row is None:
                 return None
-            return _assemble(conn, [(pipeline_id, row.data)])[pipeline_id]
+            return assemble_trees(conn, [(pipeline_id, row.data)])[pipeline_id]
 
     def save_tree(self, endpoint: str, tree: dict[str, Any], *, fetched_at: float, is_final: bool) -> None:
-        """Replace one pipeline's whole tree in a single transaction."""
-        pipeline = {k: v for k, v in tree.items() if k != "workflows"}
-        pid = pipeline["id"]
-        workflow_rows, job_rows = [], []
-        for w_seq, workflow in enumerate(tree.get("workflows") or []):
-            wf = {k: v for k, v in workflow.items() if k != "jobs"}
-            workflow_rows.append({"id": wf["id"], "pipeline_id": pid, "seq": w_seq, "data": dumps(wf)})
-            for j_seq, job in enumerate(workflow.get("jobs") or []):
-                raw = {k: v for k, v in job.items() if k != "details"}
-                details = job.get("details")
-                job_rows.append(
-                    {
-                        "workflow_id": wf["id"],
-                        "id": raw["id"],
-                        "pipeline_id": pid,
-                        "seq": j_seq,
-                        "data": dumps(raw),
-                        "details": None if details is None else dumps(details),
-                    }
-                )
+        """Replace one pipeline's whole tree, and its facts, in a single transaction."""
+        self.save_trees(endpoint, [tree], fetched_at=fetched_at, is_final=is_final)
+
+    def save_trees(
+        self, endpoint: str, trees: Sequence[dict[str, Any]], *, fetched_at: float, is_final: bool
+    ) -> None:
+        """Replace pipeline trees of one endpoint and their facts in one transaction (bulk writes)."""
+        pipeline_rows, workflow_rows, job_rows = [], [], []
+        for tree in trees:
+            pipeline, workflows, jobs = _raw_rows(endpoint, tree, fetched_at, is_final)
+            pipeline_rows.append(pipeline)
+            workflow_rows += workflows
+            job_rows += jobs
+        ids = [r["id"] for r in pipeline_rows]
         with self._write() as conn:
-            conn.execute(delete(s.jobs).where(s.jobs.c.pipeline_id == pid))
-            conn.execute(delete(s.workflows).where(s.workflows.c.pipeline_id == pid))
-            conn.execute(delete(s.pipelines).where(s.pipelines.c.id == pid))
-            conn.execute(
-                insert(s.pipelines).values(
-                    id=pid,
-                    endpoint=endpoint,
-                    number=pipeline.get("number"),
-                    created_at=parse_ts(pipeline.get("created_at")),
-                    updated_on=tree_updated_on(tree),
-                    fetched_at=fetched_at,
-                    is_final=is_final,
-                    data=dumps(pipeline),
-                )
-            )
-            if workflow_rows:
-                conn.execute(insert(s.workflows), workflow_rows)
-            if job_rows:
-                conn.execute(insert(s.jobs), job_rows)
+            conn.execute(delete(s.jobs).where(s.jobs.c.pipeline_id.in_(ids)))
+            conn.execute(delete(s.workflows).where(s.workflows.c.pipeline_id.in_(ids)))
+            conn.execute(delete(s.pipelines).where(s.pipelines.c.id.in_(ids)))
+            for table, rows in ((s.pipelines, pipeline_rows), (s.workflows, workflow_rows), (s.jobs, job_rows)):
+                if rows:
+                    conn.execute(insert(table), rows)
+            default = default_branch_of(conn, endpoint)
+            write_facts(conn, [derive(endpoint, tree, default) for tree in trees])
 
     def iter_trees(self, project: str | None = None, endpoint: str | None = None) -> Iterator[StoredTree]:
         """Every stored tree, by endpoint then pipeline number; memory bounded by a chunk."""
@@ -298,7 +283,7 @@ class Store:
                 chunk = keys[start : start + _CHUNK]
                 ids = [k.id for k in chunk]
                 data = dict(conn.execute(select(p.id, p.data).where(p.id.in_(ids))).all())
-                trees = _assemble(conn, [(pid, data[pid]) for pid in ids])
+                trees = assemble_trees(conn, [(pid, data[pid]) for pid in ids])
                 for k in chunk:
                     yield StoredTree(k.endpoint, k.native, k.origin, k.updated_on or 0.0, trees[k.id])
 
@@ -400,6 +385,42 @@ class Store:
             return [LeaseInfo(*r) for r in rows]
 
 
+def _raw_rows(
+    endpoint: str, tree: dict[str, Any], fetched_at: float, is_final: bool
+) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
+    """The rows of the raw tables for one tree: the API's JSON as sent, split by level."""
+    pipeline = {k: v for k, v in tree.items() if k != "workflows"}
+    pid = pipeline["id"]
+    workflow_rows, job_rows = [], []
+    for w_seq, workflow in enumerate(tree.get("workflows") or []):
+        wf = {k: v for k, v in workflow.items() if k != "jobs"}
+        workflow_rows.append({"id": wf["id"], "pipeline_id": pid, "seq": w_seq, "data": dumps(wf)})
+        for j_seq, job in enumerate(workflow.get("jobs") or []):
+            raw = {k: v for k, v in job.items() if k != "details"}
+            details = job.get("details")
+            job_rows.append(
+                {
+                    "workflow_id": wf["id"],
+                    "id": raw["id"],
+                    "pipeline_id": pid,
+                    "seq": j_seq,
+                    "data": dumps(raw),
+                    "details": None if details is None else dumps(details),
+                }
+            )
+    pipeline_row = {
+        "id": pid,
+        "endpoint": endpoint,
+        "number": pipeline.get("number"),
+        "created_at": parse_ts(pipeline.get("created_at")),
+        "updated_on": tree_updated_on(tree),
+        "fetched_at": fetched_at,
+        "is_final": is_final,
+        "data": dumps(pipeline),
+    }
+    return pipeline_row, workflow_rows, job_rows
+
+
 def tree_updated_on(tree: dict[str, Any]) -> float:
     """Latest timestamp anywhere in a pipeline tree."""
     stamps = [parse_ts(tree.get("updated_at")), parse_ts(tree.get("created_at"))]
@@ -418,7 +439,7 @@ def _count_by_endpoint(conn: Connection, source: Any, *where: Any) -> dict[str, 
     return {endpoint: count for endpoint, count in conn.execute(query)}
 
 
-def _assemble(conn: Connection, pipelines: Sequence[tuple[str, str]]) -> dict[str, dict[str, Any]]:
+def assemble_trees(conn: Connection, pipelines: Sequence[tuple[str, str]]) -> dict[str, dict[str, Any]]:
     """Rebuild trees for (pipeline id, pipeline JSON) pairs with two queries."""
     ids = [pid for pid, _ in pipelines]
     w, j = s.workflows.c, s.jobs.c
