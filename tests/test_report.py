@@ -228,7 +228,10 @@ def test_json_to_stdout_stays_json_with_html(store: Store, tmp_path: Path) -> No
 
 def test_window_and_branch_reach_the_metrics(store: Store) -> None:
     r = build_report(
-        store, since=datetime(2026, 11, 2, tzinfo=UTC), until=datetime(2026, 11, 3, tzinfo=UTC), branch="*"
+        store,
+        since=datetime(2026, 11, 2, tzinfo=UTC).timestamp(),
+        until=datetime(2026, 11, 3, tzinfo=UTC).timestamp(),
+        branch="*",
     )
     assert sorted((w.project_slug, w.runs) for w in r.workflows) == [("gh/acme/api", 1), ("gh/other/lib", 1)]
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from circleci_ds import __version__
 from circleci_ds.export import BACKEND_NAME, uuid
-from circleci_ds.facts import JobFact, PipelineFact, WorkflowFact, default_branch, derive
+from circleci_ds.facts import JobFact, PipelineFact, WorkflowFact, as_dict, as_list, default_branch, derive
 from circleci_ds.store import StoredTree
 from circleci_ds.times import iso, stamp
 
@@ -110,13 +110,13 @@ def enrich_tree(tree: StoredTree, default: str | None, enriched_on: str | None) 
     Derived values (branch, durations, rerun indexes, waits) are the facts' (circleci_ds.facts).
     """
     facts = derive(tree.endpoint, tree.data, default)
-    workflows = [w for w in tree.data.get("workflows") or [] if isinstance(w, dict)]
+    workflows = [w for w in as_list(tree.data.get("workflows")) if isinstance(w, dict)]
     common = _common_fields(tree, facts.pipeline, default, enriched_on)
     yield _pipeline_doc(tree, common, workflows)
     jobs = iter(facts.jobs)
     for workflow, workflow_fact in zip(workflows, facts.workflows, strict=True):
         yield _workflow_doc(tree, common, workflow, workflow_fact)
-        for job in workflow.get("jobs") or []:
+        for job in as_list(workflow.get("jobs")):
             if isinstance(job, dict):
                 yield _job_doc(tree, common, workflow, workflow_fact, job, next(jobs))
 
@@ -125,8 +125,8 @@ def _common_fields(
     tree: StoredTree, pipeline: PipelineFact, default: str | None, enriched_on: str | None
 ) -> dict[str, Any]:
     data = tree.data
-    vcs = data.get("vcs") if isinstance(data.get("vcs"), dict) else {}
-    trigger = data.get("trigger") if isinstance(data.get("trigger"), dict) else {}
+    vcs = as_dict(data.get("vcs"))
+    trigger = as_dict(data.get("trigger"))
     updated_on = iso(tree.updated_on) if tree.updated_on else None
     return {
         "origin": tree.origin,
@@ -179,10 +179,12 @@ def _status_counts(prefix: str, statuses: tuple[str, ...], items: list[Any]) -> 
     return counts
 
 
-def _pipeline_doc(tree: StoredTree, common: dict[str, Any], workflows: list[dict[str, Any]]) -> dict[str, Any]:
+def _pipeline_doc(
+    tree: StoredTree, common: dict[str, Any], workflows: list[dict[str, Any]]
+) -> dict[str, Any]:
     pipeline = tree.data
     _, created = stamp(pipeline.get("created_at"))
-    errors = pipeline.get("errors") if isinstance(pipeline.get("errors"), list) else []
+    errors = as_list(pipeline.get("errors"))
     doc = _typed(tree, common, "pipeline", pipeline.get("id"))
     doc.update(
         {
@@ -227,7 +229,7 @@ def _workflow_doc(
             "errored_by": workflow.get("errored_by"),
         }
     )
-    jobs = workflow.get("jobs") if isinstance(workflow.get("jobs"), list) else []
+    jobs = as_list(workflow.get("jobs"))
     doc.update(_status_counts("jobs", JOB_STATUSES, jobs))
     return doc
 
@@ -240,9 +242,9 @@ def _job_doc(
     job: dict[str, Any],
     fact: JobFact,
 ) -> dict[str, Any]:
-    details = job.get("details") if isinstance(job.get("details"), dict) else {}
-    executor = details.get("executor") if isinstance(details.get("executor"), dict) else {}
-    contexts = details.get("contexts") if isinstance(details.get("contexts"), list) else []
+    details = as_dict(job.get("details"))
+    executor = as_dict(details.get("executor"))
+    contexts = as_list(details.get("contexts"))
     _, created_at = stamp(details.get("created_at"))
     _, workflow_created_at = stamp(workflow.get("created_at"))
     # Job details carry milliseconds, the job list does not: prefer the details (as the facts do).

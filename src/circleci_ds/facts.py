@@ -121,11 +121,11 @@ def _text(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def _dict(value: Any) -> dict[str, Any]:
+def as_dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _list(value: Any) -> list[Any]:
+def as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
@@ -135,8 +135,8 @@ def _int(value: Any) -> int | None:
 
 def branch_of(pipeline: dict[str, Any]) -> tuple[str | None, str | None]:
     """(branch, the field it came from); see the module rules."""
-    vcs = _dict(pipeline.get("vcs"))
-    git = _dict(_dict(pipeline.get("trigger_parameters")).get("git"))
+    vcs = as_dict(pipeline.get("vcs"))
+    git = as_dict(as_dict(pipeline.get("trigger_parameters")).get("git"))
     for source, value in zip(
         BRANCH_SOURCES, (vcs.get("branch"), vcs.get("tag"), git.get("branch"), git.get("tag")), strict=True
     ):
@@ -147,7 +147,7 @@ def branch_of(pipeline: dict[str, Any]) -> tuple[str | None, str | None]:
 
 def default_branch(info: Any) -> str | None:
     """The default branch from a GET /project/{slug} answer."""
-    vcs_info = _dict(_dict(info).get("vcs_info"))
+    vcs_info = as_dict(as_dict(info).get("vcs_info"))
     return _text(vcs_info.get("default_branch"))
 
 
@@ -174,8 +174,8 @@ def rerun_order(workflows: list[dict[str, Any]], reader: TimeReader) -> dict[int
 def derive(endpoint: str, tree: dict[str, Any], default_branch: str | None) -> TreeFacts:
     """All facts of one pipeline tree (pipeline + workflows[] + jobs[] + details)."""
     reader = TimeReader()
-    vcs = _dict(tree.get("vcs"))
-    trigger = _dict(tree.get("trigger"))
+    vcs = as_dict(tree.get("vcs"))
+    trigger = as_dict(tree.get("trigger"))
     branch, source = branch_of(tree)
     created = reader.read(tree.get("created_at"))
     received = reader.read(trigger.get("received_at"))
@@ -188,16 +188,20 @@ def derive(endpoint: str, tree: dict[str, Any], default_branch: str | None) -> T
         commit=_text(vcs.get("revision")),
         triggered=received if received is not None else created,
     )
-    workflows = [w for w in _list(tree.get("workflows")) if isinstance(w, dict)]
+    workflows = [w for w in as_list(tree.get("workflows")) if isinstance(w, dict)]
     order = rerun_order(workflows, reader)
     job_facts: list[list[JobFact]] = [_job_facts(ctx, w, reader) for w in workflows]
     workflow_facts: list[WorkflowFact] = []
     for position, workflow in enumerate(workflows):
         index, previous = order[position]
-        kind = _rerun_kind(workflow, job_facts[position], job_facts[previous]) if previous is not None else None
+        kind = (
+            _rerun_kind(workflow, job_facts[position], job_facts[previous]) if previous is not None else None
+        )
         rerun_of = str(workflows[previous].get("id")) if previous is not None else None
-        workflow_facts.append(_workflow_fact(ctx, workflow, job_facts[position], index, rerun_of, kind, reader))
-    actor = _dict(trigger.get("actor"))
+        workflow_facts.append(
+            _workflow_fact(ctx, workflow, job_facts[position], index, rerun_of, kind, reader)
+        )
+    actor = as_dict(trigger.get("actor"))
     pipeline = PipelineFact(
         id=ctx.pipeline_id,
         endpoint=endpoint,
@@ -208,7 +212,7 @@ def derive(endpoint: str, tree: dict[str, Any], default_branch: str | None) -> T
         branch_source=source,
         is_default_branch=ctx.is_default,
         commit=ctx.commit,
-        subject=_text(_dict(vcs.get("commit")).get("subject")),
+        subject=_text(as_dict(vcs.get("commit")).get("subject")),
         author=_text(actor.get("login")),
         trigger_type=_text(trigger.get("type")),
         state=_text(tree.get("state")),
@@ -277,7 +281,7 @@ def _workflow_fact(
 
 
 def _job_facts(ctx: _Context, workflow: dict[str, Any], reader: TimeReader) -> list[JobFact]:
-    jobs = [j for j in _list(workflow.get("jobs")) if isinstance(j, dict)]
+    jobs = [j for j in as_list(workflow.get("jobs")) if isinstance(j, dict)]
     workflow_created = parse_silently(workflow.get("created_at"))
     stops = {j.get("id"): parse_silently(j.get("stopped_at")) for j in jobs}
     return [_job_fact(ctx, workflow, job, workflow_created, stops, reader) for job in jobs]
@@ -296,14 +300,14 @@ def _job_fact(
     stops: dict[Any, float | None],
     reader: TimeReader,
 ) -> JobFact:
-    details = _dict(job.get("details"))
+    details = as_dict(job.get("details"))
     # Job details carry milliseconds, the job list does not: prefer the details.
     started = reader.read(details.get("started_at") or job.get("started_at"))
     stopped = reader.read(details.get("stopped_at") or job.get("stopped_at"))
     queued = reader.read(details.get("queued_at"))
     status = str(job.get("status"))
     is_approval = job.get("type") == "approval"
-    dependencies = [d for d in _list(job.get("dependencies")) if isinstance(d, str)]
+    dependencies = [d for d in as_list(job.get("dependencies")) if isinstance(d, str)]
     wait = None
     if is_approval and stopped is not None and status == "success":
         dep_stops = [s for d in dependencies if (s := stops.get(d)) is not None]
@@ -318,7 +322,9 @@ def _job_fact(
         name=str(job.get("name")),
         type=_text(job.get("type")),
         status=status,
-        number=_int(job.get("job_number")) if job.get("job_number") is not None else _int(details.get("number")),
+        number=_int(job.get("job_number"))
+        if job.get("job_number") is not None
+        else _int(details.get("number")),
         executed=not is_approval and (started is not None or status in _STARTED_STATUSES),
         branch=ctx.branch,
         commit=ctx.commit,
@@ -340,9 +346,9 @@ def _non_negative(seconds: float | None) -> float | None:
 def job_seconds(duration_ms: Any, started: float | None, stopped: float | None) -> float | None:
     """Job-details `duration` (milliseconds) when given, else stopped - started."""
     # A job that never started reports duration 0: that is "unknown", not "instant".
-    if isinstance(duration_ms, int | float) and not isinstance(duration_ms, bool) and 0 <= duration_ms < math.inf:
-        if duration_ms > 0 or started is not None:
-            return round(duration_ms / 1000, 3)
+    usable = isinstance(duration_ms, int | float) and not isinstance(duration_ms, bool)
+    if usable and 0 <= duration_ms < math.inf and (duration_ms > 0 or started is not None):
+        return round(duration_ms / 1000, 3)
     return _non_negative(seconds_between(started, stopped))
 
 

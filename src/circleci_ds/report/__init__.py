@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+import time
 from pathlib import Path
 
 from rich.console import Console
 
-from circleci_ds.enrich import enrich_trees
-from circleci_ds.metrics import MetricsReport, compute_metrics
+from circleci_ds.metrics import MetricsReport, compute_report
 from circleci_ds.report.html import render_html, write_html
 from circleci_ds.report.terminal import print_tables
 from circleci_ds.store import Store
@@ -22,33 +21,54 @@ def build_report(
     store: Store,
     *,
     project: str | None = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
+    since: float | None = None,
+    until: float | None = None,
     branch: str | None = None,
+    bucket: str = "auto",
+    deploy_pattern: str | None = None,
+    now: float | None = None,
 ) -> MetricsReport:
-    """Enrich the stored trees (of one native project, or all) and compute the metrics."""
-    docs = enrich_trees(store.iter_trees(project), store.project_infos())
-    return compute_metrics(docs, since=since, until=until, branch=branch)
+    """The metrics of one window over the store's facts (of one native project, or all)."""
+    return compute_report(
+        store,
+        project=project,
+        since=since,
+        until=until,
+        branch=branch,
+        bucket=bucket,
+        deploy_pattern=deploy_pattern,
+        now=time.time() if now is None else now,
+    )
 
 
 def run_report(
     store: Store,
     *,
     project: str | None,
-    since: datetime | None,
-    until: datetime | None,
+    since: float | None,
+    until: float | None,
     branch: str | None,
     fmt: str,
     html_path: Path | None,
     console: Console,
-) -> None:
+    bucket: str = "auto",
+    deploy_pattern: str | None = None,
+) -> MetricsReport:
     """Print tables (fmt "table") or JSON (fmt "json") and, with html_path, write the HTML page.
 
     `branch`: None measures each project's default branch; "*" measures all branches.
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown report format {fmt!r} (expected one of {', '.join(FORMATS)})")
-    report = build_report(store, project=project, since=since, until=until, branch=branch)
+    report = build_report(
+        store,
+        project=project,
+        since=since,
+        until=until,
+        branch=branch,
+        bucket=bucket,
+        deploy_pattern=deploy_pattern,
+    )
     if fmt == "json":
         console.out(report.to_json(), highlight=False)
     else:
@@ -57,3 +77,4 @@ def run_report(
         write_html(report, html_path)
         if fmt == "table":  # JSON output stays pure JSON
             console.print(f"Wrote {html_path}", highlight=False, markup=False)
+    return report

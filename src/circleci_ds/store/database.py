@@ -159,6 +159,10 @@ class Store:
             with conn.begin():
                 yield conn
 
+    def snapshot(self) -> Any:
+        """A read transaction on one snapshot (for the metrics' queries)."""
+        return self._read()
+
     @contextmanager
     def _write(self) -> Iterator[Connection]:
         """A write transaction; on SQLite it takes the write lock up front so busy_timeout applies."""
@@ -259,7 +263,11 @@ class Store:
             conn.execute(delete(s.jobs).where(s.jobs.c.pipeline_id.in_(ids)))
             conn.execute(delete(s.workflows).where(s.workflows.c.pipeline_id.in_(ids)))
             conn.execute(delete(s.pipelines).where(s.pipelines.c.id.in_(ids)))
-            for table, rows in ((s.pipelines, pipeline_rows), (s.workflows, workflow_rows), (s.jobs, job_rows)):
+            for table, rows in (
+                (s.pipelines, pipeline_rows),
+                (s.workflows, workflow_rows),
+                (s.jobs, job_rows),
+            ):
                 if rows:
                     conn.execute(insert(table), rows)
             default = default_branch_of(conn, endpoint)
