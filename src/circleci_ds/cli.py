@@ -271,8 +271,19 @@ def export(
             docs = enrich_trees(store.iter_trees(project), store.project_infos())
         lines = ex.es_bulk(docs, raw=kind is Kind.raw) if fmt is Format.es_bulk else ex.ndjson(docs)
         _write_lines(lines)
+        _warn_unreadable_times(store.unreadable_timestamps(project))
     finally:
         store.close()
+
+
+def _warn_unreadable_times(count: int) -> None:
+    if count:
+        err.print(
+            f"warning: {count} stored timestamp(s) could not be read; they are null in derived data "
+            "(raw data is kept as sent)",
+            markup=False,
+            soft_wrap=True,
+        )
 
 
 def _write_lines(lines: Iterator[str]) -> None:

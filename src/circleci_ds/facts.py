@@ -155,11 +155,11 @@ def is_default(branch: str | None, default: str | None) -> bool | None:
     return None if branch is None or default is None else branch == default
 
 
-def rerun_order(workflows: list[dict[str, Any]], reader: TimeReader) -> dict[int, tuple[int, int | None]]:
+def rerun_order(workflows: list[dict[str, Any]]) -> dict[int, tuple[int, int | None]]:
     """Position of each workflow -> (rerun index, position of the run it repeats)."""
     by_name: dict[Any, list[tuple[float, int]]] = {}
     for position, workflow in enumerate(workflows):
-        created = reader.read(workflow.get("created_at"))
+        created = parse_silently(workflow.get("created_at"))  # counted with the workflow's own fact
         key = workflow.get("name") if isinstance(workflow.get("name"), str) else None
         by_name.setdefault(key, []).append((created if created is not None else float("inf"), position))
     order: dict[int, tuple[int, int | None]] = {}
@@ -189,7 +189,7 @@ def derive(endpoint: str, tree: dict[str, Any], default_branch: str | None) -> T
         triggered=received if received is not None else created,
     )
     workflows = [w for w in as_list(tree.get("workflows")) if isinstance(w, dict)]
-    order = rerun_order(workflows, reader)
+    order = rerun_order(workflows)
     job_facts: list[list[JobFact]] = [_job_facts(ctx, w, reader) for w in workflows]
     workflow_facts: list[WorkflowFact] = []
     for position, workflow in enumerate(workflows):

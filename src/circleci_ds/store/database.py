@@ -12,7 +12,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, delete, event, func, insert, select, text, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    and_,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError, SQLAlchemyError
 
@@ -274,26 +287,42 @@ class Store:
             write_facts(conn, [derive(endpoint, tree, default) for tree in trees])
 
     def iter_trees(self, project: str | None = None, endpoint: str | None = None) -> Iterator[StoredTree]:
-        """Every stored tree, by endpoint then pipeline number; memory bounded by a chunk."""
+        """Every stored tree, by endpoint then pipeline number; memory bounded by a page, whatever
+        the size of the history (keyset pages on one snapshot)."""
         p, e = s.pipelines.c, s.endpoints.c
-        query = (
-            select(p.id, p.endpoint, p.updated_on, e.native, e.origin)
-            .join(s.endpoints, e.slug == p.endpoint)
-            .order_by(p.endpoint, p.number, p.id)
-        )
+        number = func.coalesce(p.number, -1)
+        query = select(e.slug, e.native, e.origin).order_by(e.slug)
         if project is not None:
             query = query.where(e.native == project)
         if endpoint is not None:
-            query = query.where(p.endpoint == endpoint)
+            query = query.where(e.slug == endpoint)
         with self._read() as conn:
-            keys = conn.execute(query).all()
-            for start in range(0, len(keys), _CHUNK):
-                chunk = keys[start : start + _CHUNK]
-                ids = [k.id for k in chunk]
-                data = dict(conn.execute(select(p.id, p.data).where(p.id.in_(ids))).all())
-                trees = assemble_trees(conn, [(pid, data[pid]) for pid in ids])
-                for k in chunk:
-                    yield StoredTree(k.endpoint, k.native, k.origin, k.updated_on or 0.0, trees[k.id])
+            for slug, native, origin in conn.execute(query).all():
+                last: tuple[int, str] = (-2, "")
+                while True:
+                    page = conn.execute(
+                        select(p.id, number.label("n"), p.updated_on, p.data)
+                        .where(
+                            p.endpoint == slug, or_(number > last[0], and_(number == last[0], p.id > last[1]))
+                        )
+                        .order_by(number, p.id)
+                        .limit(_CHUNK)
+                    ).all()
+                    if not page:
+                        break
+                    trees = assemble_trees(conn, [(r.id, r.data) for r in page])
+                    for r in page:
+                        yield StoredTree(slug, native, origin, r.updated_on or 0.0, trees[r.id])
+                    last = (page[-1].n, page[-1].id)
+
+    def unreadable_timestamps(self, project: str | None = None) -> int:
+        """Timestamps in stored trees that could not be read (null in derived data)."""
+        pr, e = s.pipeline_runs.c, s.endpoints.c
+        query = select(func.coalesce(func.sum(pr.bad_times), 0)).join(s.endpoints, e.slug == pr.endpoint)
+        if project is not None:
+            query = query.where(e.native == project)
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
 
     # -- status ----------------------------------------------------------------------------
     def endpoint_statuses(self) -> list[EndpointStatus]:
