@@ -522,3 +522,27 @@ def test_percentile_by_hand() -> None:
     assert percentile([7], 0.95) == 7
     assert percentile([1, 2, 3, 4], 0.5) == 2.5
     assert percentile(list(range(1, 101)), 0.95) == pytest.approx(95.05)
+
+
+def test_a_late_failure_never_gives_a_negative_mttr(db_url: str) -> None:
+    """D1 fails two days after its creation (an approval waited), after D2 had already succeeded.
+
+      D1 created 11-01 10:00, failed  at 11-03 10:00
+      D2 created 11-01 12:00, success at 11-01 12:10
+      D3 created 11-02 09:00, success at 11-03 12:00
+    In created order D2 would "recover" D1 at -165,000 s; in finish order D2, D1 (red), D3: 7,200 s.
+    """
+    runs = [
+        ("D1", "failed", "11-01 10:00:00", "11-03 10:00:00"),
+        ("D2", "success", "11-01 12:00:00", "11-01 12:10:00"),
+        ("D3", "success", "11-02 09:00:00", "11-03 12:00:00"),
+    ]
+    store = Store.open(db_url)
+    store.ensure_endpoint(SLUG, "acme", "https://circleci.com/gh/acme/api")
+    for number, (wid, status, created, stopped) in enumerate(runs, start=1):
+        workflows = [wf(wid, status, created, stopped, [], "ship")]
+        tree = pipe(f"P{wid}", number, created, "main", f"c{number}", workflows)
+        store.save_tree(SLUG, tree.data, fetched_at=1.0, is_final=True)
+    w = one(report(store).workflows, workflow="ship")
+    assert (w.recoveries, w.mttr_mean) == (1, 7200)
+    store.close()
