@@ -236,3 +236,21 @@ def test_a_store_of_the_previous_schema_gets_its_facts(tmp_path: Path) -> None:
         assert conn.execute(select(s.job_runs.c.id).where(s.job_runs.c.executed.is_(True))).scalars().all()
         assert set(conn.execute(select(s.workflow_runs.c.is_default_branch)).scalars()) == {True}
     store.close()
+
+
+def test_a_default_branch_learnt_later_reaches_the_facts(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    store = Store.open(url)
+    store.ensure_endpoint(EP, "acme", "https://circleci.com/gh/acme/api")
+    store.save_tree(EP, tree(), fetched_at=1.0, is_final=True)
+    flags = "SELECT DISTINCT is_default_branch FROM {}"
+    with store.snapshot() as conn:
+        assert conn.exec_driver_sql(flags.format("job_runs")).scalars().all() == [None]
+    store.save_project_info(EP, {"vcs_info": {"default_branch": "main"}})
+    with store.snapshot() as conn:
+        for table in ("pipeline_runs", "workflow_runs", "job_runs"):
+            assert conn.exec_driver_sql(flags.format(table)).scalars().all() == [1]
+    store.save_project_info(EP, {"vcs_info": {"default_branch": "trunk"}})
+    with store.snapshot() as conn:
+        assert conn.exec_driver_sql(flags.format("workflow_runs")).scalars().all() == [0]
+    store.close()

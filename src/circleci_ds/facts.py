@@ -94,6 +94,7 @@ class JobFact:
     number: int | None
     executed: bool
     branch: str | None
+    is_default_branch: bool | None
     commit: str | None
     workflow_created: float | None  # jobs follow their workflow run into a window
     queued: float | None
@@ -327,6 +328,7 @@ def _job_fact(
         else _int(details.get("number")),
         executed=not is_approval and (started is not None or status in _STARTED_STATUSES),
         branch=ctx.branch,
+        is_default_branch=ctx.is_default,
         commit=ctx.commit,
         workflow_created=workflow_created,
         queued=queued,

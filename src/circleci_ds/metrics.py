@@ -271,12 +271,10 @@ class Scope:
             return None
         if self.branch is not None:
             return table.c.branch == self.branch
-        known = [(e, d) for e, d in self.defaults.items() if d is not None and e in self.endpoints]
+        # is_default_branch is kept in step with the project's default branch by the store
         unknown = [e for e in self.endpoints if self.defaults.get(e) is None]
-        return or_(
-            *[and_(table.c.endpoint == e, table.c.branch == d) for e, d in known],
-            table.c.endpoint.in_(unknown),
-        )
+        on_default = table.c.is_default_branch.is_(True)
+        return or_(on_default, table.c.endpoint.in_(unknown)) if unknown else on_default
 
 
 def window_bounds(

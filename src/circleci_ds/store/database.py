@@ -31,7 +31,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModu
 
 from circleci_ds.facts import derive
 from circleci_ds.store import schema as s
-from circleci_ds.store.facts_store import default_branch_of, write_facts
+from circleci_ds.store.facts_store import default_branch_of, set_default_branch, write_facts
 from circleci_ds.times import parse_ts
 
 DEFAULT_DB_URL = "sqlite:///circleci-ds.db"
@@ -227,10 +227,15 @@ class Store:
         return finished is not None and finished >= since
 
     def save_project_info(self, slug: str, info: dict[str, Any]) -> None:
+        """Store GET /project/{slug}; the facts' is_default_branch follows a changed default branch."""
         with self._write() as conn:
+            before = default_branch_of(conn, slug)
             conn.execute(
                 update(s.endpoints).where(s.endpoints.c.slug == slug).values(project_info=dumps(info))
             )
+            after = default_branch_of(conn, slug)
+            if after != before:
+                set_default_branch(conn, slug, after)
 
     def project_infos(self) -> dict[str, dict[str, Any]]:
         with self.engine.connect() as conn:
@@ -289,8 +294,7 @@ class Store:
     def iter_trees(self, project: str | None = None, endpoint: str | None = None) -> Iterator[StoredTree]:
         """Every stored tree, by endpoint then pipeline number; memory bounded by a page, whatever
         the size of the history (keyset pages on one snapshot)."""
-        p, e = s.pipelines.c, s.endpoints.c
-        number = func.coalesce(p.number, -1)
+        e = s.endpoints.c
         query = select(e.slug, e.native, e.origin).order_by(e.slug)
         if project is not None:
             query = query.where(e.native == project)
@@ -298,22 +302,10 @@ class Store:
             query = query.where(e.slug == endpoint)
         with self._read() as conn:
             for slug, native, origin in conn.execute(query).all():
-                last: tuple[int, str] = (-2, "")
-                while True:
-                    page = conn.execute(
-                        select(p.id, number.label("n"), p.updated_on, p.data)
-                        .where(
-                            p.endpoint == slug, or_(number > last[0], and_(number == last[0], p.id > last[1]))
-                        )
-                        .order_by(number, p.id)
-                        .limit(_CHUNK)
-                    ).all()
-                    if not page:
-                        break
+                for page in _pages_by_number(conn, slug):
                     trees = assemble_trees(conn, [(r.id, r.data) for r in page])
                     for r in page:
                         yield StoredTree(slug, native, origin, r.updated_on or 0.0, trees[r.id])
-                    last = (page[-1].n, page[-1].id)
 
     def unreadable_timestamps(self, project: str | None = None) -> int:
         """Timestamps in stored trees that could not be read (null in derived data)."""
@@ -420,6 +412,34 @@ class Store:
         with self.engine.connect() as conn:
             rows = conn.execute(select(le.endpoint, le.owner, le.expires_at, le.acquired_at))
             return [LeaseInfo(*r) for r in rows]
+
+
+def _pages_by_number(conn: Connection, endpoint: str) -> Iterator[Sequence[Any]]:
+    """An endpoint's pipelines in (number, id) order, unnumbered first, in keyset pages."""
+    p = s.pipelines.c
+    columns = (p.id, p.number, p.updated_on, p.data)
+    last_id = ""
+    while page := conn.execute(
+        select(*columns)
+        .where(p.endpoint == endpoint, p.number.is_(None), p.id > last_id)
+        .order_by(p.id)
+        .limit(_CHUNK)
+    ).all():
+        yield page
+        last_id = page[-1].id
+    last: tuple[int, str] | None = None
+    while True:
+        after = [] if last is None else [or_(p.number > last[0], and_(p.number == last[0], p.id > last[1]))]
+        page = conn.execute(
+            select(*columns)
+            .where(p.endpoint == endpoint, p.number.is_not(None), *after)
+            .order_by(p.number, p.id)
+            .limit(_CHUNK)
+        ).all()
+        if not page:
+            return
+        yield page
+        last = (page[-1].number, page[-1].id)
 
 
 def _raw_rows(

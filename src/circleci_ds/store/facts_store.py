@@ -11,7 +11,7 @@ import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, insert, select
+from sqlalchemy import Connection, case, delete, func, insert, select, update
 
 from circleci_ds import facts
 from circleci_ds.facts import TreeFacts, derive, row
@@ -38,6 +38,17 @@ def default_branch(info_json: str | None) -> str | None:
         return facts.default_branch(json.loads(info_json) if info_json else None)
     except ValueError:
         return None
+
+
+def set_default_branch(conn: Connection, endpoint: str, default: str | None) -> None:
+    """Keep is_default_branch in step when a project's default branch is (re)learnt."""
+    for table in s.FACT_TABLES:
+        flag = (
+            None
+            if default is None
+            else case((table.c.branch.is_(None), None), else_=table.c.branch == default)
+        )
+        conn.execute(update(table).where(table.c.endpoint == endpoint).values(is_default_branch=flag))
 
 
 def write_facts(conn: Connection, trees: Sequence[TreeFacts]) -> None:

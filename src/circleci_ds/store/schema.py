@@ -150,6 +150,7 @@ job_runs = Table(
     Column("number", BigInteger),
     Column("executed", Boolean, nullable=False),
     Column("branch", Text),
+    Column("is_default_branch", Boolean),
     Column("commit", Text),
     Column("workflow_created", Double),
     Column("queued", Double),
@@ -163,6 +164,10 @@ job_runs = Table(
 )
 
 FACT_TABLES = (pipeline_runs, workflow_runs, job_runs)
+# Reading trees back in (endpoint, number) order, a page at a time.
+pipelines_by_number = Index(
+    "ix_pipelines_endpoint_number", pipelines.c.endpoint, pipelines.c.number, pipelines.c.id
+)
 
 
 def _v1_core(conn: Connection) -> None:
@@ -178,6 +183,7 @@ def facts_tables(conn: Connection) -> None:
     from circleci_ds.store.facts_store import backfill_facts
 
     metadata.create_all(conn, tables=list(FACT_TABLES))
+    pipelines_by_number.create(conn, checkfirst=True)
     backfill_facts(conn)
 
 
