@@ -254,3 +254,27 @@ def test_a_default_branch_learnt_later_reaches_the_facts(tmp_path: Path) -> None
     with store.snapshot() as conn:
         assert conn.exec_driver_sql(flags.format("workflow_runs")).scalars().all() == [0]
     store.close()
+
+
+def test_enriched_documents_from_stored_facts_equal_derived_ones(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from circleci_ds.enrich import enrich_trees
+    from circleci_ds.simulator import SimConfig, SimProject, Simulator
+    from circleci_ds.simulator.render import render_project
+
+    sim = Simulator(SimConfig(seed=3, projects=[SimProject(EP, pipelines=25)]))
+    sim.advance(86400)
+    store = Store.open(f"sqlite:///{tmp_path / 's.db'}")
+    store.ensure_endpoint(EP, "acme", "https://circleci.com/gh/acme/api")
+    project = sim.history.project(EP)
+    assert project is not None
+    store.save_project_info(EP, render_project(project))
+    for data in sim.truth(EP):
+        store.save_tree(EP, data, fetched_at=1.0, is_final=True)
+    moment = datetime(2026, 11, 5, tzinfo=UTC)
+    stored = list(enrich_trees(store.iter_trees(with_facts=True), store.project_infos(), moment))
+    derived = list(enrich_trees(store.iter_trees(), store.project_infos(), moment))
+    assert all(t.facts is not None for t in store.iter_trees(with_facts=True))
+    assert len(stored) > 100 and stored == derived
+    store.close()

@@ -268,7 +268,7 @@ def export(
         else:
             from circleci_ds.enrich import enrich_trees
 
-            docs = enrich_trees(store.iter_trees(project), store.project_infos())
+            docs = enrich_trees(store.iter_trees(project, with_facts=True), store.project_infos())
         lines = ex.es_bulk(docs, raw=kind is Kind.raw) if fmt is Format.es_bulk else ex.ndjson(docs)
         _write_lines(lines)
         _warn_unreadable_times(store.unreadable_timestamps(project))

@@ -107,18 +107,25 @@ def enrich_trees(
 def enrich_tree(tree: StoredTree, default: str | None, enriched_on: str | None) -> Iterator[dict[str, Any]]:
     """The documents of one pipeline tree; `default` is the project's default branch, if known.
 
-    Derived values (branch, durations, rerun indexes, waits) are the facts' (circleci_ds.facts).
+    Derived values (branch, durations, rerun indexes, waits) are the facts': those stored beside the
+    tree when it carries them, else derived from it by the same pure functions (circleci_ds.facts).
     """
-    facts = derive(tree.endpoint, tree.data, default)
     workflows = [w for w in as_list(tree.data.get("workflows")) if isinstance(w, dict)]
+    jobs = sum(isinstance(j, dict) for w in workflows for j in as_list(w.get("jobs")))
+    facts = tree.facts
+    if facts is None or (len(facts.workflows), len(facts.jobs)) != (len(workflows), jobs):
+        facts = derive(tree.endpoint, tree.data, default)
+    workflow_facts = {f.id: f for f in facts.workflows}
+    job_facts = {(f.workflow_id, f.id): f for f in facts.jobs}
     common = _common_fields(tree, facts.pipeline, default, enriched_on)
     yield _pipeline_doc(tree, common, workflows)
-    jobs = iter(facts.jobs)
-    for workflow, workflow_fact in zip(workflows, facts.workflows, strict=True):
+    for workflow in workflows:
+        workflow_fact = workflow_facts[str(workflow.get("id"))]
         yield _workflow_doc(tree, common, workflow, workflow_fact)
         for job in as_list(workflow.get("jobs")):
             if isinstance(job, dict):
-                yield _job_doc(tree, common, workflow, workflow_fact, job, next(jobs))
+                fact = job_facts[(workflow_fact.id, str(job.get("id")))]
+                yield _job_doc(tree, common, workflow, workflow_fact, job, fact)
 
 
 def _common_fields(

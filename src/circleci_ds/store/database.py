@@ -29,9 +29,9 @@ from sqlalchemy import (
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError, SQLAlchemyError
 
-from circleci_ds.facts import derive
+from circleci_ds.facts import TreeFacts, derive
 from circleci_ds.store import schema as s
-from circleci_ds.store.facts_store import default_branch_of, set_default_branch, write_facts
+from circleci_ds.store.facts_store import default_branch_of, read_facts, set_default_branch, write_facts
 from circleci_ds.times import parse_ts
 
 DEFAULT_DB_URL = "sqlite:///circleci-ds.db"
@@ -49,6 +49,7 @@ class StoredTree:
     origin: str
     updated_on: float  # epoch seconds of the latest change in the tree
     data: dict[str, Any]  # pipeline + workflows[] + jobs[] + details
+    facts: TreeFacts | None = None  # as stored beside it, when asked for
 
 
 @dataclass(frozen=True)
@@ -291,7 +292,9 @@ class Store:
             default = default_branch_of(conn, endpoint)
             write_facts(conn, [derive(endpoint, tree, default) for tree in trees])
 
-    def iter_trees(self, project: str | None = None, endpoint: str | None = None) -> Iterator[StoredTree]:
+    def iter_trees(
+        self, project: str | None = None, endpoint: str | None = None, *, with_facts: bool = False
+    ) -> Iterator[StoredTree]:
         """Every stored tree, by endpoint then pipeline number; memory bounded by a page, whatever
         the size of the history (keyset pages on one snapshot)."""
         e = s.endpoints.c
@@ -303,9 +306,13 @@ class Store:
         with self._read() as conn:
             for slug, native, origin in conn.execute(query).all():
                 for page in _pages_by_number(conn, slug):
+                    ids = [r.id for r in page]
                     trees = assemble_trees(conn, [(r.id, r.data) for r in page])
+                    facts = read_facts(conn, ids) if with_facts else {}
                     for r in page:
-                        yield StoredTree(slug, native, origin, r.updated_on or 0.0, trees[r.id])
+                        yield StoredTree(
+                            slug, native, origin, r.updated_on or 0.0, trees[r.id], facts.get(r.id)
+                        )
 
     def unreadable_timestamps(self, project: str | None = None) -> int:
         """Timestamps in stored trees that could not be read (null in derived data)."""

@@ -60,6 +60,25 @@ def write_facts(conn: Connection, trees: Sequence[TreeFacts]) -> None:
     _insert(conn, s.job_runs, (row(j) for t in trees for j in t.jobs))
 
 
+def read_facts(conn: Connection, pipeline_ids: Sequence[str]) -> dict[str, TreeFacts]:
+    """The stored facts of these pipelines, as typed rows (pipeline id -> its facts)."""
+    ids = list(pipeline_ids)
+    pipelines = {
+        r.id: facts.PipelineFact(**r._asdict())
+        for r in conn.execute(select(s.pipeline_runs).where(s.pipeline_runs.c.id.in_(ids)))
+    }
+    workflows: dict[str, list[facts.WorkflowFact]] = {}
+    for r in conn.execute(select(s.workflow_runs).where(s.workflow_runs.c.pipeline_id.in_(ids))):
+        workflows.setdefault(r.pipeline_id, []).append(facts.WorkflowFact(**r._asdict()))
+    jobs: dict[str, list[facts.JobFact]] = {}
+    for r in conn.execute(select(s.job_runs).where(s.job_runs.c.pipeline_id.in_(ids))):
+        jobs.setdefault(r.pipeline_id, []).append(facts.JobFact(**r._asdict()))
+    return {
+        pid: TreeFacts(pipeline, workflows.get(pid, []), jobs.get(pid, []))
+        for pid, pipeline in pipelines.items()
+    }
+
+
 def delete_facts(conn: Connection, pipeline_ids: Sequence[str]) -> None:
     for table in (s.job_runs, s.workflow_runs, s.pipeline_runs):
         column = table.c.id if table is s.pipeline_runs else table.c.pipeline_id
