@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -320,9 +321,10 @@ def compute_report(
     branch: str | None = None,
     bucket: str = "auto",
     deploy_pattern: str | None = None,
-    now: float,
+    now: float | None = None,
 ) -> MetricsReport:
-    """Every metric over one window; see circleci_ds.definitions."""
+    """Every metric over one window (of one native project, or all); see circleci_ds.definitions."""
+    now = time.time() if now is None else now
     pattern = deploy_pattern or definitions.DEFAULT_DEPLOY_PATTERN
     with store.snapshot() as conn:
         endpoints = {

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from rich.console import Console
@@ -17,28 +16,7 @@ __all__ = ["build_report", "print_tables", "render_html", "run_report", "write_h
 FORMATS = ("table", "json")
 
 
-def build_report(
-    store: Store,
-    *,
-    project: str | None = None,
-    since: float | None = None,
-    until: float | None = None,
-    branch: str | None = None,
-    bucket: str = "auto",
-    deploy_pattern: str | None = None,
-    now: float | None = None,
-) -> MetricsReport:
-    """The metrics of one window over the store's facts (of one native project, or all)."""
-    return compute_report(
-        store,
-        project=project,
-        since=since,
-        until=until,
-        branch=branch,
-        bucket=bucket,
-        deploy_pattern=deploy_pattern,
-        now=time.time() if now is None else now,
-    )
+build_report = compute_report  # the metrics of one window over the store's facts
 
 
 def run_report(
