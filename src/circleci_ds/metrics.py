@@ -348,7 +348,8 @@ def compute_report(
 def _report(conn: Connection, scope: Scope, pattern: str, now: float) -> MetricsReport:
     since, until = iso(scope.since), iso(scope.until)
     flaky = flaky_jobs(conn, scope)
-    workflows = workflow_metrics(conn, scope)
+    groups = job_groups(conn, scope)
+    workflows = workflow_metrics(conn, scope, groups)
     return MetricsReport(
         generated_at=iso(now, ms=False) or "",
         since=since,
@@ -359,9 +360,9 @@ def _report(conn: Connection, scope: Scope, pattern: str, now: float) -> Metrics
         deploy_pattern=pattern,
         definitions=definitions.as_dict(),
         warnings=warnings(conn, scope),
-        projects=project_metrics(conn, scope, flaky),
+        projects=project_metrics(conn, scope, flaky, groups),
         workflows=workflows,
-        jobs=job_metrics(conn, scope),
+        jobs=job_metrics(conn, scope, groups),
         flaky_jobs=flaky,
         trends=trends(conn, scope),
         recent_failures=recent_failures(conn, scope),
@@ -435,7 +436,7 @@ def _timed_runs(scope: Scope, *groups: Any) -> Select[Any]:
     )
 
 
-def workflow_metrics(conn: Connection, scope: Scope) -> list[WorkflowMetrics]:
+def workflow_metrics(conn: Connection, scope: Scope, groups: list[JobGroup]) -> list[WorkflowMetrics]:
     """One entry per project and workflow name, sorted by project then workflow."""
     keys = (W.c.endpoint, W.c.name)
     rows = conn.execute(select(*keys, *_run_columns()).where(scope.where(W, W.c.created)).group_by(*keys))
@@ -450,7 +451,7 @@ def workflow_metrics(conn: Connection, scope: Scope) -> list[WorkflowMetrics]:
         scope.where(J, J.c.workflow_created), J.c.executed.is_(True)
     )
     queue = percentiles(conn, queue_rows, ("endpoint", "name"), "queue_time", (0.5,))
-    queue_totals = _queue_totals(conn, scope)
+    queue_totals = _summed(((g.endpoint, g.workflow), g.queue_total) for g in groups)
     recoveries = _grouped(mttr_recoveries(conn, scope))
     out = []
     for r in rows:
@@ -494,16 +495,17 @@ def workflow_metrics(conn: Connection, scope: Scope) -> list[WorkflowMetrics]:
 
 def _queued_jobs(scope: Scope) -> Select[Any]:
     return select(J.c.endpoint, J.c.workflow_name.label("name"), J.c.queue_time).where(
-        scope.where(J, J.c.workflow_created), J.c.executed.is_(True), J.c.queue_time.is_not(None)
+        _ran(scope), J.c.queue_time.is_not(None)
     )
 
 
-def _queue_totals(conn: Connection, scope: Scope) -> dict[tuple[str, str], float]:
-    q = _queued_jobs(scope).subquery()
-    rows = conn.execute(
-        select(q.c.endpoint, q.c.name, func.sum(q.c.queue_time)).group_by(q.c.endpoint, q.c.name)
-    )
-    return {(e, n): round(total, 3) for e, n, total in rows}
+def _summed(items: Iterable[tuple[Any, float | None]]) -> dict[Any, float]:
+    """Sums per key of the known values; keys without any are absent."""
+    out: dict[Any, float] = {}
+    for key, value in items:
+        if value is not None:
+            out[key] = round(out.get(key, 0.0) + value, 3)
+    return out
 
 
 def _mean(values: list[float]) -> float | None:
@@ -569,21 +571,22 @@ def time_to_green(conn: Connection, scope: Scope) -> dict[str, list[float]]:
 # -- projects: the organisation view -----------------------------------------------------------------
 
 
-def project_metrics(conn: Connection, scope: Scope, flaky: list[FlakyJob]) -> list[ProjectMetrics]:
+def project_metrics(
+    conn: Connection, scope: Scope, flaky: list[FlakyJob], groups: list[JobGroup]
+) -> list[ProjectMetrics]:
     """Totals per CircleCI project (endpoint), sorted by health (see definitions)."""
     rows = conn.execute(
         select(W.c.endpoint, *_run_columns()).where(scope.where(W, W.c.created)).group_by(W.c.endpoint)
     )
     medians = percentiles(conn, _timed_runs(scope, W.c.endpoint), ("endpoint",), "duration", (0.5,))
     queue = percentiles(conn, _queued_jobs(scope), ("endpoint",), "queue_time", (0.5,))
-    histograms = queue_histograms(conn, scope)
-    job_runs: dict[str, int] = dict(
-        conn.execute(
-            select(J.c.endpoint, func.count())
-            .where(scope.where(J, J.c.workflow_created), J.c.executed.is_(True))
-            .group_by(J.c.endpoint)
-        ).all()
-    )
+    histograms: dict[str, dict[str, int]] = {}
+    job_runs: dict[str, int] = defaultdict(int)
+    for g in groups:
+        job_runs[g.endpoint] += g.runs
+        counts = histograms.setdefault(g.endpoint, empty_histogram())
+        for label, count in zip(_bin_labels(), g.bins, strict=True):
+            counts[label] += count
     mttr = _grouped((key[0], seconds) for key, seconds in mttr_recoveries(conn, scope))
     green = time_to_green(conn, scope)
     flaky_count: dict[str, int] = defaultdict(int)
@@ -641,54 +644,72 @@ def empty_histogram() -> dict[str, int]:
     return dict.fromkeys(_bin_labels(), 0)
 
 
-def queue_histograms(conn: Connection, scope: Scope) -> dict[str, dict[str, int]]:
-    """Endpoint -> counts of queue times per bin, labelled `<1s`, `1s-5s`, ... `>=30m`."""
-    q = _queued_jobs(scope).subquery()
-    index = case(*[(q.c.queue_time < bound, i) for i, bound in enumerate(QUEUE_BINS)], else_=len(QUEUE_BINS))
-    labels = _bin_labels()
-    out: dict[str, dict[str, int]] = {}
-    for endpoint, bin_index, count in conn.execute(
-        select(q.c.endpoint, index.label("bin"), func.count()).group_by(q.c.endpoint, "bin")
-    ):
-        out.setdefault(endpoint, empty_histogram())[labels[bin_index]] = count
-    return out
-
-
 # -- jobs --------------------------------------------------------------------------------------------
 
 
-def job_metrics(conn: Connection, scope: Scope) -> list[JobMetrics]:
+@dataclass(frozen=True, slots=True)
+class JobGroup:
+    """Executed runs of one job (project, workflow name, job name) in the window."""
+
+    endpoint: str
+    workflow: str
+    job: str
+    runs: int
+    ok: int
+    failed: int
+    queue_total: float | None
+    bins: tuple[int, ...]  # queue times per QUEUE_BINS bin
+
+
+def _ran(scope: Scope) -> ColumnElement[bool]:
+    return and_(scope.where(J, J.c.workflow_created), J.c.executed.is_(True))
+
+
+def job_groups(conn: Connection, scope: Scope) -> list[JobGroup]:
+    """One pass over the window's job runs: counts, queue totals and queue histogram bins per job."""
+    queue = J.c.queue_time
+    index = case(*[(queue < bound, i) for i, bound in enumerate(QUEUE_BINS)], else_=len(QUEUE_BINS))
+    bins = [count_if(and_(queue.is_not(None), index == i)) for i in range(len(QUEUE_BINS) + 1)]
+    keys = (J.c.endpoint, J.c.workflow_name, J.c.name)
+    query = (
+        select(
+            *keys,
+            func.count(),
+            count_if(J.c.status == "success"),
+            count_if(J.c.status.in_(JOB_FAILED)),
+            func.sum(queue),
+            *bins,
+        )
+        .where(_ran(scope))
+        .group_by(*keys)
+    )
+    return [
+        JobGroup(r[0], r[1], r[2], r[3], r[4], r[5], r[6], tuple(r[7:])) for r in conn.execute(query)
+    ]
+
+
+def job_metrics(conn: Connection, scope: Scope, groups: list[JobGroup]) -> list[JobMetrics]:
     """One entry per project, workflow name and job name; job runs are executions only."""
     keys = (J.c.endpoint, J.c.workflow_name, J.c.name)
     names = ("endpoint", "workflow_name", "name")
-    ran = and_(scope.where(J, J.c.workflow_created), J.c.executed.is_(True))
-    rows = conn.execute(
-        select(
-            *keys,
-            func.count().label("runs"),
-            count_if(J.c.status == "success").label("ok"),
-            count_if(J.c.status.in_(JOB_FAILED)).label("failed"),
-        )
-        .where(ran)
-        .group_by(*keys)
-    )
+    ran = _ran(scope)
     durations = percentiles(
         conn, select(*keys, J.c.duration).where(ran, J.c.status == "success"), names, "duration", (0.5, 0.95)
     )
     queue = percentiles(conn, select(*keys, J.c.queue_time).where(ran), names, "queue_time", (0.5, 0.95))
     out = []
-    for r in rows:
-        key = (r.endpoint, r.workflow_name, r.name)
+    for g in groups:
+        key = (g.endpoint, g.workflow, g.job)
         d, q = durations.get(key, {}), queue.get(key, {})
         out.append(
             JobMetrics(
-                project_slug=r.endpoint,
-                workflow=r.workflow_name,
-                job=r.name,
-                runs=r.runs,
-                successful_runs=r.ok,
-                failed_runs=r.failed,
-                failure_rate=_ratio(r.failed, r.ok + r.failed),
+                project_slug=g.endpoint,
+                workflow=g.workflow,
+                job=g.job,
+                runs=g.runs,
+                successful_runs=g.ok,
+                failed_runs=g.failed,
+                failure_rate=_ratio(g.failed, g.ok + g.failed),
                 duration_p50=d.get(0.5),
                 duration_p95=d.get(0.95),
                 queue_time_p50=q.get(0.5),
