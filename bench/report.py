@@ -2,6 +2,7 @@
 on SQLite and on PostgreSQL.
 
     python bench/report.py [--jobs 100000 1000000] [--backend sqlite postgresql] [--workdir DIR]
+    python bench/report.py --url URL...     (measure stores generated before with --generate URL)
 
 Each store is generated in a child process from the simulator's history (its trees saved in bulk,
 raw rows and facts in the same transactions, 500 pipelines each; no HTTP). Each measurement then
@@ -182,6 +183,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--backend", nargs="+", default=["sqlite", "postgresql"])
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/circleci-ds-bench-report"))
+    parser.add_argument("--url", nargs="+", help="measure these existing stores instead (no generation)")
     parser.add_argument("--generate", metavar="URL", help=argparse.SUPPRESS)
     parser.add_argument("--measure", nargs=2, metavar=("WHAT", "URL"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -197,6 +199,13 @@ def main() -> None:
         return
     args.workdir.mkdir(parents=True, exist_ok=True)
     results = []
+    for url in args.url or []:
+        figures = run_one(url, 0, args.workdir, False)
+        figures.update(backend=url.split(":", 1)[0])
+        print(json.dumps(figures), flush=True)
+        results.append(figures)
+    if args.url:
+        return
     for backend in args.backend:
         for jobs in args.jobs:
             if backend == "sqlite":

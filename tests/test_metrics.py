@@ -37,7 +37,7 @@ from typing import Any
 
 import pytest
 
-from circleci_ds.metrics import ALL_BRANCHES, MetricsReport, recoveries
+from circleci_ds.metrics import ALL_BRANCHES, MetricsReport, greens, recoveries
 from circleci_ds.report import build_report
 from circleci_ds.sqlstats import percentile
 from circleci_ds.store import Store, StoredTree
@@ -546,3 +546,16 @@ def test_a_late_failure_never_gives_a_negative_mttr(db_url: str) -> None:
     w = one(report(store).workflows, workflow="ship")
     assert (w.recoveries, w.mttr_mean) == (1, 7200)
     store.close()
+
+
+def test_time_to_green_waits_for_every_red_workflow() -> None:
+    finished = [
+        ("A", "success", 50),
+        ("A", "failed", 100),  # red from 100
+        ("B", "failed", 150),  # still red
+        ("A", "success", 200),  # B is still red
+        ("C", "success", 250),  # C was never red: changes nothing
+        ("B", "success", 300),  # all green at 300: 200
+        ("C", "error", 400),  # red from 400, never cleared
+    ]
+    assert list(greens(finished)) == [200]

@@ -55,6 +55,7 @@ def expected_ref(pipeline: Pipeline) -> str | None:
 @dataclass
 class TruthRun:
     slug: str
+    id: str
     name: str
     ref: str | None
     status: str
@@ -103,6 +104,7 @@ def truth_run(slug: str, pipeline: Pipeline, w: Workflow, by_id: dict[str, Workf
     ]
     return TruthRun(
         slug=slug,
+        id=w.id,
         name=w.name,
         ref=expected_ref(pipeline),
         status=status_at(w.run.timeline, now),
@@ -133,12 +135,34 @@ def recovery_seconds(runs: list[TruthRun]) -> list[float]:
             by_ref[run.ref].append(run)
     for group in by_ref.values():
         red: float | None = None
-        for run in sorted(group, key=lambda r: r.stopped or 0.0):
+        for run in sorted(group, key=lambda r: (r.stopped or 0.0, r.id)):
             if run.status != "success" and red is None:
                 red = run.stopped
             elif run.status == "success" and red is not None and run.stopped is not None:
                 out.append(run.stopped - red)
                 red = None
+    return out
+
+
+def green_seconds(runs: list[TruthRun]) -> list[float]:
+    """Per branch, in finish order: first failure while all green to the success that clears the last red."""
+    out = []
+    by_ref: dict[str | None, list[TruthRun]] = defaultdict(list)
+    for run in runs:
+        if run.stopped is not None and run.status in ("success", "failed", "error"):
+            by_ref[run.ref].append(run)
+    for group in by_ref.values():
+        failing: set[str] = set()
+        since = 0.0
+        for run in sorted(group, key=lambda r: (r.stopped or 0.0, r.id)):
+            if run.status != "success":
+                if not failing:
+                    since = run.stopped or 0.0
+                failing.add(run.name)
+            elif run.name in failing:
+                failing.remove(run.name)
+                if not failing:
+                    out.append((run.stopped or 0.0) - since)
     return out
 
 
@@ -228,7 +252,7 @@ def check(report: MetricsReport, runs: list[TruthRun], branch_of_project: dict[s
         assert project.branch == branch_of_project[project.project_slug]
         group = by_project[project.project_slug]
         assert project.runs_without_branch == sum(r.ref is None for r in group)
-        greens = recovery_seconds(group)
+        greens = green_seconds(group)
         assert project.time_to_green_mean == (pytest.approx(sum(greens) / len(greens)) if greens else None)
 
 

@@ -70,8 +70,8 @@ DEFINITIONS: tuple[Definition, ...] = (
     Definition(
         "time_to_green",
         "Time to green",
-        "Per branch, all workflows in finish order: from the end of the first failed run after a "
-        "success to the end of the next successful run.",
+        "Per branch, all workflows together in finish order: from the end of the first failed run "
+        "while every workflow was green to the end of the success that leaves no workflow red.",
     ),
     Definition(
         "rerun_rate",

@@ -535,6 +535,8 @@ def recoveries(ordered: Iterable[tuple[str, float]]) -> Iterator[float]:
 
 
 def _finished(scope: Scope, *keys: Any) -> Select[Any]:
+    """Finished successful or failed runs, ordered by the first two keys, then by when they finished."""
+    order = keys[:2] if len(keys) > 2 and keys[2] is W.c.name else keys
     return (
         select(*keys, W.c.status, W.c.stopped)
         .where(
@@ -542,7 +544,7 @@ def _finished(scope: Scope, *keys: Any) -> Select[Any]:
             W.c.status.in_(("success", *WORKFLOW_FAILED)),
             W.c.stopped.is_not(None),
         )
-        .order_by(*keys, W.c.stopped, W.c.id)
+        .order_by(*order, W.c.stopped, W.c.id)
     )
 
 
@@ -562,10 +564,28 @@ def mttr_recoveries(conn: Connection, scope: Scope) -> Iterator[tuple[tuple[str,
         yield (key[0], key[1]), seconds
 
 
+def greens(ordered: Iterable[tuple[str, str, float]]) -> Iterator[float]:
+    """Times to green of (workflow, status, stopped) of one branch in finish order: from the end of
+    the first failed run while all was green to the end of the success that leaves no workflow red."""
+    red: set[str] = set()
+    red_since: float | None = None
+    for workflow, status, stopped in ordered:
+        if status in WORKFLOW_FAILED:
+            red_since = stopped if not red else red_since
+            red.add(workflow)
+        elif status == "success" and workflow in red:
+            red.discard(workflow)
+            if not red and red_since is not None:
+                yield stopped - red_since
+
+
 def time_to_green(conn: Connection, scope: Scope) -> dict[str, list[float]]:
     """Endpoint -> times to green of its branches (all workflows of a branch in one sequence)."""
-    query = _finished(scope, W.c.endpoint, W.c.branch)
-    return _grouped((key[0], seconds) for key, seconds in _sequence_recoveries(conn, query, 2))
+    query = _finished(scope, W.c.endpoint, W.c.branch, W.c.name)
+    out: dict[str, list[float]] = defaultdict(list)
+    for (endpoint, _), group in groupby(stream(conn, query), key=lambda r: (r.endpoint, r.branch)):
+        out[endpoint] += greens((r.name, r.status, r.stopped) for r in group)
+    return out
 
 
 # -- projects: the organisation view -----------------------------------------------------------------
