@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from circleci_ds.times import TimeReader, seconds_between
@@ -114,12 +114,17 @@ class TreeFacts:
 
 
 def row(fact: PipelineFact | WorkflowFact | JobFact) -> dict[str, Any]:
-    """The fact as a table row (column names are the field names)."""
-    return asdict(fact)
+    """The fact as a table row (column names are the field names); shallow, as every value is plain."""
+    return {name: getattr(fact, name) for name in _FIELD_NAMES[type(fact).__name__]}
 
 
 def _text(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
+
+
+_FIELD_NAMES = {
+    kind.__name__: tuple(f.name for f in fields(kind)) for kind in (PipelineFact, WorkflowFact, JobFact)
+}
 
 
 def as_dict(value: Any) -> dict[str, Any]:
