@@ -61,27 +61,29 @@ def percentiles(
         .where(val.is_not(None))
         .subquery()
     )
-    wanted = []
-    for q in qs:
-        low = floor_int((ranked.c.n - 1) * q, conn.dialect.name)
-        wanted.append(or_(ranked.c.rn == low, ranked.c.rn == low + 1))
+    # The lower rank of each quantile as the database computes it, returned so both sides agree.
+    lows = [floor_int((ranked.c.n - 1) * q, conn.dialect.name).label(f"low{i}") for i, q in enumerate(qs)]
+    wanted = or_(*[or_(ranked.c.rn == low, ranked.c.rn == low + 1) for low in lows])
     rows = conn.execute(
-        select(*[ranked.c[g] for g in groups], ranked.c.v, ranked.c.rn, ranked.c.n).where(or_(*wanted))
+        select(*[ranked.c[g] for g in groups], ranked.c.v, ranked.c.rn, ranked.c.n, *lows).where(wanted)
     )
     picked: dict[Group, dict[int, float]] = {}
-    sizes: dict[Group, int] = {}
+    shape: dict[Group, tuple[int, list[int]]] = {}
+    width = len(groups)
     for r in rows:
-        group = tuple(r[: len(groups)])
+        group = tuple(r[:width])
         picked.setdefault(group, {})[r.rn] = r.v
-        sizes[group] = r.n
-    return {g: {q: _interpolate(ranks, sizes[g], q) for q in qs} for g, ranks in picked.items()}
+        shape[group] = (r.n, list(r[width + 3 :]))
+    return {
+        g: {q: _interpolate(ranks, shape[g][0], q, shape[g][1][i]) for i, q in enumerate(qs)}
+        for g, ranks in picked.items()
+    }
 
 
-def _interpolate(ranks: dict[int, float], n: int, q: float) -> float:
-    position = (n - 1) * q
-    low = math.floor(position)  # the same IEEE product the database floored
+def _interpolate(ranks: dict[int, float], n: int, q: float, low: int) -> float:
     high = min(low + 1, n - 1)
-    return ranks[low] + (ranks[high] - ranks[low]) * (position - low)
+    fraction = min(max((n - 1) * q - low, 0.0), 1.0)
+    return ranks[low] + (ranks[high] - ranks[low]) * fraction
 
 
 def percentile(ordered: Sequence[float], q: float) -> float | None:
