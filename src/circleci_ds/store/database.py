@@ -35,7 +35,7 @@ from circleci_ds.store.facts_store import default_branch_of, read_facts, set_def
 from circleci_ds.times import parse_ts
 
 DEFAULT_DB_URL = "sqlite:///circleci-ds.db"
-_CHUNK = 400  # pipelines per IN (...) query when reading trees back
+_CHUNK = 100  # pipelines per page when reading trees back (a page of parsed trees is the memory bound)
 
 
 class StoreError(Exception):
