@@ -10,13 +10,25 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from circleci_ds import __version__
 from circleci_ds.export import BACKEND_NAME, uuid
-from circleci_ds.facts import JobFact, PipelineFact, WorkflowFact, as_dict, as_list, default_branch, derive
+from circleci_ds.facts import (
+    JobFact,
+    PipelineFact,
+    WorkflowFact,
+    as_dict,
+    as_list,
+    default_branch,
+    derive,
+    rerun_order,
+)
 from circleci_ds.store import StoredTree
 from circleci_ds.times import iso, stamp
+
+if TYPE_CHECKING:
+    from circleci_ds.people import People
 
 WORKFLOW_STATUSES = (
     "success",
@@ -89,6 +101,7 @@ def enrich_trees(
     trees: Iterable[StoredTree],
     project_infos: dict[str, dict[str, Any]],
     enriched_on: datetime | None = None,
+    people: People | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Enriched documents for each tree: its pipeline, then its workflows, then their jobs.
 
@@ -101,11 +114,15 @@ def enrich_trees(
         moment = moment.replace(tzinfo=UTC)
     enriched = iso(moment.timestamp())
     for tree in trees:
-        yield from enrich_tree(tree, default_branch(project_infos.get(tree.endpoint)), enriched)
+        yield from enrich_tree(tree, default_branch(project_infos.get(tree.endpoint)), enriched, people)
 
 
-def enrich_tree(tree: StoredTree, default: str | None, enriched_on: str | None) -> Iterator[dict[str, Any]]:
+def enrich_tree(
+    tree: StoredTree, default: str | None, enriched_on: str | None, people: People | None = None
+) -> Iterator[dict[str, Any]]:
     """The documents of one pipeline tree; `default` is the project's default branch, if known.
+
+    With `people`, documents also carry who did what (see people.People.enriched_fields).
 
     Derived values (branch, durations, rerun indexes, waits) are the facts': those stored beside the
     tree when it carries them, else derived from it by the same pure functions (circleci_ds.facts).
@@ -118,14 +135,34 @@ def enrich_tree(tree: StoredTree, default: str | None, enriched_on: str | None) 
     workflow_facts = {f.id: f for f in facts.workflows}
     job_facts = {(f.workflow_id, f.id): f for f in facts.jobs}
     common = _common_fields(tree, facts.pipeline, default, enriched_on)
-    yield _pipeline_doc(tree, common, workflows)
+    yield _with_people(_pipeline_doc(tree, common, workflows), people, tree)
     for workflow in workflows:
         workflow_fact = workflow_facts[str(workflow.get("id"))]
-        yield _workflow_doc(tree, common, workflow, workflow_fact)
+        yield _with_people(_workflow_doc(tree, common, workflow, workflow_fact), people, tree, workflow)
         for job in as_list(workflow.get("jobs")):
             if isinstance(job, dict):
                 fact = job_facts[(workflow_fact.id, str(job.get("id")))]
-                yield _job_doc(tree, common, workflow, workflow_fact, job, fact)
+                doc = _job_doc(tree, common, workflow, workflow_fact, job, fact)
+                yield _with_people(doc, people, tree, workflow, job)
+
+
+def rerun_indexes(workflows: list[dict[str, Any]]) -> dict[Any, int]:
+    """Workflow id -> rerun index (0 for the first run of its name in the pipeline); see facts."""
+    order = rerun_order([w for w in as_list(workflows) if isinstance(w, dict)])
+    dicts = [w for w in as_list(workflows) if isinstance(w, dict)]
+    return {dicts[position].get("id"): index for position, (index, _) in order.items()}
+
+
+def _with_people(
+    doc: dict[str, Any],
+    people: People | None,
+    tree: StoredTree,
+    workflow: dict[str, Any] | None = None,
+    job: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    if people is not None:
+        doc.update(people.enriched_fields(tree, workflow, job))
+    return doc
 
 
 def _common_fields(
@@ -267,7 +304,7 @@ def _job_doc(
             "job_name": job.get("name"),
             "job_type": job.get("type"),
             "status": job.get("status"),
-            "is_executed": fact.executed,
+            "is_executed": int(fact.executed),  # 0/1 like the other is_* flags of da-ds
             "created_at": created_at,
             "queued_at": queued_at,
             "started_at": started_at,

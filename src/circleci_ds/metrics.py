@@ -292,6 +292,13 @@ def window_bounds(
     return since, until
 
 
+def in_time(created: float | None, since: float | None, until: float | None) -> bool:
+    """Whether a creation time lies in [since, until) (open bounds when None)."""
+    if created is None:
+        return since is None and until is None
+    return (since is None or created >= since) and (until is None or created < until)
+
+
 def choose_bucket(bucket: str, since: float, until: float) -> str:
     """ "day" or "week"; "auto" gives weeks past 45 days, when daily points get too noisy to read."""
     if bucket in ("day", "week"):
@@ -703,9 +710,7 @@ def job_groups(conn: Connection, scope: Scope) -> list[JobGroup]:
         .where(_ran(scope))
         .group_by(*keys)
     )
-    return [
-        JobGroup(r[0], r[1], r[2], r[3], r[4], r[5], r[6], tuple(r[7:])) for r in conn.execute(query)
-    ]
+    return [JobGroup(r[0], r[1], r[2], r[3], r[4], r[5], r[6], tuple(r[7:])) for r in conn.execute(query)]
 
 
 def job_metrics(conn: Connection, scope: Scope, groups: list[JobGroup]) -> list[JobMetrics]:

@@ -123,3 +123,13 @@ def parse_date(text: str) -> float:
     if epoch is None:
         raise ValueError(f"not a date: {text!r} (use e.g. 2026-01-31 or 2026-01-31T12:00:00Z)")
     return epoch
+
+
+def iso_ms(epoch: float | None) -> str | None:
+    """ISO-8601 UTC with a `Z`, milliseconds only when there are some; None stays None (see iso)."""
+    return iso(epoch)
+
+
+def iso_text(value: object) -> str | None:
+    """An API timestamp as ISO-8601 UTC; text already in that form is kept as is (see stamp)."""
+    return stamp(value)[1]

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 from rich.console import Console
 
+from circleci_ds.identities import Identities
 from circleci_ds.metrics import MetricsReport, compute_report
+from circleci_ds.people import People
+from circleci_ds.people_report import PeopleTally
 from circleci_ds.report.html import render_html, write_html
+from circleci_ds.report.people_section import people_html, print_people
 from circleci_ds.report.terminal import print_tables
 from circleci_ds.store import Store
+from circleci_ds.times import parse_ts
 
 __all__ = ["build_report", "print_tables", "render_html", "run_report", "write_html"]
 
@@ -31,6 +38,7 @@ def run_report(
     console: Console,
     bucket: str = "auto",
     deploy_pattern: str | None = None,
+    identities: Identities | None = None,
 ) -> MetricsReport:
     """Print tables (fmt "table") or JSON (fmt "json") and, with html_path, write the HTML page.
 
@@ -38,7 +46,7 @@ def run_report(
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown report format {fmt!r} (expected one of {', '.join(FORMATS)})")
-    report = build_report(
+    report = compute_report(
         store,
         project=project,
         since=since,
@@ -47,12 +55,32 @@ def run_report(
         bucket=bucket,
         deploy_pattern=deploy_pattern,
     )
+    # People: a section of their own, over the same window, from the trees that have runs in it.
+    start, end = _moment(report.since), _moment(report.until)
+    people = PeopleTally(
+        People.load(store, identities), store.project_infos(), since=start, until=end, branch=branch
+    )
+    for tree in store.iter_trees(
+        project, created=(start.timestamp(), end.timestamp()) if start and end else None
+    ):
+        people.tree(tree)
+    who = people.report()
     if fmt == "json":
-        console.out(report.to_json(), highlight=False)
+        console.out(
+            json.dumps({**report.to_dict(), "people": who.to_dict()}, indent=2, ensure_ascii=False),
+            highlight=False,
+        )
     else:
         print_tables(report, console)
+        if report.projects:
+            print_people(who, console)
     if html_path is not None:
-        write_html(report, html_path)
+        write_html(report, html_path, people_html(who))
         if fmt == "table":  # JSON output stays pure JSON
             console.print(f"Wrote {html_path}", highlight=False, markup=False)
     return report
+
+
+def _moment(text: str | None) -> datetime | None:
+    epoch = parse_ts(text)
+    return None if epoch is None else datetime.fromtimestamp(epoch, UTC)

@@ -101,8 +101,8 @@ def plotly_js() -> str:
     return get_plotlyjs()
 
 
-def render_html(report: MetricsReport) -> str:
-    """The whole page as a string."""
+def render_html(report: MetricsReport, extra_sections: str = "") -> str:
+    """The whole page as a string; `extra_sections` (markup, already escaped) go after the projects."""
     specs: list[dict[str, Any]] = []
     if report.projects:
         organisation = _organisation(report, specs)
@@ -110,6 +110,7 @@ def render_html(report: MetricsReport) -> str:
         body = organisation + "\n".join(sections)
     else:
         body = '<p class="empty">No workflow runs in this window.</p>'
+    body += extra_sections
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
@@ -120,11 +121,11 @@ def render_html(report: MetricsReport) -> str:
     )
 
 
-def write_html(report: MetricsReport, path: Path) -> None:
+def write_html(report: MetricsReport, path: Path, extra_sections: str = "") -> None:
     """Written beside the target and renamed, so a failed write never leaves half a report."""
     temporary = path.with_name(f".{path.name}.tmp")
     try:
-        temporary.write_text(render_html(report), encoding="utf-8")
+        temporary.write_text(render_html(report, extra_sections), encoding="utf-8")
         temporary.replace(path)
     finally:
         temporary.unlink(missing_ok=True)
@@ -149,7 +150,7 @@ def _footer(report: MetricsReport) -> str:
 def _organisation(report: MetricsReport, specs: list[dict[str, Any]]) -> str:
     charts = [c for c in (organisation_chart(report.projects),) if c is not None]
     cards = _chart_cards(charts, "org", specs)
-    table = _table(ORGANISATION, rows_of(ORGANISATION, report), with_project=True)
+    table = _spec_table(ORGANISATION, rows_of(ORGANISATION, report), with_project=True)
     return f'<section class="organisation" id="organisation"><h2>Organisation</h2>{cards}{table}</section>'
 
 
@@ -171,7 +172,7 @@ def _project_section(
     cards = _chart_cards(project_charts(report, project), str(index), specs)
     native = f'<span class="chip">{e(project.project)}</span>' if project.project else ""
     tables = "".join(
-        _table(spec, rows_of(spec, report, project.project_slug), with_project=False)
+        _spec_table(spec, rows_of(spec, report, project.project_slug), with_project=False)
         for spec in PROJECT_TABLES
     )
     return (
@@ -201,7 +202,7 @@ def _kpis(p: ProjectMetrics) -> str:
     return f'<div class="kpis">{cells}</div>'
 
 
-def _table(spec: TableSpec, items: list[Any], *, with_project: bool) -> str:
+def _spec_table(spec: TableSpec, items: list[Any], *, with_project: bool) -> str:
     """A card with the spec's table; every cell is escaped here."""
     columns = spec.visible(with_project)
     head = "".join(
@@ -222,6 +223,28 @@ def _table(spec: TableSpec, items: list[Any], *, with_project: bool) -> str:
     return (
         f'<div class="card" data-table="{e(spec.key)}"><h3>{e(spec.title)}</h3>'
         f'<p class="note">{e(spec.note)}</p>'
+        f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
+    )
+
+
+def _table(title: str, note: str, headers: list[str], rows: list[list[str]], numeric_from: int) -> str:
+    """A card with a table of cells already escaped (sections that have no spec yet: people)."""
+    head = "".join(
+        f'<th class="num">{e(h)}</th>' if i >= numeric_from else f"<th>{e(h)}</th>"
+        for i, h in enumerate(headers)
+    )
+    cells = [
+        "".join(
+            f'<td class="num">{c}</td>' if i >= numeric_from else f"<td>{c}</td>" for i, c in enumerate(row)
+        )
+        for row in rows
+    ]
+    body = (
+        "".join(f"<tr>{c}</tr>" for c in cells)
+        or f'<tr><td class="empty" colspan="{len(headers)}">None.</td></tr>'
+    )
+    return (
+        f'<div class="card"><h3>{e(title)}</h3><p class="note">{e(note)}</p>'
         f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
     )
 

@@ -32,6 +32,17 @@ def print_tables(report: MetricsReport, console: Console) -> None:
         print_table(console, build_table(spec, report))
 
 
+def _table(title: str, *columns: str, numeric_from: int = 1) -> Table:
+    """An empty table with plain headers (sections that have no spec yet: people)."""
+    table = Table(
+        title=title, title_justify="left", title_style="bold", header_style="bold cyan", box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )  # fmt: skip
+    for index, name in enumerate(columns):
+        table.add_column(name, justify="right" if index >= numeric_from else "left", overflow="fold")
+    return table
+
+
 def build_table(spec: TableSpec, report: MetricsReport) -> Table:
     table = Table(
         title=Text(spec.title, style="bold"),

@@ -49,6 +49,7 @@ class StoredTree:
     origin: str
     updated_on: float  # epoch seconds of the latest change in the tree
     data: dict[str, Any]  # pipeline + workflows[] + jobs[] + details
+    project_name: str | None = None  # the fixture's project name, when the collector recorded it
     facts: TreeFacts | None = None  # as stored beside it, when asked for
 
 
@@ -187,14 +188,20 @@ class Store:
                 yield conn
 
     # -- endpoints -------------------------------------------------------------------------
-    def ensure_endpoint(self, slug: str, native: str, origin: str) -> None:
-        """Register an endpoint; its origin, once set, stays (document ids depend on it)."""
+    def ensure_endpoint(self, slug: str, native: str, origin: str, project: str | None = None) -> None:
+        """Register an endpoint; its origin, once set, stays (document ids depend on it).
+
+        `project` is the fixture's project name; None leaves the stored one as it is.
+        """
         with self._write() as conn:
             found = conn.execute(select(s.endpoints.c.slug).where(s.endpoints.c.slug == slug)).first()
             if found is None:
                 conn.execute(insert(s.endpoints).values(slug=slug, native=native, origin=origin))
             else:
                 conn.execute(update(s.endpoints).where(s.endpoints.c.slug == slug).values(native=native))
+            if project is not None:
+                names = s.endpoint_projects
+                conn.execute(update(names).where(names.c.slug == slug).values(project=project))
 
     def checkpoint(self, slug: str) -> float | None:
         with self.engine.connect() as conn:
@@ -293,25 +300,35 @@ class Store:
             write_facts(conn, [derive(endpoint, tree, default) for tree in trees])
 
     def iter_trees(
-        self, project: str | None = None, endpoint: str | None = None, *, with_facts: bool = False
+        self,
+        project: str | None = None,
+        endpoint: str | None = None,
+        *,
+        with_facts: bool = False,
+        created: tuple[float, float] | None = None,
     ) -> Iterator[StoredTree]:
         """Every stored tree, by endpoint then pipeline number; memory bounded by a page, whatever
         the size of the history (keyset pages on one snapshot)."""
         e = s.endpoints.c
-        query = select(e.slug, e.native, e.origin).order_by(e.slug)
+        names = s.endpoint_projects.alias("names")
+        query = (
+            select(e.slug, e.native, e.origin, names.c.project)
+            .join(names, names.c.slug == e.slug)
+            .order_by(e.slug)
+        )
         if project is not None:
             query = query.where(e.native == project)
         if endpoint is not None:
             query = query.where(e.slug == endpoint)
         with self._read() as conn:
-            for slug, native, origin in conn.execute(query).all():
-                for page in _pages_by_number(conn, slug):
+            for slug, native, origin, name in conn.execute(query).all():
+                for page in _pages_by_number(conn, slug, created):
                     ids = [r.id for r in page]
                     trees = assemble_trees(conn, [(r.id, r.data) for r in page])
                     facts = read_facts(conn, ids) if with_facts else {}
                     for r in page:
                         yield StoredTree(
-                            slug, native, origin, r.updated_on or 0.0, trees[r.id], facts.get(r.id)
+                            slug, native, origin, r.updated_on or 0.0, trees[r.id], name, facts.get(r.id)
                         )
 
     def unreadable_timestamps(self, project: str | None = None) -> int:
@@ -421,14 +438,23 @@ class Store:
             return [LeaseInfo(*r) for r in rows]
 
 
-def _pages_by_number(conn: Connection, endpoint: str) -> Iterator[Sequence[Any]]:
-    """An endpoint's pipelines in (number, id) order, unnumbered first, in keyset pages."""
-    p = s.pipelines.c
+def _pages_by_number(
+    conn: Connection, endpoint: str, created: tuple[float, float] | None = None
+) -> Iterator[Sequence[Any]]:
+    """An endpoint's pipelines in (number, id) order, unnumbered first, in keyset pages; with
+    `created`, only those with a workflow run created in [since, until)."""
+    p, w = s.pipelines.c, s.workflow_runs.c
     columns = (p.id, p.number, p.updated_on, p.data)
+    window = []
+    if created is not None:
+        runs = select(w.pipeline_id).where(
+            w.endpoint == endpoint, w.created >= created[0], w.created < created[1]
+        )
+        window = [p.id.in_(runs)]
     last_id = ""
     while page := conn.execute(
         select(*columns)
-        .where(p.endpoint == endpoint, p.number.is_(None), p.id > last_id)
+        .where(p.endpoint == endpoint, p.number.is_(None), p.id > last_id, *window)
         .order_by(p.id)
         .limit(_CHUNK)
     ).all():
@@ -439,7 +465,7 @@ def _pages_by_number(conn: Connection, endpoint: str) -> Iterator[Sequence[Any]]
         after = [] if last is None else [or_(p.number > last[0], and_(p.number == last[0], p.id > last[1]))]
         page = conn.execute(
             select(*columns)
-            .where(p.endpoint == endpoint, p.number.is_not(None), *after)
+            .where(p.endpoint == endpoint, p.number.is_not(None), *after, *window)
             .order_by(p.number, p.id)
             .limit(_CHUNK)
         ).all()
