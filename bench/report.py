@@ -112,7 +112,7 @@ def measure_refresh(url: str) -> dict[str, Any]:
     sim = Simulator(SimConfig(seed=SEED, projects=[SimProject(slug, pipelines=100)], span_days=1))
     sim.advance(7 * 86400)
     trees = sim.truth(slug)
-    store = Store.open(url, create=False)
+    store = Store.open(url)  # a writer, as the collector
     store.ensure_endpoint(slug, NATIVE, f"https://circleci.com/{slug}")
     start, cpu = time.perf_counter(), cpu_s()
     for tree in trees:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from circleci_ds.display import plain
 from circleci_ds.identities import Identities
 from circleci_ds.metrics import MetricsReport, compute_report
 from circleci_ds.people import People
@@ -77,7 +78,7 @@ def run_report(
     if html_path is not None:
         write_html(report, html_path, people_html(who))
         if fmt == "table":  # JSON output stays pure JSON
-            console.print(f"Wrote {html_path}", highlight=False, markup=False)
+            console.print(plain(f"Wrote {html_path}"), highlight=False)
     return report
 
 

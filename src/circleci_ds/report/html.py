@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from circleci_ds.definitions import DEFINITIONS
+from circleci_ds.files import write_atomic
 from circleci_ds.metrics import MetricsReport, ProjectMetrics
 from circleci_ds.report import formatting as fmt
 from circleci_ds.report.charts import Chart, organisation_chart, project_charts
@@ -122,13 +123,7 @@ def render_html(report: MetricsReport, extra_sections: str = "") -> str:
 
 
 def write_html(report: MetricsReport, path: Path, extra_sections: str = "") -> None:
-    """Written beside the target and renamed, so a failed write never leaves half a report."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    try:
-        temporary.write_text(render_html(report, extra_sections), encoding="utf-8")
-        temporary.replace(path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    write_atomic(path, render_html(report, extra_sections))  # OutputError leaves a previous report as it was
 
 
 def _header(report: MetricsReport) -> str:

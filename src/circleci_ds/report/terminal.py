@@ -1,7 +1,7 @@
 """Rich tables for the terminal, drawn from the table specs (circleci_ds.report.spec).
 
-Every cell goes into a `Text` object, never into a markup string, so a job called `[red]x` prints
-as written (and a sanitiser for control characters can wrap `cell_text` alone).
+Every cell goes through `display.plain` into a `Text` object, never into a markup string, so a job
+called `[red]x` prints as written and control characters in it are replaced.
 """
 
 from __future__ import annotations
@@ -11,20 +11,21 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from circleci_ds.display import plain
 from circleci_ds.metrics import MetricsReport
 from circleci_ds.report.spec import TABLES, TableSpec, rows_of
 
 
 def cell_text(value: str) -> Text:
-    """External or formatted text as an inert rich Text."""
-    return Text(value)
+    """External or formatted text as an inert rich Text, control characters replaced."""
+    return plain(value)
 
 
 def print_tables(report: MetricsReport, console: Console) -> None:
     """The window, any warnings, then every table."""
-    console.print(Text(report.window, style="dim"))
+    console.print(plain(report.window, style="dim"))
     for warning in report.warnings:
-        console.print(Text(f"warning: {warning}", style="yellow"))
+        console.print(plain(f"warning: {warning}", style="yellow"))
     if not report.projects:
         console.print(Text("No workflow runs in this window."))
         return
