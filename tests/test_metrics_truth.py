@@ -126,16 +126,21 @@ def quantile(values: list[float], q: float) -> float | None:
     return ordered[below] * (1 - (rank - below)) + ordered[above] * (rank - below)
 
 
-def recovery_seconds(runs: list[TruthRun]) -> list[float]:
-    """Per branch, in finish order: first failure after green to the next success."""
-    out = []
+def finished_by_branch(runs: list[TruthRun]) -> list[list[TruthRun]]:
+    """Finished successful or failed runs of each branch, in finish order (ties by id)."""
     by_ref: dict[str | None, list[TruthRun]] = defaultdict(list)
     for run in runs:
         if run.stopped is not None and run.status in ("success", "failed", "error"):
             by_ref[run.ref].append(run)
-    for group in by_ref.values():
+    return [sorted(group, key=lambda r: (r.stopped or 0.0, r.id)) for group in by_ref.values()]
+
+
+def recovery_seconds(runs: list[TruthRun]) -> list[float]:
+    """Per branch, in finish order: first failure after green to the next success."""
+    out = []
+    for group in finished_by_branch(runs):
         red: float | None = None
-        for run in sorted(group, key=lambda r: (r.stopped or 0.0, r.id)):
+        for run in group:
             if run.status != "success" and red is None:
                 red = run.stopped
             elif run.status == "success" and red is not None and run.stopped is not None:
@@ -147,14 +152,10 @@ def recovery_seconds(runs: list[TruthRun]) -> list[float]:
 def green_seconds(runs: list[TruthRun]) -> list[float]:
     """Per branch, in finish order: first failure while all green to the success that clears the last red."""
     out = []
-    by_ref: dict[str | None, list[TruthRun]] = defaultdict(list)
-    for run in runs:
-        if run.stopped is not None and run.status in ("success", "failed", "error"):
-            by_ref[run.ref].append(run)
-    for group in by_ref.values():
+    for group in finished_by_branch(runs):
         failing: set[str] = set()
         since = 0.0
-        for run in sorted(group, key=lambda r: (r.stopped or 0.0, r.id)):
+        for run in group:
             if run.status != "success":
                 if not failing:
                     since = run.stopped or 0.0
