@@ -225,10 +225,10 @@ def test_a_store_of_the_previous_schema_gets_its_facts(tmp_path: Path) -> None:
         conn.execute(s.schema_version.insert().values(version=len(s.MIGRATIONS) - 1))
         conn.execute(s.endpoints.insert().values(slug=EP, native="acme", origin="o", project_info=json.dumps(
             {"vcs_info": {"default_branch": "main"}})))  # fmt: skip
-        pipeline, workflows, jobs = db._raw_rows(EP, hostile_tree(), 1.0, True)
-        conn.execute(s.pipelines.insert(), [pipeline])
-        conn.execute(s.workflows.insert(), workflows)
-        conn.execute(s.jobs.insert(), jobs)
+        rows = db.tree_rows(EP, hostile_tree(), fetched_at=1.0, is_final=True)
+        conn.execute(s.pipelines.insert(), [rows.pipeline])
+        conn.execute(s.workflows.insert(), rows.workflows)
+        conn.execute(s.jobs_numbered.insert(), rows.jobs)
     engine.dispose()
     store = Store.open(url)  # a writer (collect) upgrades; readers refuse old versions
     assert store.unreadable_timestamps() == 5

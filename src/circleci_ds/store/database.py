@@ -267,9 +267,15 @@ class Store:
             conn.execute(update(s.endpoints).where(s.endpoints.c.slug == slug).values(last_started=started))
 
     def record_finish(
-        self, slug: str, *, finished: float, error: str | None, checkpoint: float | None
+        self,
+        slug: str,
+        *,
+        finished: float,
+        error: str | None,
+        checkpoint: float | None,
+        job_frontier: int | None = None,
     ) -> None:
-        """End of an endpoint's run; the checkpoint moves only on success."""
+        """End of an endpoint's run; the checkpoint and the job frontier move only on success."""
         values: dict[str, Any] = {"last_finished": finished, "last_error": error}
         if error is None:
             values["last_success"] = finished
@@ -277,6 +283,63 @@ class Store:
                 values["checkpoint"] = checkpoint
         with self._write() as conn:
             conn.execute(update(s.endpoints).where(s.endpoints.c.slug == slug).values(**values))
+            if error is None and job_frontier is not None:
+                ew = s.endpoint_walk
+                conn.execute(update(ew).where(ew.c.slug == slug).values(job_frontier=job_frontier))
+
+    def job_numbers(self, slug: str) -> tuple[int | None, int | None]:
+        """(job frontier, highest stored job number) of an endpoint; None where unknown."""
+        ew, jn, p = s.endpoint_walk, s.jobs_numbered, s.pipelines.c
+        with self.engine.connect() as conn:
+            frontier = conn.execute(select(ew.c.job_frontier).where(ew.c.slug == slug)).scalar()
+            stored_max = conn.execute(
+                select(func.max(jn.c.job_number))
+                .select_from(jn.join(s.pipelines, p.id == jn.c.pipeline_id))
+                .where(p.endpoint == slug)
+            ).scalar()
+        return frontier, stored_max
+
+    def stored_job_numbers(self, slug: str, low: int, high: int) -> set[int]:
+        """The job numbers in [low, high] of jobs stored under the endpoint."""
+        jn, p = s.jobs_numbered, s.pipelines.c
+        query = (
+            select(jn.c.job_number)
+            .select_from(jn.join(s.pipelines, p.id == jn.c.pipeline_id))
+            .where(p.endpoint == slug, jn.c.job_number >= low, jn.c.job_number <= high)
+        )
+        with self.engine.connect() as conn:
+            return set(conn.execute(query).scalars())
+
+    def project_info_at(self, slug: str) -> float | None:
+        """When GET /project/{slug} was last tried (answered or not)."""
+        ew = s.endpoint_walk
+        with self.engine.connect() as conn:
+            return conn.execute(select(ew.c.project_info_at).where(ew.c.slug == slug)).scalar()
+
+    def note_project_info(self, slug: str, at: float, info: dict[str, Any] | None = None) -> None:
+        """Remember an attempt at the project info, and the info when there is some."""
+        with self._write() as conn:
+            ew = s.endpoint_walk
+            conn.execute(update(ew).where(ew.c.slug == slug).values(project_info_at=at))
+            if info is not None:
+                _set_project_info(conn, slug, info)
+
+    def save_project_info(self, slug: str, info: dict[str, Any]) -> None:
+        with self._write() as conn:
+            _set_project_info(conn, slug, info)
+
+    def recent_branches(self, slug: str, limit: int = 200) -> list[str | None]:
+        """Branches of the endpoint's newest stored pipelines, newest first."""
+        p = s.pipelines.c
+        query = select(p.data).where(p.endpoint == slug).order_by(p.created_at.desc()).limit(limit)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).scalars().all()
+        branches: list[str | None] = []
+        for data in rows:
+            vcs = json.loads(data).get("vcs")
+            branch = vcs.get("branch") if isinstance(vcs, dict) else None
+            branches.append(branch if isinstance(branch, str) else None)
+        return branches
 
     def finished_since(self, slug: str, since: float) -> bool:
         with self._connect() as conn:
@@ -284,17 +347,6 @@ class Store:
                 select(s.endpoints.c.last_finished).where(s.endpoints.c.slug == slug)
             ).scalar()
         return finished is not None and finished >= since
-
-    def save_project_info(self, slug: str, info: dict[str, Any]) -> None:
-        """Store GET /project/{slug}; the facts' is_default_branch follows a changed default branch."""
-        with self._write() as conn:
-            before = default_branch_of(conn, slug)
-            conn.execute(
-                update(s.endpoints).where(s.endpoints.c.slug == slug).values(project_info=dumps(info))
-            )
-            after = default_branch_of(conn, slug)
-            if after != before:
-                set_default_branch(conn, slug, after)
 
     def project_infos(self) -> dict[str, dict[str, Any]]:
         with self._connect() as conn:
@@ -331,22 +383,22 @@ class Store:
         """Replace pipeline trees of one endpoint and their facts in one transaction (bulk writes)."""
         pipeline_rows, workflow_rows, job_rows = [], [], []
         for tree in trees:
-            pipeline, workflows, jobs = _raw_rows(endpoint, tree, fetched_at, is_final)
-            pipeline_rows.append(pipeline)
-            workflow_rows += workflows
-            job_rows += jobs
+            rows = tree_rows(endpoint, tree, fetched_at=fetched_at, is_final=is_final)
+            pipeline_rows.append(rows.pipeline)
+            workflow_rows += rows.workflows
+            job_rows += rows.jobs
         ids = [r["id"] for r in pipeline_rows]
         with self._write() as conn:
             conn.execute(delete(s.jobs).where(s.jobs.c.pipeline_id.in_(ids)))
             conn.execute(delete(s.workflows).where(s.workflows.c.pipeline_id.in_(ids)))
             conn.execute(delete(s.pipelines).where(s.pipelines.c.id.in_(ids)))
-            for table, rows in (
+            for table, batch in (
                 (s.pipelines, pipeline_rows),
                 (s.workflows, workflow_rows),
-                (s.jobs, job_rows),
+                (s.jobs_numbered, job_rows),
             ):
-                if rows:
-                    conn.execute(insert(table), rows)
+                if batch:
+                    conn.execute(insert(table), batch)
             default = default_branch_of(conn, endpoint)
             write_facts(conn, [derive(endpoint, tree, default) for tree in trees])
 
@@ -535,10 +587,16 @@ def _pages_by_number(
         last = (page[-1].number, page[-1].id)
 
 
-def _raw_rows(
-    endpoint: str, tree: dict[str, Any], fetched_at: float, is_final: bool
-) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
-    """The rows of the raw tables for one tree: the API's JSON as sent, split by level."""
+@dataclass(frozen=True)
+class TreeRows:
+    """A pipeline tree as rows of the pipelines, workflows and jobs tables."""
+
+    pipeline: dict[str, Any]
+    workflows: list[dict[str, Any]]
+    jobs: list[dict[str, Any]]
+
+
+def tree_rows(endpoint: str, tree: dict[str, Any], *, fetched_at: float, is_final: bool) -> TreeRows:
     pipeline = {k: v for k, v in tree.items() if k != "workflows"}
     pid = pipeline["id"]
     workflow_rows, job_rows = [], []
@@ -556,6 +614,7 @@ def _raw_rows(
                     "seq": j_seq,
                     "data": dumps(raw),
                     "details": None if details is None else dumps(details),
+                    "job_number": s.job_number_of(raw),
                 }
             )
     pipeline_row = {
@@ -568,7 +627,7 @@ def _raw_rows(
         "is_final": is_final,
         "data": dumps(pipeline),
     }
-    return pipeline_row, workflow_rows, job_rows
+    return TreeRows(pipeline_row, workflow_rows, job_rows)
 
 
 def tree_updated_on(tree: dict[str, Any]) -> float:
@@ -581,6 +640,15 @@ def tree_updated_on(tree: dict[str, Any]) -> float:
             details = job.get("details") or {}
             stamps += [parse_ts(details.get("queued_at")), parse_ts(details.get("stopped_at"))]
     return max((x for x in stamps if x is not None), default=0.0)
+
+
+def _set_project_info(conn: Connection, slug: str, info: dict[str, Any]) -> None:
+    """Store GET /project/{slug}; the facts' is_default_branch follows a changed default branch."""
+    before = default_branch_of(conn, slug)
+    conn.execute(update(s.endpoints).where(s.endpoints.c.slug == slug).values(project_info=dumps(info)))
+    after = default_branch_of(conn, slug)
+    if after != before:
+        set_default_branch(conn, slug, after)
 
 
 def _count_by_endpoint(conn: Connection, source: Any, *where: Any) -> dict[str, int]:
