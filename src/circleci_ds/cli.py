@@ -142,6 +142,13 @@ def collect(
         str, typer.Option(help="Re-read workflows of pipelines this recent before the checkpoint (reruns).")
     ] = "72h",
     parallel_endpoints: Annotated[int, typer.Option(min=1, help="Endpoints collected at once.")] = 4,
+    max_wait: Annotated[
+        str,
+        typer.Option(
+            help="Longest total wait for the server's rate limit, per request and per run (e.g. 15m, 1h); "
+            "past it the endpoint fails."
+        ),
+    ] = "15m",
     lease_ttl: Annotated[
         float, typer.Option(min=1.0, help="Seconds a dead collector's endpoints stay leased.", hidden=True)
     ] = 60.0,
@@ -151,6 +158,7 @@ def collect(
     _setup_logging(verbose)
     try:
         lookback_s = parse_duration(lookback)
+        max_wait_s = parse_duration(max_wait)
         from_ts = parse_date(from_date) if from_date else None
     except ValueError as exc:
         raise fail(str(exc), EXIT_USAGE) from None
@@ -170,7 +178,7 @@ def collect(
     started = time.monotonic()
     try:
         results, stats, counters = asyncio.run(
-            _collect(settings, store, api_url, concurrency, max_rps, options)
+            _collect(settings, store, api_url, concurrency, max_rps, max_wait_s, options)
         )
     except Unauthorized:
         raise fail(
@@ -196,9 +204,18 @@ def collect(
 
 
 async def _collect(
-    settings: Settings, store: Store, api_url: str, concurrency: int, max_rps: float | None, options: Options
+    settings: Settings,
+    store: Store,
+    api_url: str,
+    concurrency: int,
+    max_rps: float | None,
+    max_wait: float,
+    options: Options,
 ) -> tuple[list[EndpointResult], Any, Any]:
-    async with CircleCIClient(api_url, settings.token, concurrency=concurrency, max_rps=max_rps) as client:
+    client = CircleCIClient(
+        api_url, settings.token, concurrency=concurrency, max_rps=max_rps, max_wait=max_wait
+    )
+    async with client:
         collector = Collector(client, store, options)
         reporter = asyncio.create_task(_report_progress(collector))
         try:
