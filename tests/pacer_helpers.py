@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import random
 from dataclasses import dataclass, field
 from email.utils import formatdate
 
@@ -81,9 +82,12 @@ def drive(
     think: float = 0.0,
     retry_after: str = "seconds",
     headers: str = "none",
+    late: float = 0.0,
 ) -> Outcome:
-    """Run until `seconds` pass or `requests` requests succeeded (a 429'd request is asked again)."""
+    """Run until `seconds` pass or `requests` requests succeeded (a 429'd request is asked again).
+    Each wake-up after a wait is up to `late` seconds late, as on a busy machine (seeded)."""
     out = Outcome()
+    lateness = random.Random(7)
     end = clock.now + seconds
     queue: list[tuple[float, int, int, Ticket | None, int, dict[str, str]]] = [
         (clock.now, ASK, worker, None, 0, {}) for worker in range(workers)
@@ -97,7 +101,8 @@ def drive(
         if kind == ASK:
             got = pacer.try_acquire()
             if got is None:
-                heapq.heappush(queue, (when + max(pacer.delay(), 1e-4), ASK, worker, None, 0, {}))
+                wake = when + max(pacer.delay(), 1e-4) + lateness.uniform(0.0, late)
+                heapq.heappush(queue, (wake, ASK, worker, None, 0, {}))
                 continue
             out.sent.append(when)
             status, reply = answer(limiter, when, retry_after, headers)

@@ -10,8 +10,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
+from pathlib import Path
 
 import pytest
 
@@ -130,8 +134,8 @@ async def test_a_pause_beyond_max_wait_fails_at_once_per_request_and_per_run() -
     clock = FakeClock()
     pacer = Pacer(clock=clock, max_wait=900.0)
     limited(pacer, "999999")
-    with pytest.raises(WaitTooLong, match="more than --max-wait 15m00s"):  # the run's bound
-        await pacer.wait(WaitBudget(900.0))
+    with pytest.raises(WaitTooLong, match="in this run would add up to 11d13h, beyond --max-wait 15m00s"):
+        await pacer.wait()  # the run's bound
     pacer = Pacer(clock=clock, max_wait=900.0)
     limited(pacer, "600")
     with pytest.raises(WaitTooLong, match="asks to wait 10m00s more"):  # this request's bound
@@ -265,3 +269,29 @@ async def test_client_fails_a_request_whose_wait_exceeds_max_wait() -> None:
         with pytest.raises(RateLimitWait, match="giving up"):
             await client.get("/project/gh/acme/api")
     assert math.isclose(sim.stats["status"]["429"], 1)
+
+
+def test_collect_fails_an_endpoint_whose_wait_exceeds_max_wait(tmp_path: Path) -> None:
+    # One request every 2,000 s: the second request is told to wait about 33 minutes.
+    config = SimConfig(projects=[SimProject("gh/acme/api", pipelines=3)], rate_limit_rps=0.0005, rate_burst=1)
+    sim = Simulator(config)
+    url = sim.start_thread()
+    fixture = tmp_path / "fixture.yaml"
+    fixture.write_text(
+        "native:\n  slug: acme\ndata_sources:\n- slug: circleci\n  projects:\n  - name: acme\n"
+        "    endpoints:\n    - name: gh/acme/api\n"
+        "  config:\n  - name: Circle-Token\n    value: a-long-token-42\n"
+    )
+    try:
+        args = ["collect", str(fixture), "--max-wait", "5m", "--db", f"sqlite:///{tmp_path / 's.db'}"]
+        env = {**os.environ, "CIRCLECI_API_URL": url}
+        run = subprocess.run(
+            [sys.executable, "-m", "circleci_ds", *args], env=env, capture_output=True, text=True, timeout=300
+        )
+    finally:
+        sim.stop_thread()
+    assert run.returncode == 1, run.stderr
+    assert "rate limited: every request paused for 33m" in run.stderr  # announced
+    assert "beyond --max-wait 5m00s" in run.stderr and "giving up" in run.stderr
+    assert "Traceback" not in run.stderr
+    assert sim.stats["status"].get("429") == 1  # failed at once, not after waiting and asking again

@@ -195,6 +195,7 @@ class Pacer:
         self._last_cycle = (0, now)  # successes and start of the cycle the last pause ended
         self._last_event = now
         self._retry_after_absent = False
+        self._measured_estimate = False  # the last estimate is a measurement, not a cut pace
         self._paused_total = 0.0
         self.rate_limited = 0  # 429s seen
 
@@ -237,15 +238,15 @@ class Pacer:
                 budget.left -= min(delay, pause)
 
     def _check_budget(self, pause: float, budget: WaitBudget | None) -> None:
-        if self._paused_total > self.max_wait:
-            raise WaitTooLong(
-                f"rate limited: the server's pauses add up to {describe_seconds(self._paused_total)} in this "
-                f"run, more than --max-wait {describe_seconds(self.max_wait)}"
-            )
         if budget is not None and pause > budget.left:
             raise WaitTooLong(
                 f"rate limited: the server asks to wait {describe_seconds(pause)} more, beyond --max-wait "
                 f"{describe_seconds(self.max_wait)} for one request"
+            )
+        if self._paused_total > self.max_wait:
+            raise WaitTooLong(
+                f"rate limited: the server's pauses in this run would add up to "
+                f"{describe_seconds(self._paused_total)}, beyond --max-wait {describe_seconds(self.max_wait)}"
             )
 
     def delay(self) -> float:
@@ -271,8 +272,10 @@ class Pacer:
         if not self._started:
             self._started, self._cycle_start = True, now
         interval = 1.0 / self.rate
-        # A late wake-up keeps its place in the schedule; idle time earns no burst.
-        slot = self._next if now - self._next <= interval / 2 else now
+        # A late wake-up keeps its place in the schedule, but no two requests go closer than the
+        # server's estimated interval (MARGIN x ours): a bucket of one refuses any pair closer still.
+        # Idle time earns no burst.
+        slot = max(self._next, now - (1.0 - self.MARGIN) * interval)
         self._next = slot + interval
         self._seq += 1
         probe = self._need_probe
@@ -355,7 +358,13 @@ class Pacer:
         cycle = end - self._cycle_start
         measured = self._successes / cycle if cycle >= 0.2 and self._successes >= 3 else None
         pressing = now - self._waited_at <= self.STEP
-        stable = measured is not None and previous is not None and abs(measured - previous) <= 0.1 * previous
+        # Agreeing with the last estimate counts only if that one was measured too, not a cut pace.
+        stable = (
+            measured is not None
+            and previous is not None
+            and self._measured_estimate
+            and abs(measured - previous) <= 0.1 * previous
+        )
         trusted = measured is not None and (pause >= self.LONG or stable)
         held = self._sustained if self._sustained < pace else 0.0  # refused at a pace once held: stale
         if trusted and measured is not None:
@@ -366,6 +375,7 @@ class Pacer:
         if pressing:
             target = min(target, pace)
         self.estimate = target
+        self._measured_estimate = measured is not None and target == measured
         # A trusted estimate is held; otherwise the pace climbs back towards the refused one by halves.
         self._refused = None if trusted else pace if pressing else self._refused
         self._sustained = 0.0
