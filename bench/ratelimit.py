@@ -1,6 +1,6 @@
 """Benchmark: `circleci-ds collect` against rate limits of several shapes (the simulator in its own process).
 
-    python bench/ratelimit.py [--only SUBSTRING] [--retry-failed] [--json]
+    python bench/ratelimit.py [--only SUBSTRING] [--retry-failed] [--json] [--from-json FILE]
 
 A covering design of the matrix, not its Cartesian product (listed in CELLS): token bucket at 10, 20,
 60 and 150 req/s with bursts 1, 10 and 100 (every rate and every burst at least once), a fixed window
@@ -142,7 +142,12 @@ def main() -> int:
     parser.add_argument("--only", default="", help="run the cells whose name contains this")
     parser.add_argument("--retry-failed", action="store_true", help="run a cell that misses once more")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--from-json", type=Path, help="print the tables of a run saved with --json")
     args = parser.parse_args()
+    if args.from_json:
+        saved = json.loads(args.from_json.read_text())
+        print_tables(saved["machine"], saved["rows"])
+        return 0
     rows = []
     with tempfile.TemporaryDirectory(prefix="circleci-ds-bench-") as tmp:
         work = Workdir(Path(tmp))
@@ -158,11 +163,14 @@ def main() -> int:
     if args.json:
         print(json.dumps({"machine": machine(), "rows": rows}, indent=2))
         return 0
-    m = machine()
+    print_tables(machine(), rows)
+    return 0
+
+
+def print_tables(m: dict[str, Any], rows: list[dict[str, Any]]) -> None:
     print(f"{m['date']}  nproc {m['nproc']}  {m['cpu']}  Python {m['python']}\n")
     print(markdown(rows))
     print(f"\n{worst(rows)}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -151,9 +151,13 @@ class Pacer:
 
     START, START_GROWTH = 20.0, 1.5  # requests/s before anything is known; growth per STEP till then
     STEP = 0.25  # seconds between changes of pace
-    SUSTAIN = 1.0  # seconds at a pace without a 429 that show the server takes it
+    SUSTAIN = 2.0  # seconds at a pace without a 429 that show the server takes it
+    CLIMB_STEP = 2.0  # seconds between steps back up towards a refused pace
+    HELD_CAP = 2.0  # a held pace counts for at most this many times the measured rate
     LONG = 2.0  # a pause this long is a window's end: the stretch between pauses measures the rate
     MARGIN = 0.94  # the pace kept under the estimate
+    CATCH_UP = 0.03  # a late request keeps its slot if at most this share of an interval late
+    JITTER_CUT = 0.9  # the pace after a 429 at a pace held SUSTAIN seconds
     FIRST_CUT, DECREASE = 0.5, 0.7  # at least this share of a refused pace is kept (first 429, later)
     HOLD = 60.0  # seconds a pace under a refused one is held before probing above it
     PUSH = 1.05  # growth per SUSTAIN seconds when probing above
@@ -195,7 +199,6 @@ class Pacer:
         self._last_cycle = (0, now)  # successes and start of the cycle the last pause ended
         self._last_event = now
         self._retry_after_absent = False
-        self._measured_estimate = False  # the last estimate is a measurement, not a cut pace
         self._paused_total = 0.0
         self.rate_limited = 0  # 429s seen
 
@@ -272,10 +275,9 @@ class Pacer:
         if not self._started:
             self._started, self._cycle_start = True, now
         interval = 1.0 / self.rate
-        # A late wake-up keeps its place in the schedule, but no two requests go closer than the
-        # server's estimated interval (MARGIN x ours): a bucket of one refuses any pair closer still.
-        # Idle time earns no burst.
-        slot = max(self._next, now - (1.0 - self.MARGIN) * interval)
+        # A slightly late wake-up keeps its place in the schedule; no two requests go much closer than
+        # the interval (a bucket of one refuses any pair closer than its own). Idle time earns no burst.
+        slot = max(self._next, now - self.CATCH_UP * interval)
         self._next = slot + interval
         self._seq += 1
         probe = self._need_probe
@@ -358,15 +360,13 @@ class Pacer:
         cycle = end - self._cycle_start
         measured = self._successes / cycle if cycle >= 0.2 and self._successes >= 3 else None
         pressing = now - self._waited_at <= self.STEP
-        # Agreeing with the last estimate counts only if that one was measured too, not a cut pace.
-        stable = (
-            measured is not None
-            and previous is not None
-            and self._measured_estimate
-            and abs(measured - previous) <= 0.1 * previous
-        )
-        trusted = measured is not None and (pause >= self.LONG or stable)
-        held = self._sustained if self._sustained < pace else 0.0  # refused at a pace once held: stale
+        trusted = measured is not None and pause >= self.LONG
+        # Refused at a pace held SUSTAIN seconds: arrival jitter, or a limit that came down a little.
+        held = self._sustained if self._sustained < pace else self.JITTER_CUT * pace
+        if previous is not None and pace <= previous:
+            held = max(held, self.JITTER_CUT * pace)  # refused under the estimate: the same
+        if measured is not None:
+            held = min(held, self.HELD_CAP * measured)  # a burst let a pace through that the rate cannot
         if trusted and measured is not None:
             target = measured
         else:
@@ -375,7 +375,6 @@ class Pacer:
         if pressing:
             target = min(target, pace)
         self.estimate = target
-        self._measured_estimate = measured is not None and target == measured
         # A trusted estimate is held; otherwise the pace climbs back towards the refused one by halves.
         self._refused = None if trusted else pace if pressing else self._refused
         self._sustained = 0.0
@@ -385,8 +384,10 @@ class Pacer:
         self._successes = 0
         self._pause(now, end)
         log.debug(
-            "%s: pausing %.2fs; server rate about %.1f/s, pace %.1f/s",
-            "HTTP 429" if refused else "quota spent", pause, target, self.rate,
+            "%s: pausing %.2fs at pace %.1f/s%s; server rate about %.1f/s (measured %s, held %.1f), "
+            "pace %.1f/s",
+            "HTTP 429" if refused else "quota spent", pause, pace, "" if pressing else " (not pressing)",
+            target, "-" if measured is None else f"{measured:.1f}", held, self.rate,
         )  # fmt: skip
 
     def _reestimate(self, now: float) -> None:
@@ -422,7 +423,7 @@ class Pacer:
         if self.estimate is None:
             self._set(self.rate * self.START_GROWTH, now)
         elif refused is not None and self.rate < 0.99 * self.MARGIN * refused:
-            if held >= self.SUSTAIN:
+            if held >= self.CLIMB_STEP:
                 self._set((self.rate + self.MARGIN * refused) / 2, now)
         elif refused is not None:
             self._refused = None  # reached just under the refused pace: hold it
