@@ -7,17 +7,24 @@ Rules (each a method below; the clock is injectable, so every rule runs in simul
    event: it only lengthens the pause if it asks for more.
 2. **One request goes first after a pause**; the others wait for its answer, so a pause that ended too
    soon costs one 429, not one per request in flight.
-3. **Slow start**: the pace starts at `START` requests/s and doubles every `STEP` while it holds
-   requests back, until the first 429 or exhausted quota; it only ever grows while it holds requests back.
-4. **Estimate at each pause**: the server's rate is taken as the successes of the requests sent since
-   the previous pause ended over the time from then to the end of the new pause. That is exact for a
-   fixed window (pauses end at window starts) and for a token bucket whose burst covers the pause. After
-   a short pause (under `LONG` s) the estimate is also kept at or above the highest pace sustained for
-   `SUSTAIN` s without a 429, and half the pace that was refused (a small bucket refilled less than the
-   pause). The pace becomes `MARGIN` x the estimate, and climbs back towards the refused pace by halves.
+3. **Slow start**: the pace starts at `START` requests/s and grows x1.5 every `STEP` while it holds
+   requests back, until the first 429 or spent quota; it only ever grows while it holds requests back.
+4. **An estimate at each pause**: the successes of the requests sent since the previous pause ended,
+   over the time from then to the end of the new pause ("measured"). That is the server's rate for a
+   fixed window (pauses end at window starts) and for a token bucket whose burst covers the pause, and
+   less otherwise. After a long pause (`LONG` s or more) it is trusted and held. After a short one the
+   estimate is the highest of: measured; the highest pace held `SUSTAIN` s without a 429 since the last
+   pause (at most `HELD_CAP` x measured, as a burst can carry a pace the rate cannot), or `JITTER_CUT` x
+   a refused pace that had been held or was under the estimate (arrival jitter); and `DECREASE` x the
+   refused pace (`FIRST_CUT` at the first 429). The pace is `MARGIN` x the estimate; it climbs back
+   towards the refused pace by halves every `CLIMB_STEP` s, and `HOLD` s after the last pause probes
+   above it (x`PUSH` every `SUSTAIN` s) to follow a limit that rose. No two requests go much closer
+   than the pace's interval (`CATCH_UP`): a bucket of one refuses any pair closer than its own.
 5. **Quota headers** (`RateLimit-*` or `X-RateLimit-*`, reset as seconds or as an epoch): the remaining
    quota, less the requests sent after the request that reported it, is spent down; at zero every
-   request waits for the reset, a pause without the 429, estimated like one.
+   request waits for the reset (about two slots for a quota seen refilling before its reset: a bucket),
+   a pause without the 429, estimated like one. Quotas reported by requests sent before the last pause
+   ended are stale and ignored.
 6. `max_rps` is a hard cap: at most max_rps * W + 1 requests in any W seconds.
 7. **Bounded waits**: no request waits out pauses for longer than `max_wait` seconds in all, nor does the
    run (pauses overlapping many requests count once); a request that would is refused with
@@ -361,12 +368,7 @@ class Pacer:
         measured = self._successes / cycle if cycle >= 0.2 and self._successes >= 3 else None
         pressing = now - self._waited_at <= self.STEP
         trusted = measured is not None and pause >= self.LONG
-        # Refused at a pace held SUSTAIN seconds: arrival jitter, or a limit that came down a little.
-        held = self._sustained if self._sustained < pace else self.JITTER_CUT * pace
-        if previous is not None and pace <= previous:
-            held = max(held, self.JITTER_CUT * pace)  # refused under the estimate: the same
-        if measured is not None:
-            held = min(held, self.HELD_CAP * measured)  # a burst let a pace through that the rate cannot
+        held = self._held_floor(pace, previous, measured)
         if trusted and measured is not None:
             target = measured
         else:
@@ -389,6 +391,17 @@ class Pacer:
             "HTTP 429" if refused else "quota spent", pause, pace, "" if pressing else " (not pressing)",
             target, "-" if measured is None else f"{measured:.1f}", held, self.rate,
         )  # fmt: skip
+
+    def _held_floor(self, pace: float, previous: float | None, measured: float | None) -> float:
+        """The pace the server is known to take: the highest held SUSTAIN seconds without a 429."""
+        # Refused at a pace held SUSTAIN seconds, or under the last estimate: arrival jitter, or a
+        # limit that came down a little.
+        held = self._sustained if self._sustained < pace else self.JITTER_CUT * pace
+        if previous is not None and pace <= previous:
+            held = max(held, self.JITTER_CUT * pace)
+        if measured is not None:
+            held = min(held, self.HELD_CAP * measured)  # a burst let a pace through that the rate cannot
+        return held
 
     def _reestimate(self, now: float) -> None:
         """The first request after refused ones went through: without a Retry-After this is when the
