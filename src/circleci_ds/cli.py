@@ -1,7 +1,12 @@
 """The `circleci-ds` command line. Thin: parsing, output and exit statuses; work lives elsewhere.
 
-Exit statuses: 0 ok; 1 an endpoint failed or the token was rejected; 2 bad usage, fixture or
-database; 3 an unexpected internal error; 130 interrupted.
+Exit statuses: 0 ok; 1 an endpoint failed or the token was rejected; 2 bad usage, fixture,
+database or output path; 3 an unexpected internal error; 130 interrupted (SIGINT); 143 terminated
+(SIGTERM). Every failure is one line on stderr, never a traceback.
+
+Everything external that reaches the terminal (API strings, paths, option values, database
+contents) goes through `display` (shown as text, control characters replaced) and, with the token
+and database credentials, is masked by `Redactor`.
 """
 
 from __future__ import annotations
@@ -9,8 +14,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -24,12 +31,19 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from circleci_ds import __version__
 from circleci_ds.api import DEFAULT_API_URL, CircleCIClient, Unauthorized
 from circleci_ds.collect import Collector, EndpointResult, Options
+from circleci_ds.display import plain, safe_text
+from circleci_ds.files import OutputError, check_target
 from circleci_ds.fixture import FixtureError, Settings, load_fixture
+from circleci_ds.identities import Identities, IdentitiesError, load_identities
+from circleci_ds.mapping import ExportKind, index_template
+from circleci_ds.people import People, UserPass
 from circleci_ds.store import DEFAULT_DB_URL, Store, StoreError
+from circleci_ds.store.urls import secrets_in
 from circleci_ds.times import iso, parse_date, parse_duration
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -52,26 +66,42 @@ DbOption = Annotated[
 
 
 class Redactor(logging.Filter):
-    """Masks secrets in every log record and message that leaves the process."""
+    """Masks secrets in every log record and message that leaves the process, and makes it safe text."""
 
     secrets: ClassVar[set[str]] = set()
 
     @classmethod
     def mask(cls, text: str) -> str:
-        for secret in cls.secrets:
+        for secret in sorted(cls.secrets, key=len, reverse=True):  # a longer secret may hold a shorter
             if secret:
                 text = text.replace(secret, "***")
         return text
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = self.mask(record.getMessage())
+        record.msg = safe_text(self.mask(record.getMessage()))
         record.args = None
         return True
 
 
+class Interrupted(BaseException):
+    """A signal asked the run to stop (BaseException, like KeyboardInterrupt: no handler swallows it)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+    @property
+    def exit_status(self) -> int:
+        return 128 + self.signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
+
+
 def fail(message: str, code: int) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {Redactor.mask(message)}", markup=True, soft_wrap=True)
+    err.print(Text("error: ", style="bold red") + plain(Redactor.mask(message)), soft_wrap=True)
     return typer.Exit(code)
+
+
+def _on_sigterm(signum: int, _frame: Any) -> None:
+    raise Interrupted(signum)
 
 
 def guarded(func: F) -> F:
@@ -83,10 +113,13 @@ def guarded(func: F) -> F:
             return func(*args, **kwargs)
         except (typer.Exit, typer.Abort):
             raise
-        except FixtureError as exc:
+        except (FixtureError, IdentitiesError) as exc:
             raise fail(str(exc), EXIT_USAGE) from None
-        except StoreError as exc:
+        except (StoreError, OutputError) as exc:
             raise fail(str(exc), EXIT_USAGE) from None
+        except Interrupted as exc:
+            name = signal.Signals(exc.signum).name
+            raise fail(f"interrupted by {name}; everything stored so far is kept", exc.exit_status) from None
         except KeyboardInterrupt:
             raise fail("interrupted; everything stored so far is kept", EXIT_INTERRUPTED) from None
         except BrokenPipeError:
@@ -118,6 +151,7 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def _open_store(db: str, *, create: bool = True) -> Store:
+    Redactor.secrets.update(secrets_in(db))
     return Store.open(db, create=create)
 
 
@@ -177,7 +211,7 @@ def collect(
     )
     started = time.monotonic()
     try:
-        results, stats, counters = asyncio.run(
+        results, stats, counters, users = asyncio.run(
             _collect(settings, store, api_url, concurrency, max_rps, max_wait_s, options)
         )
     except Unauthorized:
@@ -185,16 +219,19 @@ def collect(
             "token rejected (HTTP 401): check the fixture's Circle-Token or CIRCLE_TOKEN", EXIT_FAILED
         ) from None
     finally:
+        with contextlib.suppress(StoreError):  # however the run ended, its leases go
+            store.release_leases(options.owner)
         store.close()
     failed = [r for r in results if r.error]
     for result in failed:
-        err.print(f"[red]failed:[/] {Redactor.mask(result.error or '')}", soft_wrap=True)
+        err.print(Text("failed: ", style="red") + plain(Redactor.mask(result.error or "")), soft_wrap=True)
     others = sum(1 for r in results if r.collected_by != "self")
     print(
         f"collected {len(results) - len(failed) - others}/{len(settings.endpoints)} endpoint(s)"
         + (f" ({others} by another collector)" if others else "")
         + f": {counters.pipelines} pipeline(s) stored, {counters.workflows} workflow(s), "
-        f"{counters.jobs} job(s), {counters.details} job detail(s) read; {stats.requests} request(s), "
+        f"{counters.jobs} job(s), {counters.details} job detail(s) read, "
+        f"{users.resolved} user(s) resolved ({users.deleted} deleted); {stats.requests} request(s), "
         f"{stats.rate_limited} rate-limited, {stats.retries} retried, in {time.monotonic() - started:.1f}s"
         + (f"; {len(failed)} endpoint(s) failed" if failed else ""),
         file=sys.stderr if not sys.stdout.isatty() else sys.stdout,
@@ -211,18 +248,46 @@ async def _collect(
     max_rps: float | None,
     max_wait: float,
     options: Options,
-) -> tuple[list[EndpointResult], Any, Any]:
-    client = CircleCIClient(
-        api_url, settings.token, concurrency=concurrency, max_rps=max_rps, max_wait=max_wait
-    )
-    async with client:
-        collector = Collector(client, store, options)
-        reporter = asyncio.create_task(_report_progress(collector))
+) -> tuple[list[EndpointResult], Any, Any, UserPass]:
+    with _stop_on_signals() as caught:
         try:
-            results = await collector.run(list(settings.endpoints))
-        finally:
-            reporter.cancel()
-        return results, client.stats, collector.counters
+            async with CircleCIClient(
+                api_url, settings.token, concurrency=concurrency, max_rps=max_rps, max_wait=max_wait
+            ) as client:
+                collector = Collector(client, store, options)
+                reporter = asyncio.create_task(_report_progress(collector))
+                try:
+                    results = await collector.run(list(settings.endpoints))
+                finally:
+                    reporter.cancel()
+                return results, client.stats, collector.counters, collector.users
+        except asyncio.CancelledError:
+            if caught:
+                raise Interrupted(caught[0]) from None
+            raise
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[list[int]]:
+    """SIGINT and SIGTERM cancel the run, so every lane ends through its cleanup (leases released,
+    trees stored whole); yields the signals caught. Later signals are ignored while it ends."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    caught: list[int] = []
+
+    def stop(signum: int) -> None:
+        if not caught and task is not None:
+            task.cancel()
+        caught.append(signum)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop, signum)
+    try:
+        yield caught
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+        signal.signal(signal.SIGTERM, _on_sigterm)
 
 
 async def _report_progress(collector: Collector) -> None:
@@ -254,9 +319,10 @@ async def _report_progress(collector: Collector) -> None:
 
 
 # -- export ---------------------------------------------------------------------------------
-class Kind(StrEnum):
-    raw = "raw"
-    enriched = "enriched"
+IdentitiesOption = Annotated[
+    Path | None,
+    typer.Option(help="People, logins and organisations (YAML or JSON; a SortingHat export works too)."),
+]
 
 
 class Format(StrEnum):
@@ -270,35 +336,79 @@ def export(
     db: DbOption = DEFAULT_DB_URL,
     project: Annotated[str | None, typer.Option(help="Only this native project slug.")] = None,
     kind: Annotated[
-        Kind, typer.Option(help="raw: one item per pipeline; enriched: pipeline/workflow/job docs.")
-    ] = Kind.raw,
+        ExportKind,
+        typer.Option(
+            help="raw: one item per pipeline; enriched: pipeline/workflow/job docs; "
+            "dads: one da-ds document per job."
+        ),
+    ] = ExportKind.raw,
     fmt: Annotated[
         Format, typer.Option("--format", help="ndjson, or Elasticsearch/OpenSearch _bulk.")
     ] = Format.ndjson,
+    index: Annotated[
+        str | None, typer.Option(help="es-bulk: this index instead of sds-<native-slug>-circleci[-raw].")
+    ] = None,
+    identities: IdentitiesOption = None,
 ) -> None:
     """Print stored data as NDJSON (perceval item envelope for raw pipelines)."""
     from circleci_ds import export as ex
 
+    if index is not None and not ex.valid_index_name(index):
+        rule = 'lowercase, without spaces or \\/*?"<>|,#:'
+        raise fail(f"--index {index!r}: index names are {rule}", EXIT_USAGE)
+    people_ids = _load_identities(identities)
     store = _open_store(db, create=False)
     try:
-        if kind is Kind.raw:
-            docs: Iterable[dict[str, Any]] = ex.raw_items(store, project)
+        docs: Iterable[dict[str, Any]]
+        if kind is ExportKind.raw:
+            docs = ex.raw_items(store, project)
+        elif kind is ExportKind.dads:
+            from circleci_ds.dads import dads_documents
+
+            docs = dads_documents(store.iter_trees(project), People.load(store, people_ids))
         else:
             from circleci_ds.enrich import enrich_trees
 
-            docs = enrich_trees(store.iter_trees(project), store.project_infos())
-        lines = ex.es_bulk(docs, raw=kind is Kind.raw) if fmt is Format.es_bulk else ex.ndjson(docs)
-        _write_lines(lines)
+            people = People.load(store, people_ids)
+            docs = enrich_trees(store.iter_trees(project), store.project_infos(), people=people)
+        raw = kind is ExportKind.raw
+        lines = ex.es_bulk(docs, raw=raw, index=index) if fmt is Format.es_bulk else ex.ndjson(docs)
+        try:
+            _write_lines(lines)
+        finally:  # a failed write ends the store's read before the store closes
+            for generator in (lines, docs):
+                getattr(generator, "close", lambda: None)()
     finally:
         store.close()
 
 
+def _load_identities(path: Path | None) -> Identities | None:
+    return load_identities(path) if path is not None else None
+
+
+@app.command("es-mapping")
+@guarded
+def es_mapping(
+    kind: Annotated[ExportKind, typer.Option(help="The export kind the index will hold.")] = ExportKind.dads,
+    pattern: Annotated[
+        str | None, typer.Option(help="Index pattern; default sds-*-circleci (sds-*-circleci-raw for raw).")
+    ] = None,
+) -> None:
+    """Print an Elasticsearch/OpenSearch index template (PUT _index_template/NAME) for an export kind."""
+    print(json.dumps(index_template(kind, pattern), indent=2))
+
+
 def _write_lines(lines: Iterator[str]) -> None:
     out = sys.stdout
-    for line in lines:
-        out.write(line)
-        out.write("\n")
-    out.flush()
+    try:
+        for line in lines:
+            out.write(line)
+            out.write("\n")
+        out.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise OutputError(f"cannot write the output: {exc.strerror or exc.__class__.__name__}") from None
 
 
 # -- status ---------------------------------------------------------------------------------
@@ -309,12 +419,13 @@ def status(db: DbOption = DEFAULT_DB_URL) -> None:
     store = _open_store(db, create=False)
     try:
         rows = store.endpoint_statuses()
+        now = store.now()  # leases are judged by the database's clock
     finally:
         store.close()
     if not rows:
         print("no endpoints collected yet")
         return
-    table = Table(title=f"circleci-ds store {store.url}", title_justify="left")
+    table = Table(title=plain(f"circleci-ds store {store.url}"), title_justify="left")
     for name in (
         "endpoint",
         "project",
@@ -329,21 +440,20 @@ def status(db: DbOption = DEFAULT_DB_URL) -> None:
         table.add_column(
             name, justify="right" if name in ("pipelines", "workflows", "jobs", "open") else "left"
         )
-    now = time.time()
     for r in rows:
         lease = (
             f"{r.lease_owner} ({r.lease_expires - now:+.0f}s)" if r.lease_owner and r.lease_expires else "-"
         )
         table.add_row(
-            r.slug,
-            r.native,
+            plain(r.slug),
+            plain(r.native),
             iso(r.checkpoint) or "never",
             str(r.pipelines),
             str(r.workflows),
             str(r.jobs),
             str(r.open_pipelines),
-            lease,
-            r.last_error or "-",
+            plain(lease),
+            plain(Redactor.mask(r.last_error or "-")),
         )
     Console(highlight=False, width=max(160, Console().width)).print(table)
 
@@ -361,6 +471,7 @@ def report(
     branch: Annotated[str | None, typer.Option(help="Branch; default each project's default branch.")] = None,
     fmt: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
     html: Annotated[Path | None, typer.Option(help="Also write a self-contained HTML report here.")] = None,
+    identities: IdentitiesOption = None,
 ) -> None:
     """CI metrics per project, workflow and job; optionally an offline HTML report."""
     from circleci_ds.report import run_report
@@ -372,6 +483,9 @@ def report(
         until_dt = _as_datetime(until)
     except ValueError as exc:
         raise fail(str(exc), EXIT_USAGE) from None
+    if html is not None:
+        check_target(html)  # a path that can never be written fails before the work, not after
+    people_ids = _load_identities(identities)
     store = _open_store(db, create=False)
     try:
         run_report(
@@ -383,6 +497,7 @@ def report(
             fmt=fmt,
             html_path=html,
             console=Console(highlight=False),
+            identities=people_ids,
         )
     finally:
         store.close()
@@ -475,6 +590,7 @@ def version() -> None:
 
 
 def main() -> None:
+    signal.signal(signal.SIGTERM, _on_sigterm)  # SIGTERM ends a command as SIGINT does: one line
     app(prog_name="circleci-ds")
 
 

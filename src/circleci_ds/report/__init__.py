@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
 
 from rich.console import Console
 
+from circleci_ds.display import plain
 from circleci_ds.enrich import enrich_trees
+from circleci_ds.identities import Identities
 from circleci_ds.metrics import MetricsReport, compute_metrics
+from circleci_ds.people import People
+from circleci_ds.people_report import PeopleTally
 from circleci_ds.report.html import render_html, write_html
+from circleci_ds.report.people_section import people_html, print_people
 from circleci_ds.report.terminal import print_tables
-from circleci_ds.store import Store
+from circleci_ds.store import Store, StoredTree
 
 __all__ = ["build_report", "print_tables", "render_html", "run_report", "write_html"]
 
@@ -25,9 +32,10 @@ def build_report(
     since: datetime | None = None,
     until: datetime | None = None,
     branch: str | None = None,
+    trees: Iterable[StoredTree] | None = None,
 ) -> MetricsReport:
-    """Enrich the stored trees (of one native project, or all) and compute the metrics."""
-    docs = enrich_trees(store.iter_trees(project), store.project_infos())
+    """Enrich the stored trees (of one native project, or all; or `trees`) and compute the metrics."""
+    docs = enrich_trees(store.iter_trees(project) if trees is None else trees, store.project_infos())
     return compute_metrics(docs, since=since, until=until, branch=branch)
 
 
@@ -41,6 +49,7 @@ def run_report(
     fmt: str,
     html_path: Path | None,
     console: Console,
+    identities: Identities | None = None,
 ) -> None:
     """Print tables (fmt "table") or JSON (fmt "json") and, with html_path, write the HTML page.
 
@@ -48,12 +57,20 @@ def run_report(
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown report format {fmt!r} (expected one of {', '.join(FORMATS)})")
-    report = build_report(store, project=project, since=since, until=until, branch=branch)
+    # People: a section of its own, tallied from the same pass over the trees as the metrics.
+    people = PeopleTally(People.load(store, identities), store.project_infos(), since=since, until=until,
+                         branch=branch)  # fmt: skip
+    trees = people.watch(store.iter_trees(project))
+    report = build_report(store, project=project, since=since, until=until, branch=branch, trees=trees)
+    who = people.report()
     if fmt == "json":
-        console.out(report.to_json(), highlight=False)
+        console.out(json.dumps({**report.to_dict(), "people": who.to_dict()}, indent=2, ensure_ascii=False),
+                    highlight=False)  # fmt: skip
     else:
         print_tables(report, console)
+        if report.projects:
+            print_people(who, console)
     if html_path is not None:
-        write_html(report, html_path)
+        write_html(report, html_path, people_html(who))
         if fmt == "table":  # JSON output stays pure JSON
-            console.print(f"Wrote {html_path}", highlight=False, markup=False)
+            console.print(plain(f"Wrote {html_path}"), highlight=False)

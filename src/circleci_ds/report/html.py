@@ -13,6 +13,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from circleci_ds.files import write_atomic
 from circleci_ds.metrics import FailedRun, MetricsReport, ProjectMetrics
 from circleci_ds.report import formatting as fmt
 from circleci_ds.report.charts import Chart, project_charts
@@ -116,11 +117,12 @@ def plotly_js() -> str:
     return get_plotlyjs()
 
 
-def render_html(report: MetricsReport) -> str:
-    """The whole page as a string."""
+def render_html(report: MetricsReport, extra_sections: str = "") -> str:
+    """The whole page as a string; `extra_sections` (markup, already escaped) go after the projects."""
     specs: list[dict[str, Any]] = []
     sections = [_project_section(report, p, i, specs) for i, p in enumerate(report.projects)]
     body = "\n".join(sections) or '<p class="empty">No workflow runs in this window.</p>'
+    body += extra_sections
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
@@ -131,8 +133,8 @@ def render_html(report: MetricsReport) -> str:
     )
 
 
-def write_html(report: MetricsReport, path: Path) -> None:
-    path.write_text(render_html(report), encoding="utf-8")
+def write_html(report: MetricsReport, path: Path, extra_sections: str = "") -> None:
+    write_atomic(path, render_html(report, extra_sections))  # OutputError leaves a previous report as it was
 
 
 def _header(report: MetricsReport) -> str:

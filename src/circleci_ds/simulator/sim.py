@@ -17,7 +17,7 @@ from aiohttp import web
 
 from .config import RUNTIME_KNOBS, SimConfig
 from .history import History, build_history, epoch_ms, new_uuid
-from .render import JSON, View
+from .render import JSON, View, users_truth
 from .server import Api, Stats
 
 _INT_KNOBS = frozenset({"page_size", "rate_burst"})
@@ -77,6 +77,10 @@ class Simulator:
         if project is None:
             raise KeyError(project_slug)
         return self._view.truth(project, self.config.page_size, self.config.retention_days)
+
+    def users_truth(self) -> dict[str, JSON | None]:
+        """Every user id the history refers to -> GET /user/{id}'s answer; None for deleted accounts."""
+        return users_truth(self.history)
 
     @property
     def stats(self) -> dict[str, Any]:
