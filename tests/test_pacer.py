@@ -259,7 +259,8 @@ async def test_client_against_each_simulated_limiter(
     assert refused < 0.02 * sim.stats["requests"]
     estimate = client.pacer.estimate  # the server's rate as estimated at the last pause
     if limiter != "minute":  # within one window's end a windowed server may be sent anything
-        assert estimate is not None and 0.5 * rate <= estimate <= 1.1 * rate
+        # A burst can carry a pace above the rate for seconds, so the estimate may overshoot a little.
+        assert estimate is not None and 0.5 * rate <= estimate <= 1.25 * rate
 
 
 async def test_client_fails_a_request_whose_wait_exceeds_max_wait() -> None:
