@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
+import aiohttp
 import pytest
+from aiohttp import web
 
 from circleci_ds.api import CircleCIClient, ClientStats
 from circleci_ds.collect import Collector, EndpointResult, Options
@@ -70,7 +73,10 @@ def truth(sim: Simulator, slugs: list[str]) -> dict[str, dict[str, dict[str, Any
     return {canonical_slug(s): {p["id"]: p for p in sim.truth(canonical_slug(s))} for s in slugs}
 
 
-def assert_matches_truth(db_url: str, sim: Simulator, slugs: list[str]) -> None:
+def assert_matches_truth(db_url: str, sim: Simulator, slugs: list[str], *, waiting_ok: bool = False) -> None:
+    """The store holds exactly the server's truth. With `waiting_ok`, a stored pipeline may lack
+    reruns that wait (no job of theirs started yet): the README's documented limit until the
+    age-spaced re-read is due."""
     got, want = exported(db_url), truth(sim, slugs)
     for slug in want:
         have = got.get(slug, {})
@@ -78,7 +84,60 @@ def assert_matches_truth(db_url: str, sim: Simulator, slugs: list[str]) -> None:
         extra = set(have) - set(want[slug])
         assert not missing and not extra, f"{slug}: missing {len(missing)}, extra {len(extra)}"
         for pid, tree in want[slug].items():
-            assert have[pid] == tree, f"{slug}: pipeline {pid} differs"
+            expected = _without_waiting_reruns(tree, have[pid]) if waiting_ok else tree
+            assert have[pid] == expected, f"{slug}: pipeline {pid} differs"
+
+
+def _without_waiting_reruns(tree: dict[str, Any], stored: dict[str, Any]) -> dict[str, Any]:
+    """The truth less the workflows the store lacks that are waiting reruns."""
+    stored_ids = {w["id"] for w in stored["workflows"]}
+    kept = [w for w in tree["workflows"] if w["id"] in stored_ids or not _waiting(w)]
+    return {**tree, "workflows": kept}
+
+
+def _waiting(workflow: dict[str, Any]) -> bool:
+    """A workflow none of whose jobs started: all on hold or blocked, no job details."""
+    jobs = workflow["jobs"]
+    return bool(jobs) and all(j["status"] in ("on_hold", "blocked") and j["details"] is None for j in jobs)
+
+
+Items = list[Any]
+
+
+@contextlib.asynccontextmanager
+async def quirky_server(
+    upstream: str, *, project_status: int | None = None, mangle: Callable[[Items], Items] | None = None
+) -> AsyncIterator[str]:
+    """A small server in front of the simulator that answers `GET /project/{slug}` with
+    `project_status` (when given) and passes each pipeline list page's items through `mangle`."""
+    async with aiohttp.ClientSession() as session:
+
+        async def forward(request: web.Request) -> web.Response:
+            parts = request.match_info["tail"].split("/")
+            if project_status is not None and len(parts) == 4 and parts[0] == "project":
+                return web.json_response({"message": "Forbidden"}, status=project_status)
+            headers = {k: v for k, v in request.headers.items() if k.lower() == "circle-token"}
+            url = f"{upstream}/{request.match_info['tail']}"
+            async with session.get(url, params=request.query, headers=headers) as reply:
+                body = await reply.read()
+                status, date = reply.status, reply.headers.get("Date", "")
+            if mangle is not None and status == 200 and len(parts) == 5 and parts[4] == "pipeline":
+                page = json.loads(body)
+                page["items"] = mangle(page["items"])
+                body = json.dumps(page).encode()
+            kind = "application/json"
+            return web.Response(body=body, status=status, content_type=kind, headers={"Date": date})
+
+        app = web.Application()
+        app.router.add_get("/api/v2/{tail:.*}", forward)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            yield f"http://127.0.0.1:{runner.addresses[0][1]}/api/v2"
+        finally:
+            await runner.cleanup()
 
 
 # -- the command line, as a user runs it ---------------------------------------------------------

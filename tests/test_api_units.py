@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from circleci_ds.collect import origin_for, pipeline_is_final, wants_details
+from circleci_ds.collect import origin_for
+from circleci_ds.rules import pipeline_is_final, wants_details
 from circleci_ds.times import parse_duration, parse_ts
 
 
@@ -50,7 +51,8 @@ def test_dead_local_owner_needs_same_host_and_process_space() -> None:
     import socket
     import subprocess
 
-    from circleci_ds.collect import _dead_local_owner, new_owner
+    from circleci_ds.lanes import dead_local_owner as _dead_local_owner
+    from circleci_ds.lanes import new_owner
 
     host, _, space, _ = new_owner().split(":")
     finished = subprocess.Popen(["true"])

@@ -28,20 +28,22 @@ from typing import Annotated, Any, ClassVar, TypeVar
 
 import typer
 from rich.console import Console
+from rich.live import Live
 from rich.logging import RichHandler
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
 from circleci_ds import __version__
 from circleci_ds.api import DEFAULT_API_URL, CircleCIClient, Unauthorized
-from circleci_ds.collect import Collector, EndpointResult, Options
+from circleci_ds.collect import DEFAULT_CONCURRENCY, Collector, EndpointResult, Options, trees_in_flight
 from circleci_ds.display import plain, safe_text
 from circleci_ds.files import OutputError, check_target
 from circleci_ds.fixture import FixtureError, Settings, load_fixture
 from circleci_ds.identities import Identities, IdentitiesError, load_identities
+from circleci_ds.lanes import Outcome
 from circleci_ds.mapping import ExportKind, index_template
 from circleci_ds.people import People, UserPass
+from circleci_ds.progress import RequestRate, active_lines, client_line, pause_left
 from circleci_ds.store import DEFAULT_DB_URL, Store, StoreError
 from circleci_ds.store.urls import secrets_in
 from circleci_ds.times import iso, parse_date, parse_duration
@@ -167,13 +169,16 @@ def collect(
             envvar="CIRCLECI_API_URL", help="CircleCI API v2 base URL (server installs, simulator)."
         ),
     ] = DEFAULT_API_URL,
-    concurrency: Annotated[int, typer.Option(min=1, max=256, help="Requests in flight at most.")] = 16,
+    concurrency: Annotated[
+        int, typer.Option(min=1, max=256, help="Requests in flight at most.")
+    ] = DEFAULT_CONCURRENCY,
     max_rps: Annotated[float | None, typer.Option(min=0.1, help="Requests per second at most.")] = None,
     from_date: Annotated[
         str | None, typer.Option(help="First run: only pipelines created on or after this date (ISO).")
     ] = None,
     lookback: Annotated[
-        str, typer.Option(help="Re-read workflows of pipelines this recent before the checkpoint (reruns).")
+        str,
+        typer.Option(help="Re-read final pipelines as their age doubles, up to this age (reruns that wait)."),
     ] = "72h",
     parallel_endpoints: Annotated[int, typer.Option(min=1, help="Endpoints collected at once.")] = 4,
     max_wait: Annotated[
@@ -206,7 +211,7 @@ def collect(
         lookback=lookback_s,
         from_date=from_ts,
         parallel_endpoints=parallel_endpoints,
-        trees_in_flight=max(8, concurrency * 2),
+        trees_in_flight=trees_in_flight(concurrency),
         lease_ttl=lease_ttl,
     )
     started = time.monotonic()
@@ -225,11 +230,14 @@ def collect(
     failed = [r for r in results if r.error]
     for result in failed:
         err.print(Text("failed: ", style="red") + plain(Redactor.mask(result.error or "")), soft_wrap=True)
-    others = sum(1 for r in results if r.collected_by != "self")
+    others = sum(1 for r in results if r.outcome is Outcome.ELSEWHERE)
+    reruns = sum(p.signaled for p in counters.endpoints.values())
     print(
         f"collected {len(results) - len(failed) - others}/{len(settings.endpoints)} endpoint(s)"
         + (f" ({others} by another collector)" if others else "")
-        + f": {counters.pipelines} pipeline(s) stored, {counters.workflows} workflow(s), "
+        + f": {counters.pipelines} pipeline(s) stored"
+        + (f" ({reruns} found rerun by job number)" if reruns else "")
+        + f", {counters.workflows} workflow(s), "
         f"{counters.jobs} job(s), {counters.details} job detail(s) read, "
         f"{users.resolved} user(s) resolved ({users.deleted} deleted); {stats.requests} request(s), "
         f"{stats.rate_limited} rate-limited, {stats.retries} retried, in {time.monotonic() - started:.1f}s"
@@ -291,31 +299,25 @@ def _stop_on_signals() -> Iterator[list[int]]:
 
 
 async def _report_progress(collector: Collector) -> None:
-    """A progress bar over endpoints on a terminal; a log line every 10 s otherwise."""
-    c, stats = collector.counters, collector.client.stats
+    """On a terminal, a live view: per endpoint what is known so far, and the client's pace (log
+    lines go above it); piped, a plain log line every 10 s."""
+    c, client = collector.counters, collector.client
+    rate = RequestRate()
 
-    def line() -> str:
-        return (
-            f"pipelines {c.pipelines} | workflows {c.workflows} | jobs {c.jobs} | details {c.details} | "
-            f"requests {stats.requests} | 429s {stats.rate_limited}"
-        )
+    def lines() -> list[str]:
+        now = time.monotonic()
+        pace = rate.sample(client.stats.requests, now)
+        return [client_line(c, client.stats, pace, pause_left(client.pacer, now)), *active_lines(c)]
 
     if err.is_terminal:
-        columns = (
-            TextColumn("endpoints"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.description}"),
-            TimeElapsedColumn(),
-        )
-        with Progress(*columns, console=err, transient=True) as progress:
-            task = progress.add_task(line(), total=c.endpoints_total or None)
+        with Live(Text(""), console=err, transient=True, refresh_per_second=4) as live:
             while True:
-                await asyncio.sleep(0.2)
-                progress.update(task, completed=c.endpoints_done, total=c.endpoints_total, description=line())
+                live.update(Text(safe_text(Redactor.mask("\n".join(lines())), multiline=True)))
+                await asyncio.sleep(0.25)
     while True:
         await asyncio.sleep(10)
-        log.info("progress: endpoints %d/%d | %s", c.endpoints_done, c.endpoints_total, line())
+        for line in lines():
+            log.info("progress: %s", line)
 
 
 # -- export ---------------------------------------------------------------------------------

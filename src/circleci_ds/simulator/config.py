@@ -49,6 +49,7 @@ class SimProject:
     pipelines: int = 30
     private: bool = False
     default_branch: str = "main"
+    every_minutes: float | None = None  # busy: one pipeline about every N minutes, up to the end
 
 
 def _default_projects() -> list[SimProject]:
@@ -86,6 +87,8 @@ class SimConfig:
     retention_days: float | None = None
     reruns: bool = True
     rerun_rate: float = 0.13  # share of failed workflows rerun by hand (automatic reruns aside)
+    late_rerun_days: float = 0.0  # > 2: a third of manual reruns land 2 days to this many days later
+    gated_rerun_rate: float = 0.0  # share of manual reruns that wait for an approval before any job
 
     def __post_init__(self) -> None:
         self.validate()
@@ -106,6 +109,10 @@ class SimConfig:
                 raise ValueError(f"{name} must be one of {allowed}")
         if not 0.0 <= self.rerun_rate <= 1.0:
             raise ValueError("rerun_rate must lie in [0, 1]")
+        if not 0.0 <= self.gated_rerun_rate <= 1.0:
+            raise ValueError("gated_rerun_rate must lie in [0, 1]")
+        if self.late_rerun_days < 0:
+            raise ValueError("late_rerun_days must be >= 0")
         if not 0.0 <= self.fault_rate <= 1.0:
             raise ValueError("fault_rate must lie in [0, 1]")
         if self.rate_limit_rps is not None and self.rate_limit_rps <= 0:
@@ -124,6 +131,8 @@ class SimConfig:
             seen.add(slug.lower())
             if project.pipelines < 0:
                 raise ValueError(f"{slug}: pipelines must be >= 0")
+            if project.every_minutes is not None and project.every_minutes <= 0:
+                raise ValueError(f"{slug}: every_minutes must be positive")
 
     def runtime_knobs(self) -> dict[str, object]:
         """The knobs that `/_sim/config` may change, with their current values."""

@@ -247,9 +247,15 @@ class Store:
             conn.execute(update(s.endpoints).where(s.endpoints.c.slug == slug).values(last_started=started))
 
     def record_finish(
-        self, slug: str, *, finished: float, error: str | None, checkpoint: float | None
+        self,
+        slug: str,
+        *,
+        finished: float,
+        error: str | None,
+        checkpoint: float | None,
+        job_frontier: int | None = None,
     ) -> None:
-        """End of an endpoint's run; the checkpoint moves only on success."""
+        """End of an endpoint's run; the checkpoint and the job frontier move only on success."""
         values: dict[str, Any] = {"last_finished": finished, "last_error": error}
         if error is None:
             values["last_success"] = finished
@@ -257,6 +263,63 @@ class Store:
                 values["checkpoint"] = checkpoint
         with self._write() as conn:
             conn.execute(update(s.endpoints).where(s.endpoints.c.slug == slug).values(**values))
+            if error is None and job_frontier is not None:
+                ew = s.endpoint_walk
+                conn.execute(update(ew).where(ew.c.slug == slug).values(job_frontier=job_frontier))
+
+    def job_numbers(self, slug: str) -> tuple[int | None, int | None]:
+        """(job frontier, highest stored job number) of an endpoint; None where unknown."""
+        ew, jn, p = s.endpoint_walk, s.jobs_numbered, s.pipelines.c
+        with self.engine.connect() as conn:
+            frontier = conn.execute(select(ew.c.job_frontier).where(ew.c.slug == slug)).scalar()
+            stored_max = conn.execute(
+                select(func.max(jn.c.job_number))
+                .select_from(jn.join(s.pipelines, p.id == jn.c.pipeline_id))
+                .where(p.endpoint == slug)
+            ).scalar()
+        return frontier, stored_max
+
+    def stored_job_numbers(self, slug: str, low: int, high: int) -> set[int]:
+        """The job numbers in [low, high] of jobs stored under the endpoint."""
+        jn, p = s.jobs_numbered, s.pipelines.c
+        query = (
+            select(jn.c.job_number)
+            .select_from(jn.join(s.pipelines, p.id == jn.c.pipeline_id))
+            .where(p.endpoint == slug, jn.c.job_number >= low, jn.c.job_number <= high)
+        )
+        with self.engine.connect() as conn:
+            return set(conn.execute(query).scalars())
+
+    def project_info_at(self, slug: str) -> float | None:
+        """When GET /project/{slug} was last tried (answered or not)."""
+        ew = s.endpoint_walk
+        with self.engine.connect() as conn:
+            return conn.execute(select(ew.c.project_info_at).where(ew.c.slug == slug)).scalar()
+
+    def note_project_info(self, slug: str, at: float, info: dict[str, Any] | None = None) -> None:
+        """Remember an attempt at the project info, and the info when there is some."""
+        with self._write() as conn:
+            ew = s.endpoint_walk
+            conn.execute(update(ew).where(ew.c.slug == slug).values(project_info_at=at))
+            if info is not None:
+                _set_project_info(conn, slug, info)
+
+    def save_project_info(self, slug: str, info: dict[str, Any]) -> None:
+        with self._write() as conn:
+            _set_project_info(conn, slug, info)
+
+    def recent_branches(self, slug: str, limit: int = 200) -> list[str | None]:
+        """Branches of the endpoint's newest stored pipelines, newest first."""
+        p = s.pipelines.c
+        query = select(p.data).where(p.endpoint == slug).order_by(p.created_at.desc()).limit(limit)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).scalars().all()
+        branches: list[str | None] = []
+        for data in rows:
+            vcs = json.loads(data).get("vcs")
+            branch = vcs.get("branch") if isinstance(vcs, dict) else None
+            branches.append(branch if isinstance(branch, str) else None)
+        return branches
 
     def finished_since(self, slug: str, since: float) -> bool:
         with self._connect() as conn:
@@ -264,12 +327,6 @@ class Store:
                 select(s.endpoints.c.last_finished).where(s.endpoints.c.slug == slug)
             ).scalar()
         return finished is not None and finished >= since
-
-    def save_project_info(self, slug: str, info: dict[str, Any]) -> None:
-        with self._write() as conn:
-            conn.execute(
-                update(s.endpoints).where(s.endpoints.c.slug == slug).values(project_info=dumps(info))
-            )
 
     def project_infos(self) -> dict[str, dict[str, Any]]:
         with self._connect() as conn:
@@ -298,45 +355,17 @@ class Store:
 
     def save_tree(self, endpoint: str, tree: dict[str, Any], *, fetched_at: float, is_final: bool) -> None:
         """Replace one pipeline's whole tree in a single transaction."""
-        pipeline = {k: v for k, v in tree.items() if k != "workflows"}
-        pid = pipeline["id"]
-        workflow_rows, job_rows = [], []
-        for w_seq, workflow in enumerate(tree.get("workflows") or []):
-            wf = {k: v for k, v in workflow.items() if k != "jobs"}
-            workflow_rows.append({"id": wf["id"], "pipeline_id": pid, "seq": w_seq, "data": dumps(wf)})
-            for j_seq, job in enumerate(workflow.get("jobs") or []):
-                raw = {k: v for k, v in job.items() if k != "details"}
-                details = job.get("details")
-                job_rows.append(
-                    {
-                        "workflow_id": wf["id"],
-                        "id": raw["id"],
-                        "pipeline_id": pid,
-                        "seq": j_seq,
-                        "data": dumps(raw),
-                        "details": None if details is None else dumps(details),
-                    }
-                )
+        rows = tree_rows(endpoint, tree, fetched_at=fetched_at, is_final=is_final)
+        pid = rows.pipeline["id"]
         with self._write() as conn:
             conn.execute(delete(s.jobs).where(s.jobs.c.pipeline_id == pid))
             conn.execute(delete(s.workflows).where(s.workflows.c.pipeline_id == pid))
             conn.execute(delete(s.pipelines).where(s.pipelines.c.id == pid))
-            conn.execute(
-                insert(s.pipelines).values(
-                    id=pid,
-                    endpoint=endpoint,
-                    number=pipeline.get("number"),
-                    created_at=parse_ts(pipeline.get("created_at")),
-                    updated_on=tree_updated_on(tree),
-                    fetched_at=fetched_at,
-                    is_final=is_final,
-                    data=dumps(pipeline),
-                )
-            )
-            if workflow_rows:
-                conn.execute(insert(s.workflows), workflow_rows)
-            if job_rows:
-                conn.execute(insert(s.jobs), job_rows)
+            conn.execute(insert(s.pipelines).values(**rows.pipeline))
+            if rows.workflows:
+                conn.execute(insert(s.workflows), rows.workflows)
+            if rows.jobs:
+                conn.execute(insert(s.jobs_numbered), rows.jobs)
 
     def iter_trees(self, project: str | None = None, endpoint: str | None = None) -> Iterator[StoredTree]:
         """Every stored tree, by endpoint then pipeline number; memory bounded by a chunk."""
@@ -471,6 +500,49 @@ class Store:
             return [LeaseInfo(*r) for r in rows]
 
 
+@dataclass(frozen=True)
+class TreeRows:
+    """A pipeline tree as rows of the pipelines, workflows and jobs tables."""
+
+    pipeline: dict[str, Any]
+    workflows: list[dict[str, Any]]
+    jobs: list[dict[str, Any]]
+
+
+def tree_rows(endpoint: str, tree: dict[str, Any], *, fetched_at: float, is_final: bool) -> TreeRows:
+    pipeline = {k: v for k, v in tree.items() if k != "workflows"}
+    pid = pipeline["id"]
+    workflow_rows, job_rows = [], []
+    for w_seq, workflow in enumerate(tree.get("workflows") or []):
+        wf = {k: v for k, v in workflow.items() if k != "jobs"}
+        workflow_rows.append({"id": wf["id"], "pipeline_id": pid, "seq": w_seq, "data": dumps(wf)})
+        for j_seq, job in enumerate(workflow.get("jobs") or []):
+            raw = {k: v for k, v in job.items() if k != "details"}
+            details = job.get("details")
+            job_rows.append(
+                {
+                    "workflow_id": wf["id"],
+                    "id": raw["id"],
+                    "pipeline_id": pid,
+                    "seq": j_seq,
+                    "data": dumps(raw),
+                    "details": None if details is None else dumps(details),
+                    "job_number": s.job_number_of(raw),
+                }
+            )
+    pipeline_row = {
+        "id": pid,
+        "endpoint": endpoint,
+        "number": pipeline.get("number"),
+        "created_at": parse_ts(pipeline.get("created_at")),
+        "updated_on": tree_updated_on(tree),
+        "fetched_at": fetched_at,
+        "is_final": is_final,
+        "data": dumps(pipeline),
+    }
+    return TreeRows(pipeline_row, workflow_rows, job_rows)
+
+
 def tree_updated_on(tree: dict[str, Any]) -> float:
     """Latest timestamp anywhere in a pipeline tree."""
     stamps = [parse_ts(tree.get("updated_at")), parse_ts(tree.get("created_at"))]
@@ -481,6 +553,10 @@ def tree_updated_on(tree: dict[str, Any]) -> float:
             details = job.get("details") or {}
             stamps += [parse_ts(details.get("queued_at")), parse_ts(details.get("stopped_at"))]
     return max((x for x in stamps if x is not None), default=0.0)
+
+
+def _set_project_info(conn: Connection, slug: str, info: dict[str, Any]) -> None:
+    conn.execute(update(s.endpoints).where(s.endpoints.c.slug == slug).values(project_info=dumps(info)))
 
 
 def _count_by_endpoint(conn: Connection, source: Any, *where: Any) -> dict[str, int]:

@@ -11,8 +11,10 @@ on its next migration. Anything else belongs to another application and is never
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from enum import Enum
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -32,6 +34,7 @@ from sqlalchemy import (
     select,
     table,
     text,
+    update,
 )
 
 metadata = MetaData()
@@ -143,6 +146,46 @@ def _ownership_marker(conn: Connection) -> None:
     mark_owned(conn)
 
 
+# Columns added by `_rerun_signals`; lightweight views, so the first step's tables stay as released.
+# jobs.job_number: the job's number, for the rerun probe; endpoints.job_frontier: every job number up
+# to it is accounted for; endpoints.project_info_at: when GET /project/{slug} was last tried.
+jobs_numbered = table(
+    "jobs", *(column(c.name, c.type) for c in jobs.columns), column("job_number", BigInteger)
+)
+endpoint_walk = table(
+    "endpoints", column("slug", String), column("job_frontier", BigInteger), column("project_info_at", Double)
+)
+
+
+def _rerun_signals(conn: Connection) -> None:
+    conn.execute(text("ALTER TABLE jobs ADD COLUMN job_number BIGINT"))
+    conn.execute(text("ALTER TABLE endpoints ADD COLUMN job_frontier BIGINT"))
+    conn.execute(text("ALTER TABLE endpoints ADD COLUMN project_info_at DOUBLE PRECISION"))
+    conn.execute(text("CREATE INDEX ix_jobs_job_number ON jobs (job_number)"))
+    rows = conn.execute(select(jobs.c.workflow_id, jobs.c.id, jobs.c.data)).all()
+    for row in rows:
+        number = _job_number(row.data)
+        if number is not None:
+            conn.execute(
+                update(jobs_numbered)
+                .where(jobs_numbered.c.workflow_id == row.workflow_id, jobs_numbered.c.id == row.id)
+                .values(job_number=number)
+            )
+
+
+def _job_number(data: str) -> int | None:
+    try:
+        job = json.loads(data)
+    except ValueError:
+        return None
+    return job_number_of(job) if isinstance(job, dict) else None
+
+
+def job_number_of(job: dict[str, Any]) -> int | None:
+    number = job.get("job_number")
+    return number if isinstance(number, int) and not isinstance(number, bool) else None
+
+
 # Each step upgrades version N to N+1. Released steps never change; new ones are appended.
 MIGRATIONS: list[Callable[[Connection], None]] = [
     _v1_core,
@@ -150,6 +193,7 @@ MIGRATIONS: list[Callable[[Connection], None]] = [
     _users_table,
     _endpoint_project_name,
     _ownership_marker,
+    _rerun_signals,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
