@@ -135,7 +135,7 @@ def test_upgrades_a_v1_store_in_place_and_keeps_its_data(db_url: str) -> None:
         v1.ensure_endpoint(EP, "acme", "https://circleci.com/gh/acme/api")
         save_as_released(engine, tree)
         v1.record_finish(EP, finished=10.0, error=None, checkpoint=5.0)
-    assert "leases" not in table_names(db_url)
+    assert "leases" not in table_names(db_url) and "workflow_runs" not in table_names(db_url)
 
     with opened(db_url) as store:
         assert store.schema_version() == SCHEMA_VERSION
@@ -146,6 +146,9 @@ def test_upgrades_a_v1_store_in_place_and_keeps_its_data(db_url: str) -> None:
     assert "leases" in table_names(db_url)
     assert stored_version(db_url) == SCHEMA_VERSION
     assert count_rows(db_url, "schema_version") == 1
+    # the facts of the trees stored before were derived by the upgrade
+    assert (count_rows(db_url, "pipeline_runs"), count_rows(db_url, "workflow_runs")) == (1, 2)
+    assert count_rows(db_url, "job_runs") == 4
 
 
 def test_a_newer_schema_is_refused_and_nothing_is_written(db_url: str) -> None:

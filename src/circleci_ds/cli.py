@@ -21,7 +21,6 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
-from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, TypeVar
@@ -372,7 +371,9 @@ def export(
             from circleci_ds.enrich import enrich_trees
 
             people = People.load(store, people_ids)
-            docs = enrich_trees(store.iter_trees(project), store.project_infos(), people=people)
+            docs = enrich_trees(
+                store.iter_trees(project, with_facts=True), store.project_infos(), people=people
+            )
         raw = kind is ExportKind.raw
         lines = ex.es_bulk(docs, raw=raw, index=index) if fmt is Format.es_bulk else ex.ndjson(docs)
         try:
@@ -380,8 +381,19 @@ def export(
         finally:  # a failed write ends the store's read before the store closes
             for generator in (lines, docs):
                 getattr(generator, "close", lambda: None)()
+        _warn_unreadable_times(store.unreadable_timestamps(project))
     finally:
         store.close()
+
+
+def _warn_unreadable_times(count: int) -> None:
+    if count:
+        err.print(
+            f"warning: {count} stored timestamp(s) could not be read; they are null in derived data "
+            "(raw data is kept as sent)",
+            markup=False,
+            soft_wrap=True,
+        )
 
 
 def _load_identities(path: Path | None) -> Identities | None:
@@ -461,30 +473,67 @@ def status(db: DbOption = DEFAULT_DB_URL) -> None:
 
 
 # -- report ---------------------------------------------------------------------------------
-@app.command()
+def _report_help() -> str:
+    from circleci_ds.definitions import help_text
+
+    return "CI metrics per project, workflow and job; optionally an offline HTML report.\n\n" + help_text()
+
+
+@app.command(help=_report_help())
 @guarded
 def report(
     db: DbOption = DEFAULT_DB_URL,
     project: Annotated[str | None, typer.Option(help="Only this native project slug.")] = None,
     since: Annotated[
-        str | None, typer.Option(help="Window start (ISO date); default 30 days before --until.")
+        str | None,
+        typer.Option(help="Window start (ISO date, UTC); default 30 days before the window's end."),
     ] = None,
-    until: Annotated[str | None, typer.Option(help="Window end (ISO date); default now.")] = None,
-    branch: Annotated[str | None, typer.Option(help="Branch; default each project's default branch.")] = None,
+    until: Annotated[
+        str | None,
+        typer.Option(
+            help="Window end, excluded (ISO date, UTC); default the UTC midnight after the newest stored run."
+        ),
+    ] = None,
+    branch: Annotated[
+        str | None, typer.Option(help="Branch, or '*' for all; default each project's default branch.")
+    ] = None,
+    bucket: Annotated[
+        str, typer.Option(help="Trend points: day, week, or auto (weeks past 45 days).")
+    ] = "auto",
+    deploy_pattern: Annotated[
+        str | None,
+        typer.Option(
+            help="Regular expression (case-insensitive) naming deploy workflows or jobs; default 'deploy'."
+        ),
+    ] = None,
+    fixture: Annotated[
+        Path | None, typer.Option(help="da-ds fixture whose circleci config may give a deploy-pattern entry.")
+    ] = None,
     fmt: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
     html: Annotated[Path | None, typer.Option(help="Also write a self-contained HTML report here.")] = None,
     identities: IdentitiesOption = None,
 ) -> None:
-    """CI metrics per project, workflow and job; optionally an offline HTML report."""
+    import re
+
     from circleci_ds.report import run_report
 
     if fmt not in ("table", "json"):
         raise fail(f"--format must be table or json, not {fmt!r}", EXIT_USAGE)
+    if bucket not in ("day", "week", "auto"):
+        raise fail(f"--bucket must be day, week or auto, not {bucket!r}", EXIT_USAGE)
     try:
-        since_dt = _as_datetime(since)
-        until_dt = _as_datetime(until)
+        since_ts = parse_date(since) if since else None
+        until_ts = parse_date(until) if until else None
     except ValueError as exc:
         raise fail(str(exc), EXIT_USAGE) from None
+    if deploy_pattern is None and fixture is not None:
+        from circleci_ds.fixture import load_config_value
+
+        deploy_pattern = load_config_value(fixture, "deploy-pattern")
+    try:
+        re.compile(deploy_pattern or "")
+    except re.error as exc:
+        raise fail(f"not a regular expression: {deploy_pattern!r} ({exc})", EXIT_USAGE) from None
     if html is not None:
         check_target(html)  # a path that can never be written fails before the work, not after
     people_ids = _load_identities(identities)
@@ -493,20 +542,18 @@ def report(
         run_report(
             store,
             project=project,
-            since=since_dt,
-            until=until_dt,
+            since=since_ts,
+            until=until_ts,
             branch=branch,
             fmt=fmt,
             html_path=html,
             console=Console(highlight=False),
+            bucket=bucket,
+            deploy_pattern=deploy_pattern,
             identities=people_ids,
         )
     finally:
         store.close()
-
-
-def _as_datetime(text: str | None) -> datetime | None:
-    return datetime.fromtimestamp(parse_date(text), UTC) if text else None
 
 
 # -- simulator and demo ---------------------------------------------------------------------

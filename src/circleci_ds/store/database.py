@@ -24,18 +24,33 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from sqlalchemy import Connection, Engine, create_engine, delete, event, func, insert, select, text, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    and_,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError, SQLAlchemyError
 
+from circleci_ds.facts import TreeFacts, derive
 from circleci_ds.store import schema as s
+from circleci_ds.store.facts_store import default_branch_of, read_facts, set_default_branch, write_facts
 from circleci_ds.store.urls import UnsupportedURL, display_url, engine_url
 from circleci_ds.times import parse_ts
 
 __all__ = ["display_url", "engine_url"]  # re-exported: one home each, in urls.py
 
 DEFAULT_DB_URL = "sqlite:///circleci-ds.db"
-_CHUNK = 400  # pipelines per IN (...) query when reading trees back
+_CHUNK = 100  # pipelines per page when reading trees back (a page of parsed trees is the memory bound)
 
 
 class StoreError(Exception):
@@ -50,6 +65,7 @@ class StoredTree:
     updated_on: float  # epoch seconds of the latest change in the tree
     data: dict[str, Any]  # pipeline + workflows[] + jobs[] + details
     project_name: str | None = None  # the fixture's project name, when the collector recorded it
+    facts: TreeFacts | None = None  # as stored beside it, when asked for
 
 
 @dataclass(frozen=True)
@@ -199,6 +215,10 @@ class Store:
                 conn = conn.execution_options(isolation_level="REPEATABLE READ")
             with conn.begin():
                 yield conn
+
+    def snapshot(self) -> Any:
+        """A read transaction on one snapshot (for the metrics' queries)."""
+        return self._read()
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
@@ -351,47 +371,77 @@ class Store:
             row = conn.execute(select(s.pipelines.c.data).where(s.pipelines.c.id == pipeline_id)).first()
             if row is None:
                 return None
-            return _assemble(conn, [(pipeline_id, row.data)])[pipeline_id]
+            return assemble_trees(conn, [(pipeline_id, row.data)])[pipeline_id]
 
     def save_tree(self, endpoint: str, tree: dict[str, Any], *, fetched_at: float, is_final: bool) -> None:
-        """Replace one pipeline's whole tree in a single transaction."""
-        rows = tree_rows(endpoint, tree, fetched_at=fetched_at, is_final=is_final)
-        pid = rows.pipeline["id"]
-        with self._write() as conn:
-            conn.execute(delete(s.jobs).where(s.jobs.c.pipeline_id == pid))
-            conn.execute(delete(s.workflows).where(s.workflows.c.pipeline_id == pid))
-            conn.execute(delete(s.pipelines).where(s.pipelines.c.id == pid))
-            conn.execute(insert(s.pipelines).values(**rows.pipeline))
-            if rows.workflows:
-                conn.execute(insert(s.workflows), rows.workflows)
-            if rows.jobs:
-                conn.execute(insert(s.jobs_numbered), rows.jobs)
+        """Replace one pipeline's whole tree, and its facts, in a single transaction."""
+        self.save_trees(endpoint, [tree], fetched_at=fetched_at, is_final=is_final)
 
-    def iter_trees(self, project: str | None = None, endpoint: str | None = None) -> Iterator[StoredTree]:
-        """Every stored tree, by endpoint then pipeline number; memory bounded by a chunk."""
-        p, e = s.pipelines.c, s.endpoints.c
+    def save_trees(
+        self, endpoint: str, trees: Sequence[dict[str, Any]], *, fetched_at: float, is_final: bool
+    ) -> None:
+        """Replace pipeline trees of one endpoint and their facts in one transaction (bulk writes)."""
+        pipeline_rows, workflow_rows, job_rows = [], [], []
+        for tree in trees:
+            rows = tree_rows(endpoint, tree, fetched_at=fetched_at, is_final=is_final)
+            pipeline_rows.append(rows.pipeline)
+            workflow_rows += rows.workflows
+            job_rows += rows.jobs
+        ids = [r["id"] for r in pipeline_rows]
+        with self._write() as conn:
+            conn.execute(delete(s.jobs).where(s.jobs.c.pipeline_id.in_(ids)))
+            conn.execute(delete(s.workflows).where(s.workflows.c.pipeline_id.in_(ids)))
+            conn.execute(delete(s.pipelines).where(s.pipelines.c.id.in_(ids)))
+            for table, batch in (
+                (s.pipelines, pipeline_rows),
+                (s.workflows, workflow_rows),
+                (s.jobs_numbered, job_rows),
+            ):
+                if batch:
+                    conn.execute(insert(table), batch)
+            default = default_branch_of(conn, endpoint)
+            write_facts(conn, [derive(endpoint, tree, default) for tree in trees])
+
+    def iter_trees(
+        self,
+        project: str | None = None,
+        endpoint: str | None = None,
+        *,
+        with_facts: bool = False,
+        created: tuple[float, float] | None = None,
+    ) -> Iterator[StoredTree]:
+        """Every stored tree, by endpoint then pipeline number; memory bounded by a page, whatever
+        the size of the history (keyset pages on one snapshot)."""
+        e = s.endpoints.c
         names = s.endpoint_projects.alias("names")
         query = (
-            select(p.id, p.endpoint, p.updated_on, e.native, e.origin, names.c.project)
-            .join(s.endpoints, e.slug == p.endpoint)
-            .join(names, names.c.slug == p.endpoint)
-            .order_by(p.endpoint, p.number, p.id)
+            select(e.slug, e.native, e.origin, names.c.project)
+            .join(names, names.c.slug == e.slug)
+            .order_by(e.slug)
         )
         if project is not None:
             query = query.where(e.native == project)
         if endpoint is not None:
-            query = query.where(p.endpoint == endpoint)
+            query = query.where(e.slug == endpoint)
         with self._read() as conn:
-            keys = conn.execute(query).all()
-            for start in range(0, len(keys), _CHUNK):
-                chunk = keys[start : start + _CHUNK]
-                ids = [k.id for k in chunk]
-                data = dict(conn.execute(select(p.id, p.data).where(p.id.in_(ids))).all())
-                trees = _assemble(conn, [(pid, data[pid]) for pid in ids])
-                for k in chunk:
-                    yield StoredTree(
-                        k.endpoint, k.native, k.origin, k.updated_on or 0.0, trees[k.id], k.project
-                    )
+            for slug, native, origin, name in conn.execute(query).all():
+                for page in _pages_by_number(conn, slug, created):
+                    ids = [r.id for r in page]
+                    trees = assemble_trees(conn, [(r.id, r.data) for r in page])
+                    facts = read_facts(conn, ids) if with_facts else {}
+                    for r in page:
+                        yield StoredTree(
+                            slug, native, origin, r.updated_on or 0.0, trees[r.id], name, facts.get(r.id)
+                        )
+
+    def unreadable_timestamps(self, project: str | None = None) -> int:
+        """Timestamps in stored trees that could not be read (null in derived data)."""
+        pr, e = s.pipeline_runs.c, s.endpoints.c
+        query = select(func.coalesce(func.sum(pr.bad_times), 0)).join(s.endpoints, e.slug == pr.endpoint)
+        if project is not None:
+            query = query.where(e.native == project)
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
 
     # -- status ----------------------------------------------------------------------------
     def endpoint_statuses(self) -> list[EndpointStatus]:
@@ -500,6 +550,43 @@ class Store:
             return [LeaseInfo(*r) for r in rows]
 
 
+def _pages_by_number(
+    conn: Connection, endpoint: str, created: tuple[float, float] | None = None
+) -> Iterator[Sequence[Any]]:
+    """An endpoint's pipelines in (number, id) order, unnumbered first, in keyset pages; with
+    `created`, only those with a workflow run created in [since, until)."""
+    p, w = s.pipelines.c, s.workflow_runs.c
+    columns = (p.id, p.number, p.updated_on, p.data)
+    window = []
+    if created is not None:
+        runs = select(w.pipeline_id).where(
+            w.endpoint == endpoint, w.created >= created[0], w.created < created[1]
+        )
+        window = [p.id.in_(runs)]
+    last_id = ""
+    while page := conn.execute(
+        select(*columns)
+        .where(p.endpoint == endpoint, p.number.is_(None), p.id > last_id, *window)
+        .order_by(p.id)
+        .limit(_CHUNK)
+    ).all():
+        yield page
+        last_id = page[-1].id
+    last: tuple[int, str] | None = None
+    while True:
+        after = [] if last is None else [or_(p.number > last[0], and_(p.number == last[0], p.id > last[1]))]
+        page = conn.execute(
+            select(*columns)
+            .where(p.endpoint == endpoint, p.number.is_not(None), *after, *window)
+            .order_by(p.number, p.id)
+            .limit(_CHUNK)
+        ).all()
+        if not page:
+            return
+        yield page
+        last = (page[-1].number, page[-1].id)
+
+
 @dataclass(frozen=True)
 class TreeRows:
     """A pipeline tree as rows of the pipelines, workflows and jobs tables."""
@@ -556,7 +643,12 @@ def tree_updated_on(tree: dict[str, Any]) -> float:
 
 
 def _set_project_info(conn: Connection, slug: str, info: dict[str, Any]) -> None:
+    """Store GET /project/{slug}; the facts' is_default_branch follows a changed default branch."""
+    before = default_branch_of(conn, slug)
     conn.execute(update(s.endpoints).where(s.endpoints.c.slug == slug).values(project_info=dumps(info)))
+    after = default_branch_of(conn, slug)
+    if after != before:
+        set_default_branch(conn, slug, after)
 
 
 def _count_by_endpoint(conn: Connection, source: Any, *where: Any) -> dict[str, int]:
@@ -565,7 +657,7 @@ def _count_by_endpoint(conn: Connection, source: Any, *where: Any) -> dict[str, 
     return {endpoint: count for endpoint, count in conn.execute(query)}
 
 
-def _assemble(conn: Connection, pipelines: Sequence[tuple[str, str]]) -> dict[str, dict[str, Any]]:
+def assemble_trees(conn: Connection, pipelines: Sequence[tuple[str, str]]) -> dict[str, dict[str, Any]]:
     """Rebuild trees for (pipeline id, pipeline JSON) pairs with two queries."""
     ids = [pid for pid, _ in pipelines]
     w, j = s.workflows.c, s.jobs.c

@@ -119,6 +119,88 @@ meta = Table(
 CORE_TABLES = (schema_version, endpoints, pipelines, workflows, jobs)
 APPLICATION = "circleci-ds"
 
+# -- facts: analysis-ready rows derived from the raw trees (see circleci_ds.facts) ---------------
+
+pipeline_runs = Table(
+    "pipeline_runs",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("endpoint", String(300), nullable=False),
+    Column("number", BigInteger),
+    Column("created", Double),
+    Column("triggered", Double),
+    Column("branch", Text),
+    Column("branch_source", String(40)),
+    Column("is_default_branch", Boolean),
+    Column("commit", Text),
+    Column("subject", Text),
+    Column("author", Text),
+    Column("trigger_type", Text),
+    Column("state", Text),
+    Column("bad_times", Integer, nullable=False),
+    Index("ix_pipeline_runs_endpoint_created", "endpoint", "created"),
+)
+
+workflow_runs = Table(
+    "workflow_runs",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("pipeline_id", String(64), nullable=False, index=True),
+    Column("endpoint", String(300), nullable=False),
+    Column("pipeline_number", BigInteger),
+    Column("name", Text, nullable=False),
+    Column("status", String(40), nullable=False),
+    Column("branch", Text),
+    Column("is_default_branch", Boolean),
+    Column("commit", Text),
+    Column("triggered", Double),
+    Column("created", Double),
+    Column("stopped", Double),
+    Column("duration", Double),
+    Column("active_duration", Double),
+    Column("approval_wait", Double),
+    Column("rerun_index", Integer, nullable=False),
+    Column("rerun_of", String(64)),
+    Column("rerun_kind", String(20)),
+    Column("jobs", Integer, nullable=False),
+    Column("executed_jobs", Integer, nullable=False),
+    Column("failed_jobs", Integer, nullable=False),
+    Index("ix_workflow_runs_endpoint_created", "endpoint", "created"),
+)
+
+job_runs = Table(
+    "job_runs",
+    metadata,
+    Column("workflow_id", String(64), primary_key=True),
+    Column("id", String(64), primary_key=True),
+    Column("pipeline_id", String(64), nullable=False, index=True),
+    Column("endpoint", String(300), nullable=False),
+    Column("workflow_name", Text, nullable=False),
+    Column("name", Text, nullable=False),
+    Column("type", String(40)),
+    Column("status", String(40), nullable=False),
+    Column("number", BigInteger),
+    Column("executed", Boolean, nullable=False),
+    Column("branch", Text),
+    Column("is_default_branch", Boolean),
+    Column("commit", Text),
+    Column("workflow_created", Double),
+    Column("queued", Double),
+    Column("started", Double),
+    Column("stopped", Double),
+    Column("duration", Double),
+    Column("queue_time", Double),
+    Column("approval_wait", Double),
+    Column("dependencies", Text, nullable=False),
+    Index("ix_job_runs_endpoint_created", "endpoint", "workflow_created"),
+)
+
+FACT_TABLES = (pipeline_runs, workflow_runs, job_runs)
+# Reading trees back in (endpoint, number) order, a page at a time.
+pipelines_by_number = Index(
+    "ix_pipelines_endpoint_number", pipelines.c.endpoint, pipelines.c.number, pipelines.c.id
+)
+
 
 def _v1_core(conn: Connection) -> None:
     metadata.create_all(conn, tables=list(CORE_TABLES))
@@ -186,6 +268,15 @@ def job_number_of(job: dict[str, Any]) -> int | None:
     return number if isinstance(number, int) and not isinstance(number, bool) else None
 
 
+def facts_tables(conn: Connection) -> None:
+    """Facts tables beside the raw JSON, filled from the trees already stored."""
+    from circleci_ds.store.facts_store import backfill_facts
+
+    metadata.create_all(conn, tables=list(FACT_TABLES))
+    pipelines_by_number.create(conn, checkfirst=True)
+    backfill_facts(conn)
+
+
 # Each step upgrades version N to N+1. Released steps never change; new ones are appended.
 MIGRATIONS: list[Callable[[Connection], None]] = [
     _v1_core,
@@ -194,6 +285,7 @@ MIGRATIONS: list[Callable[[Connection], None]] = [
     _endpoint_project_name,
     _ownership_marker,
     _rerun_signals,
+    facts_tables,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
