@@ -1,7 +1,8 @@
 """CircleCI API v2 client: HTTP only.
 
-Auth, pagination, retries (tenacity), 429 / Retry-After with a client-wide pause and an
-adaptive rate, and a bound on requests in flight. It knows nothing of the store.
+Auth, pagination, retries (tenacity), a bound on requests in flight; pacing against the server's rate
+limit (429 / Retry-After, quota headers, the `max_wait` bound) is `pacing.Pacer`'s. It knows nothing of
+the store.
 
 Every byte from the server is hostile. Rules:
 - The token never leaves the origin (scheme, host, port) of the base URL: no request goes
@@ -37,6 +38,7 @@ Exceptions (all raised by the client derive from ApiError):
      +-- ResponseTooLarge    a body past the decoded-size cap
      +-- MalformedResponse   JSON that is not what the endpoint answers, or an unusable id
      +-- EndlessPagination   a list that does not end
+     +-- RateLimitWait       the server's pauses would outlast `max_wait`
 """
 
 from __future__ import annotations
@@ -45,14 +47,12 @@ import asyncio
 import hashlib
 import json
 import logging
-import math
 import random
 import time
 import zlib
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -62,6 +62,9 @@ from yarl import URL
 
 from circleci_ds import __version__
 from circleci_ds.text import clean, without_surrogates
+from circleci_ds.pacing import Pacer, Ticket, WaitBudget, WaitTooLong, parse_http_date, parse_retry_after
+
+__all__ = ["Pacer", "parse_retry_after"]  # re-exported: the pacer's home is pacing.py
 
 DEFAULT_API_URL = "https://circleci.com/api/v2"
 MiB = 1024 * 1024
@@ -103,9 +106,9 @@ class TransientError(ApiError):
 
 
 class RateLimited(TransientError):
-    """429; `retry_after` seconds were asked for."""
+    """429; `retry_after` seconds were asked for (None: the server did not say)."""
 
-    def __init__(self, message: str, *, retry_after: float, path: str = "") -> None:
+    def __init__(self, message: str, *, retry_after: float | None, path: str = "") -> None:
         super().__init__(message, status=429, path=path)
         self.retry_after = retry_after
 
@@ -132,6 +135,10 @@ class EndlessPagination(ApiError):
     """A list that does not end: a repeated page token, too many empty pages, too many pages."""
 
 
+class RateLimitWait(ApiError):
+    """Waiting out the server's rate limit would take longer than `max_wait` allows."""
+
+
 @dataclass
 class ClientStats:
     requests: int = 0
@@ -140,171 +147,6 @@ class ClientStats:
     in_flight: int = 0
     max_in_flight: int = 0
     by_status: dict[int, int] = field(default_factory=dict)
-
-
-class Pacer:
-    """Spaces requests out to a pace that adapts to 429s, and pauses everyone on Retry-After.
-
-    Unpaced (or at `max_rps`) until a 429. A 429 pauses every request for its Retry-After and
-    sets the pace just under the ceiling, an estimate of the server's rate from the stretch of
-    requests since the previous pause, if they were pressing on the pace:
-    - after a climb, the pace held for a whole step before (it did not run the server dry);
-    - after a steady stretch, the pace less the burst the server let through above its rate
-      (the sooner the 429 came, the larger that share), and at most the success rate.
-    Otherwise, or when the pace was far above the server's rate, the pace halves and climbs again.
-    The pace climbs fast without a ceiling or below one; past a ceiling from a climb, which may be
-    low, it grows slowly; a ceiling from a steady stretch is held for HOLD seconds before the pace
-    probes above it, since every 429 costs every request a pause. The pace only grows while it
-    holds requests back. `max_rps` is a hard cap: at most max_rps * W + 1 requests in any W seconds.
-    """
-
-    STEP = 0.25  # seconds between changes of pace
-    MEASURE = 2.0  # seconds of successes since the last pause that measure the server's rate
-    MIN_SPAN, MIN_COUNT = 0.3, 10  # a shorter or sparser stretch says nothing
-    BACKOFF = 0.97  # the pace kept under a ceiling
-    BURST = 0.05  # burst assumed let through above the server's rate, in seconds of that rate
-    CLIMB, PUSH = 1.25, 1.04  # growth per step: without or below a ceiling; past an unconfirmed one
-    HOLD = 60.0  # seconds a confirmed ceiling is trusted before the pace probes above it
-
-    def __init__(self, max_rps: float | None = None, clock: Callable[[], float] = time.monotonic) -> None:
-        self.max_rps = max_rps
-        self.rate: float | None = max_rps  # None: unpaced
-        self.ceiling: float | None = None
-        self.confirmed = False
-        self._clock = clock
-        self._next = 0.0  # the next free slot
-        self._paused_until = 0.0
-        self._resumed_at = self._last_change = clock()
-        self._successes: deque[float] = deque()
-        self._waited_at = -math.inf  # when the pace last held a request back
-        self._climbing = False  # the pace grew fast since the last pause
-        self._held: float | None = None  # the pace before the last step up
-
-    async def wait(self) -> None:
-        """Return when this request may go."""
-        while (delay := self.delay()) > 0:
-            await asyncio.sleep(delay)
-
-    def delay(self) -> float:
-        """0.0 if a request may go now (it takes the slot), else seconds to wait before asking again.
-        Slots are not booked ahead, so a new pace applies at once."""
-        now = self._clock()
-        if self._paused_until > now:
-            return self._paused_until - now
-        if self.rate is None:
-            return 0.0
-        self._grow(now)
-        if now >= self._next:
-            interval = 1.0 / self.rate
-            # A late wake-up keeps its place in the schedule; idle time earns no burst.
-            slot = self._next if now - self._next <= interval / 2 else now
-            self._next = slot + interval
-            return 0.0
-        self._waited_at = now
-        return self._next - now
-
-    def success(self) -> None:
-        now = self._clock()
-        self._successes.append(now)
-        while self._successes and self._successes[0] < now - self.MEASURE:
-            self._successes.popleft()
-
-    def rate_limited(self, retry_after: float) -> None:
-        now = self._clock()
-        if self._paused_until > now:
-            # The same event (requests in flight when the pause began); a longer Retry-After still counts.
-            self._pause_until(max(self._paused_until, now + retry_after))
-            return
-        ceiling = self._estimate(now)
-        if ceiling is None:
-            self._set(0.5 * (self.rate or self._rough_rate(now)))
-        else:
-            self._set(self.BACKOFF * ceiling)
-        self.confirmed = ceiling is not None and not self._climbing
-        self.ceiling = ceiling
-        self._climbing = False
-        self._held = None
-        self._pause_until(now + retry_after)
-        estimate = "unknown" if ceiling is None else f"{ceiling:.1f}/s"
-        log.debug("HTTP 429: pausing %.2fs; pace %.1f/s, server rate %s", retry_after, self.rate, estimate)
-
-    def _pause_until(self, when: float) -> None:
-        self._paused_until = self._resumed_at = self._next = self._last_change = when
-
-    def _estimate(self, now: float) -> float | None:
-        """The server's rate judged from the stretch since the last pause; None if unknown."""
-        if self.rate is None or self._waited_at < self._resumed_at:
-            return None  # requests were not pressing on a pace: nothing was measured
-        if self._climbing:
-            return self._held
-        # A steady pace that ran the server's burst dry in T seconds was about burst / T above its rate.
-        excess = self.BURST / (now - self._resumed_at)
-        if excess > 0.25:
-            return None  # far above it: start again from half
-        measured = self._measured(now)
-        ceiling = self.rate * (1 - excess)
-        return ceiling if measured is None else min(ceiling, measured)
-
-    def _measured(self, now: float) -> float | None:
-        """Successes per second over the last MEASURE seconds since the pause."""
-        start = max(self._resumed_at, now - self.MEASURE)
-        span = now - start
-        count = sum(1 for t in self._successes if t >= start)
-        return count / span if span >= self.MIN_SPAN and count >= self.MIN_COUNT else None
-
-    def _rough_rate(self, now: float) -> float:
-        if not self._successes:
-            return 2.0
-        return max(2.0, len(self._successes) / max(0.05, now - self._successes[0]))
-
-    def _grow(self, now: float) -> None:
-        if self.rate is None or now - self._last_change < self.STEP or now - self._waited_at > self.STEP:
-            return  # only raise a pace that is holding requests back
-        if self.confirmed and now - self._resumed_at < self.HOLD:
-            return
-        self._last_change = now
-        self._held = self.rate
-        ceiling = self.ceiling
-        if ceiling is None:
-            self._climbing = True
-            self._set(self.rate * self.CLIMB)
-        elif self.rate < self.BACKOFF * ceiling:
-            self._climbing = True
-            self._set(min(self.rate * self.CLIMB, self.BACKOFF * ceiling))
-        else:
-            self._set(self.rate * self.PUSH)
-
-    def _set(self, rate: float) -> None:
-        rate = max(1.0, rate)
-        self.rate = min(rate, self.max_rps) if self.max_rps is not None else rate
-
-
-def parse_retry_after(value: str | None, server_date: str | None, default: float = 1.0) -> float:
-    """Seconds to wait from a Retry-After header (delta-seconds or HTTP date), within [0, 300]."""
-    if not value:
-        return default
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            target = parsedate_to_datetime(value).timestamp()
-        except (TypeError, ValueError, IndexError, OverflowError):
-            return default
-        base = _parse_http_date(server_date)
-        seconds = target - (base if base is not None else time.time())
-    if math.isnan(seconds):
-        return default
-    return min(max(seconds, 0.0), 300.0)
-
-
-def _parse_http_date(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return parsedate_to_datetime(value).timestamp()
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
 
 
 class CircleCIClient:
@@ -319,7 +161,7 @@ class CircleCIClient:
         max_rps: float | None = None,
         timeout: float = 60.0,
         max_attempts: int = 6,
-        max_rate_limited: int = 40,
+        max_wait: float = 900.0,
         backoff_initial: float = 0.5,
         backoff_max: float = 30.0,
         limits: Limits | None = None,
@@ -333,12 +175,12 @@ class CircleCIClient:
         # A body that trickles in is bounded by the total, a silent connection by sock_read.
         self._timeout = aiohttp.ClientTimeout(total=timeout, sock_read=timeout)
         self._max_attempts = max_attempts
-        self._max_rate_limited = max_rate_limited
+        self._max_wait = max_wait
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
         self._connections = concurrency
         self.limits = limits or Limits()
-        self.pacer = Pacer(max_rps)
+        self.pacer = Pacer(max_rps, max_wait=max_wait)
         self.stats = ClientStats()
         self._session: aiohttp.ClientSession | None = None
         self._clock_offset: float | None = None
@@ -422,6 +264,7 @@ class CircleCIClient:
         return items
 
     async def get(self, path: str, params: dict[str, str] | None = None) -> dict[str, Any]:
+        budget = WaitBudget(self._max_wait)  # pauses this request may still wait out
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(TransientError),
             stop=self._stop,
@@ -431,13 +274,13 @@ class CircleCIClient:
         )
         async for attempt in retrying:
             with attempt:
-                return await self._get_once(path, params)
+                return await self._get_once(path, params, budget)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _stop(self, state: RetryCallState) -> bool:
         exc = state.outcome.exception() if state.outcome else None
         if isinstance(exc, RateLimited):
-            return state.attempt_number >= self._max_rate_limited
+            return False  # the pacer's wait budget ends it (RateLimitWait)
         return state.attempt_number >= self._max_attempts
 
     def _wait(self, state: RetryCallState) -> float:
@@ -450,21 +293,27 @@ class CircleCIClient:
     def _count_retry(self, state: RetryCallState) -> None:
         self.stats.retries += 1
 
-    async def _get_once(self, path: str, params: dict[str, str] | None) -> dict[str, Any]:
+    async def _get_once(
+        self, path: str, params: dict[str, str] | None, budget: WaitBudget | None = None
+    ) -> dict[str, Any]:
         assert self._session is not None, "use the client as an async context manager"
         async with self._concurrency:
-            await self.pacer.wait()
+            try:
+                ticket = await self.pacer.wait(budget)
+            except WaitTooLong as exc:
+                raise RateLimitWait(f"{path}: {exc}; giving up", status=429, path=path) from None
             self.stats.requests += 1
             self.stats.in_flight += 1
             self.stats.max_in_flight = max(self.stats.max_in_flight, self.stats.in_flight)
             try:
-                return await self._fetch(path, URL(self.base_url + path).extend_query(params or {}))
+                return await self._fetch(path, URL(self.base_url + path).extend_query(params or {}), ticket)
             except (TimeoutError, aiohttp.ClientError) as exc:
                 raise TransientError(f"{path}: {self._say(_describe_exception(exc))}", path=path) from None
             finally:
+                self.pacer.abandon(ticket)
                 self.stats.in_flight -= 1
 
-    async def _fetch(self, path: str, url: URL) -> dict[str, Any]:
+    async def _fetch(self, path: str, url: URL, ticket: Ticket) -> dict[str, Any]:
         """GET `url`, following redirects within the origin only; the answer's JSON object."""
         assert self._session is not None
         for _ in range(self.limits.max_redirects + 1):
@@ -474,6 +323,7 @@ class CircleCIClient:
                 if resp.status in REDIRECTS:
                     url = self._redirect_target(path, url, resp)
                     continue
+                self.pacer.observe(ticket, resp.status, resp.headers)
                 if resp.status == 200:
                     body = await read_body(path, resp, self.limits.max_response_bytes)
                 else:
@@ -511,12 +361,10 @@ class CircleCIClient:
         self._count(status)
         self._note_date(resp.headers.get("Date"))
         if status == 200:
-            self.pacer.success()
             return self._json_object(path, body)
         if status == 429:
             self.stats.rate_limited += 1
             wait = parse_retry_after(resp.headers.get("Retry-After"), resp.headers.get("Date"))
-            self.pacer.rate_limited(wait)
             raise RateLimited(f"{path}: rate limited", retry_after=wait, path=path)
         message = self._message(body)
         if status == 401:
@@ -560,7 +408,7 @@ class CircleCIClient:
         return clean(text, limit)
 
     def _note_date(self, value: str | None) -> None:
-        date = _parse_http_date(value)
+        date = parse_http_date(value)
         if date is not None and PLAUSIBLE_DATES[0] <= date < PLAUSIBLE_DATES[1]:
             # Date has one-second resolution; keeping the smallest offset errs on the early side.
             offset = date - time.time()

@@ -180,6 +180,13 @@ def collect(
         typer.Option(help="Re-read final pipelines as their age doubles, up to this age (reruns that wait)."),
     ] = "72h",
     parallel_endpoints: Annotated[int, typer.Option(min=1, help="Endpoints collected at once.")] = 4,
+    max_wait: Annotated[
+        str,
+        typer.Option(
+            help="Longest total wait for the server's rate limit, per request and per run (e.g. 15m, 1h); "
+            "past it the endpoint fails."
+        ),
+    ] = "15m",
     lease_ttl: Annotated[
         float, typer.Option(min=1.0, help="Seconds a dead collector's endpoints stay leased.", hidden=True)
     ] = 60.0,
@@ -202,6 +209,7 @@ def collect(
     _setup_logging(verbose)
     try:
         lookback_s = parse_duration(lookback)
+        max_wait_s = parse_duration(max_wait)
         from_ts = parse_date(from_date) if from_date else None
     except ValueError as exc:
         raise fail(str(exc), EXIT_USAGE) from None
@@ -229,6 +237,7 @@ def collect(
                 concurrency,
                 max_rps,
                 options,
+                max_wait=max_wait_s,
                 limits=limits,
                 timeout=timeout,
                 backoff=retry_backoff,
@@ -272,6 +281,7 @@ async def _collect(
     options: Options,
     *,
     limits: Limits,
+    max_wait: float,
     timeout: float,
     backoff: float,
 ) -> tuple[list[EndpointResult], Any, Any, UserPass]:
@@ -285,6 +295,7 @@ async def _collect(
                 timeout=timeout,
                 backoff_initial=backoff,
                 limits=limits,
+                max_wait=max_wait,
             ) as client:
                 collector = Collector(client, store, options)
                 reporter = asyncio.create_task(_report_progress(collector))
@@ -592,8 +603,20 @@ def simulate(
     span_days: Annotated[float, typer.Option(help="Days of history before the clock.")] = 30.0,
     latency_ms: Annotated[float, typer.Option(help="Latency added to every request.")] = 0.0,
     jitter_ms: Annotated[float, typer.Option(help="Random +/- jitter on the latency.")] = 0.0,
-    rate_limit: Annotated[float | None, typer.Option(help="Token-bucket limit, requests per second.")] = None,
+    rate_limit: Annotated[
+        float | None, typer.Option(help="Rate limit, requests per second (windows: x their length).")
+    ] = None,
     rate_burst: Annotated[int, typer.Option(help="Token-bucket size.")] = 10,
+    limiter: Annotated[
+        str, typer.Option(help="Limiter shape: bucket, second or minute (fixed windows).")
+    ] = "bucket",
+    retry_after: Annotated[
+        str, typer.Option(help="Retry-After on 429s: seconds, date, both (alternating) or none.")
+    ] = "seconds",
+    rate_headers: Annotated[
+        str, typer.Option(help="Quota headers: none, ratelimit (RateLimit-*), x-ratelimit or both.")
+    ] = "none",
+    limit_body: Annotated[str, typer.Option(help="429 bodies: json, text or both (alternating).")] = "both",
     fault_rate: Annotated[float, typer.Option(help="Share of requests answered 5xx.")] = 0.0,
     token: Annotated[str | None, typer.Option(help="Token that private projects require.")] = None,
 ) -> None:
@@ -604,17 +627,24 @@ def simulate(
         SimProject(f"gh/sim-org/project-{i}", pipelines=pipelines, private=bool(token) and i == projects - 1)
         for i in range(projects)
     ]
-    cfg = SimConfig(
-        seed=seed,
-        projects=sim_projects,
-        span_days=span_days,
-        latency_ms=latency_ms,
-        jitter_ms=jitter_ms,
-        rate_limit_rps=rate_limit,
-        rate_burst=rate_burst,
-        fault_rate=fault_rate,
-        token=token,
-    )
+    try:
+        cfg = SimConfig(
+            seed=seed,
+            projects=sim_projects,
+            span_days=span_days,
+            latency_ms=latency_ms,
+            jitter_ms=jitter_ms,
+            rate_limit_rps=rate_limit,
+            rate_burst=rate_burst,
+            limiter=limiter,
+            retry_after=retry_after,
+            rate_headers=rate_headers,
+            limit_body=limit_body,
+            fault_rate=fault_rate,
+            token=token,
+        )
+    except ValueError as exc:
+        raise fail(str(exc), EXIT_USAGE) from None
 
     def ready(url: str) -> None:
         admin = url.rsplit("/api/v2", 1)[0] + "/_sim/advance?seconds=N"

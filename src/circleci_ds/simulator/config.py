@@ -6,7 +6,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 VCS_ALIASES = {"github": "gh", "gh": "gh", "bitbucket": "bb", "bb": "bb", "circleci": "circleci"}
-RETRY_AFTER_FORMS = ("seconds", "date", "both")
+RETRY_AFTER_FORMS = ("seconds", "date", "both", "none")  # "both" alternates; "none" sends no Retry-After
+RATE_HEADER_FORMS = ("none", "ratelimit", "x-ratelimit", "both")  # RateLimit-*, X-RateLimit-* or both
+LIMIT_BODIES = ("json", "text", "both")  # 429 bodies; "both" alternates
+LIMITER_SHAPES = ("bucket", "second", "minute")  # token bucket, fixed window per second or minute
 
 # Knobs that may change while the server runs; the history-shaping fields may not.
 RUNTIME_KNOBS = frozenset(
@@ -16,7 +19,10 @@ RUNTIME_KNOBS = frozenset(
         "jitter_ms",
         "rate_limit_rps",
         "rate_burst",
+        "limiter",
         "retry_after",
+        "rate_headers",
+        "limit_body",
         "fault_rate",
         "token",
         "retention_days",
@@ -72,7 +78,10 @@ class SimConfig:
     jitter_ms: float = 0.0
     rate_limit_rps: float | None = None
     rate_burst: int = 10
+    limiter: str = "bucket"  # windows admit rate_limit_rps x their length per window
     retry_after: str = "seconds"
+    rate_headers: str = "none"
+    limit_body: str = "both"
     fault_rate: float = 0.0
     token: str | None = None
     retention_days: float | None = None
@@ -90,8 +99,14 @@ class SimConfig:
             raise ValueError("start must be timezone-aware")
         if self.page_size < 1:
             raise ValueError("page_size must be >= 1")
-        if self.retry_after not in RETRY_AFTER_FORMS:
-            raise ValueError(f"retry_after must be one of {RETRY_AFTER_FORMS}")
+        for name, allowed in (
+            ("retry_after", RETRY_AFTER_FORMS),
+            ("rate_headers", RATE_HEADER_FORMS),
+            ("limit_body", LIMIT_BODIES),
+            ("limiter", LIMITER_SHAPES),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}")
         if not 0.0 <= self.rerun_rate <= 1.0:
             raise ValueError("rerun_rate must lie in [0, 1]")
         if not 0.0 <= self.gated_rerun_rate <= 1.0:
