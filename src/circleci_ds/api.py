@@ -47,11 +47,11 @@ import asyncio
 import hashlib
 import json
 import logging
+import math
 import random
 import time
 import zlib
-from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -61,8 +61,8 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 from yarl import URL
 
 from circleci_ds import __version__
-from circleci_ds.text import clean, without_surrogates
 from circleci_ds.pacing import Pacer, Ticket, WaitBudget, WaitTooLong, parse_http_date, parse_retry_after
+from circleci_ds.text import clean, without_surrogates
 
 __all__ = ["Pacer", "parse_retry_after"]  # re-exported: the pacer's home is pacing.py
 
