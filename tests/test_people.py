@@ -105,14 +105,15 @@ async def test_each_user_id_is_resolved_once_ever(tmp_path: Path) -> None:
         sim.stop_thread()
 
 
-async def test_refused_user_look_ups_leave_the_collection_whole_and_are_asked_again(tmp_path: Path) -> None:
+async def test_without_a_token_user_look_ups_are_skipped_and_made_once_a_token_comes(tmp_path: Path) -> None:
     sim = Simulator(sim_config())
     url = sim.start_thread()
     db_url = f"sqlite:///{tmp_path / 'store.db'}"
     try:
-        results, _ = await collect(url, db_url, SLUGS)  # public projects, no token: /user answers 401
+        results, _ = await collect(url, db_url, SLUGS)  # public projects, no token: /user would answer 401
         assert [r.error for r in results] == [None, None]
         assert stored_users(db_url) == {}
+        assert sim.stats["by_endpoint"].get("user", 0) == 0  # not asked without a token
         sim.reset_stats()
         await collect(url, db_url, SLUGS, token=TOKEN)
         assert sim.stats["by_endpoint"]["user"] == len(referenced_ids(sim))

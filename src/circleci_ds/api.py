@@ -185,6 +185,11 @@ class CircleCIClient:
         self._session: aiohttp.ClientSession | None = None
         self._clock_offset: float | None = None
 
+    @property
+    def has_token(self) -> bool:
+        """Whether requests carry a token (some routes, such as GET /user/{id}, answer only with one)."""
+        return bool(self._token)
+
     def __repr__(self) -> str:
         return f"CircleCIClient({self.base_url!r}, token={'set' if self._token else 'none'})"
 

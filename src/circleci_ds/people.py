@@ -6,7 +6,8 @@ Rules:
   into the `users` table, a 404 is remembered as a deleted account. A look-up that fails
   otherwise writes nothing, so a later run asks again; ids that are not UUIDs are never asked.
 - The pass runs after a collection's endpoints, with the collection's client (its pacing,
-  retries and concurrency). A token the API refuses for user look-ups ends the pass with a
+  retries and concurrency), and only with a token (the API refuses user look-ups without one,
+  so asking would cost requests on every run). A token the API refuses for user look-ups ends the pass with a
   warning; the collection itself has succeeded by then.
 - A person in a document (the pipeline's author, the workflow's creator, the approver) is known
   by VCS login; with an identities file, the login also gives the person's name, domain, bot flag
@@ -86,6 +87,9 @@ class UserPass:
 
 async def resolve_users(client: CircleCIClient, store: Store, db: Db) -> UserPass:
     """Look up every user id the store names and has not resolved yet; `db` runs a store call."""
+    if not client.has_token:  # the API answers user look-ups only with a token: asking costs requests
+        log.info("no token: user look-ups skipped; people stay unresolved")
+        return UserPass()
     # Streamed on the store's thread: only the ids are kept, whatever the size of the history.
     todo: list[str] = await db(lambda: new_user_ids(stored_people_objects(store), known_user_ids(store)))
     done = UserPass()
