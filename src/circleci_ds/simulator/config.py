@@ -12,6 +12,7 @@ RETRY_AFTER_FORMS = ("seconds", "date", "both")
 RUNTIME_KNOBS = frozenset(
     {
         "page_size",
+        "tests_page_size",
         "latency_ms",
         "jitter_ms",
         "rate_limit_rps",
@@ -77,6 +78,8 @@ class SimConfig:
     retention_days: float | None = None
     reruns: bool = True
     rerun_rate: float = 0.13  # share of failed workflows rerun by hand (automatic reruns aside)
+    tests_page_size: int = 50  # test results per page of /project/{slug}/{number}/tests
+    test_suite_scale: float = 1.0  # multiplies every suite's size (large results for benchmarks)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -85,8 +88,10 @@ class SimConfig:
         """Raise ValueError on knob values the server cannot honour."""
         if self.start.tzinfo is None:
             raise ValueError("start must be timezone-aware")
-        if self.page_size < 1:
-            raise ValueError("page_size must be >= 1")
+        if self.page_size < 1 or self.tests_page_size < 1:
+            raise ValueError("page_size and tests_page_size must be >= 1")
+        if self.test_suite_scale <= 0:
+            raise ValueError("test_suite_scale must be positive")
         if self.retry_after not in RETRY_AFTER_FORMS:
             raise ValueError(f"retry_after must be one of {RETRY_AFTER_FORMS}")
         if not 0.0 <= self.rerun_rate <= 1.0:
