@@ -298,6 +298,10 @@ class CircleCIClient:
     async def job_details(self, slug: str, number: int) -> dict[str, Any]:
         return await self.get(f"/project/{_path(slug)}/job/{int(number)}")
 
+    def test_pages(self, slug: str, number: int) -> AsyncIterator[list[dict[str, Any]]]:
+        """Pages of a job's test results; NotFound when it stored none."""
+        return self.pages(f"/project/{_path(slug)}/{int(number)}/tests")
+
     async def project(self, slug: str) -> dict[str, Any]:
         return await self.get(f"/project/{_path(slug)}")
 

@@ -145,6 +145,9 @@ def collect(
     lease_ttl: Annotated[
         float, typer.Option(min=1.0, help="Seconds a dead collector's endpoints stay leased.", hidden=True)
     ] = 60.0,
+    tests: Annotated[
+        bool, typer.Option("--tests/--no-tests", help="Read test results of finished build jobs.")
+    ] = True,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
     """Collect every endpoint of FIXTURE incrementally into the store."""
@@ -166,6 +169,7 @@ def collect(
         parallel_endpoints=parallel_endpoints,
         trees_in_flight=max(8, concurrency * 2),
         lease_ttl=lease_ttl,
+        tests=tests and settings.collect_tests,
     )
     started = time.monotonic()
     try:
@@ -186,7 +190,9 @@ def collect(
         f"collected {len(results) - len(failed) - others}/{len(settings.endpoints)} endpoint(s)"
         + (f" ({others} by another collector)" if others else "")
         + f": {counters.pipelines} pipeline(s) stored, {counters.workflows} workflow(s), "
-        f"{counters.jobs} job(s), {counters.details} job detail(s) read; {stats.requests} request(s), "
+        f"{counters.jobs} job(s), {counters.details} job detail(s), "
+        f"tests of {counters.tests} job(s) ({counters.test_results} result(s)) read; "
+        f"{stats.requests} request(s), "
         f"{stats.rate_limited} rate-limited, {stats.retries} retried, in {time.monotonic() - started:.1f}s"
         + (f"; {len(failed)} endpoint(s) failed" if failed else ""),
         file=sys.stderr if not sys.stdout.isatty() else sys.stdout,
@@ -215,6 +221,7 @@ async def _report_progress(collector: Collector) -> None:
     def line() -> str:
         return (
             f"pipelines {c.pipelines} | workflows {c.workflows} | jobs {c.jobs} | details {c.details} | "
+            f"tests {c.tests} | "
             f"requests {stats.requests} | 429s {stats.rate_limited}"
         )
 

@@ -30,6 +30,7 @@ from circleci_ds.api import DEFAULT_API_URL, ApiError, CircleCIClient, NotFound,
 from circleci_ds.fixture import Endpoint
 from circleci_ds.store import PipelineIndexEntry, Store
 from circleci_ds.store.database import digest
+from circleci_ds.testresults import TestPhase
 from circleci_ds.times import parse_ts
 
 log = logging.getLogger("circleci_ds.collect")
@@ -50,6 +51,7 @@ class Options:
     trees_in_flight: int = 32
     lease_ttl: float = 60.0
     owner: str = field(default_factory=lambda: new_owner())
+    tests: bool = True  # read test results of finished build jobs (circleci_ds.testresults)
 
 
 @dataclass
@@ -60,6 +62,8 @@ class Counters:
     workflows: int = 0
     jobs: int = 0
     details: int = 0
+    tests: int = 0  # jobs whose test results were read
+    test_results: int = 0
 
 
 @dataclass
@@ -244,10 +248,13 @@ class Collector:
         walk = _Walk(self, endpoint)
         checkpoint: float | None = None
         error: str | None = None
+        test_errors: list[str] = []
         try:
             info = await self.client.project(endpoint.slug)
             await self.db(self.store.save_project_info, endpoint.slug, info)
             checkpoint = await walk.run()
+            if self.options.tests:
+                test_errors = await TestPhase(self, endpoint.slug).run()
         except Unauthorized:
             raise
         except NotFound:
@@ -266,6 +273,9 @@ class Collector:
             error = (
                 f"{endpoint.written}: {len(walk.errors)} pipeline(s) not collected; first: {walk.errors[0]}"
             )
+        if error is None and test_errors:
+            first = test_errors[0]
+            error = f"{endpoint.written}: tests of {len(test_errors)} job(s) not read; first: {first}"
         await self.db(
             self.store.record_finish, endpoint.slug, finished=time.time(), error=error, checkpoint=checkpoint
         )
