@@ -64,6 +64,7 @@ class TestJob:
     branch: str | None
     commit: str | None
     status: str | None
+    created_at: float | None  # the workflow's
     started_at: float | None
     stopped_at: float | None
     duration: float | None  # seconds
@@ -162,6 +163,7 @@ def job_context(
         branch=_str(vcs.get("branch")),
         commit=_str(vcs.get("revision")),
         status=_str(job.get("status")),
+        created_at=parse_ts(workflow.get("created_at")),
         started_at=started,
         stopped_at=stopped,
         duration=seconds,

@@ -94,6 +94,7 @@ def _job_values(job: TestJob) -> dict[str, Any]:
         "branch": job.branch,
         "commit_sha": job.commit,
         "status": job.status,
+        "created_at": job.created_at,
         "started_at": job.started_at,
         "stopped_at": job.stopped_at,
         "duration": job.duration,
