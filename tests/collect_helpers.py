@@ -72,3 +72,37 @@ def assert_matches_truth(db_url: str, sim: Simulator, slugs: list[str]) -> None:
         assert not missing and not extra, f"{slug}: missing {len(missing)}, extra {len(extra)}"
         for pid, tree in want[slug].items():
             assert have[pid] == tree, f"{slug}: pipeline {pid} differs"
+
+
+def store_test_truth(store: Store, sim: Simulator, slugs: list[str]) -> None:
+    """Write the simulator's test truth straight into the store (as collection would), by job number."""
+    from circleci_ds.simulator.render import render_project
+    from circleci_ds.store.testresults import save_chunk
+    from circleci_ds.testresults import TestJob
+
+    for written in slugs:
+        slug = canonical_slug(written)
+        project = sim.history.project(slug)
+        assert project is not None
+        store.ensure_endpoint(slug, "acme", f"https://circleci.com/{slug}")
+        store.save_project_info(slug, render_project(project))
+        for entry in sim.test_truth(slug):
+            started, stopped = entry["started_at_ms"], entry["stopped_at_ms"]
+            job = TestJob(
+                endpoint=slug,
+                job_number=entry["job_number"],
+                job_id=entry["job_id"],
+                pipeline_id=entry["pipeline_id"],
+                workflow_id=None,
+                workflow=entry["workflow"],
+                job_name=entry["job_name"],
+                branch=entry["branch"],
+                commit=entry["commit"],
+                status=entry["status"],
+                created_at=entry["workflow_created_ms"] / 1000,
+                started_at=started / 1000 if started is not None else None,
+                stopped_at=stopped / 1000 if stopped is not None else None,
+                duration=(stopped - started) / 1000 if started is not None and stopped is not None else None,
+                web_url=entry["web_url"],
+            )
+            save_chunk(store, job, entry["items"], seq=0, final=True)

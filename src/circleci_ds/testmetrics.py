@@ -403,7 +403,8 @@ def _percentiles(store: Store, scope: _Scope, case_refs: list[int]) -> list[tupl
 
 def time_lost(store: Store, scope: _Scope) -> list[FlakyTimeLost]:
     t = s.test_jobs.c
-    r2, t2 = aliased(s.test_results).c, aliased(s.test_jobs)
+    passes, t2 = aliased(s.test_results), aliased(s.test_jobs)
+    r2 = passes.c
     f, g = aliased(s.test_results).c, aliased(s.test_results).c
     later_pass = exists().where(
         t2.c.endpoint == t.endpoint,
@@ -414,7 +415,7 @@ def time_lost(store: Store, scope: _Scope) -> list[FlakyTimeLost]:
         r2.job_ref == t2.c.ref,
         r2.case_ref == f.case_ref,
         r2.outcome == 1,
-    )
+    ).correlate_except(t2, passes)  # the job and the failure come from the enclosing queries
     failed = exists().where(g.job_ref == t.ref, g.outcome == 0)
     unrecovered = exists().where(f.job_ref == t.ref, f.outcome == 0, ~later_pass)
     query = (

@@ -28,7 +28,7 @@ from functools import lru_cache
 
 from .config import SimConfig
 from .history import Job, Project
-from .render import JSON, InvalidPageToken, decode_token, encode_token, status_at
+from .render import JSON, InvalidPageToken, decode_token, encode_token, render_details, status_at
 
 PASSED, FAILED, SKIPPED = "success", "failure", "skipped"
 # (name pattern, smallest and largest suite size)
@@ -250,7 +250,10 @@ def tests_truth(cfg: SimConfig, project: Project, now: int) -> list[JSON]:
                 "branch": pipeline.branch,
                 "commit": pipeline.vcs["revision"] if pipeline.vcs else None,
                 "status": status_at(job.run.timeline, now),
+                "workflow_created_ms": job.workflow.created_at,
+                "started_at_ms": job.run.started_at,
                 "stopped_at_ms": job.run.stopped_at,
+                "web_url": render_details(job, now)["web_url"],
                 "items": items,
                 "kinds": kinds,
             }
