@@ -11,6 +11,7 @@ from circleci_ds.enrich import enrich_trees
 from circleci_ds.metrics import MetricsReport, compute_metrics
 from circleci_ds.report.html import render_html, write_html
 from circleci_ds.report.terminal import print_tables
+from circleci_ds.report.testsection import build_tests, print_test_tables, report_json
 from circleci_ds.store import Store
 
 __all__ = ["build_report", "print_tables", "render_html", "run_report", "write_html"]
@@ -49,11 +50,13 @@ def run_report(
     if fmt not in FORMATS:
         raise ValueError(f"unknown report format {fmt!r} (expected one of {', '.join(FORMATS)})")
     report = build_report(store, project=project, since=since, until=until, branch=branch)
+    tests = build_tests(store, project=project, since=since, until=until, branch=branch)
     if fmt == "json":
-        console.out(report.to_json(), highlight=False)
+        console.out(report_json(report, tests), highlight=False)
     else:
         print_tables(report, console)
+        print_test_tables(tests, console)
     if html_path is not None:
-        write_html(report, html_path)
+        write_html(report, html_path, tests)
         if fmt == "table":  # JSON output stays pure JSON
             console.print(f"Wrote {html_path}", highlight=False, markup=False)

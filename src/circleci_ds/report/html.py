@@ -17,6 +17,7 @@ from circleci_ds.metrics import FailedRun, MetricsReport, ProjectMetrics
 from circleci_ds.report import formatting as fmt
 from circleci_ds.report.charts import Chart, project_charts
 from circleci_ds.report.terminal import slowest_jobs, window_line
+from circleci_ds.testmetrics import TestsReport
 
 STYLE = """
 :root { --ink:#0f172a; --muted:#64748b; --line:#e2e8f0; --bg:#f1f5f9; --card:#fff; --accent:#2563eb;
@@ -88,6 +89,8 @@ DEFINITIONS = [
     ("Rerun rate", "Share of pipeline-and-workflow executions rerun at least once."),
     ("Queue time", "started_at - queued_at of build jobs."),
     ("Flaky job", "A job that both failed and passed on the same commit."),
+    ("Flaky test", "A test (classname and name in a job) that both passed and failed on the same commit."),
+    ("Slowest tests", "p50 and p95 of run_time over passed and failed results, interpolated between ranks."),
 ]
 
 
@@ -116,11 +119,15 @@ def plotly_js() -> str:
     return get_plotlyjs()
 
 
-def render_html(report: MetricsReport) -> str:
-    """The whole page as a string."""
+def render_html(report: MetricsReport, tests: TestsReport | None = None) -> str:
+    """The whole page as a string; with `tests`, a Tests section at the end."""
     specs: list[dict[str, Any]] = []
     sections = [_project_section(report, p, i, specs) for i, p in enumerate(report.projects)]
     body = "\n".join(sections) or '<p class="empty">No workflow runs in this window.</p>'
+    if tests is not None:
+        from circleci_ds.report.testsection import html_section  # it builds on this module
+
+        body += html_section(tests, specs)
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
@@ -131,8 +138,8 @@ def render_html(report: MetricsReport) -> str:
     )
 
 
-def write_html(report: MetricsReport, path: Path) -> None:
-    path.write_text(render_html(report), encoding="utf-8")
+def write_html(report: MetricsReport, path: Path, tests: TestsReport | None = None) -> None:
+    path.write_text(render_html(report, tests), encoding="utf-8")
 
 
 def _header(report: MetricsReport) -> str:
