@@ -274,8 +274,8 @@ class Collector:
                 f"{endpoint.written}: {len(walk.errors)} pipeline(s) not collected; first: {walk.errors[0]}"
             )
         if error is None and test_errors:
-            first = test_errors[0]
-            error = f"{endpoint.written}: tests of {len(test_errors)} job(s) not read; first: {first}"
+            first_test = test_errors[0]
+            error = f"{endpoint.written}: tests of {len(test_errors)} job(s) not read; first: {first_test}"
         await self.db(
             self.store.record_finish, endpoint.slug, finished=time.time(), error=error, checkpoint=checkpoint
         )

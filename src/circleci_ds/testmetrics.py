@@ -269,7 +269,7 @@ def flaky_tests(store: Store, scope: _Scope, limit: int = LIMIT) -> list[FlakyTe
         .group_by(rows.c.case_ref)
     )
     with store.engine.connect() as conn:
-        found = conn.execute(totals).all()
+        found = list(conn.execute(totals).all())
     refs = _refs(store, (f.case_ref for f in found))
     found.sort(key=lambda f: (-f.times, -(f.last or 0), _key(refs[f.case_ref])))
     top = found[:limit]
@@ -329,7 +329,7 @@ def most_failed(store: Store, scope: _Scope, limit: int = LIMIT) -> list[FailedT
         .group_by(r.case_ref)
     )
     with store.engine.connect() as conn:
-        found = conn.execute(query).all()
+        found = list(conn.execute(query).all())
     refs = _refs(store, (f.case_ref for f in found))
     found.sort(key=lambda f: (-f.failures, f.runs, _key(refs[f.case_ref])))
     return [

@@ -139,12 +139,16 @@ def _str(value: object) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _dict(value: object) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
 def job_context(
     endpoint: str, job: dict[str, Any], workflow: dict[str, Any], pipeline: dict[str, Any]
 ) -> TestJob:
     """The context of a stored job (its details, when read, give the web URL and exact duration)."""
-    details = job.get("details") if isinstance(job.get("details"), dict) else {}
-    vcs = pipeline.get("vcs") if isinstance(pipeline.get("vcs"), dict) else {}
+    details = _dict(job.get("details"))
+    vcs = _dict(pipeline.get("vcs"))
     started = parse_ts(job.get("started_at"))
     stopped = parse_ts(job.get("stopped_at"))
     duration = details.get("duration")
