@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 from rich.console import Console
 
+from circleci_ds.export import uuid
 from circleci_ds.report import run_report
 from circleci_ds.store import Store
 from circleci_ds.store.testresults import save_chunk
@@ -107,3 +111,25 @@ def test_tests_section_renders_safely_in_chromium(tmp_path: Path) -> None:
     assert all(c["points"] > 0 for c in seen["charts"]), seen["charts"]
     assert seen["pwned"] == "undefined"
     assert seen["message"] and seen["class"] and seen["script"]
+
+
+def test_enriched_export_has_one_document_per_result(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    planted_store(db).close()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    run = subprocess.run(
+        [sys.executable, "-m", "circleci_ds", "export", "--db", f"sqlite:///{db}", "--kind", "enriched",
+         "--format", "es-bulk"],
+        capture_output=True, text=True, env=env, timeout=120, check=True,
+    )
+    lines = [json.loads(line) for line in run.stdout.splitlines()]
+    actions, docs = lines[::2], lines[1::2]
+    tests = [d for d in docs if d.get("is_circleci_test") == 1]
+    assert len(tests) == 6 * 3 + 2  # jobs 1-6 with three results, 9 and 10 with one; 7 is half-read
+    assert len({d["uuid"] for d in tests}) == len(tests)
+    assert all(a["index"]["_id"] == d["uuid"] and a["index"]["_index"] == "sds-acme-circleci"
+               for a, d in zip(actions, docs, strict=True))
+    planted = next(d for d in tests if d["classname"] == PLANTED_CLASS and d["result"] == "failure")
+    assert planted["message"] == PLANTED_MESSAGE and planted["passed"] is False
+    assert planted["job_web_url"] == "https://ci/9" and planted["commit_sha"] == "c9"
+    assert planted["uuid"] == uuid("https://circleci.com/gh/acme/x", "job-9", "test", PLANTED_CLASS, "D")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import logging
 import os
 import sys
@@ -275,8 +276,10 @@ def export(
             docs: Iterable[dict[str, Any]] = ex.raw_items(store, project)
         else:
             from circleci_ds.enrich import enrich_trees
+            from circleci_ds.testdocs import test_documents
 
             docs = enrich_trees(store.iter_trees(project), store.project_infos())
+            docs = itertools.chain(docs, test_documents(store, project))  # one document per test result
         lines = ex.es_bulk(docs, raw=kind is Kind.raw) if fmt is Format.es_bulk else ex.ndjson(docs)
         _write_lines(lines)
     finally:

@@ -168,3 +168,25 @@ def raw_items(store: Store, endpoint: str, job_number: int) -> list[Any] | None:
             return None
         blobs = conn.execute(select(r.data).where(r.job_ref == ref).order_by(r.seq)).scalars()
         return [item for blob in blobs for item in json.loads(zlib.decompress(blob))]
+
+
+def iter_results(store: Store, project: str | None = None) -> Iterator[Any]:
+    """Every test result of completely read jobs with its job's and test's context, job by job,
+    streamed from the database (never all in memory)."""
+    r, t, c, e = s.test_results.c, s.test_jobs.c, s.test_cases.c, s.endpoints.c
+    query = (
+        select(
+            e.native, e.origin, t.endpoint, t.job_number, t.job_id, t.pipeline_id, t.workflow_id, t.workflow,
+            t.job_name, t.branch, t.commit_sha, t.status, t.created_at, t.started_at, t.stopped_at, t.web_url,
+            t.ref, c.classname, c.name, c.file, r.result, r.outcome, r.run_time, r.message,
+        )
+        .join(s.test_jobs, t.ref == r.job_ref)
+        .join(s.test_cases, c.ref == r.case_ref)
+        .join(s.endpoints, e.slug == t.endpoint)
+        .where(t.state == Marker.DONE)
+        .order_by(t.ref, r.case_ref)
+    )
+    if project is not None:
+        query = query.where(e.native == project)
+    with store.engine.connect() as conn:
+        yield from conn.execution_options(stream_results=True, yield_per=2000).execute(query)
