@@ -212,8 +212,9 @@ def _job(
     status = "failed" if failing else "success"
     duration = rng.uniform(60, 600)
     conn.execute(
-        "insert into test_jobs (ref, endpoint, job_number, job_id, pipeline_id, workflow_id, workflow, job_name,"
-        " branch, commit_sha, status, created_at, started_at, stopped_at, duration, web_url, state, tests)"
+        "insert into test_jobs (ref, endpoint, job_number, job_id, pipeline_id, workflow_id, workflow,"
+        " job_name, branch, commit_sha, status, created_at, started_at, stopped_at, duration, web_url,"
+        " state, tests)"
         " values (?,?,?,?,?,?,'test',?,?,?,?,?,?,?,?,?,'done',?)",
         (
             ref,
@@ -279,7 +280,7 @@ def report(sizes: list[int], workdir: Path, seed: int) -> None:
             raw = conn.execute("select sum(length(data)) from test_raw").fetchone()[0]
         size_bytes = db.stat().st_size
         print(
-            f"{results:,} results: store {size_bytes / 1e6:,.0f} MB, {size_bytes / results * 1e6 / 1e6:,.1f} MB "
+            f"{results:,} results: store {size_bytes / 1e6:,.0f} MB, {size_bytes / results:,.1f} MB "
             f"per million results ({raw / results:.1f} bytes of it raw per result)"
         )
         for run in range(3):
