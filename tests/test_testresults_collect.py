@@ -30,8 +30,8 @@ def config(**knobs: Any) -> SimConfig:
 
 
 @pytest.fixture
-def db_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'store.db'}"
+def db_url(sqlite_url: str) -> str:
+    return sqlite_url  # the checks read the file with sqlite3
 
 
 def markers(db_url: str) -> dict[tuple[str, int], tuple[str, int]]:

@@ -44,8 +44,10 @@ COMMITS_SHOWN = 10
 _BATCH = 200  # candidate tests whose percentiles are computed per query
 
 
-@dataclass(frozen=True)
+@dataclass
 class TestRef:
+    """Which test: the fields every test metric's item starts with."""
+
     __test__ = False
 
     project_slug: str
@@ -56,12 +58,7 @@ class TestRef:
 
 
 @dataclass
-class FlakyTest:
-    project_slug: str
-    job: str
-    classname: str
-    name: str
-    file: str
+class FlakyTest(TestRef):
     flaky_commits: int
     commits: list[str]
     times_flaked: int
@@ -71,24 +68,14 @@ class FlakyTest:
 
 
 @dataclass
-class FailedTest:
-    project_slug: str
-    job: str
-    classname: str
-    name: str
-    file: str
+class FailedTest(TestRef):
     runs: int
     failures: int
     failure_rate: float
 
 
 @dataclass
-class SlowTest:
-    project_slug: str
-    job: str
-    classname: str
-    name: str
-    file: str
+class SlowTest(TestRef):
     runs: int
     run_time_p50: float
     run_time_p95: float

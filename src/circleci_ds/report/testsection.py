@@ -8,6 +8,8 @@ the page they are HTML-escaped (and shown the same visible way); in charts they 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -56,93 +58,107 @@ def _test_name(classname: str, name: str) -> str:
     return f"{classname}.{name}" if classname else name
 
 
+# -- tables: one spec for both renderers ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Column:
+    header: str
+    value: Callable[[Any], str | None]  # the shown text (or, for links, the URL)
+    numeric: bool = False
+    code: bool = False  # monospace in the page
+    limit: int | None = None
+    link: bool = False  # the page only: a link to the URL
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    title: str
+    note: str
+    columns: tuple[Column, ...]
+    rows: list[Any]
+    empty: str = "None found."
+
+
+_IDENTITY = (
+    Column("Project", lambda t: t.project_slug),
+    Column("Job", lambda t: t.job),
+    Column("Test", lambda t: _test_name(t.classname, t.name), code=True),
+)
+
+
+def table_specs(tests: TestsReport) -> list[TableSpec]:
+    return [
+        TableSpec(
+            "Flaky tests",
+            "Passed and failed on the same commit (any branch).",
+            (
+                *_IDENTITY,
+                Column("Commits", lambda f: fmt.count(f.flaky_commits), numeric=True),
+                Column("Times flaked", lambda f: fmt.count(f.times_flaked), numeric=True),
+                Column("Last flaked", lambda f: fmt.text(f.last_flaked), numeric=True),
+                Column("Latest failure", lambda f: f.web_url, link=True),
+                Column("Message", lambda f: f.message, code=True, limit=MESSAGE_SHOWN),
+            ),
+            tests.flaky,
+        ),
+        TableSpec(
+            "Most failed tests",
+            "Runs are passed and failed results.",
+            (
+                *_IDENTITY,
+                Column("Runs", lambda t: fmt.count(t.runs), numeric=True),
+                Column("Failures", lambda t: fmt.count(t.failures), numeric=True),
+                Column("Failure rate", lambda t: fmt.percent(t.failure_rate), numeric=True),
+            ),
+            tests.most_failed,
+        ),
+        TableSpec(
+            "Slowest tests",
+            "By p95 run time.",
+            (
+                *_IDENTITY,
+                Column("Runs", lambda t: fmt.count(t.runs), numeric=True),
+                Column("p50", lambda t: fmt.seconds(t.run_time_p50), numeric=True),
+                Column("p95", lambda t: fmt.seconds(t.run_time_p95), numeric=True),
+            ),
+            tests.slowest,
+            "No test results in this window.",
+        ),
+        TableSpec(
+            "Time lost to flaky tests",
+            "Duration of jobs that failed only on tests that passed later on the same commit.",
+            (
+                Column("Project", lambda x: x.project_slug),
+                Column("Jobs", lambda x: fmt.count(x.jobs), numeric=True),
+                Column("Time", lambda x: fmt.seconds(x.seconds), numeric=True),
+            ),
+            tests.time_lost,
+            "None.",
+        ),
+    ]
+
+
+def _shown(column: Column, row: Any) -> str:
+    return fmt.visible(column.value(row), column.limit)
+
+
 # -- terminal -----------------------------------------------------------------------------------------
 
 
 def print_test_tables(tests: TestsReport, console: Console) -> None:
-    for table in (flaky_table(tests), failed_table(tests), slowest_table(tests), time_lost_table(tests)):
-        print_table(console, table)
+    for spec in table_specs(tests):
+        print_table(console, terminal(spec))
 
 
-def _cell(value: str | None, limit: int | None = None) -> Text:
-    return Text(fmt.visible(value, limit))
-
-
-def flaky_table(tests: TestsReport) -> Table:
-    table = terminal_table(
-        "Flaky tests (passed and failed on the same commit)",
-        "Project",
-        "Job",
-        "Test",
-        "Commits",
-        "Times flaked",
-        "Last flaked",
-        "Latest failure",
-        numeric_from=3,
-    )
-    for f in tests.flaky[:SHOWN]:
-        table.add_row(
-            _cell(f.project_slug),
-            _cell(f.job),
-            _cell(_test_name(f.classname, f.name)),
-            fmt.count(f.flaky_commits),
-            fmt.count(f.times_flaked),
-            fmt.text(f.last_flaked),
-            _cell(f.message, MESSAGE_SHOWN),
-        )
-    if not tests.flaky:
-        table.caption = "None found."
-    return table
-
-
-def failed_table(tests: TestsReport) -> Table:
-    table = terminal_table(
-        "Most failed tests", "Project", "Job", "Test", "Runs", "Failures", "Failure rate", numeric_from=3
-    )
-    for t in tests.most_failed[:SHOWN]:
-        table.add_row(
-            _cell(t.project_slug),
-            _cell(t.job),
-            _cell(_test_name(t.classname, t.name)),
-            fmt.count(t.runs),
-            fmt.count(t.failures),
-            fmt.percent(t.failure_rate),
-        )
-    if not tests.most_failed:
-        table.caption = "None found."
-    return table
-
-
-def slowest_table(tests: TestsReport) -> Table:
-    table = terminal_table(
-        "Slowest tests (run time)", "Project", "Job", "Test", "Runs", "p50", "p95", numeric_from=3
-    )
-    for t in tests.slowest[:SHOWN]:
-        table.add_row(
-            _cell(t.project_slug),
-            _cell(t.job),
-            _cell(_test_name(t.classname, t.name)),
-            fmt.count(t.runs),
-            fmt.seconds(t.run_time_p50),
-            fmt.seconds(t.run_time_p95),
-        )
-    if not tests.slowest:
-        table.caption = "No test results in this window."
-    return table
-
-
-def time_lost_table(tests: TestsReport) -> Table:
-    table = terminal_table(
-        "Time lost to flaky tests",
-        "Project",
-        "Jobs",
-        "Time",
-        numeric_from=1,
-    )
-    for x in tests.time_lost:
-        table.add_row(_cell(x.project_slug), fmt.count(x.jobs), fmt.seconds(x.seconds))
-    if not tests.time_lost:
-        table.caption = "None."
+def terminal(spec: TableSpec) -> Table:
+    columns = [c for c in spec.columns if not c.link]
+    numeric_from = next((i for i, c in enumerate(columns) if c.numeric), len(columns))
+    table = terminal_table(spec.title, *(c.header for c in columns), numeric_from=numeric_from)
+    for row in spec.rows[:SHOWN]:
+        table.add_row(*(Text(_shown(c, row)) for c in columns))
+    if not spec.rows:
+        table.caption = spec.empty
     return table
 
 
@@ -156,85 +172,23 @@ def html_section(tests: TestsReport, specs: list[dict[str, Any]]) -> str:
         chart_id = f"chart-tests-{chart.key}"
         specs.append({"id": chart_id, **chart.figure})
         cards.append(_chart_card(chart, chart_id))
-    return (
-        '<section class="project" id="tests"><h2>Tests</h2>'
-        f'<div class="grid">{"".join(cards)}</div>'
-        f"{_flaky_html(tests)}{_failed_html(tests)}{_slowest_html(tests)}{_time_lost_html(tests)}</section>"
-    )
+    tables = "".join(_html_table(spec) for spec in table_specs(tests))
+    grid = f'<div class="grid">{"".join(cards)}</div>'
+    return f'<section class="project" id="tests"><h2>Tests</h2>{grid}{tables}</section>'
 
 
-def _html_text(value: str | None, limit: int | None = None) -> str:
-    return e(fmt.visible(value, limit))
+def _html_table(spec: TableSpec) -> str:
+    numeric_from = next((i for i, c in enumerate(spec.columns) if c.numeric), len(spec.columns))
+    rows = [[_html_cell(c, row) for c in spec.columns] for row in spec.rows]
+    return _table(spec.title, spec.note, [c.header for c in spec.columns], rows, numeric_from)
 
 
-def _flaky_html(tests: TestsReport) -> str:
-    rows = [
-        [
-            _html_text(f.project_slug),
-            _html_text(f.job),
-            f"<code>{_html_text(_test_name(f.classname, f.name))}</code>",
-            e(fmt.count(f.flaky_commits)),
-            e(fmt.count(f.times_flaked)),
-            e(fmt.text(f.last_flaked)),
-            f'<a href="{e(f.web_url)}">job</a>'
-            if f.web_url and f.web_url.startswith("https://")
-            else e(fmt.DASH),
-            f'<code class="message">{_html_text(f.message, MESSAGE_SHOWN)}</code>',
-        ]
-        for f in tests.flaky
-    ]
-    headers = [
-        "Project",
-        "Job",
-        "Test",
-        "Commits",
-        "Times flaked",
-        "Last flaked",
-        "Latest failure",
-        "Message",
-    ]
-    return _table("Flaky tests", "Passed and failed on the same commit (any branch).", headers, rows, 3)
-
-
-def _failed_html(tests: TestsReport) -> str:
-    rows = [
-        [
-            _html_text(t.project_slug),
-            _html_text(t.job),
-            f"<code>{_html_text(_test_name(t.classname, t.name))}</code>",
-            e(fmt.count(t.runs)),
-            e(fmt.count(t.failures)),
-            e(fmt.percent(t.failure_rate)),
-        ]
-        for t in tests.most_failed
-    ]
-    headers = ["Project", "Job", "Test", "Runs", "Failures", "Failure rate"]
-    return _table("Most failed tests", "Runs are passed and failed results.", headers, rows, 3)
-
-
-def _slowest_html(tests: TestsReport) -> str:
-    rows = [
-        [
-            _html_text(t.project_slug),
-            _html_text(t.job),
-            f"<code>{_html_text(_test_name(t.classname, t.name))}</code>",
-            e(fmt.count(t.runs)),
-            e(fmt.seconds(t.run_time_p50)),
-            e(fmt.seconds(t.run_time_p95)),
-        ]
-        for t in tests.slowest
-    ]
-    return _table(
-        "Slowest tests", "By p95 run time.", ["Project", "Job", "Test", "Runs", "p50", "p95"], rows, 3
-    )
-
-
-def _time_lost_html(tests: TestsReport) -> str:
-    rows = [
-        [_html_text(x.project_slug), e(fmt.count(x.jobs)), e(fmt.seconds(x.seconds))] for x in tests.time_lost
-    ]
-    note = "Duration of jobs that failed only on tests that passed later on the same commit."
-    return _table("Time lost to flaky tests", note, ["Project", "Jobs", "Time"], rows, 1)
+def _html_cell(column: Column, row: Any) -> str:
+    if column.link:
+        url = column.value(row)
+        return f'<a href="{e(url)}">job</a>' if url and url.startswith("https://") else e(fmt.DASH)
+    text = e(_shown(column, row))
+    return f"<code>{text}</code>" if column.code else text
 
 
 # -- charts -------------------------------------------------------------------------------------------
