@@ -150,6 +150,8 @@ async def test_responses_validate_against_openapi(
             await walk_project(client, project.slug, fetch_details=a_few_per_status)
             assert (await client.get(f"/project/{slug_path(project.slug)}")).status == 200
         assert (await client.get("/me")).status == 200
+        for user_id, user in sim.users_truth().items():
+            assert (await client.get(f"/user/{user_id}")).status == (404 if user is None else 200)
         assert (await client.get("/pipeline/00000000-0000-4000-8000-000000000000")).status == 404
         assert (await client.get("/me", token="wrong")).status == 401
 
@@ -501,7 +503,7 @@ async def test_stats_latency_and_max_in_flight(session: aiohttp.ClientSession) -
         assert remote["requests"] == 20
         assert remote["by_endpoint"] == {
             "pipelines": 12, "pipeline": 2, "workflows": 1, "workflow": 1, "jobs": 1,
-            "job_details": 1, "tests": 0, "project": 1, "me": 1,
+            "job_details": 1, "tests": 0, "project": 1, "me": 1, "user": 0,
         }
         assert remote["status"] == {"200": 18, "401": 1, "404": 1}
         await admin(session, "POST", client.base_url, "/reset-stats")
@@ -689,3 +691,21 @@ def _check_details(job: dict[str, Any], details: dict[str, Any]) -> None:
         assert details["stopped_at"][:19] == job["stopped_at"][:19]
     else:
         assert details["duration"] is None
+
+
+async def test_users_answer_by_id_deleted_ones_404_and_the_truth_names_them(
+    http: Http, sim: Simulator
+) -> None:
+    users = sim.users_truth()
+    referenced = {w.started_by for w in workflows(sim)} | {w.canceled_by for w in workflows(sim)}
+    referenced |= {j.approved_by for j in jobs(sim)}
+    assert referenced - {None} <= set(users)
+    deleted = [uid for uid, user in users.items() if user is None]
+    assert deleted and len(deleted) < len(users)
+    for user_id, user in users.items():
+        reply = await http.get(f"/user/{user_id}")
+        assert reply.status == (404 if user is None else 200)
+        if user is not None:
+            assert reply.json() == user and user["id"] == user_id and user["login"] and user["name"]
+    assert (await http.get(f"/user/{deleted[0]}", token="")).status == 401
+    assert (await http.get("/user/00000000-0000-4000-8000-000000000000")).status == 404

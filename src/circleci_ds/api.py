@@ -305,6 +305,10 @@ class CircleCIClient:
     async def project(self, slug: str) -> dict[str, Any]:
         return await self.get(f"/project/{_path(slug)}")
 
+    async def user(self, user_id: str) -> dict[str, Any]:
+        """GET /user/{id}; NotFound for a deleted account."""
+        return await self.get(f"/user/{quote(user_id, safe='')}")
+
     # -- generic ---------------------------------------------------------------------------
     async def pages(
         self, path: str, params: dict[str, str] | None = None

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import functools
 import itertools
+import json
 import logging
 import os
 import sys
@@ -30,6 +31,9 @@ from circleci_ds import __version__
 from circleci_ds.api import DEFAULT_API_URL, CircleCIClient, Unauthorized
 from circleci_ds.collect import Collector, EndpointResult, Options
 from circleci_ds.fixture import FixtureError, Settings, load_fixture
+from circleci_ds.identities import Identities, IdentitiesError, load_identities
+from circleci_ds.mapping import ExportKind, index_template
+from circleci_ds.people import People, UserPass
 from circleci_ds.store import DEFAULT_DB_URL, Store, StoreError
 from circleci_ds.times import iso, parse_date, parse_duration
 
@@ -84,7 +88,7 @@ def guarded(func: F) -> F:
             return func(*args, **kwargs)
         except (typer.Exit, typer.Abort):
             raise
-        except FixtureError as exc:
+        except (FixtureError, IdentitiesError) as exc:
             raise fail(str(exc), EXIT_USAGE) from None
         except StoreError as exc:
             raise fail(str(exc), EXIT_USAGE) from None
@@ -174,7 +178,7 @@ def collect(
     )
     started = time.monotonic()
     try:
-        results, stats, counters = asyncio.run(
+        results, stats, counters, users = asyncio.run(
             _collect(settings, store, api_url, concurrency, max_rps, options)
         )
     except Unauthorized:
@@ -192,8 +196,8 @@ def collect(
         + (f" ({others} by another collector)" if others else "")
         + f": {counters.pipelines} pipeline(s) stored, {counters.workflows} workflow(s), "
         f"{counters.jobs} job(s), {counters.details} job detail(s), "
-        f"tests of {counters.tests} job(s) ({counters.test_results} result(s)) read; "
-        f"{stats.requests} request(s), "
+        f"tests of {counters.tests} job(s) ({counters.test_results} result(s)) read, "
+        f"{users.resolved} user(s) resolved ({users.deleted} deleted); {stats.requests} request(s), "
         f"{stats.rate_limited} rate-limited, {stats.retries} retried, in {time.monotonic() - started:.1f}s"
         + (f"; {len(failed)} endpoint(s) failed" if failed else ""),
         file=sys.stderr if not sys.stdout.isatty() else sys.stdout,
@@ -204,7 +208,7 @@ def collect(
 
 async def _collect(
     settings: Settings, store: Store, api_url: str, concurrency: int, max_rps: float | None, options: Options
-) -> tuple[list[EndpointResult], Any, Any]:
+) -> tuple[list[EndpointResult], Any, Any, UserPass]:
     async with CircleCIClient(api_url, settings.token, concurrency=concurrency, max_rps=max_rps) as client:
         collector = Collector(client, store, options)
         reporter = asyncio.create_task(_report_progress(collector))
@@ -212,7 +216,7 @@ async def _collect(
             results = await collector.run(list(settings.endpoints))
         finally:
             reporter.cancel()
-        return results, client.stats, collector.counters
+        return results, client.stats, collector.counters, collector.users
 
 
 async def _report_progress(collector: Collector) -> None:
@@ -245,9 +249,10 @@ async def _report_progress(collector: Collector) -> None:
 
 
 # -- export ---------------------------------------------------------------------------------
-class Kind(StrEnum):
-    raw = "raw"
-    enriched = "enriched"
+IdentitiesOption = Annotated[
+    Path | None,
+    typer.Option(help="People, logins and organisations (YAML or JSON; a SortingHat export works too)."),
+]
 
 
 class Format(StrEnum):
@@ -261,29 +266,64 @@ def export(
     db: DbOption = DEFAULT_DB_URL,
     project: Annotated[str | None, typer.Option(help="Only this native project slug.")] = None,
     kind: Annotated[
-        Kind, typer.Option(help="raw: one item per pipeline; enriched: pipeline/workflow/job docs.")
-    ] = Kind.raw,
+        ExportKind,
+        typer.Option(
+            help="raw: one item per pipeline; enriched: pipeline/workflow/job docs; "
+            "dads: one da-ds document per job."
+        ),
+    ] = ExportKind.raw,
     fmt: Annotated[
         Format, typer.Option("--format", help="ndjson, or Elasticsearch/OpenSearch _bulk.")
     ] = Format.ndjson,
+    index: Annotated[
+        str | None, typer.Option(help="es-bulk: this index instead of sds-<native-slug>-circleci[-raw].")
+    ] = None,
+    identities: IdentitiesOption = None,
 ) -> None:
     """Print stored data as NDJSON (perceval item envelope for raw pipelines)."""
     from circleci_ds import export as ex
 
+    if index is not None and not ex.valid_index_name(index):
+        rule = 'lowercase, without spaces or \\/*?"<>|,#:'
+        raise fail(f"--index {index!r}: index names are {rule}", EXIT_USAGE)
+    people_ids = _load_identities(identities)
     store = _open_store(db, create=False)
     try:
-        if kind is Kind.raw:
-            docs: Iterable[dict[str, Any]] = ex.raw_items(store, project)
+        docs: Iterable[dict[str, Any]]
+        if kind is ExportKind.raw:
+            docs = ex.raw_items(store, project)
+        elif kind is ExportKind.dads:
+            from circleci_ds.dads import dads_documents
+
+            docs = dads_documents(store.iter_trees(project), People.load(store, people_ids))
         else:
             from circleci_ds.enrich import enrich_trees
             from circleci_ds.testdocs import test_documents
 
-            docs = enrich_trees(store.iter_trees(project), store.project_infos())
+            people = People.load(store, people_ids)
+            docs = enrich_trees(store.iter_trees(project), store.project_infos(), people=people)
             docs = itertools.chain(docs, test_documents(store, project))  # one document per test result
-        lines = ex.es_bulk(docs, raw=kind is Kind.raw) if fmt is Format.es_bulk else ex.ndjson(docs)
+        raw = kind is ExportKind.raw
+        lines = ex.es_bulk(docs, raw=raw, index=index) if fmt is Format.es_bulk else ex.ndjson(docs)
         _write_lines(lines)
     finally:
         store.close()
+
+
+def _load_identities(path: Path | None) -> Identities | None:
+    return load_identities(path) if path is not None else None
+
+
+@app.command("es-mapping")
+@guarded
+def es_mapping(
+    kind: Annotated[ExportKind, typer.Option(help="The export kind the index will hold.")] = ExportKind.dads,
+    pattern: Annotated[
+        str | None, typer.Option(help="Index pattern; default sds-*-circleci (sds-*-circleci-raw for raw).")
+    ] = None,
+) -> None:
+    """Print an Elasticsearch/OpenSearch index template (PUT _index_template/NAME) for an export kind."""
+    print(json.dumps(index_template(kind, pattern), indent=2))
 
 
 def _write_lines(lines: Iterator[str]) -> None:
@@ -354,6 +394,7 @@ def report(
     branch: Annotated[str | None, typer.Option(help="Branch; default each project's default branch.")] = None,
     fmt: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
     html: Annotated[Path | None, typer.Option(help="Also write a self-contained HTML report here.")] = None,
+    identities: IdentitiesOption = None,
 ) -> None:
     """CI metrics per project, workflow and job; optionally an offline HTML report."""
     from circleci_ds.report import run_report
@@ -365,6 +406,7 @@ def report(
         until_dt = _as_datetime(until)
     except ValueError as exc:
         raise fail(str(exc), EXIT_USAGE) from None
+    people_ids = _load_identities(identities)
     store = _open_store(db, create=False)
     try:
         run_report(
@@ -376,6 +418,7 @@ def report(
             fmt=fmt,
             html_path=html,
             console=Console(highlight=False),
+            identities=people_ids,
         )
     finally:
         store.close()

@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 
 from circleci_ds.api import DEFAULT_API_URL, ApiError, CircleCIClient, NotFound, Unauthorized
 from circleci_ds.fixture import Endpoint
+from circleci_ds.people import UserPass, resolve_users
 from circleci_ds.store import PipelineIndexEntry, Store
 from circleci_ds.store.database import digest
 from circleci_ds.testresults import TestPhase
@@ -116,6 +117,7 @@ class Collector:
         self.store = store
         self.options = options or Options()
         self.counters = Counters()
+        self.users = UserPass()
         self._db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="circleci-ds-store")
         self._tree_slots = asyncio.Semaphore(self.options.trees_in_flight)
         self._claiming = asyncio.Lock()  # one lane looks for work at a time
@@ -137,6 +139,7 @@ class Collector:
             async with asyncio.TaskGroup() as group:
                 for _ in range(lanes):
                     group.create_task(self._lane(pending, started, results))
+            self.users = await resolve_users(self.client, self.store, self.db)  # people, once per id
         except BaseExceptionGroup as group_error:
             raise _first(group_error) from None
         finally:
@@ -242,7 +245,7 @@ class Collector:
     async def collect_endpoint(self, endpoint: Endpoint) -> EndpointResult:
         """One endpoint, start to end; errors end up in the result, except a rejected token."""
         origin = origin_for(self.client.base_url, endpoint.slug)
-        await self.db(self.store.ensure_endpoint, endpoint.slug, endpoint.native, origin)
+        await self.db(self.store.ensure_endpoint, endpoint.slug, endpoint.native, origin, endpoint.project)
         await self.db(self.store.record_start, endpoint.slug, time.time())
         log.info("%s: collecting", endpoint.written)
         walk = _Walk(self, endpoint)

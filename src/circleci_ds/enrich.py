@@ -11,11 +11,14 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from circleci_ds import __version__
 from circleci_ds.export import BACKEND_NAME, uuid
 from circleci_ds.store import StoredTree
+
+if TYPE_CHECKING:
+    from circleci_ds.people import People
 
 WORKFLOW_STATUSES = (
     "success",
@@ -144,6 +147,7 @@ def enrich_trees(
     trees: Iterable[StoredTree],
     project_infos: dict[str, dict[str, Any]],
     enriched_on: datetime | None = None,
+    people: People | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Enriched documents for each tree: its pipeline, then its workflows, then their jobs.
 
@@ -156,21 +160,38 @@ def enrich_trees(
         moment = moment.astimezone(UTC).replace(tzinfo=None)
     enriched = iso(moment)
     for tree in trees:
-        yield from enrich_tree(tree, default_branch(project_infos.get(tree.endpoint)), enriched)
+        yield from enrich_tree(tree, default_branch(project_infos.get(tree.endpoint)), enriched, people)
 
 
-def enrich_tree(tree: StoredTree, default: str | None, enriched_on: str | None) -> Iterator[dict[str, Any]]:
-    """The documents of one pipeline tree; `default` is the project's default branch, if known."""
+def enrich_tree(
+    tree: StoredTree, default: str | None, enriched_on: str | None, people: People | None = None
+) -> Iterator[dict[str, Any]]:
+    """The documents of one pipeline tree; `default` is the project's default branch, if known.
+
+    With `people`, documents also carry who did what (see people.People.enriched_fields).
+    """
     pipeline = tree.data
     workflows = pipeline.get("workflows") or []
     common = _common_fields(tree, default, enriched_on)
-    yield _pipeline_doc(tree, common, workflows)
+    yield _with_people(_pipeline_doc(tree, common, workflows), people, tree)
     reruns = rerun_indexes(workflows)
     for workflow in workflows:
         rerun = reruns[workflow.get("id")]
-        yield _workflow_doc(tree, common, workflow, rerun)
+        yield _with_people(_workflow_doc(tree, common, workflow, rerun), people, tree, workflow)
         for job in workflow.get("jobs") or []:
-            yield _job_doc(tree, common, workflow, rerun, job)
+            yield _with_people(_job_doc(tree, common, workflow, rerun, job), people, tree, workflow, job)
+
+
+def _with_people(
+    doc: dict[str, Any],
+    people: People | None,
+    tree: StoredTree,
+    workflow: dict[str, Any] | None = None,
+    job: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    if people is not None:
+        doc.update(people.enriched_fields(tree, workflow, job))
+    return doc
 
 
 def rerun_indexes(workflows: list[dict[str, Any]]) -> dict[Any, int]:

@@ -32,6 +32,11 @@ def index_name(native_slug: str, raw: bool) -> str:
     return f"sds-{slug}-circleci" + ("-raw" if raw else "")
 
 
+def valid_index_name(name: str) -> bool:
+    """Whether Elasticsearch/OpenSearch accept `name` as an index name."""
+    return bool(name) and name == name.lower() and not _ES_INDEX_BAD.search(name) and name[0] not in "-_+"
+
+
 def raw_item(tree: StoredTree, now: float | None = None) -> dict[str, Any]:
     """One pipeline tree in perceval's item envelope."""
     now = time.time() if now is None else now
@@ -64,11 +69,12 @@ def ndjson(docs: Iterable[dict[str, Any]]) -> Iterator[str]:
         yield _ENCODER.encode(doc)
 
 
-def es_bulk(docs: Iterable[dict[str, Any]], *, raw: bool) -> Iterator[str]:
+def es_bulk(docs: Iterable[dict[str, Any]], *, raw: bool, index: str | None = None) -> Iterator[str]:
     """Elasticsearch/OpenSearch `_bulk` lines: an index action (`_id` = uuid), then the document.
 
-    The index is the da-ds one of each document's native project.
+    The index is `index` when given, else the da-ds one of each document's native project.
     """
     for doc in docs:
-        yield _ENCODER.encode({"index": {"_index": index_name(doc["project"], raw), "_id": doc["uuid"]}})
+        target = index or index_name(doc["project"], raw)
+        yield _ENCODER.encode({"index": {"_index": target, "_id": doc["uuid"]}})
         yield _ENCODER.encode(doc)

@@ -49,3 +49,22 @@ def parse_date(text: str) -> float:
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
     return parsed.timestamp()
+
+
+def iso_ms(epoch: float | None) -> str | None:
+    """ISO-8601 UTC with a `Z`, milliseconds only when there are some; None stays None."""
+    if epoch is None:
+        return None
+    seconds, ms = divmod(round(epoch * 1000), 1000)  # rounded: 0.123 is not 0.12299999
+    text = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{text}.{ms:03d}Z" if ms else f"{text}Z"
+
+
+_CANONICAL = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{3})?Z\Z")
+
+
+def iso_text(value: object) -> str | None:
+    """An API timestamp as ISO-8601 UTC (see iso_ms); text already in that form is kept as is."""
+    if isinstance(value, str) and _CANONICAL.match(value):
+        return value
+    return iso_ms(parse_ts(value))

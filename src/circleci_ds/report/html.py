@@ -8,6 +8,7 @@ so no value can close the script element or open a comment.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from functools import lru_cache
 from html import escape
 from pathlib import Path
@@ -17,7 +18,6 @@ from circleci_ds.metrics import FailedRun, MetricsReport, ProjectMetrics
 from circleci_ds.report import formatting as fmt
 from circleci_ds.report.charts import Chart, project_charts
 from circleci_ds.report.terminal import slowest_jobs, window_line
-from circleci_ds.testmetrics import TestsReport
 
 STYLE = """
 :root { --ink:#0f172a; --muted:#64748b; --line:#e2e8f0; --bg:#f1f5f9; --card:#fff; --accent:#2563eb;
@@ -119,15 +119,16 @@ def plotly_js() -> str:
     return get_plotlyjs()
 
 
-def render_html(report: MetricsReport, tests: TestsReport | None = None) -> str:
-    """The whole page as a string; with `tests`, a Tests section at the end."""
+def render_html(
+    report: MetricsReport, extra_sections: str = "", extra_specs: Sequence[dict[str, Any]] = ()
+) -> str:
+    """The whole page as a string; `extra_sections` (markup, already escaped) go after the projects,
+    with the chart specs they draw in `extra_specs`."""
     specs: list[dict[str, Any]] = []
     sections = [_project_section(report, p, i, specs) for i, p in enumerate(report.projects)]
     body = "\n".join(sections) or '<p class="empty">No workflow runs in this window.</p>'
-    if tests is not None:
-        from circleci_ds.report.testsection import html_section  # it builds on this module
-
-        body += html_section(tests, specs)
+    body += extra_sections
+    specs.extend(extra_specs)
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
@@ -138,8 +139,10 @@ def render_html(report: MetricsReport, tests: TestsReport | None = None) -> str:
     )
 
 
-def write_html(report: MetricsReport, path: Path, tests: TestsReport | None = None) -> None:
-    path.write_text(render_html(report, tests), encoding="utf-8")
+def write_html(
+    report: MetricsReport, path: Path, extra_sections: str = "", extra_specs: Sequence[dict[str, Any]] = ()
+) -> None:
+    path.write_text(render_html(report, extra_sections, extra_specs), encoding="utf-8")
 
 
 def _header(report: MetricsReport) -> str:

@@ -7,7 +7,6 @@ the page they are HTML-escaped (and shown the same visible way); in charts they 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,7 +16,6 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from circleci_ds.metrics import MetricsReport
 from circleci_ds.report import formatting as fmt
 from circleci_ds.report.charts import PALETTE, Chart, _hbar, _layout, plot_text
 from circleci_ds.report.html import _chart_card, _table, e
@@ -47,11 +45,6 @@ def build_tests(
         project=project,
     )
     return compute_tests(store, window)
-
-
-def report_json(report: MetricsReport, tests: TestsReport) -> str:
-    """The report's JSON with `tests` added."""
-    return json.dumps({**report.to_dict(), "tests": tests.to_dict()}, indent=2, ensure_ascii=False)
 
 
 def _test_name(classname: str, name: str) -> str:

@@ -25,6 +25,17 @@ RERUN_DEADLINE = 60 * HOUR  # no rerun is created later than this after its pipe
 
 HUMANS = ("alice-dev", "bob-builder", "carol-sre", "dmitri.k", "eve_ops", "fatima-qa", "gus")
 BOTS = ("dependabot[bot]", "renovate-bot", "github-actions[bot]")
+# Display names of the users behind the logins (GET /user/{id}); a bot's name is its login.
+USER_NAMES = {
+    "alice-dev": "Alice Developer",
+    "bob-builder": "Bob <b>Builder</b>",
+    "carol-sre": "Carol Site-Reliability",
+    "dmitri.k": "Dmitri [bold]Kuznetsov[/bold]",
+    "eve_ops": "Eve Operations",
+    "fatima-qa": "Fátima Quality",
+    "gus": "Gus Gone",
+}
+DELETED_USERS = frozenset({"gus"})  # accounts deleted since: GET /user/{id} answers 404
 COMMIT_SUBJECTS = (
     "Fix flaky retry in upload client",
     "Add pagination to /orders endpoint",
@@ -143,6 +154,17 @@ class Project:
     jobs_by_number: dict[int, Job] = field(default_factory=dict, repr=False)
 
 
+@dataclass(frozen=True, slots=True)
+class User:
+    """A CircleCI user as GET /user/{id} shows it, unless the account was deleted."""
+
+    id: str
+    login: str
+    name: str
+    avatar_url: str | None
+    deleted: bool
+
+
 @dataclass(slots=True)
 class History:
     """All projects plus id lookups used by the single-object endpoints."""
@@ -151,6 +173,7 @@ class History:
     pipelines: dict[str, Pipeline]
     workflows: dict[str, Workflow]
     users: dict[str, str]  # login -> user id
+    people: dict[str, User] = field(default_factory=dict)  # user id -> user
 
     def project(self, slug: str) -> Project | None:
         canonical = canonical_slug(slug)
@@ -160,7 +183,7 @@ class History:
 def build_history(cfg: SimConfig) -> History:
     """Generate the complete history described by `cfg`; identical configs give identical histories."""
     users = _users(cfg.seed)
-    history = History(projects={}, pipelines={}, workflows={}, users=users)
+    history = History(projects={}, pipelines={}, workflows={}, users=users, people=_people(users))
     for spec in cfg.projects:
         rng = random.Random(f"circleci-ds-sim:{cfg.seed}:{canonical_slug(spec.slug)}")
         project = _ProjectBuilder(cfg, spec, rng, users).build()
@@ -182,6 +205,15 @@ def new_uuid(rng: random.Random) -> str:
 def _users(seed: int) -> dict[str, str]:
     rng = random.Random(f"circleci-ds-sim:{seed}:users")
     return {login: new_uuid(rng) for login in (*HUMANS, *BOTS)}
+
+
+def _people(users: dict[str, str]) -> dict[str, User]:
+    people = {}
+    for login, user_id in users.items():
+        avatar = None if login in BOTS else f"https://avatars.githubusercontent.com/{login}"
+        name = USER_NAMES.get(login, login)
+        people[user_id] = User(user_id, login, name, avatar, login in DELETED_USERS)
+    return people
 
 
 def _is_uuid(text: str) -> bool:

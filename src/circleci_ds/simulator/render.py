@@ -13,7 +13,7 @@ from email.utils import formatdate
 from operator import itemgetter
 from typing import Any
 
-from .history import DAY, History, Job, Pipeline, PipelineIndex, Project, Workflow
+from .history import DAY, History, Job, Pipeline, PipelineIndex, Project, User, Workflow
 from .lifecycle import FAILURES, Timeline
 
 JSON = dict[str, Any]
@@ -196,6 +196,16 @@ def render_project(project: Project) -> JSON:
             "default_branch": project.default_branch,
         },
     }
+
+
+def render_user(user: User) -> JSON:
+    """GET /user/{id} of an account that still exists."""
+    return {"id": user.id, "login": user.login, "name": user.name, "avatar_url": user.avatar_url}
+
+
+def users_truth(history: History) -> dict[str, JSON | None]:
+    """Every user id the history refers to -> what GET /user/{id} answers, None for a deleted account."""
+    return {uid: None if u.deleted else render_user(u) for uid, u in sorted(history.people.items())}
 
 
 # -- keyset pagination ----------------------------------------------------------------------------------

@@ -22,6 +22,8 @@ from .render import (
     iso_ms,
     past_retention,
     render_project,
+    render_user,
+    users_truth,
 )
 from .testresults import job_tests, results_page
 
@@ -29,7 +31,7 @@ if TYPE_CHECKING:
     from .sim import Simulator
 
 ENDPOINTS = (
-    "pipelines", "pipeline", "workflows", "workflow", "jobs", "job_details", "tests", "project", "me",
+    "pipelines", "pipeline", "workflows", "workflow", "jobs", "job_details", "tests", "project", "me", "user",
 )
 Inner = Callable[[web.Request, View, bool], web.Response]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -128,6 +130,7 @@ class Api:
             add("GET", f"{prefix}/_sim/clock", self._admin_clock)
             add("GET", f"{prefix}/_sim/truth", self._admin_truth)
             add("GET", f"{prefix}/_sim/truth/tests", self._admin_test_truth)
+            add("GET", f"{prefix}/_sim/users", self._admin_users)
             add("GET", f"{prefix}/_sim/stats", self._admin_stats)
             add("POST", f"{prefix}/_sim/reset-stats", self._admin_reset_stats)
             add("POST", f"{prefix}/_sim/config", self._admin_config)
@@ -137,6 +140,7 @@ class Api:
         add("GET", "/api/v2/workflow/{id}/job", self._route("jobs", self._jobs))
         add("GET", "/api/v2/workflow/{id}", self._route("workflow", self._workflow))
         add("GET", "/api/v2/me", self._route("me", self._me))
+        add("GET", "/api/v2/user/{id}", self._route("user", self._user))
         add("*", "/{tail:.*}", self._route(None, self._unknown_path))
         return app
 
@@ -341,6 +345,14 @@ class Api:
             return _message(view, 401, "You must log in first.")
         return _json(view, self.sim.me)
 
+    def _user(self, request: web.Request, view: View, authed: bool) -> web.Response:
+        if not authed:
+            return _message(view, 401, "You must log in first.")
+        user = self.sim.history.people.get(request.match_info["id"])
+        if user is None or user.deleted:  # deleted accounts answer 404, like unknown ids
+            return _message(view, 404, "User not found")
+        return _response(view, 200, view.body(("user", user.id), lambda: render_user(user)))
+
     def _unknown_path(self, request: web.Request, view: View, authed: bool) -> web.Response:
         return _message(view, 404, "Not found")
 
@@ -382,6 +394,9 @@ class Api:
         except KeyError:
             return _message(view, 404, "Project not found")
         return _json(view, truth)
+
+    async def _admin_users(self, request: web.Request) -> web.Response:
+        return _json(self.sim.view, users_truth(self.sim.history))
 
     async def _admin_stats(self, request: web.Request) -> web.Response:
         return _json(self.sim.view, self.sim.stats)

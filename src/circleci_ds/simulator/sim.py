@@ -17,7 +17,7 @@ from aiohttp import web
 
 from .config import RUNTIME_KNOBS, SimConfig
 from .history import History, build_history, epoch_ms, new_uuid
-from .render import JSON, View
+from .render import JSON, View, users_truth
 from .server import Api, Stats
 from .testresults import tests_truth
 
@@ -87,6 +87,10 @@ class Simulator:
         if project is None:
             raise KeyError(project_slug)
         return tests_truth(self.config, project, self._view.now)
+
+    def users_truth(self) -> dict[str, JSON | None]:
+        """Every user id the history refers to -> GET /user/{id}'s answer; None for deleted accounts."""
+        return users_truth(self.history)
 
     @property
     def stats(self) -> dict[str, Any]:

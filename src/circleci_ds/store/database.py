@@ -34,6 +34,7 @@ class StoredTree:
     origin: str
     updated_on: float  # epoch seconds of the latest change in the tree
     data: dict[str, Any]  # pipeline + workflows[] + jobs[] + details
+    project_name: str | None = None  # the fixture's project name, when the collector recorded it
 
 
 @dataclass(frozen=True)
@@ -167,14 +168,20 @@ class Store:
                 yield conn
 
     # -- endpoints -------------------------------------------------------------------------
-    def ensure_endpoint(self, slug: str, native: str, origin: str) -> None:
-        """Register an endpoint; its origin, once set, stays (document ids depend on it)."""
+    def ensure_endpoint(self, slug: str, native: str, origin: str, project: str | None = None) -> None:
+        """Register an endpoint; its origin, once set, stays (document ids depend on it).
+
+        `project` is the fixture's project name; None leaves the stored one as it is.
+        """
         with self._write() as conn:
             found = conn.execute(select(s.endpoints.c.slug).where(s.endpoints.c.slug == slug)).first()
             if found is None:
                 conn.execute(insert(s.endpoints).values(slug=slug, native=native, origin=origin))
             else:
                 conn.execute(update(s.endpoints).where(s.endpoints.c.slug == slug).values(native=native))
+            if project is not None:
+                names = s.endpoint_projects
+                conn.execute(update(names).where(names.c.slug == slug).values(project=project))
 
     def checkpoint(self, slug: str) -> float | None:
         with self.engine.connect() as conn:
@@ -283,9 +290,11 @@ class Store:
     def iter_trees(self, project: str | None = None, endpoint: str | None = None) -> Iterator[StoredTree]:
         """Every stored tree, by endpoint then pipeline number; memory bounded by a chunk."""
         p, e = s.pipelines.c, s.endpoints.c
+        names = s.endpoint_projects.alias("names")
         query = (
-            select(p.id, p.endpoint, p.updated_on, e.native, e.origin)
+            select(p.id, p.endpoint, p.updated_on, e.native, e.origin, names.c.project)
             .join(s.endpoints, e.slug == p.endpoint)
+            .join(names, names.c.slug == p.endpoint)
             .order_by(p.endpoint, p.number, p.id)
         )
         if project is not None:
@@ -300,7 +309,9 @@ class Store:
                 data = dict(conn.execute(select(p.id, p.data).where(p.id.in_(ids))).all())
                 trees = _assemble(conn, [(pid, data[pid]) for pid in ids])
                 for k in chunk:
-                    yield StoredTree(k.endpoint, k.native, k.origin, k.updated_on or 0.0, trees[k.id])
+                    yield StoredTree(
+                        k.endpoint, k.native, k.origin, k.updated_on or 0.0, trees[k.id], k.project
+                    )
 
     # -- status ----------------------------------------------------------------------------
     def endpoint_statuses(self) -> list[EndpointStatus]:

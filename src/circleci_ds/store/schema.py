@@ -22,8 +22,11 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    column,
     inspect,
     select,
+    table,
+    text,
 )
 
 metadata = MetaData()
@@ -87,6 +90,17 @@ leases = Table(
     Column("acquired_at", Double, nullable=False),
 )
 
+users = Table(
+    "users",
+    metadata,
+    Column("id", String(64), primary_key=True),  # the id workflows and jobs refer to
+    Column("login", String(300)),
+    Column("name", Text),
+    Column("avatar_url", Text),
+    Column("deleted", Boolean, nullable=False),  # GET /user/{id} answered 404
+    Column("resolved_at", Double, nullable=False),
+)
+
 CORE_TABLES = (schema_version, endpoints, pipelines, workflows, jobs)
 
 
@@ -96,6 +110,19 @@ def _v1_core(conn: Connection) -> None:
 
 def _v2_leases(conn: Connection) -> None:
     metadata.create_all(conn, tables=[leases])
+
+
+def _users_table(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[users])
+
+
+# The fixture's project name of each endpoint, a column added to `endpoints` by a later step;
+# a lightweight view of the table, so the first step's table stays as released.
+endpoint_projects = table("endpoints", column("slug", String), column("project", String))
+
+
+def _endpoint_project_name(conn: Connection) -> None:
+    conn.execute(text("ALTER TABLE endpoints ADD COLUMN project VARCHAR(300)"))
 
 
 # -- test results (GET /project/{slug}/{job-number}/tests) ---------------------------------------------
@@ -178,7 +205,13 @@ def _add_test_results(conn: Connection) -> None:
 
 
 # Each step upgrades version N to N+1. Released steps never change; new ones are appended.
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1_core, _v2_leases, _add_test_results]
+MIGRATIONS: list[Callable[[Connection], None]] = [
+    _v1_core,
+    _v2_leases,
+    _users_table,
+    _endpoint_project_name,
+    _add_test_results,
+]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -1,0 +1,81 @@
+"""The `users` table: who is behind the user ids workflows and jobs carry, resolved once ever.
+
+A row is written once per id: with the login and name GET /user/{id} gave, or marked deleted
+when it answered 404. Ids whose look-up failed otherwise get no row, so a later run asks again.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from sqlalchemy import delete, insert, or_, select
+
+from circleci_ds.store import schema as s
+from circleci_ds.store.database import Store
+
+_CHUNK = 400
+
+
+@dataclass(frozen=True, slots=True)
+class UserRecord:
+    id: str
+    login: str | None
+    name: str | None
+    avatar_url: str | None
+    deleted: bool
+    resolved_at: float
+
+
+def save_users(store: Store, records: Iterable[UserRecord]) -> None:
+    """Write resolved users in one transaction; a row already there (another collector) is replaced."""
+    rows = [
+        {
+            "id": r.id,
+            "login": r.login,
+            "name": r.name,
+            "avatar_url": r.avatar_url,
+            "deleted": r.deleted,
+            "resolved_at": r.resolved_at,
+        }
+        for r in records
+    ]
+    if not rows:
+        return
+    with store._write() as conn:
+        for start in range(0, len(rows), _CHUNK):
+            chunk = rows[start : start + _CHUNK]
+            conn.execute(delete(s.users).where(s.users.c.id.in_([r["id"] for r in chunk])))
+            conn.execute(insert(s.users), chunk)
+
+
+def known_user_ids(store: Store) -> set[str]:
+    with store.engine.connect() as conn:
+        return set(conn.execute(select(s.users.c.id)).scalars())
+
+
+def load_users(store: Store) -> dict[str, UserRecord]:
+    """Every resolved user by id."""
+    u = s.users.c
+    query = select(u.id, u.login, u.name, u.avatar_url, u.deleted, u.resolved_at)
+    with store.engine.connect() as conn:
+        return {
+            r.id: UserRecord(r.id, r.login, r.name, r.avatar_url, bool(r.deleted), r.resolved_at)
+            for r in conn.execute(query)
+        }
+
+
+def stored_people_objects(store: Store) -> Iterator[dict[str, object]]:
+    """Every stored workflow, and every job that names a person (approved_by, canceled_by), as parsed JSON.
+
+    Job rows are filtered in SQL first, so the many jobs that name nobody are never parsed.
+    """
+    w, j = s.workflows.c, s.jobs.c
+    named = or_(j.data.like('%"approved_by"%'), j.data.like('%"canceled_by"%'))
+    with store._read() as conn:
+        for query in (select(w.data), select(j.data).where(named)):
+            for (data,) in conn.execute(query.execution_options(yield_per=_CHUNK)):  # streamed
+                parsed = json.loads(data)
+                if isinstance(parsed, dict):
+                    yield parsed
