@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, NoReturn
+
+import pytest
 
 from circleci_ds.api import CircleCIClient, ClientStats
 from circleci_ds.collect import Collector, EndpointResult, Options
 from circleci_ds.export import raw_items
 from circleci_ds.fixture import Endpoint, canonical_slug
-from circleci_ds.simulator import Simulator
+from circleci_ds.simulator import SimConfig, Simulator
 from circleci_ds.store import Store
 
 
@@ -106,3 +113,72 @@ def store_test_truth(store: Store, sim: Simulator, slugs: list[str]) -> None:
                 web_url=entry["web_url"],
             )
             save_chunk(store, job, entry["items"], seq=0, final=True)
+
+
+# -- the command line, as a user runs it ---------------------------------------------------------
+def cli_args(*args: str) -> list[str]:
+    return [sys.executable, "-m", "circleci_ds", *args]
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """`circleci-ds ARGS` in a child process; output captured as text (undecodable bytes replaced)."""
+    return subprocess.run(
+        cli_args(*args),
+        capture_output=True,
+        text=True,
+        errors="replace",
+        timeout=timeout,
+        check=False,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+def assert_one_line_error(
+    done: subprocess.CompletedProcess[str], code: int, *secrets: str, logs_allowed: bool = False
+) -> str:
+    """Exit `code`, a single `error:` line (the only stderr line unless `logs_allowed`), no traceback,
+    and none of `secrets` in any output. Returns the error line."""
+    assert done.returncode == code, (done.returncode, done.stderr[-3000:])
+    assert "Traceback" not in done.stderr + done.stdout
+    errors = error_lines(done.stderr)
+    assert len(errors) == 1, done.stderr[-3000:]
+    if not logs_allowed:
+        assert done.stderr.strip() == errors[0], done.stderr[-3000:]
+    else:
+        assert done.stderr.strip().splitlines()[-1] == errors[0], done.stderr[-3000:]
+    for secret in secrets:
+        assert secret not in done.stdout + done.stderr
+    return errors[0]
+
+
+def write_fixture(path: Path, slugs: list[str], native: str = "acme", token: str | None = None) -> Path:
+    lines = ["native:", f"  slug: {native}", "data_sources:", "- slug: circleci", "  projects:"]
+    lines += [f"  - name: {native}", "    endpoints:"] + [f"    - name: {slug}" for slug in slugs]
+    if token is not None:
+        lines += ["  config:", "  - name: Circle-Token", f"    value: {token}"]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@contextlib.contextmanager
+def serving(config: SimConfig) -> Iterator[tuple[Simulator, str]]:
+    """A simulator on loopback in a thread of this process: (simulator, API URL)."""
+    sim = Simulator(config)
+    url = sim.start_thread()
+    try:
+        yield sim, url
+    finally:
+        sim.stop_thread()
+
+
+def skip_outside_ci(reason: str) -> NoReturn:
+    """Skip a test that needs what this machine lacks; under CI (CI=true) fail instead."""
+    if os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no"):
+        pytest.fail(f"{reason} (CI is set, so this test may not be skipped)", pytrace=False)
+    pytest.skip(reason)

@@ -15,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine, create_engine, func, insert, inspect, select, text
+from sqlalchemy.exc import DBAPIError
 
 from circleci_ds.store import SCHEMA_VERSION, Store, StoreError
 from circleci_ds.store import database as db
@@ -161,7 +162,7 @@ def test_tables_of_something_else_are_refused(db_url: str, create: bool) -> None
 def test_readers_do_not_create_a_store(db_url: str) -> None:
     with raw_engine(db_url) as engine, engine.begin() as conn:
         conn.execute(text("CREATE TABLE users (name VARCHAR(20))"))
-    with pytest.raises(StoreError, match=r"is not a circleci-ds store \(run `circleci-ds collect` first\)"):
+    with pytest.raises(StoreError, match=r"is not a circleci-ds store: it holds another application's"):
         Store.open(db_url, create=False)
     assert table_names(db_url) == {"users"}
 
@@ -555,3 +556,112 @@ def test_status_shows_lease_holders(pg_url: str) -> None:
 def test_status_on_an_empty_database_exits_2(db_url: str) -> None:
     assert_one_line_error(run_cli("status", "--db", db_url))
     assert table_names(db_url) == set()
+
+
+# -- ownership -------------------------------------------------------------------------------------
+def _store_of_release(url: str, steps: int, pid: str = "p-1") -> None:
+    """A store as an earlier release left it: its first `steps` migrations, and one tree."""
+    with raw_engine(url) as engine:
+        with engine.begin() as conn:
+            for step in s.MIGRATIONS[:steps]:
+                step(conn)
+            conn.execute(insert(s.schema_version).values(version=steps))
+        old = Store(engine, url)
+        old.ensure_endpoint(EP, "acme", "https://circleci.com/gh/acme/api")
+        save(old, make_tree(pid, 1))
+
+
+UNMARKED = s.MIGRATIONS.index(s._ownership_marker)  # the last release without the marker
+
+
+@pytest.mark.parametrize(
+    ("tables", "marker", "version_columns", "expected"),
+    [
+        (set(), None, set(), s.Ownership.EMPTY),
+        ({"circleci_ds_meta", "endpoints"}, "circleci-ds", {"version"}, s.Ownership.OURS),
+        ({"circleci_ds_meta"}, "another-app", set(), s.Ownership.FOREIGN),
+        ({"circleci_ds_meta"}, None, set(), s.Ownership.FOREIGN),
+        (
+            {"schema_version", "endpoints", "pipelines", "workflows", "jobs"},
+            None,
+            {"version"},
+            s.Ownership.UNMARKED,
+        ),
+        (
+            {"schema_version", "endpoints", "pipelines", "workflows", "jobs"},
+            None,
+            {"v", "app"},
+            s.Ownership.FOREIGN,
+        ),
+        ({"schema_version", "users"}, None, {"version"}, s.Ownership.FOREIGN),
+        ({"pipelines"}, None, set(), s.Ownership.FOREIGN),
+    ],
+)
+def test_ownership_rules(
+    tables: set[str], marker: str | None, version_columns: set[str], expected: s.Ownership
+) -> None:
+    assert s.classify(tables, marker, version_columns) is expected
+
+
+def test_a_new_store_is_marked_as_ours(db_url: str) -> None:
+    with opened(db_url):
+        pass
+    with raw_engine(db_url) as engine, engine.connect() as conn:
+        assert s.ownership(conn) is s.Ownership.OURS
+        assert (
+            conn.execute(select(s.meta.c.value).where(s.meta.c.key == "application")).scalar()
+            == "circleci-ds"
+        )
+
+
+def test_an_unmarked_store_of_an_earlier_release_is_upgraded_and_marked(db_url: str) -> None:
+    _store_of_release(db_url, UNMARKED)
+    with opened(db_url) as store:
+        assert store.schema_version() == SCHEMA_VERSION
+        assert store.load_tree("p-1") == make_tree("p-1", 1)
+    with raw_engine(db_url) as engine, engine.connect() as conn:
+        assert s.ownership(conn) is s.Ownership.OURS
+
+
+def test_readers_refuse_a_store_of_an_older_version_and_write_nothing(db_url: str) -> None:
+    _store_of_release(db_url, UNMARKED)
+    before = table_names(db_url)
+    with pytest.raises(StoreError, match=r"run `circleci-ds collect` once to upgrade it"):
+        Store.open(db_url, create=False)
+    assert table_names(db_url) == before
+    assert stored_version(db_url) == UNMARKED
+
+
+def test_a_database_marked_by_another_application_is_refused(db_url: str) -> None:
+    with raw_engine(db_url) as engine, engine.begin() as conn:
+        s.metadata.create_all(conn, tables=[s.meta])
+        conn.execute(insert(s.meta).values(key="application", value="another-app"))
+    for create in (True, False):
+        with pytest.raises(StoreError, match="another application's tables"):
+            Store.open(db_url, create=create)
+    assert table_names(db_url) == {"circleci_ds_meta"}
+
+
+def test_a_reader_cannot_write_even_behind_the_store(db_url: str) -> None:
+    with opened(db_url):
+        pass
+    with opened(db_url, create=False) as reader:
+        with pytest.raises(StoreError, match="open read-only"):
+            reader.try_lease(EP, "me", 30)
+        with pytest.raises(DBAPIError, match=r"(?i)read-?only"), reader.engine.begin() as conn:
+            conn.execute(insert(s.leases).values(endpoint=EP, owner="me", expires_at=1.0, acquired_at=1.0))
+    assert count_rows(db_url, "leases") == 0
+
+
+def test_leases_are_judged_by_the_database_clock(db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On PostgreSQL the lease clock is the server's, whatever this host's clock says; SQLite's
+    writers all share this host, so there it is the local clock."""
+    real = time.time
+    monkeypatch.setattr(db.time, "time", lambda: real() + 3600.0)  # this host runs an hour ahead
+    with opened(db_url) as store:
+        assert store.try_lease(EP, "a", 30)
+        [held] = store.leases()
+        host_ahead = not db_url.startswith("postgresql")
+        expected = real() + (3600.0 if host_ahead else 0.0) + 30
+        assert abs(held.expires_at - expected) < 5
+        assert abs(store.now() - (real() + (3600.0 if host_ahead else 0.0))) < 5

@@ -22,7 +22,7 @@ from test_testmetrics import hand_job, item, opened, write_hand_worked
 
 PLANTED_CLASS = '<img src=x onerror="window.__pwned=1">'
 PLANTED_MESSAGE = "</script><script>window.__pwned=1</script>\x1b[31mred\x1b]0;title\x07"
-SHOWN_MESSAGE = "</script><script>window.__pwned=1</script>\\x1b[31mred\\x1b]0;title\\x07"
+SHOWN_MESSAGE = "</script><script>window.__pwned=1</script>\ufffd[31mred\ufffd]0;title\ufffd"
 
 
 def planted_store(path: Path) -> Store:
@@ -54,7 +54,7 @@ def test_json_carries_the_issue_fields(tmp_path: Path) -> None:
     assert tests["slowest"][0]["run_time_p95"] == pytest.approx(4.8)
 
 
-def test_terminal_shows_escapes_instead_of_sending_them(tmp_path: Path) -> None:
+def test_terminal_shows_escapes_as_replacement_characters(tmp_path: Path) -> None:
     store = planted_store(tmp_path / "s.db")
     try:
         text = report_text(store, "table")

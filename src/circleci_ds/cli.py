@@ -1,7 +1,12 @@
 """The `circleci-ds` command line. Thin: parsing, output and exit statuses; work lives elsewhere.
 
-Exit statuses: 0 ok; 1 an endpoint failed or the token was rejected; 2 bad usage, fixture or
-database; 3 an unexpected internal error; 130 interrupted.
+Exit statuses: 0 ok; 1 an endpoint failed or the token was rejected; 2 bad usage, fixture,
+database or output path; 3 an unexpected internal error; 130 interrupted (SIGINT); 143 terminated
+(SIGTERM). Every failure is one line on stderr, never a traceback.
+
+Everything external that reaches the terminal (API strings, paths, option values, database
+contents) goes through `display` (shown as text, control characters replaced) and, with the token
+and database credentials, is masked by `Redactor`.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import itertools
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -26,15 +32,19 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from circleci_ds import __version__
 from circleci_ds.api import DEFAULT_API_URL, CircleCIClient, Unauthorized
 from circleci_ds.collect import Collector, EndpointResult, Options
+from circleci_ds.display import plain, safe_text
+from circleci_ds.files import OutputError, check_target
 from circleci_ds.fixture import FixtureError, Settings, load_fixture
 from circleci_ds.identities import Identities, IdentitiesError, load_identities
 from circleci_ds.mapping import ExportKind, index_template
 from circleci_ds.people import People, UserPass
 from circleci_ds.store import DEFAULT_DB_URL, Store, StoreError
+from circleci_ds.store.urls import secrets_in
 from circleci_ds.times import iso, parse_date, parse_duration
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -57,26 +67,42 @@ DbOption = Annotated[
 
 
 class Redactor(logging.Filter):
-    """Masks secrets in every log record and message that leaves the process."""
+    """Masks secrets in every log record and message that leaves the process, and makes it safe text."""
 
     secrets: ClassVar[set[str]] = set()
 
     @classmethod
     def mask(cls, text: str) -> str:
-        for secret in cls.secrets:
+        for secret in sorted(cls.secrets, key=len, reverse=True):  # a longer secret may hold a shorter
             if secret:
                 text = text.replace(secret, "***")
         return text
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = self.mask(record.getMessage())
+        record.msg = safe_text(self.mask(record.getMessage()))
         record.args = None
         return True
 
 
+class Interrupted(BaseException):
+    """A signal asked the run to stop (BaseException, like KeyboardInterrupt: no handler swallows it)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+    @property
+    def exit_status(self) -> int:
+        return 128 + self.signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
+
+
 def fail(message: str, code: int) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {Redactor.mask(message)}", markup=True, soft_wrap=True)
+    err.print(Text("error: ", style="bold red") + plain(Redactor.mask(message)), soft_wrap=True)
     return typer.Exit(code)
+
+
+def _on_sigterm(signum: int, _frame: Any) -> None:
+    raise Interrupted(signum)
 
 
 def guarded(func: F) -> F:
@@ -90,8 +116,11 @@ def guarded(func: F) -> F:
             raise
         except (FixtureError, IdentitiesError) as exc:
             raise fail(str(exc), EXIT_USAGE) from None
-        except StoreError as exc:
+        except (StoreError, OutputError) as exc:
             raise fail(str(exc), EXIT_USAGE) from None
+        except Interrupted as exc:
+            name = signal.Signals(exc.signum).name
+            raise fail(f"interrupted by {name}; everything stored so far is kept", exc.exit_status) from None
         except KeyboardInterrupt:
             raise fail("interrupted; everything stored so far is kept", EXIT_INTERRUPTED) from None
         except BrokenPipeError:
@@ -123,6 +152,7 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def _open_store(db: str, *, create: bool = True) -> Store:
+    Redactor.secrets.update(secrets_in(db))
     return Store.open(db, create=create)
 
 
@@ -186,10 +216,12 @@ def collect(
             "token rejected (HTTP 401): check the fixture's Circle-Token or CIRCLE_TOKEN", EXIT_FAILED
         ) from None
     finally:
+        with contextlib.suppress(StoreError):  # however the run ended, its leases go
+            store.release_leases(options.owner)
         store.close()
     failed = [r for r in results if r.error]
     for result in failed:
-        err.print(f"[red]failed:[/] {Redactor.mask(result.error or '')}", soft_wrap=True)
+        err.print(Text("failed: ", style="red") + plain(Redactor.mask(result.error or "")), soft_wrap=True)
     others = sum(1 for r in results if r.collected_by != "self")
     print(
         f"collected {len(results) - len(failed) - others}/{len(settings.endpoints)} endpoint(s)"
@@ -209,14 +241,45 @@ def collect(
 async def _collect(
     settings: Settings, store: Store, api_url: str, concurrency: int, max_rps: float | None, options: Options
 ) -> tuple[list[EndpointResult], Any, Any, UserPass]:
-    async with CircleCIClient(api_url, settings.token, concurrency=concurrency, max_rps=max_rps) as client:
-        collector = Collector(client, store, options)
-        reporter = asyncio.create_task(_report_progress(collector))
+    with _stop_on_signals() as caught:
         try:
-            results = await collector.run(list(settings.endpoints))
-        finally:
-            reporter.cancel()
-        return results, client.stats, collector.counters, collector.users
+            async with CircleCIClient(
+                api_url, settings.token, concurrency=concurrency, max_rps=max_rps
+            ) as client:
+                collector = Collector(client, store, options)
+                reporter = asyncio.create_task(_report_progress(collector))
+                try:
+                    results = await collector.run(list(settings.endpoints))
+                finally:
+                    reporter.cancel()
+                return results, client.stats, collector.counters, collector.users
+        except asyncio.CancelledError:
+            if caught:
+                raise Interrupted(caught[0]) from None
+            raise
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[list[int]]:
+    """SIGINT and SIGTERM cancel the run, so every lane ends through its cleanup (leases released,
+    trees stored whole); yields the signals caught. Later signals are ignored while it ends."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    caught: list[int] = []
+
+    def stop(signum: int) -> None:
+        if not caught and task is not None:
+            task.cancel()
+        caught.append(signum)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop, signum)
+    try:
+        yield caught
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+        signal.signal(signal.SIGTERM, _on_sigterm)
 
 
 async def _report_progress(collector: Collector) -> None:
@@ -305,7 +368,11 @@ def export(
             docs = itertools.chain(docs, test_documents(store, project))  # one document per test result
         raw = kind is ExportKind.raw
         lines = ex.es_bulk(docs, raw=raw, index=index) if fmt is Format.es_bulk else ex.ndjson(docs)
-        _write_lines(lines)
+        try:
+            _write_lines(lines)
+        finally:  # a failed write ends the store's read before the store closes
+            for generator in (lines, docs):
+                getattr(generator, "close", lambda: None)()
     finally:
         store.close()
 
@@ -328,10 +395,15 @@ def es_mapping(
 
 def _write_lines(lines: Iterator[str]) -> None:
     out = sys.stdout
-    for line in lines:
-        out.write(line)
-        out.write("\n")
-    out.flush()
+    try:
+        for line in lines:
+            out.write(line)
+            out.write("\n")
+        out.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise OutputError(f"cannot write the output: {exc.strerror or exc.__class__.__name__}") from None
 
 
 # -- status ---------------------------------------------------------------------------------
@@ -342,12 +414,13 @@ def status(db: DbOption = DEFAULT_DB_URL) -> None:
     store = _open_store(db, create=False)
     try:
         rows = store.endpoint_statuses()
+        now = store.now()  # leases are judged by the database's clock
     finally:
         store.close()
     if not rows:
         print("no endpoints collected yet")
         return
-    table = Table(title=f"circleci-ds store {store.url}", title_justify="left")
+    table = Table(title=plain(f"circleci-ds store {store.url}"), title_justify="left")
     for name in (
         "endpoint",
         "project",
@@ -362,21 +435,20 @@ def status(db: DbOption = DEFAULT_DB_URL) -> None:
         table.add_column(
             name, justify="right" if name in ("pipelines", "workflows", "jobs", "open") else "left"
         )
-    now = time.time()
     for r in rows:
         lease = (
             f"{r.lease_owner} ({r.lease_expires - now:+.0f}s)" if r.lease_owner and r.lease_expires else "-"
         )
         table.add_row(
-            r.slug,
-            r.native,
+            plain(r.slug),
+            plain(r.native),
             iso(r.checkpoint) or "never",
             str(r.pipelines),
             str(r.workflows),
             str(r.jobs),
             str(r.open_pipelines),
-            lease,
-            r.last_error or "-",
+            plain(lease),
+            plain(Redactor.mask(r.last_error or "-")),
         )
     Console(highlight=False, width=max(160, Console().width)).print(table)
 
@@ -406,6 +478,8 @@ def report(
         until_dt = _as_datetime(until)
     except ValueError as exc:
         raise fail(str(exc), EXIT_USAGE) from None
+    if html is not None:
+        check_target(html)  # a path that can never be written fails before the work, not after
     people_ids = _load_identities(identities)
     store = _open_store(db, create=False)
     try:
@@ -492,6 +566,7 @@ def version() -> None:
 
 
 def main() -> None:
+    signal.signal(signal.SIGTERM, _on_sigterm)  # SIGTERM ends a command as SIGINT does: one line
     app(prog_name="circleci-ds")
 
 

@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 from circleci_ds.api import DEFAULT_API_URL, ApiError, CircleCIClient, NotFound, Unauthorized
 from circleci_ds.fixture import Endpoint
 from circleci_ds.people import UserPass, resolve_users
-from circleci_ds.store import PipelineIndexEntry, Store
+from circleci_ds.store import PipelineIndexEntry, Store, StoreError
 from circleci_ds.store.database import digest
 from circleci_ds.testresults import TestPhase
 from circleci_ds.times import parse_ts
@@ -131,7 +131,7 @@ class Collector:
     async def run(self, endpoints: list[Endpoint]) -> list[EndpointResult]:
         """Collect every endpoint once, sharing them with cooperating collectors through leases."""
         self.counters.endpoints_total = len(endpoints)
-        started = time.time()
+        started = await self.db(self.store.now)  # the database's clock, shared with other collectors
         pending = list(endpoints)
         results: dict[str, EndpointResult] = {}
         lanes = max(1, min(self.options.parallel_endpoints, len(endpoints)))
@@ -246,7 +246,7 @@ class Collector:
         """One endpoint, start to end; errors end up in the result, except a rejected token."""
         origin = origin_for(self.client.base_url, endpoint.slug)
         await self.db(self.store.ensure_endpoint, endpoint.slug, endpoint.native, origin, endpoint.project)
-        await self.db(self.store.record_start, endpoint.slug, time.time())
+        await self.db(self.store.record_start, endpoint.slug, await self.db(self.store.now))
         log.info("%s: collecting", endpoint.written)
         walk = _Walk(self, endpoint)
         checkpoint: float | None = None
@@ -258,15 +258,15 @@ class Collector:
             checkpoint = await walk.run()
             if self.options.tests:
                 test_errors = await TestPhase(self, endpoint.slug).run()
-        except Unauthorized:
-            raise
+        except (Unauthorized, StoreError):
+            raise  # the run stops: a rejected token, or a store that cannot take more
         except NotFound:
             error = f"project not found, or the token cannot see it: {endpoint.written}"
         except ApiError as exc:
             error = f"{endpoint.written}: {exc}"
         except BaseExceptionGroup as group_error:
             first = _first(group_error)
-            if isinstance(first, Unauthorized) or not isinstance(first, Exception):
+            if isinstance(first, Unauthorized | StoreError) or not isinstance(first, Exception):
                 raise first from None
             error = f"{endpoint.written}: {_describe(first)}"
         except Exception as exc:  # a malformed response must not stop the other endpoints
@@ -279,8 +279,9 @@ class Collector:
         if error is None and test_errors:
             first_test = test_errors[0]
             error = f"{endpoint.written}: tests of {len(test_errors)} job(s) not read; first: {first_test}"
+        finished = await self.db(self.store.now)
         await self.db(
-            self.store.record_finish, endpoint.slug, finished=time.time(), error=error, checkpoint=checkpoint
+            self.store.record_finish, endpoint.slug, finished=finished, error=error, checkpoint=checkpoint
         )
         if error:
             log.error("%s", error)
@@ -344,13 +345,18 @@ class _Walk:
 
     async def _spawn(self, group: asyncio.TaskGroup, work: Awaitable[None]) -> None:
         """Start a tree once a slot is free: memory stays bounded whatever the history's size."""
-        await self.c._tree_slots.acquire()
-        group.create_task(self._guarded(work))
+        try:
+            await self.c._tree_slots.acquire()
+        except BaseException:  # cancelled (a signal): `work` never starts
+            _discard(work)
+            raise
+        task = group.create_task(self._guarded(work))
+        task.add_done_callback(lambda _: _discard(work))  # a task cancelled before it ran never started it
 
     async def _guarded(self, work: Awaitable[None]) -> None:
         try:
             await work
-        except Unauthorized:
+        except (Unauthorized, StoreError):
             raise
         except Exception as exc:  # one bad pipeline must not stop the walk
             log.debug("pipeline failed", exc_info=True)
@@ -454,6 +460,13 @@ def _dead_local_owner(owner: str) -> bool:
     except PermissionError:
         return False
     return False
+
+
+def _discard(work: Awaitable[None]) -> None:
+    """Close a coroutine that may never have run, so it ends quietly (no "never awaited" warning)."""
+    close = getattr(work, "close", None)
+    if close is not None:
+        close()
 
 
 def _older(pipeline: dict[str, Any], floor: float) -> bool:

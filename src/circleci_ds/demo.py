@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from circleci_ds.files import write_atomic
 from circleci_ds.simulator import SimConfig, SimProject, Simulator
 
 DEMO_TOKEN_VAR = "CIRCLECI_DS_DEMO_TOKEN"
@@ -56,7 +57,7 @@ def run_demo(directory: Path) -> int:
     """Two collections with the clock moved a day between them; returns the exit status."""
     directory.mkdir(parents=True, exist_ok=True)
     fixture = directory / "fixture.yaml"
-    fixture.write_text(FIXTURE, encoding="utf-8")
+    write_atomic(fixture, FIXTURE)
     db_path = (directory / "demo.db").resolve()
     db = f"sqlite:///{db_path}"
     sim = Simulator(demo_config())

@@ -2,6 +2,16 @@
 
 A fixture names a native project and lists data sources; we read the `circleci` one(s)
 and ignore the others with a note. Errors name the file and the line of the offending field.
+
+Rules for untrusted input:
+- A fixture file is at most MAX_FIXTURE_BYTES; YAML anchors and aliases may be used, but what the
+  document expands to is at most MAX_NODES nodes and never refers to itself (a "billion laughs"
+  file is refused at once, before anything is built from it).
+- An endpoint is `vcs/org/repo`: three non-empty segments of letters, digits, `.`, `_` and `-`,
+  none of them `.` or `..` (percent signs, spaces, control characters and further slashes are
+  refused), so an endpoint can never become another API path.
+- A token is printable ASCII only: a newline, another control character or non-ASCII text in it is
+  a fixture error, whose message never shows the token.
 """
 
 from __future__ import annotations
@@ -22,13 +32,16 @@ class FixtureError(Exception):
 
 
 VCS_ALIASES = {"gh": "gh", "github": "gh", "bb": "bb", "bitbucket": "bb", "circleci": "circleci"}
+MAX_FIXTURE_BYTES = 1 << 20
+MAX_NODES = 100_000
 _SEGMENT = re.compile(r"^[A-Za-z0-9_.\-]+$")
+_TOKEN = re.compile(r"[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?")  # what an HTTP header can carry
 _ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 
 
 def canonical_slug(written: str) -> str:
     """`github/org/repo` -> `gh/org/repo`; raises ValueError when it is not a project slug."""
-    parts = written.strip().strip("/").split("/")
+    parts = written.strip("/").split("/")
     if len(parts) != 3 or not all(parts):
         raise ValueError(f"not a project slug (vcs/org/repo): {written!r}")
     vcs = VCS_ALIASES.get(parts[0].lower())
@@ -36,8 +49,14 @@ def canonical_slug(written: str) -> str:
         raise ValueError(
             f"unknown VCS {parts[0]!r} in {written!r} (expected gh, github, bb, bitbucket or circleci)"
         )
-    if not all(_SEGMENT.match(p) for p in parts[1:]):
-        raise ValueError(f"not a project slug (vcs/org/repo): {written!r}")
+    for part in parts[1:]:
+        if not _SEGMENT.match(part):
+            raise ValueError(
+                f"not a project slug (vcs/org/repo): {written!r}: segment {part!r} may hold only "
+                "letters, digits, '.', '_' and '-'"
+            )
+        if set(part) == {"."}:
+            raise ValueError(f"not a project slug (vcs/org/repo): {written!r}: a segment cannot be {part!r}")
     return f"{vcs}/{parts[1]}/{parts[2]}"
 
 
@@ -123,7 +142,7 @@ def load_fixture(path: Path | str, environ: Mapping[str, str] | None = None) -> 
     if not circle:
         raise FixtureError(f"{path}: no data source with `slug: circleci` under `data_sources`")
     endpoints: list[Endpoint] = []
-    token_values: list[str] = []
+    token_values: list[tuple[str, str]] = []  # (value, ":line")
     tests_values: list[str] = []
     seen: dict[str, str] = {}
     for index, source_raw in circle:
@@ -131,7 +150,11 @@ def load_fixture(path: Path | str, environ: Mapping[str, str] | None = None) -> 
             source = _DataSource.model_validate(source_raw)
         except ValidationError as exc:
             raise FixtureError(_describe(path, root, exc, ("data_sources", index))) from None
-        token_values += [c.value or "" for c in source.config if c.name.lower() == "circle-token"]
+        token_values += [
+            (c.value or "", _line(root, ("data_sources", index, "config", c_index, "value")))
+            for c_index, c in enumerate(source.config)
+            if c.name.lower() == "circle-token"
+        ]
         tests_values += [c.value or "" for c in source.config if c.name.lower() == "collect-tests"]
         for p_index, project in enumerate(source.projects):
             for e_index, ep in enumerate(project.endpoints):
@@ -163,7 +186,11 @@ def _collect_tests(path: Path, values: list[str]) -> bool:
 
 def _read(path: Path) -> str:
     try:
-        return path.read_text(encoding="utf-8")
+        with path.open("rb") as handle:
+            data = handle.read(MAX_FIXTURE_BYTES + 1)  # a bound, even for a device or a pipe
+        if len(data) > MAX_FIXTURE_BYTES:
+            raise FixtureError(f"{path}: larger than {MAX_FIXTURE_BYTES // 1024} KiB; not a fixture")
+        return data.decode("utf-8")
     except FileNotFoundError:
         raise FixtureError(f"{path}: no such fixture file") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -171,36 +198,81 @@ def _read(path: Path) -> str:
 
 
 def _parse_yaml(path: Path, text: str) -> tuple[Any, yaml.Node | None]:
+    loader = yaml.SafeLoader(text)
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        raw = yaml.safe_load(text)
+        root = loader.get_single_node()
+        if root is not None:
+            _check_expansion(path, root)
+        raw = loader.construct_document(root) if root is not None else None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f":{mark.line + 1}" if mark else ""
         raise FixtureError(f"{path}{where}: invalid YAML: {exc.problem or exc.context}") from None
     except yaml.YAMLError as exc:
         raise FixtureError(f"{path}: invalid YAML: {exc}") from None
+    except RecursionError:
+        raise FixtureError(f"{path}: invalid YAML: nested too deeply") from None
+    finally:
+        loader.dispose()
     if not isinstance(raw, dict):
         raise FixtureError(f"{path}: the fixture must be a mapping with `native` and `data_sources`")
     return raw, root
 
 
-def _resolve_token(path: Path, values: list[str], environ: Mapping[str, str]) -> tuple[str | None, str]:
+def _check_expansion(path: Path, root: yaml.Node) -> None:
+    """Refuse a document whose aliases expand past MAX_NODES nodes or refer to themselves."""
+    sizes: dict[int, int] = {}
+    open_: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in open_:
+            raise FixtureError(f"{path}:{node.start_mark.line + 1}: invalid YAML: an alias refers to itself")
+        open_.add(key)
+        total = 1
+        if isinstance(node, yaml.MappingNode):
+            total += sum(size(k) + size(v) for k, v in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            total += sum(size(item) for item in node.value)
+        open_.discard(key)
+        sizes[key] = min(total, MAX_NODES + 1)  # capped: the sum stays small however deep the aliases go
+        return sizes[key]
+
+    if size(root) > MAX_NODES:
+        raise FixtureError(
+            f"{path}: invalid YAML: its aliases expand to more than {MAX_NODES:,} nodes (an alias bomb?)"
+        )
+
+
+def _resolve_token(
+    path: Path, values: list[tuple[str, str]], environ: Mapping[str, str]
+) -> tuple[str | None, str]:
     if len(values) > 1:
         raise FixtureError(f"{path}: more than one Circle-Token entry in the circleci data source config")
     if values:
-        value = values[0].strip()
+        value, where = values[0][0].strip(), values[0][1]
         ref = _ENV_REF.match(value)
         if ref:
             name = ref.group(1)
             if not environ.get(name):
-                raise FixtureError(f"{path}: Circle-Token refers to ${{{name}}}, which is not set")
-            return environ[name], "fixture"
+                raise FixtureError(f"{path}{where}: Circle-Token refers to ${{{name}}}, which is not set")
+            return _checked_token(path, environ[name], f"{where}: Circle-Token (${{{name}}})"), "fixture"
         if value:
-            return value, "fixture"
+            return _checked_token(path, value, f"{where}: Circle-Token"), "fixture"
     if environ.get("CIRCLE_TOKEN"):
-        return environ["CIRCLE_TOKEN"], "environment"
+        return _checked_token(path, environ["CIRCLE_TOKEN"], ": CIRCLE_TOKEN"), "environment"
     return None, "none"
+
+
+def _checked_token(path: Path, token: str, what: str) -> str:
+    """The token, if it can travel in an HTTP header; never quoted in the error."""
+    if not _TOKEN.fullmatch(token):
+        raise FixtureError(
+            f"{path}{what} holds a newline, another control character or non-ASCII text, which no token has"
+        )
+    return token
 
 
 def _describe(path: Path, root: yaml.Node | None, exc: ValidationError, prefix: tuple[Any, ...]) -> str:

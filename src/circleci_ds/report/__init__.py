@@ -10,6 +10,7 @@ from typing import Any
 
 from rich.console import Console
 
+from circleci_ds.display import plain
 from circleci_ds.enrich import enrich_trees
 from circleci_ds.identities import Identities
 from circleci_ds.metrics import MetricsReport, compute_metrics
@@ -78,4 +79,4 @@ def run_report(
         tests_html = html_section(tests, test_specs)
         write_html(report, html_path, people_html(who) + tests_html, test_specs)
         if fmt == "table":  # JSON output stays pure JSON
-            console.print(f"Wrote {html_path}", highlight=False, markup=False)
+            console.print(plain(f"Wrote {html_path}"), highlight=False)

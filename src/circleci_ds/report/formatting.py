@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import unicodedata
-
 DASH = "—"
 
 
@@ -52,17 +50,3 @@ def text(value: str | None) -> str:
 def branch(value: str | None) -> str:
     return "all branches" if value is None else value
 
-
-def visible(value: str | None, limit: int | None = None) -> str:
-    """API text with control and format characters (terminal escapes, bidi overrides) shown as
-    `\\x1b`-style escapes, so printing it can neither drive a terminal nor reorder what is shown."""
-    if value is None or value == "":
-        return DASH
-    shown = "".join(_escaped(ch) for ch in value)
-    return shown if limit is None or len(shown) <= limit else shown[: limit - 1] + "…"
-
-
-def _escaped(ch: str) -> str:
-    if ch in "\n\t" or unicodedata.category(ch) not in ("Cc", "Cf"):
-        return ch
-    return ch.encode("unicode_escape").decode()

@@ -14,6 +14,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from circleci_ds.files import write_atomic
 from circleci_ds.metrics import FailedRun, MetricsReport, ProjectMetrics
 from circleci_ds.report import formatting as fmt
 from circleci_ds.report.charts import Chart, project_charts
@@ -142,7 +143,8 @@ def render_html(
 def write_html(
     report: MetricsReport, path: Path, extra_sections: str = "", extra_specs: Sequence[dict[str, Any]] = ()
 ) -> None:
-    path.write_text(render_html(report, extra_sections, extra_specs), encoding="utf-8")
+    # OutputError leaves a previous report as it was
+    write_atomic(path, render_html(report, extra_sections, extra_specs))
 
 
 def _header(report: MetricsReport) -> str:

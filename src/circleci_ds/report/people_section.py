@@ -1,15 +1,15 @@
 """The report's people section (see people_report.py): terminal tables and an HTML card.
 
-Logins, names and organisations come from the API or the identities file: `Text` in the
-terminal, escaped in HTML.
+Logins, names and organisations come from the API or the identities file: `display.plain` text
+in the terminal (no markup, controls replaced), escaped in HTML.
 """
 
 from __future__ import annotations
 
 from rich.console import Console
 from rich.table import Table
-from rich.text import Text
 
+from circleci_ds.display import plain
 from circleci_ds.people_report import PeopleReport
 from circleci_ds.report import formatting as fmt
 from circleci_ds.report.html import _table as html_table
@@ -32,17 +32,17 @@ def print_people(report: PeopleReport, console: Console) -> None:
 def people_tables(report: PeopleReport) -> list[Table]:
     orgs = _table("Runs by organisation", "Organisation", "Runs", "Failures", "Reruns", "People")
     for o in report.organizations:
-        orgs.add_row(Text(o.organization), fmt.count(o.runs), fmt.count(o.failures), fmt.count(o.reruns),
+        orgs.add_row(plain(o.organization), fmt.count(o.runs), fmt.count(o.failures), fmt.count(o.reruns),
                      fmt.count(o.people))  # fmt: skip
     if not report.with_identities:
         orgs.caption = "No identities file given (--identities): organisations are Unknown."
     approvers = _table("Who approves", "Approver", "Organisation", "Approvals", "Workflows", numeric_from=2)
     for a in report.approvers:
-        approvers.add_row(Text(_who(a.login)), Text(a.organization), fmt.count(a.approvals),
-                          Text(", ".join(a.workflows)))  # fmt: skip
+        approvers.add_row(plain(_who(a.login)), plain(a.organization), fmt.count(a.approvals),
+                          plain(", ".join(a.workflows)))  # fmt: skip
     rerunners = _table("Who reruns most (manual reruns)", "Person", "Organisation", "Reruns", numeric_from=2)
     for r in report.rerunners:
-        rerunners.add_row(Text(_who(r.login)), Text(r.organization), fmt.count(r.reruns))
+        rerunners.add_row(plain(_who(r.login)), plain(r.organization), fmt.count(r.reruns))
     return [orgs, approvers, rerunners]
 
 

@@ -1,7 +1,7 @@
 """Rich tables for the terminal.
 
-Names from the API go into `Text` objects, never into markup strings, so a job called
-`[red]x` prints as written.
+Names from the API go through `display.plain` into `Text` objects, never into markup strings, so a
+job called `[red]x` prints as written and control characters in it are replaced.
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 from rich import box
 from rich.console import Console
 from rich.table import Table
-from rich.text import Text
 
+from circleci_ds.display import plain
 from circleci_ds.metrics import ALL_BRANCHES, JobMetrics, MetricsReport
 from circleci_ds.report import formatting as fmt
 
@@ -19,7 +19,7 @@ SLOWEST = 10
 
 def print_tables(report: MetricsReport, console: Console) -> None:
     """Overview, workflow metrics, slowest jobs and flaky jobs."""
-    console.print(Text(window_line(report), style="dim"))
+    console.print(plain(window_line(report), style="dim"))
     if not report.projects:
         console.print("No workflow runs in this window.")
         return
@@ -87,8 +87,8 @@ def overview_table(report: MetricsReport) -> Table:
     )
     for p in report.projects:
         table.add_row(
-            Text(p.project_slug),
-            Text(fmt.branch(p.branch)),
+            plain(p.project_slug),
+            plain(fmt.branch(p.branch)),
             fmt.count(p.pipelines),
             fmt.count(p.runs),
             fmt.percent(p.success_rate),
@@ -121,8 +121,8 @@ def workflow_table(report: MetricsReport) -> Table:
     )
     for w in report.workflows:
         table.add_row(
-            Text(w.project_slug),
-            Text(w.workflow),
+            plain(w.project_slug),
+            plain(w.workflow),
             fmt.count(w.runs),
             fmt.percent(w.success_rate),
             fmt.number(w.throughput),
@@ -159,9 +159,9 @@ def slowest_table(report: MetricsReport) -> Table:
     )
     for j in slowest_jobs(report.jobs):
         table.add_row(
-            Text(j.project_slug),
-            Text(j.workflow),
-            Text(j.job),
+            plain(j.project_slug),
+            plain(j.workflow),
+            plain(j.job),
             fmt.count(j.runs),
             fmt.seconds(j.duration_p50),
             fmt.seconds(j.duration_p95),
@@ -184,12 +184,12 @@ def flaky_table(report: MetricsReport) -> Table:
     )
     for f in report.flaky_jobs:
         table.add_row(
-            Text(f.project_slug),
-            Text(f.workflow),
-            Text(f.job),
+            plain(f.project_slug),
+            plain(f.workflow),
+            plain(f.job),
             fmt.count(f.flaky_commits),
             fmt.count(f.times_flaked),
-            fmt.text(f.last_flaked),
+            plain(fmt.text(f.last_flaked)),
         )
     if not report.flaky_jobs:
         table.caption = "None found."

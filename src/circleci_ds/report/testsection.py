@@ -1,8 +1,8 @@
 """The tests part of the report: terminal tables, JSON and an HTML section with charts.
 
-Test names and failure messages are hostile text: in the terminal they go into `Text` objects after
-`fmt.visible` has turned escape sequences and bidi controls into visible `\\x1b`-style escapes; in
-the page they are HTML-escaped (and shown the same visible way); in charts they are entity-escaped.
+Test names and failure messages are hostile text: `display.safe_text` replaces control characters
+(terminal escapes) and bidi controls with U+FFFD everywhere they are shown; in the terminal they go
+into `Text` objects, in the page they are HTML-escaped, in charts entity-escaped.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from circleci_ds.display import safe_text
 from circleci_ds.report import formatting as fmt
 from circleci_ds.report.charts import PALETTE, Chart, _hbar, _layout, plot_text
 from circleci_ds.report.html import _chart_card, _table, e
@@ -133,7 +134,10 @@ def table_specs(tests: TestsReport) -> list[TableSpec]:
 
 
 def _shown(column: Column, row: Any) -> str:
-    return fmt.visible(column.value(row), column.limit)
+    text = fmt.text(column.value(row))
+    if column.limit is not None and len(text) > column.limit:
+        text = text[: column.limit - 1] + "…"
+    return safe_text(text)
 
 
 # -- terminal -----------------------------------------------------------------------------------------
@@ -188,7 +192,7 @@ def _html_cell(column: Column, row: Any) -> str:
 
 
 def _label(job: str, classname: str, name: str) -> str:
-    return plot_text(fmt.visible(f"{job} · {_test_name(classname, name)}", 80))
+    return plot_text(safe_text(f"{job} · {_test_name(classname, name)}"[:80]))
 
 
 def section_charts(tests: TestsReport) -> list[Chart]:
@@ -261,7 +265,7 @@ def _counts_chart(points: list[TestCountPoint]) -> Chart | None:
         {
             "type": "scatter",
             "mode": "lines+markers",
-            "name": plot_text(fmt.visible(f"{slug} · {job}", 60)),
+            "name": plot_text(safe_text(f"{slug} · {job}"[:60])),
             "x": [p.day for p in by_job[slug, job]],
             "y": [p.tests_max for p in by_job[slug, job]],
         }

@@ -1,9 +1,20 @@
-"""Store operations on top of SQLAlchemy Core; the same statements serve both dialects."""
+"""Store operations on top of SQLAlchemy Core; the same statements serve both dialects.
+
+Rules:
+- Opening never writes to a database that is not ours (see schema.py's ownership rules); an
+  existing SQLite file is looked at through a read-only connection before anything else.
+- Reading commands (`create=False`) open read-only: SQLite with `mode=ro`, PostgreSQL with read-only
+  transactions; they never migrate nor change the journal mode, and refuse a store of another version.
+- Every database failure surfaces as StoreError with one line naming the database (password masked).
+- Leases are judged by one clock, the database's: PostgreSQL's `clock_timestamp()`; for SQLite, whose
+  writers all run on this host, the local clock.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
@@ -11,13 +22,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy import Connection, Engine, create_engine, delete, event, func, insert, select, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError, SQLAlchemyError
 
 from circleci_ds.store import schema as s
+from circleci_ds.store.urls import UnsupportedURL, display_url, engine_url
 from circleci_ds.times import parse_ts
+
+__all__ = ["display_url", "engine_url"]  # re-exported: one home each, in urls.py
 
 DEFAULT_DB_URL = "sqlite:///circleci-ds.db"
 _CHUNK = 400  # pipelines per IN (...) query when reading trees back
@@ -76,75 +91,102 @@ def digest(obj: Any) -> bytes:
     return hashlib.blake2b(dumps(obj).encode(), digest_size=16).digest()
 
 
-def engine_url(url: str) -> str:
-    """`postgresql://` means psycopg 3 here (SQLAlchemy would pick psycopg2)."""
-    for prefix in ("postgresql://", "postgres://"):
-        if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix) :]
-    return url
-
-
-def display_url(url: str) -> str:
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except (ArgumentError, ValueError):  # ValueError: e.g. a port that is not a number
-        return "<unparsable database URL>"
-
-
 class Store:
     """One database. Methods are synchronous; the collector calls them from one worker thread."""
 
-    def __init__(self, engine: Engine, url: str) -> None:
+    def __init__(self, engine: Engine, url: str, *, read_only: bool = False) -> None:
         self.engine = engine
         self.url = display_url(url)
         self.is_sqlite = engine.dialect.name == "sqlite"
+        self.read_only = read_only
 
     @classmethod
     def open(cls, url: str = DEFAULT_DB_URL, *, create: bool = True) -> Store:
-        """Connect, and create or upgrade the schema; StoreError on any problem."""
-        if not create:
-            _require_sqlite_file(url)
+        """Writers (`create`): create or upgrade a store we own. Readers: open read-only.
+
+        StoreError on any problem; a database that is not ours is left untouched.
+        """
+        shown = display_url(url)
         try:
-            engine = _make_engine(url)
-            store = cls(engine, url)
-            store.migrate(create=create)
-        except StoreError:
-            raise
+            target = _Target.parse(url)
+            if target.sqlite_path is not None:
+                target.check_sqlite_file(write=create)
+            if create and target.sqlite_path is not None and target.sqlite_has_content():
+                # Look before the writable engine switches the file to WAL: a foreign file stays as it is.
+                _check_owned(_make_engine(target, read_only=True), url)
+            store = cls(_make_engine(target, read_only=not create), url, read_only=not create)
+            try:
+                store.migrate() if create else store.check_readable()
+            except BaseException:
+                store.close()
+                raise
+        except (StoreError, UnsupportedURL) as exc:
+            raise StoreError(str(exc)) from None
         except (ArgumentError, NoSuchModuleError, ValueError):
-            raise StoreError(f"not a usable database URL: {display_url(url)}") from None
-        except SQLAlchemyError as exc:
-            raise StoreError(f"cannot use the database {display_url(url)}: {_db_reason(exc)}") from None
+            raise StoreError(f"not a usable database URL: {shown}") from None
+        except (SQLAlchemyError, sqlite3.Error) as exc:
+            raise StoreError(f"cannot use the database {shown}: {_db_reason(exc)}") from None
         return store
 
     def close(self) -> None:
         self.engine.dispose()
 
     # -- schema ----------------------------------------------------------------------------
-    def migrate(self, *, create: bool = True) -> None:
+    def migrate(self) -> None:
+        """Create the schema in an empty database or upgrade ours; refuse anything else."""
         with self._write() as conn:
             if not self.is_sqlite:
                 conn.execute(text("SELECT pg_advisory_xact_lock(7422319)"))  # one migrator at a time
-            version = s.current_version(conn)
-            if version == -1:
-                raise StoreError(f"{self.url} holds tables that are not a circleci-ds store")
-            if version is None and not create:
-                raise StoreError(f"{self.url} is not a circleci-ds store (run `circleci-ds collect` first)")
-            version = version or 0
-            if version > s.SCHEMA_VERSION:
-                raise StoreError(
-                    f"{self.url} has schema version {version}, newer than this circleci-ds supports "
-                    f"({s.SCHEMA_VERSION}); upgrade circleci-ds"
-                )
+            owner = s.ownership(conn)
+            _refuse_foreign(self.url, owner)
+            version = 0 if owner is s.Ownership.EMPTY else s.current_version(conn)
+            self._refuse_newer(version)
             for step in s.MIGRATIONS[version:]:
                 step(conn)
-            if version == 0:
+            if owner is s.Ownership.UNMARKED and s.ownership(conn) is not s.Ownership.OURS:
+                s.metadata.create_all(conn, tables=[s.meta])  # marker step already behind it
+                s.mark_owned(conn)
+            if owner is s.Ownership.EMPTY:
                 conn.execute(insert(s.schema_version).values(version=s.SCHEMA_VERSION))
             elif version < s.SCHEMA_VERSION:
                 conn.execute(update(s.schema_version).values(version=s.SCHEMA_VERSION))
 
+    def check_readable(self) -> None:
+        """A reader's check: our store, at this release's version; nothing is written."""
+        with self._read() as conn:
+            owner = s.ownership(conn)
+            if owner is s.Ownership.EMPTY:
+                raise StoreError(f"{self.url} is not a circleci-ds store (run `circleci-ds collect` first)")
+            _refuse_foreign(self.url, owner)
+            version = s.current_version(conn)
+        self._refuse_newer(version)
+        if version < s.SCHEMA_VERSION or owner is s.Ownership.UNMARKED:
+            raise StoreError(
+                f"{self.url} is a circleci-ds store of schema version {version}; this release reads "
+                f"version {s.SCHEMA_VERSION}: run `circleci-ds collect` once to upgrade it"
+            )
+
+    def _refuse_newer(self, version: int) -> None:
+        if version > s.SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.url} has schema version {version}, newer than this circleci-ds supports "
+                f"({s.SCHEMA_VERSION}); upgrade circleci-ds"
+            )
+
     def schema_version(self) -> int:
-        with self.engine.connect() as conn:
-            return s.current_version(conn) or 0
+        with self._connect() as conn:
+            return s.current_version(conn)
+
+    @contextmanager
+    def _connect(self) -> Iterator[Connection]:
+        """A connection; database failures become StoreError (IntegrityError stays: callers expect it)."""
+        try:
+            with self.engine.connect() as conn:
+                yield conn
+        except (StoreError, IntegrityError):
+            raise
+        except (SQLAlchemyError, sqlite3.Error) as exc:
+            raise StoreError(f"cannot use the database {self.url}: {_db_reason(exc)}") from None
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
@@ -152,7 +194,7 @@ class Store:
 
         SQLite's deferred BEGIN already gives that; PostgreSQL's default (READ COMMITTED) does not.
         """
-        with self.engine.connect() as conn:
+        with self._connect() as conn:
             if not self.is_sqlite:
                 conn = conn.execution_options(isolation_level="REPEATABLE READ")
             with conn.begin():
@@ -161,11 +203,20 @@ class Store:
     @contextmanager
     def _write(self) -> Iterator[Connection]:
         """A write transaction; on SQLite it takes the write lock up front so busy_timeout applies."""
-        with self.engine.connect() as conn:
+        if self.read_only:
+            raise StoreError(f"{self.url} is open read-only")  # a reading command never writes
+        with self._connect() as conn:
             if self.is_sqlite:
                 conn = conn.execution_options(sqlite_begin="BEGIN IMMEDIATE")
             with conn.begin():
                 yield conn
+
+    def now(self) -> float:
+        """The lease clock (epoch seconds): the database's, so collectors on other hosts agree."""
+        if self.is_sqlite:
+            return time.time()
+        with self._connect() as conn:
+            return _db_now(conn)
 
     # -- endpoints -------------------------------------------------------------------------
     def ensure_endpoint(self, slug: str, native: str, origin: str, project: str | None = None) -> None:
@@ -184,11 +235,11 @@ class Store:
                 conn.execute(update(names).where(names.c.slug == slug).values(project=project))
 
     def checkpoint(self, slug: str) -> float | None:
-        with self.engine.connect() as conn:
+        with self._connect() as conn:
             return conn.execute(select(s.endpoints.c.checkpoint).where(s.endpoints.c.slug == slug)).scalar()
 
     def origin(self, slug: str) -> str:
-        with self.engine.connect() as conn:
+        with self._connect() as conn:
             return conn.execute(select(s.endpoints.c.origin).where(s.endpoints.c.slug == slug)).scalar_one()
 
     def record_start(self, slug: str, started: float) -> None:
@@ -208,7 +259,7 @@ class Store:
             conn.execute(update(s.endpoints).where(s.endpoints.c.slug == slug).values(**values))
 
     def finished_since(self, slug: str, since: float) -> bool:
-        with self.engine.connect() as conn:
+        with self._connect() as conn:
             finished = conn.execute(
                 select(s.endpoints.c.last_finished).where(s.endpoints.c.slug == slug)
             ).scalar()
@@ -221,7 +272,7 @@ class Store:
             )
 
     def project_infos(self) -> dict[str, dict[str, Any]]:
-        with self.engine.connect() as conn:
+        with self._connect() as conn:
             rows = conn.execute(select(s.endpoints.c.slug, s.endpoints.c.project_info)).all()
         return {slug: json.loads(info) for slug, info in rows if info}
 
@@ -231,7 +282,7 @@ class Store:
         p = s.pipelines.c
         query = select(p.id, p.created_at, p.fetched_at, p.is_final, p.data).where(p.endpoint == slug)
         index: dict[str, PipelineIndexEntry] = {}
-        with self.engine.connect() as conn:
+        with self._connect() as conn:
             for row in conn.execute(query):
                 index[row.id] = PipelineIndexEntry(
                     row.created_at, row.fetched_at, bool(row.is_final), digest(json.loads(row.data))
@@ -345,17 +396,18 @@ class Store:
 
     # -- leases ----------------------------------------------------------------------------
     def try_lease(self, endpoint: str, owner: str, ttl: float, now: float | None = None) -> bool:
-        """Take the endpoint if nobody holds it or the holder's lease ran out."""
-        now = time.time() if now is None else now
+        """Take the endpoint if nobody holds it or the holder's lease ran out (by the database's clock,
+        or at `now` when given)."""
         try:
             return self._take_lease(endpoint, owner, ttl, now)
         except IntegrityError:
             # PostgreSQL: another collector inserted the first lease row after our check; it won.
             return False
 
-    def _take_lease(self, endpoint: str, owner: str, ttl: float, now: float) -> bool:
+    def _take_lease(self, endpoint: str, owner: str, ttl: float, at: float | None) -> bool:
         le = s.leases.c
         with self._write() as conn:
+            now = self._lease_now(conn) if at is None else at
             taken = conn.execute(
                 update(s.leases)
                 .where(le.endpoint == endpoint, (le.expires_at < now) | (le.owner == owner))
@@ -374,8 +426,8 @@ class Store:
     def take_over_lease(self, endpoint: str, dead_owner: str, owner: str, ttl: float) -> bool:
         """Take a lease from a holder known to be dead, unless someone else already did."""
         le = s.leases.c
-        now = time.time()
         with self._write() as conn:
+            now = self._lease_now(conn)
             return bool(
                 conn.execute(
                     update(s.leases)
@@ -384,8 +436,11 @@ class Store:
                 ).rowcount
             )
 
+    def _lease_now(self, conn: Connection) -> float:
+        return time.time() if self.is_sqlite else _db_now(conn)
+
     def lease_owner(self, endpoint: str) -> str | None:
-        with self.engine.connect() as conn:
+        with self._connect() as conn:
             return conn.execute(select(s.leases.c.owner).where(s.leases.c.endpoint == endpoint)).scalar()
 
     def renew_lease(self, endpoint: str, owner: str, ttl: float) -> bool:
@@ -395,7 +450,7 @@ class Store:
                 conn.execute(
                     update(s.leases)
                     .where(le.endpoint == endpoint, le.owner == owner)
-                    .values(expires_at=time.time() + ttl)
+                    .values(expires_at=self._lease_now(conn) + ttl)
                 ).rowcount
             )
 
@@ -404,9 +459,14 @@ class Store:
         with self._write() as conn:
             conn.execute(delete(s.leases).where(le.endpoint == endpoint, le.owner == owner))
 
+    def release_leases(self, owner: str) -> int:
+        """Release every lease `owner` holds (a collector ending, however it ends); how many there were."""
+        with self._write() as conn:
+            return int(conn.execute(delete(s.leases).where(s.leases.c.owner == owner)).rowcount)
+
     def leases(self) -> list[LeaseInfo]:
         le = s.leases.c
-        with self.engine.connect() as conn:
+        with self._connect() as conn:
             rows = conn.execute(select(le.endpoint, le.owner, le.expires_at, le.acquired_at))
             return [LeaseInfo(*r) for r in rows]
 
@@ -457,25 +517,93 @@ def _assemble(conn: Connection, pipelines: Sequence[tuple[str, str]]) -> dict[st
     return trees
 
 
-def _require_sqlite_file(url: str) -> None:
-    """Reading commands must not leave an empty SQLite file behind for a mistyped path."""
+@dataclass(frozen=True)
+class _Target:
+    """A supported database URL, as SQLAlchemy takes it, and the SQLite file it names, if any."""
+
+    url: str
+    sqlite_path: Path | None  # None: PostgreSQL, or SQLite in memory / as a URI
+
+    @classmethod
+    def parse(cls, url: str) -> _Target:
+        sa_url = engine_url(url)
+        parsed = make_url(sa_url)
+        path = parsed.database if parsed.get_backend_name() == "sqlite" else None
+        usable = bool(path) and path != ":memory:" and not str(path).startswith("file:") and not parsed.query
+        return cls(sa_url, Path(path) if usable and path else None)
+
+    def check_sqlite_file(self, *, write: bool) -> None:
+        """Readers must not leave an empty SQLite file behind for a mistyped path; writers need to
+        write the file and, for its journal, the directory."""
+        path = self.sqlite_path
+        assert path is not None
+        if path.exists() and not path.is_file():
+            raise StoreError(f"not a database file: {path}")
+        if not write and not path.exists():
+            raise StoreError(f"no such database: {path} (run `circleci-ds collect` first)")
+        if not path.parent.is_dir():
+            raise StoreError(f"no such directory for the database: {path.parent}")
+        if write and not all(os.access(p, os.W_OK) for p in (path, path.parent) if p.exists()):
+            raise StoreError(f"cannot write to the database {path}: the file or its directory is read-only")
+
+    def sqlite_has_content(self) -> bool:
+        path = self.sqlite_path
+        return path is not None and path.exists() and path.stat().st_size > 0
+
+
+def _check_owned(engine: Engine, url: str) -> None:
+    """Refuse a foreign database through a read-only look, before anything can write to it."""
     try:
-        parsed = make_url(url)
-    except (ArgumentError, ValueError):
-        return  # reported by open() with the other URL problems
-    path = parsed.database if parsed.get_backend_name() == "sqlite" else None
-    if path and path != ":memory:" and not path.startswith("file:") and not Path(path).exists():
-        raise StoreError(f"no such database: {path} (run `circleci-ds collect` first)")
+        with engine.connect() as conn, conn.begin():
+            owner = s.ownership(conn)
+    finally:
+        engine.dispose()
+    _refuse_foreign(display_url(url), owner)
 
 
-def _make_engine(url: str) -> Engine:
-    url = engine_url(url)
-    if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 60})
-        event.listen(engine, "connect", _sqlite_connect)
+def _refuse_foreign(shown_url: str, owner: s.Ownership) -> None:
+    if owner is s.Ownership.FOREIGN:
+        raise StoreError(
+            f"{shown_url} is not a circleci-ds store: it holds another application's tables "
+            "(left untouched; point --db at an empty or circleci-ds database)"
+        )
+
+
+def _make_engine(target: _Target, *, read_only: bool = False) -> Engine:
+    if target.url.startswith("sqlite"):
+        if read_only and target.sqlite_path is not None:
+            engine = create_engine("sqlite://", creator=_read_only_sqlite(target.sqlite_path))
+        else:
+            engine = create_engine(target.url, connect_args={"check_same_thread": False, "timeout": 60})
+        event.listen(engine, "connect", _sqlite_reader_connect if read_only else _sqlite_connect)
         event.listen(engine, "begin", _sqlite_begin)
         return engine
-    return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 10})
+    args: dict[str, Any] = {"connect_timeout": 10}
+    if read_only:
+        args["options"] = "-c default_transaction_read_only=on"
+    return create_engine(target.url, pool_pre_ping=True, connect_args=args)
+
+
+def _read_only_sqlite(path: Path) -> Any:
+    uri = f"file:{quote(str(path.resolve()))}?mode=ro"
+
+    def connect() -> sqlite3.Connection:
+        return sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=60)
+
+    return connect
+
+
+def _sqlite_reader_connect(dbapi_conn: Any, _record: Any) -> None:
+    dbapi_conn.isolation_level = None
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA busy_timeout=60000")
+    cursor.execute("PRAGMA query_only=ON")
+    cursor.close()
+
+
+def _db_now(conn: Connection) -> float:
+    """PostgreSQL's clock, in epoch seconds."""
+    return float(conn.execute(text("SELECT extract(epoch FROM clock_timestamp())")).scalar_one())
 
 
 def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -506,7 +634,7 @@ def _sqlite_begin(conn: Connection) -> None:
     conn.exec_driver_sql(conn.get_execution_options().get("sqlite_begin", "BEGIN"))
 
 
-def _db_reason(exc: SQLAlchemyError) -> str:
+def _db_reason(exc: SQLAlchemyError | sqlite3.Error) -> str:
     """The driver's first line, which names the problem without echoing the URL's password."""
     orig = exc.orig if isinstance(exc, DBAPIError) else None
     line = str(orig or exc).strip().splitlines()[0] if str(orig or exc).strip() else exc.__class__.__name__

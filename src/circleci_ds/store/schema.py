@@ -2,11 +2,17 @@
 
 Raw API objects are kept as JSON text, exactly as parsed from the response; the other
 columns exist to find and order them and to drive incremental collection.
+
+Ownership: a store says it is one. `circleci_ds_meta` holds `application = circleci-ds`; a database
+with that marker is ours, an empty one may become ours (`collect` only), and one made by a release
+before the marker (our `schema_version` and core tables, nothing marked) is ours and gets the marker
+on its next migration. Anything else belongs to another application and is never written.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from enum import Enum
 
 from sqlalchemy import (
     BigInteger,
@@ -23,6 +29,7 @@ from sqlalchemy import (
     Table,
     Text,
     column,
+    insert,
     inspect,
     select,
     table,
@@ -101,7 +108,15 @@ users = Table(
     Column("resolved_at", Double, nullable=False),
 )
 
+meta = Table(
+    "circleci_ds_meta",
+    metadata,
+    Column("key", String(100), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
 CORE_TABLES = (schema_version, endpoints, pipelines, workflows, jobs)
+APPLICATION = "circleci-ds"
 
 
 def _v1_core(conn: Connection) -> None:
@@ -123,6 +138,11 @@ endpoint_projects = table("endpoints", column("slug", String), column("project",
 
 def _endpoint_project_name(conn: Connection) -> None:
     conn.execute(text("ALTER TABLE endpoints ADD COLUMN project VARCHAR(300)"))
+
+
+def _ownership_marker(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[meta])
+    mark_owned(conn)
 
 
 # -- test results (GET /project/{slug}/{job-number}/tests) ---------------------------------------------
@@ -210,16 +230,49 @@ MIGRATIONS: list[Callable[[Connection], None]] = [
     _v2_leases,
     _users_table,
     _endpoint_project_name,
+    _ownership_marker,
     _add_test_results,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-def current_version(conn: Connection) -> int | None:
-    """The stored schema version; None for an empty database."""
-    names = set(inspect(conn).get_table_names())
-    if "schema_version" not in names:
-        if names & {"pipelines", "endpoints"}:
-            return -1  # tables of something else, or a damaged store
-        return None
+class Ownership(Enum):
+    EMPTY = "empty"  # no tables: collect may create a store here
+    OURS = "ours"  # marked as a circleci-ds store
+    UNMARKED = "unmarked"  # a store of a release before the marker
+    FOREIGN = "foreign"  # another application's tables: never written
+
+
+def classify(tables: set[str], marker: str | None, version_columns: set[str]) -> Ownership:
+    """Whose database it is, from its table names, its marker and schema_version's columns."""
+    if not tables:
+        return Ownership.EMPTY
+    if meta.name in tables:
+        return Ownership.OURS if marker == APPLICATION else Ownership.FOREIGN
+    ours = {t.name for t in CORE_TABLES} <= tables and version_columns == {"version"}
+    return Ownership.UNMARKED if ours else Ownership.FOREIGN
+
+
+def ownership(conn: Connection) -> Ownership:
+    """Classify the database behind `conn`, reading only."""
+    inspector = inspect(conn)
+    tables = set(inspector.get_table_names())
+    marker = None
+    if meta.name in tables and {c["name"] for c in inspector.get_columns(meta.name)} == {"key", "value"}:
+        marker = conn.execute(select(meta.c.value).where(meta.c.key == "application")).scalar()
+    columns = set()
+    if "schema_version" in tables:
+        columns = {c["name"] for c in inspector.get_columns("schema_version")}
+    return classify(tables, marker, columns)
+
+
+def mark_owned(conn: Connection) -> None:
+    """Write the marker (the table exists): this database is a circleci-ds store."""
+    found = conn.execute(select(meta.c.value).where(meta.c.key == "application")).first()
+    if found is None:
+        conn.execute(insert(meta).values(key="application", value=APPLICATION))
+
+
+def current_version(conn: Connection) -> int:
+    """The stored schema version of a store (0 when its schema_version table is empty)."""
     return conn.execute(select(schema_version.c.version)).scalar_one_or_none() or 0
