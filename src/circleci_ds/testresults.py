@@ -22,16 +22,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from functools import partial
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from circleci_ds.api import ApiError, NotFound, Unauthorized
+from circleci_ds.store import StoreError
 from circleci_ds.times import parse_ts
 
 if TYPE_CHECKING:
     from circleci_ds.collect import Collector
 
 log = logging.getLogger("circleci_ds.testresults")
+T = TypeVar("T")
 
 CHUNK = 5000  # results written per transaction at most
 MESSAGE_EXCERPT = 500
@@ -188,22 +193,31 @@ class TestPhase:
         self.endpoint = endpoint
         self.slots = asyncio.Semaphore(jobs_in_flight)
         self.errors: list[str] = []
+        # A store thread of its own, so that leases and trees never queue behind test results.
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="circleci-ds-tests")
+
+    async def db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, partial(fn, *args, **kwargs))
 
     async def run(self) -> list[str]:
         from circleci_ds.store import testresults as db
 
-        pending = await self.c.db(db.jobs_needing_tests, self.c.store, self.endpoint)
-        async with asyncio.TaskGroup() as group:
-            for job in pending:
-                await self.slots.acquire()
-                group.create_task(self._guarded(job))
+        try:
+            pending = await self.db(db.jobs_needing_tests, self.c.store, self.endpoint)
+            async with asyncio.TaskGroup() as group:
+                for job in pending:
+                    await self.slots.acquire()
+                    group.create_task(self._guarded(job))
+        finally:
+            self._thread.shutdown(wait=True)  # a write under way ends its transaction first
         return self.errors
 
     async def _guarded(self, job: TestJob) -> None:
         try:
             await self.read(job)
-        except Unauthorized:
-            raise
+        except (Unauthorized, StoreError):
+            raise  # the run stops, as for trees
         except ApiError as exc:
             self.errors.append(str(exc))
         except Exception as exc:  # a malformed answer fails this job only; it is read again next run
@@ -223,12 +237,12 @@ class TestPhase:
                 buffer.extend(page)
                 while len(buffer) > CHUNK:  # keep one item back so the last chunk is always final
                     chunk, buffer = buffer[:CHUNK], buffer[CHUNK:]
-                    await self.c.db(db.save_chunk, store, job, chunk, seq=seq, final=False)
+                    await self.db(db.save_chunk, store, job, chunk, seq=seq, final=False)
                     seq += 1
         except NotFound:
             if seq:
                 raise  # gone half-way: read it all again next run
             buffer = []
-        await self.c.db(db.save_chunk, store, job, buffer, seq=seq, final=True)
+        await self.db(db.save_chunk, store, job, buffer, seq=seq, final=True)
         counters.tests += 1
         counters.test_results += seq * CHUNK + len(buffer)
