@@ -4,10 +4,13 @@
 
 With no scenario flag every scenario runs:
   full         P projects x M pipelines (3 x 100), L ms latency per request (25): the collection at
-               each --concurrency (16,64) and at --concurrency 1, which makes the same requests one
+               each --concurrency (16,32,64) and at --concurrency 1, which makes the same requests one
                after another; the speed-up is the sequential time over the concurrent one.
   incremental  a first collection at concurrency 16, a re-run with the clock unchanged and a re-run
                after moving the simulator's clock one day: requests as a share of the first run.
+  reruns       a quiet project (150 pipelines, one every ~90 min) and a busy one (a pipeline every
+               10 min, late reruns, reruns that wait for an approval): a first run, an unchanged
+               re-run, re-runs every 15 minutes (median of 8) and one a day later.
   ratelimit    the same collection against a token bucket (--rate-limit 100 rps, --rate-burst 10,
                Retry-After alternating between seconds and an HTTP date): time over the ideal
                (requests not answered 429 / allowed rate) and the share of requests answered 429.
@@ -38,7 +41,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from simproc import Sim, cli, simulator, stored_pipelines, write_fixture
+from simproc import Sim, cli, open_pipelines, shaped_simulator, simulator, stored_pipelines, write_fixture
 
 DAY = 86400.0
 Row = dict[str, Any]
@@ -179,6 +182,64 @@ def incremental(args: argparse.Namespace, work: Workdir, base_cpu_ms: float) -> 
     return rows
 
 
+QUIET = {"projects": [{"slug": "gh/bench/quiet", "pipelines": 150}], "span_days": 9.0, "future_days": 1.0}
+BUSY = {
+    "projects": [{"slug": "gh/bench/busy", "pipelines": 600, "every_minutes": 10.0}],
+    "span_days": 3.0,
+    "future_days": 1.0,
+    "late_rerun_days": 6.0,
+    "gated_rerun_rate": 0.3,
+}
+
+
+def reruns(args: argparse.Namespace, work: Workdir, base_cpu_ms: float) -> list[Row]:
+    """Re-runs of a quiet project (a pipeline every ~90 min) and a busy one (every 10 min, the
+    whole --lookback window full): unchanged, then every 15 minutes for two hours, then a day later."""
+    shapes = (("quiet", QUIET), ("busy", BUSY))
+    return [row for label, shape in shapes for row in rerun_series(label, shape, args, work, base_cpu_ms)]
+
+
+def rerun_series(
+    label: str, shape: dict[str, Any], args: argparse.Namespace, work: Workdir, base_cpu_ms: float
+) -> list[Row]:
+    with shaped_simulator({**shape, "latency_ms": args.latency_ms}) as sim:
+        fixture, db_url = work.fixture(sim), work.fresh_db()
+
+        def row(name: str, run: Run, first: Run) -> Row:
+            return rerun_row(f"{label}: {name}", run, first, db_url, base_cpu_ms, sim)
+
+        first = collect(sim, fixture, db_url)
+        rows = [row("first", first, first), row("unchanged", collect(sim, fixture, db_url), first)]
+        quarter = []
+        for _ in range(8):
+            sim.advance(900)
+            quarter.append(collect(sim, fixture, db_url))
+        median = sorted(quarter, key=lambda r: r.requests)[len(quarter) // 2]
+        rows.append(row("15 min later (median of 8)", median, first))
+        sim.advance(DAY)
+        rows.append(row("a day later", collect(sim, fixture, db_url), first))
+    return rows
+
+
+def running_workflows(sim: Sim) -> int:
+    """Workflows running now, by the simulator's truth: their jobs can move while they look the same."""
+    return sum(
+        1
+        for slug in sim.slugs
+        for pipeline in sim.truth(slug)
+        for workflow in pipeline["workflows"]
+        if workflow["status"] in ("running", "failing")
+    )
+
+
+def rerun_row(label: str, run: Run, first: Run, db_url: str, base_cpu_ms: float, sim: Sim) -> Row:
+    row = base_row(label, run, base_cpu_ms)
+    row["open after"] = open_pipelines(db_url)
+    row["running wf"] = running_workflows(sim)
+    row["% of first"] = 100 * run.requests / max(1, first.requests)
+    return row
+
+
 def ratelimit(args: argparse.Namespace, work: Workdir, base_cpu_ms: float) -> list[Row]:
     rows = []
     with simulator(args.projects, args.pipelines, args.latency_ms) as sim:
@@ -220,6 +281,19 @@ def incremental_targets(rows: list[Row]) -> list[str]:
     return [f"{verdict(share <= 5)} unchanged re-run <= 5% of the first run's requests: {share:.1f}%"]
 
 
+def reruns_targets(rows: list[Row]) -> list[str]:
+    lines = []
+    for index, row in enumerate(rows):
+        if row["run"].endswith("unchanged"):
+            budget = 3 + rows[index - 1]["open after"] + row["running wf"]
+            ok = row["requests"] <= budget
+            lines.append(
+                f"{verdict(ok)} {row['run']} <= 3 + one per open pipeline + one per running workflow "
+                f"({budget:g}): {row['requests']:g}"
+            )
+    return lines
+
+
 def ratelimit_targets(rows: list[Row]) -> list[str]:
     return [
         f"{verdict(row['vs ideal'] <= 1.1 and row['429 %'] < 2)} <= 1.1x the ideal time with < 2% 429s: "
@@ -242,6 +316,7 @@ SCENARIOS: dict[str, tuple[Scenario, str, Targets]] = {
         full_targets,
     ),
     "incremental": (incremental, "incremental re-runs, {latency_ms:g} ms latency", incremental_targets),
+    "reruns": (reruns, "finding reruns: quiet and busy projects, {latency_ms:g} ms latency", reruns_targets),
     "ratelimit": (
         ratelimit,
         "rate limit: token bucket, burst {rate_burst}, Retry-After both forms, {latency_ms:g} ms latency",
@@ -317,7 +392,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--projects", type=int, default=3)
     parser.add_argument("--pipelines", type=int, default=100, help="pipelines per project")
     parser.add_argument("--latency-ms", type=float, default=25.0)
-    parser.add_argument("--concurrency", type=_ints, default=[16, 64], help="comma-separated (full)")
+    parser.add_argument("--concurrency", type=_ints, default=[16, 32, 64], help="comma-separated (full)")
     parser.add_argument("--rate-limit", type=_floats, default=[100.0], help="rps, comma-separated")
     parser.add_argument("--rate-burst", type=int, default=10)
     parser.add_argument("--memory-pipelines", type=int, default=5000)

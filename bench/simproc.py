@@ -43,8 +43,27 @@ class Sim:
     def advance(self, seconds: float) -> None:
         self.admin("POST", f"advance?seconds={seconds}")
 
+    def truth(self, slug: str) -> list[dict[str, Any]]:
+        request = urllib.request.Request(f"{self.url}/_sim/truth?project={slug}")
+        with urllib.request.urlopen(request, timeout=60) as resp:
+            result: list[dict[str, Any]] = json.load(resp)
+            return result
+
     def configure(self, **knobs: Any) -> None:
         self.admin("POST", "config", knobs)
+
+
+# A simulator of any shape (busy histories, late reruns), printing what `circleci-ds simulate` prints.
+_SHAPED = """
+import asyncio, json, sys
+from circleci_ds.simulator import SimConfig, SimProject, run_standalone
+shape = json.loads(sys.argv[1])
+projects = [SimProject(**p) for p in shape.pop("projects")]
+def ready(url):
+    print(f"simulator listening at {url}")
+    print("projects: " + ", ".join(p.slug for p in projects), flush=True)
+asyncio.run(run_standalone(SimConfig(projects=projects, **shape), port=0, on_ready=ready))
+"""
 
 
 @contextmanager
@@ -53,6 +72,19 @@ def simulator(projects: int, pipelines: int, latency_ms: float) -> Iterator[Sim]
         "simulate", "--port", "0", "--projects", str(projects), "--pipelines", str(pipelines),
         "--latency-ms", str(latency_ms),
     )  # fmt: skip
+    with serving(args) as sim:
+        yield sim
+
+
+@contextmanager
+def shaped_simulator(shape: dict[str, Any]) -> Iterator[Sim]:
+    """A simulator built from SimConfig fields; `projects` holds SimProject fields."""
+    with serving([sys.executable, "-c", _SHAPED, json.dumps(shape)]) as sim:
+        yield sim
+
+
+@contextmanager
+def serving(args: list[str]) -> Iterator[Sim]:
     # stderr to a file, never a pipe nobody reads: a full pipe would stall the server.
     with tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=err, text=True)
@@ -81,8 +113,17 @@ def write_fixture(path: Path, slugs: list[str]) -> Path:
 
 
 def stored_pipelines(db_url: str) -> int:
+    return _pipelines(db_url, open_only=False)
+
+
+def open_pipelines(db_url: str) -> int:
+    return _pipelines(db_url, open_only=True)
+
+
+def _pipelines(db_url: str, *, open_only: bool) -> int:
     store = Store.open(db_url, create=False)
     try:
-        return sum(status.pipelines for status in store.endpoint_statuses())
+        statuses = store.endpoint_statuses()
+        return sum(s.open_pipelines if open_only else s.pipelines for s in statuses)
     finally:
         store.close()

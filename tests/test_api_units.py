@@ -1,52 +1,12 @@
-"""Pure parts of the client: Retry-After parsing, the pacer, origins and durations."""
+"""Pure parts of the client: origins, durations, finality (the pacer's are in test_pacer.py)."""
 
 from __future__ import annotations
 
-import asyncio
-import time
-from datetime import UTC, datetime, timedelta
-from email.utils import format_datetime
-
 import pytest
 
-from circleci_ds.api import Pacer, parse_retry_after
-from circleci_ds.collect import origin_for, pipeline_is_final, wants_details
+from circleci_ds.collect import origin_for
+from circleci_ds.rules import pipeline_is_final, wants_details
 from circleci_ds.times import parse_duration, parse_ts
-
-
-def test_retry_after_seconds_and_http_date() -> None:
-    assert parse_retry_after("7", None) == 7.0
-    server = datetime(2026, 11, 1, 12, 0, 0, tzinfo=UTC)
-    later = format_datetime(server + timedelta(seconds=4), usegmt=True)
-    # Measured against the response's own Date, so a skewed local clock does not matter.
-    assert parse_retry_after(later, format_datetime(server, usegmt=True)) == 4.0
-
-
-def test_retry_after_garbage_and_bounds() -> None:
-    assert parse_retry_after(None, None) == 1.0
-    assert parse_retry_after("soon", None) == 1.0
-    assert parse_retry_after("-3", None) == 0.0
-    assert parse_retry_after("100000", None) == 300.0
-
-
-async def test_pacer_pauses_everyone_and_backs_off() -> None:
-    pacer = Pacer()
-    for _ in range(30):
-        pacer.success()
-    pacer.rate_limited(0.3)
-    assert pacer.rate is not None and pacer.rate > 0
-    started = time.monotonic()
-    await asyncio.gather(*(pacer.wait() for _ in range(3)))
-    assert time.monotonic() - started >= 0.29
-
-
-async def test_pacer_caps_rate() -> None:
-    pacer = Pacer(max_rps=50)
-    started = time.monotonic()
-    for _ in range(11):
-        await pacer.wait()
-    # 11 slots at 50/s span 10 intervals of 20 ms, less a burst of two: a slot missed is made up once.
-    assert time.monotonic() - started >= 0.155
 
 
 def test_origin() -> None:
@@ -91,7 +51,8 @@ def test_dead_local_owner_needs_same_host_and_process_space() -> None:
     import socket
     import subprocess
 
-    from circleci_ds.collect import _dead_local_owner, new_owner
+    from circleci_ds.lanes import dead_local_owner as _dead_local_owner
+    from circleci_ds.lanes import new_owner
 
     host, _, space, _ = new_owner().split(":")
     finished = subprocess.Popen(["true"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -9,16 +10,28 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from circleci_ds.collect import TreeSlots
+from circleci_ds.lanes import Outcome
 from circleci_ds.simulator import SimConfig, SimProject, Simulator
 from circleci_ds.store import Store
 from circleci_ds.times import parse_ts
-from collect_helpers import assert_matches_truth, collect, exported
+from collect_helpers import (
+    TOKEN_FROM_ENV,
+    assert_matches_truth,
+    cli_env,
+    collect,
+    exported,
+    quirky_server,
+    write_fixture,
+)
 
 SLUGS = ["gh/acme/api", "github/acme/web"]
 DAY = 86400.0
@@ -115,6 +128,203 @@ async def test_unchanged_rerun_is_cheap_and_on_hold_is_reread(
     assert_matches_truth(db_url, sim, SLUGS)
 
 
+def _unchanged_budget(sim: Simulator, db_url: str, slugs: list[str]) -> tuple[int, int]:
+    """(open pipelines stored, workflows still running in the truth) over `slugs`."""
+    store = Store.open(db_url)
+    try:
+        open_pipelines = sum(s.open_pipelines for s in store.endpoint_statuses())
+    finally:
+        store.close()
+    running = sum(
+        1
+        for slug in slugs
+        for p in sim.truth(slug)
+        for w in p["workflows"]
+        if w["status"] in ("running", "failing")
+    )
+    return open_pipelines, running
+
+
+@pytest.mark.parametrize("busy", [False, True], ids=["quiet", "busy"])
+async def test_reruns_unchanged_rerun_costs_three_requests_per_endpoint_plus_open_ones(
+    db_url: str, busy: bool
+) -> None:
+    if busy:  # a pipeline every 10 minutes, the whole 72 h window full
+        projects = [SimProject("gh/acme/api", pipelines=500, every_minutes=10)]
+        sim = Simulator(config(projects=projects, future_days=0.5, late_rerun_days=6, gated_rerun_rate=0.3))
+    else:
+        sim = Simulator(config(projects=[SimProject("gh/acme/api", pipelines=150)], span_days=9))
+    async with sim.serve() as url:
+        await collect(url, db_url, ["gh/acme/api"])
+        open_pipelines, running = _unchanged_budget(sim, db_url, ["gh/acme/api"])
+        sim.reset_stats()
+        results, stats = await collect(url, db_url, ["gh/acme/api"])
+    assert results[0].error is None
+    calls = sim.stats["by_endpoint"]
+    assert calls["pipelines"] + calls["job_details"] + calls["project"] <= 3
+    assert calls["pipeline"] == 0 and calls["workflows"] == open_pipelines
+    assert calls["jobs"] <= running  # a running workflow's jobs can move without it
+    walk = stats.requests - calls.get("user", 0)  # user look-ups are the people pass's, not the walk's
+    assert walk <= 3 + open_pipelines + running
+    assert_matches_truth(db_url, sim, ["gh/acme/api"])
+
+
+async def test_reruns_late_ones_found_by_the_job_number_walk(db_url: str) -> None:
+    """Reruns days after their pipeline, far past --lookback: the age-spaced re-read is off
+    (lookback 1 s), so only the job numbers can find them."""
+    projects = [SimProject("gh/acme/api", pipelines=120)]
+    sim = Simulator(config(projects=projects, span_days=6, future_days=4, late_rerun_days=9, rerun_rate=1.0))
+    history = sim.history.projects["gh/acme/api"]
+    async with sim.serve() as url:
+        await collect(url, db_url, ["gh/acme/api"], lookback=1.0)
+        start = sim.view.now
+        for _ in range(8):
+            sim.advance(DAY)
+            sim.reset_stats()
+            results, _ = await collect(url, db_url, ["gh/acme/api"], lookback=1.0)
+            assert results[0].error is None
+            assert_matches_truth(db_url, sim, ["gh/acme/api"])
+    late = [
+        w
+        for p in history.index.pipelines
+        for w in p.workflows
+        if w.rerun_of and p.created_at < start < w.created_at <= sim.view.now
+        and w.created_at - p.created_at > 3 * DAY * 1000
+    ]
+    assert late, "the history should hold reruns days after their pipeline"
+    stored = exported(db_url)["gh/acme/api"]
+    for rerun in late:
+        assert rerun.id in {w["id"] for w in stored[rerun.pipeline.id]["workflows"]}
+
+
+MARGIN_MS = 120_000  # the store's read times follow the real clock while the simulated one stands
+
+
+def _waiting_rerun(sim: Simulator, first_read: int, lookback_ms: int) -> tuple[str, str, int] | None:
+    """A rerun that waits for its approval, under a pipeline read at `first_read`, and a moment when
+    the age-spaced re-read of that pipeline is due while the rerun still waits: (pipeline, rerun, when)."""
+    for pipeline in sim.history.projects["gh/acme/api"].index.pipelines:
+        age = first_read - pipeline.created_at
+        if not 0 < age < lookback_ms:
+            continue
+        for wf in pipeline.workflows:
+            if not wf.rerun_of or wf.jobs[0].spec.name != "hold-rerun" or wf.created_at <= first_read:
+                continue
+            due = max(wf.created_at + 1000, first_read + max(3600_000, age))
+            approved = wf.jobs[0].run.approved_at
+            if approved is None or approved > due + 2 * MARGIN_MS:
+                return pipeline.id, wf.id, due
+    return None
+
+
+async def test_reruns_that_wait_found_by_the_age_spaced_reread(db_url: str) -> None:
+    projects = [SimProject("gh/acme/api", pipelines=200)]
+    sim = Simulator(
+        config(projects=projects, span_days=4, future_days=2, rerun_rate=1.0, gated_rerun_rate=1.0, seed=4)
+    )
+    found = _waiting_rerun(sim, sim.view.now, 72 * 3600 * 1000)
+    assert found, "the history should hold a rerun that waits for its approval"
+    pipeline_id, rerun_id, due = found
+    async with sim.serve() as url:
+        await collect(url, db_url, ["gh/acme/api"])
+        sim.advance((due - MARGIN_MS - sim.view.now) / 1000)  # before it is due
+        await collect(url, db_url, ["gh/acme/api"])
+        stored = exported(db_url)["gh/acme/api"][pipeline_id]
+        assert rerun_id not in {w["id"] for w in stored["workflows"]}
+        sim.advance(2 * MARGIN_MS / 1000)
+        await collect(url, db_url, ["gh/acme/api"])
+    stored = exported(db_url)["gh/acme/api"][pipeline_id]
+    waiting = [w for w in stored["workflows"] if w["id"] == rerun_id]
+    assert waiting and waiting[0]["status"] == "on_hold"
+    assert all("job_number" not in j or j["type"] == "approval" for j in waiting[0]["jobs"])
+
+
+async def test_tree_slot_released_by_a_task_cancelled_before_it_ran() -> None:
+    slots = TreeSlots(1)
+    ran: list[str] = []
+
+    async def tree(name: str) -> None:
+        ran.append(name)
+
+    with pytest.raises(ExceptionGroup):
+        async with asyncio.TaskGroup() as group:
+            await slots.spawn(group, partial(tree, "first"))
+            raise ValueError("the walk fails before the tree's task ever runs")
+    assert ran == []
+    async with asyncio.timeout(5), asyncio.TaskGroup() as group:  # a leaked slot would hang here
+        await slots.spawn(group, partial(tree, "second"))
+    assert ran == ["second"]
+
+
+def _break_some(items: list[Any]) -> list[Any]:
+    """Every third pipeline loses its id; every fifth gets a number of the wrong type."""
+    out = []
+    for position, item in enumerate(items):
+        if position % 3 == 1:
+            item = {k: v for k, v in item.items() if k != "id"}
+        elif position % 5 == 2:
+            item = {**item, "number": str(item["number"])}
+        out.append(item)
+    return out
+
+
+async def test_malformed_items_fail_alone_and_the_run_ends(db_url: str) -> None:
+    sim = Simulator(config())
+    async with sim.serve() as upstream, quirky_server(upstream, mangle=_break_some) as url:
+        async with asyncio.timeout(600):  # slots that leaked would hang the other endpoint
+            results, _ = await collect(url, db_url, SLUGS, trees_in_flight=2)
+    for result in results:
+        assert result.outcome is Outcome.FAILED and result.error is not None
+        assert "item(s) not collected" in result.error and "without a usable id" in result.error
+    stored = exported(db_url)
+    for slug in ("gh/acme/api", "gh/acme/web"):
+        truth = sim.truth(slug)
+        good = {p["id"]: p for position, p in enumerate(truth) if position % 20 in _good_positions()}
+        assert good and set(stored[slug]) == set(good)
+        for pid, tree in good.items():
+            assert stored[slug][pid] == tree
+
+
+def _good_positions() -> set[int]:
+    """Positions (within a page of 20) that `_break_some` leaves intact."""
+    return {i for i in range(20) if i % 3 != 1 and i % 5 != 2}
+
+
+@pytest.mark.parametrize("status", [404, 403])
+async def test_project_info_unavailable_default_branch_from_the_pipelines(
+    db_url: str, status: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    sim = Simulator(config(projects=[SimProject("gh/acme/api", pipelines=40, default_branch="trunk")]))
+    async with sim.serve() as upstream, quirky_server(upstream, project_status=status) as url:
+        results, _ = await collect(url, db_url, ["gh/acme/api"])
+    assert results[0].error is None
+    assert_matches_truth(db_url, sim, ["gh/acme/api"])
+    branches = Counter(p.get("vcs", {}).get("branch") for p in sim.truth("gh/acme/api"))
+    branches.pop(None, None)
+    expected = branches.most_common(1)[0][0]
+    store = Store.open(db_url)
+    info = store.project_infos()["gh/acme/api"]
+    store.close()
+    assert info["vcs_info"]["default_branch"] == expected == "trunk"
+    warnings = [r for r in caplog.records if "project info unavailable" in r.getMessage()]
+    assert len(warnings) == 1
+
+
+async def test_project_info_read_when_missing_or_a_day_old(
+    served: tuple[Simulator, str], db_url: str
+) -> None:
+    sim, url = served
+    await collect(url, db_url, SLUGS)
+    assert sim.stats["by_endpoint"]["project"] == 2
+    sim.reset_stats()
+    sim.advance(DAY - 120)
+    await collect(url, db_url, SLUGS)
+    assert sim.stats["by_endpoint"]["project"] == 0
+    sim.advance(240)
+    await collect(url, db_url, SLUGS)
+    assert sim.stats["by_endpoint"]["project"] == 2
+
+
 async def test_approval_jobs_have_no_details(served: tuple[Simulator, str], db_url: str) -> None:
     sim, url = served
     sim.advance(DAY)
@@ -198,21 +408,6 @@ async def test_from_date_limits_the_first_run(served: tuple[Simulator, str], db_
 
 
 # -- the command line, as a user runs it ------------------------------------------------------
-FIXTURE = """\
-native:
-  slug: acme
-data_sources:
-- slug: circleci
-  projects:
-  - name: acme
-    endpoints:
-{endpoints}
-  config:
-  - name: Circle-Token
-    value: ${{TEST_CIRCLE_TOKEN}}
-"""
-
-
 @pytest.fixture
 def threaded() -> Iterator[tuple[Simulator, str]]:
     sim = Simulator(config(token="sekrit-token-value-42", latency_ms=2.0))
@@ -223,17 +418,10 @@ def threaded() -> Iterator[tuple[Simulator, str]]:
         sim.stop_thread()
 
 
-def write_fixture(tmp_path: Path, slugs: list[str]) -> Path:
-    path = tmp_path / "fixture.yaml"
-    path.write_text(FIXTURE.format(endpoints="\n".join(f"    - name: {s}" for s in slugs)))
-    return path
-
-
 def cli(args: list[str], url: str, db_url: str, token: str, **kw: Any) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "CIRCLECI_API_URL": url, "CIRCLECI_DS_DB": db_url, "TEST_CIRCLE_TOKEN": token}
     return subprocess.run(
         [sys.executable, "-m", "circleci_ds", *args],
-        env=env,
+        env=cli_env(url, db_url, token),
         capture_output=True,
         text=True,
         timeout=300,
@@ -243,7 +431,7 @@ def cli(args: list[str], url: str, db_url: str, token: str, **kw: Any) -> subpro
 
 def test_cli_collect_export_status(threaded: tuple[Simulator, str], tmp_path: Path, db_url: str) -> None:
     sim, url = threaded
-    fixture = write_fixture(tmp_path, [*SLUGS, "gh/acme/missing"])
+    fixture = write_fixture(tmp_path / "fixture.yaml", [*SLUGS, "gh/acme/missing"], token=TOKEN_FROM_ENV)
     run = cli(["collect", str(fixture)], url, db_url, "sekrit-token-value-42")
     assert run.returncode == 1, run.stderr
     assert "project not found, or the token cannot see it: gh/acme/missing" in run.stderr
@@ -263,7 +451,7 @@ def test_token_never_leaks(threaded: tuple[Simulator, str], tmp_path: Path, db_u
     sim, url = threaded
     token = "sekrit-token-value-42"
     sim.config.fault_rate = 0.05
-    fixture = write_fixture(tmp_path, [*SLUGS, "gh/acme/missing"])
+    fixture = write_fixture(tmp_path / "fixture.yaml", [*SLUGS, "gh/acme/missing"], token=TOKEN_FROM_ENV)
     outputs = [cli(["collect", str(fixture), "-v"], url, db_url, token)]
     outputs.append(cli(["collect", str(fixture), "-v"], url, db_url, "wrong-" + token))
     assert outputs[1].returncode == 1 and "token rejected" in outputs[1].stderr
@@ -278,13 +466,8 @@ def test_token_never_leaks(threaded: tuple[Simulator, str], tmp_path: Path, db_u
 def test_kill_9_mid_run_then_resume(threaded: tuple[Simulator, str], tmp_path: Path, db_url: str) -> None:
     sim, url = threaded
     sim.config.latency_ms = 5.0
-    fixture = write_fixture(tmp_path, SLUGS)
-    env = {
-        **os.environ,
-        "CIRCLECI_API_URL": url,
-        "CIRCLECI_DS_DB": db_url,
-        "TEST_CIRCLE_TOKEN": "sekrit-token-value-42",
-    }
+    fixture = write_fixture(tmp_path / "fixture.yaml", SLUGS, token=TOKEN_FROM_ENV)
+    env = cli_env(url, db_url, "sekrit-token-value-42")
     proc = subprocess.Popen(
         [sys.executable, "-m", "circleci_ds", "collect", str(fixture), "--concurrency", "4"],
         env=env,

@@ -13,9 +13,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from circleci_ds.enrich import enrich_trees, is_bot_login, job_seconds, parse_time, stamp
+from circleci_ds.enrich import enrich_trees, is_bot_login
 from circleci_ds.export import es_bulk, index_name, uuid
+from circleci_ds.facts import job_seconds
 from circleci_ds.store import StoredTree
+from circleci_ds.times import parse_ts, stamp
 
 ORIGIN = "https://circleci.com/gh/acme/api"
 SLUG = "gh/acme/api"
@@ -343,7 +345,9 @@ def test_default_branch_unknown_or_other() -> None:
     tree["vcs"]["branch"] = None
     tree["vcs"]["tag"] = "v1.0"
     doc = docs_by_id(tree)["p-1"]
-    assert doc["is_default_branch"] is None and doc["tag"] == "v1.0"
+    # a tag is the pipeline's ref when it has no branch (see facts.branch_of)
+    assert doc["tag"] == "v1.0" and doc["branch"] == "v1.0" and doc["branch_source"] == "vcs.tag"
+    assert doc["is_default_branch"] is False
 
 
 def test_timestamps_are_utc_iso() -> None:
@@ -409,10 +413,11 @@ def test_bot_logins(login: str | None, bot: bool | None) -> None:
 
 
 def test_parse_time_forms() -> None:
-    assert parse_time("2026-11-01T10:00:00Z") == datetime(2026, 11, 1, 10, 0)
-    assert parse_time("2026-11-01T10:00:00.123Z") == datetime(2026, 11, 1, 10, 0, 0, 123000)
-    assert parse_time("2026-11-01T12:00:00+02:00") == datetime(2026, 11, 1, 10, 0)
-    assert parse_time(None) is None and parse_time("") is None and parse_time(5) is None
+    ten = datetime(2026, 11, 1, 10, 0, tzinfo=UTC).timestamp()
+    assert parse_ts("2026-11-01T10:00:00Z") == ten
+    assert parse_ts("2026-11-01T10:00:00.123Z") == pytest.approx(ten + 0.123)
+    assert parse_ts("2026-11-01T12:00:00+02:00") == ten
+    assert parse_ts(None) is None and parse_ts("") is None and parse_ts(5) is None
 
 
 def test_enrichment_streams_lazily() -> None:

@@ -1,140 +1,156 @@
-"""The pacer on a fake clock: Retry-After, the --max-rps cap, and pacing under a server's token bucket.
+"""The pacer's rules (src/circleci_ds/pacing.py), each on a fake clock against the simulator's limiters,
+then per limiter shape against the simulator itself.
 
-`drive` runs client workers against the simulator's TokenBucket in simulated time, so every test
-is deterministic and takes no real time.
+The fake-clock tests are deterministic and take no real time; the simulator tests assert counts (429s,
+the learned rate), never durations.
 """
 
 from __future__ import annotations
 
-import heapq
+import asyncio
+import logging
 import math
-from dataclasses import dataclass, field
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from pathlib import Path
 
 import pytest
 
-from circleci_ds.api import Pacer
-from circleci_ds.simulator.ratelimit import TokenBucket
+from circleci_ds.api import CircleCIClient, RateLimitWait
+from circleci_ds.pacing import Pacer, Quota, WaitBudget, WaitTooLong, parse_quota, parse_retry_after
+from circleci_ds.simulator import SimConfig, SimProject, Simulator
+from circleci_ds.simulator.ratelimit import FixedWindow, Limiter, TokenBucket
+from pacer_helpers import EPOCH, FakeClock, drive
+
+# -- parsing ---------------------------------------------------------------------------------------
 
 
-class FakeClock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-ANSWER, ASK = 0, 1
+def test_retry_after_seconds_and_http_date_against_the_response_date() -> None:
+    assert parse_retry_after("7", None) == 7.0
+    server = datetime(2026, 11, 1, 12, 0, 0, tzinfo=UTC)
+    later = format_datetime(server + timedelta(seconds=4), usegmt=True)
+    # Measured against the response's own Date, so a skewed local clock does not matter.
+    assert parse_retry_after(later, format_datetime(server, usegmt=True)) == 4.0
 
 
-@dataclass
-class Outcome:
-    sent: list[float] = field(default_factory=list)  # when each request went out
-    pauses: list[tuple[float, float]] = field(default_factory=list)  # (429 received, Retry-After)
-    rejected: int = 0
-
-    def count(self, start: float, end: float) -> int:
-        return sum(1 for t in self.sent if start <= t < end)
-
-    def events(self) -> int:
-        """Pauses: 429s that came after the previous pause had ended."""
-        count, paused_until = 0, -math.inf
-        for received, retry_after in self.pauses:
-            if received >= paused_until:
-                count += 1
-            paused_until = max(paused_until, received + retry_after)
-        return count
-
-    def busiest_second(self) -> int:
-        """The most requests sent within any one second."""
-        most, first = 0, 0
-        for last, t in enumerate(self.sent):
-            while t - self.sent[first] >= 1.0:
-                first += 1
-            most = max(most, last - first + 1)
-        return most
+def test_retry_after_absent_or_garbage_is_none_and_long_ones_are_kept() -> None:
+    assert parse_retry_after(None, None) is None
+    assert parse_retry_after("soon", None) is None
+    assert parse_retry_after("nan", None) is None
+    assert parse_retry_after("-3", None) == 0.0
+    assert parse_retry_after("999999", None) == 999999.0  # max_wait bounds it, not the parser
 
 
-def drive(
-    pacer: Pacer,
-    clock: FakeClock,
-    bucket: TokenBucket | None,
-    seconds: float,
-    *,
-    workers: int = 16,
-    latency: float = 0.025,
-    think: float = 0.0,
-) -> Outcome:
-    """`workers` loops of ask the pacer, send, get the answer `latency` later, wait `think`; the
-    server takes a token from `bucket` per request and answers 429 with Retry-After like the
-    simulator (whole seconds, at least one)."""
-    out = Outcome()
-    end = clock.now + seconds
-    # (time, answers before asks at the same time, worker, kind, Retry-After)
-    queue = [(clock.now, ASK, worker, "ask", 0.0) for worker in range(workers)]
-    heapq.heapify(queue)
-    while queue:
-        when, _, worker, kind, retry_after = heapq.heappop(queue)
-        if when >= end:
-            break
-        clock.now = when
-        if kind == "ask":
-            wait = pacer.delay()
-            if wait > 0:
-                heapq.heappush(queue, (when + wait, ASK, worker, "ask", 0.0))
-                continue
-            out.sent.append(when)
-            refill = bucket.take() if bucket is not None else 0.0
-            answer = ("429", float(max(1, math.ceil(refill)))) if refill > 0 else ("200", 0.0)
-            heapq.heappush(queue, (when + latency, ANSWER, worker, *answer))
-        elif kind == "200":
-            pacer.success()
-            heapq.heappush(queue, (when + think, ASK, worker, "ask", 0.0))
-        else:
-            out.rejected += 1
-            out.pauses.append((when, retry_after))
-            pacer.rate_limited(retry_after)
-            heapq.heappush(queue, (when, ASK, worker, "ask", 0.0))
-    clock.now = end
-    return out
+def test_quota_headers_in_both_families() -> None:
+    date = format_datetime(datetime.fromtimestamp(EPOCH, UTC), usegmt=True)
+    ietf = {"RateLimit-Limit": "100", "RateLimit-Remaining": "7", "RateLimit-Reset": "12"}
+    assert parse_quota(ietf, date) == Quota(100, 7, 12.0)
+    github = {"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": str(int(EPOCH) + 30), "Date": date}
+    assert parse_quota(github, date) == Quota(None, 0, 30.0)  # an epoch, against the Date header
+    for bad in ({"RateLimit-Remaining": "-1", "RateLimit-Reset": "1"}, {"RateLimit-Remaining": "3"},
+                {"X-RateLimit-Remaining": "9" * 40, "X-RateLimit-Reset": "1"},
+                {"RateLimit-Remaining": "3", "RateLimit-Reset": "inf"}):  # fmt: skip
+        assert parse_quota(bad, date) is None
 
 
-def test_unpaced_without_429s_or_cap() -> None:
-    pacer = Pacer(clock=FakeClock())
-    assert all(pacer.delay() == 0.0 for _ in range(1000))
-    assert pacer.rate is None
+# -- pauses ----------------------------------------------------------------------------------------
+
+
+def limited(pacer: Pacer, retry_after: str | None) -> None:
+    """Send one request through `pacer` and answer it 429."""
+    ticket = pacer.try_acquire()
+    assert ticket is not None
+    pacer.observe(ticket, 429, {"Retry-After": retry_after} if retry_after is not None else {})
 
 
 def test_retry_after_holds_every_request_and_a_longer_one_extends_the_pause() -> None:
     clock = FakeClock()
     pacer = Pacer(clock=clock)
-    pacer.rate_limited(2.0)
-    assert [pacer.delay() for _ in range(3)] == [2.0, 2.0, 2.0]
+    first = pacer.try_acquire()
+    clock.now += 0.1
+    second = pacer.try_acquire()
+    assert first is not None and second is not None
+    pacer.observe(first, 429, {"Retry-After": "2"})
+    assert pacer.try_acquire() is None and pacer.delay() == pytest.approx(2.0)
+    assert pacer.paused_until == pytest.approx(clock.now + 2.0)
     clock.now += 1.0
-    pacer.rate_limited(3.0)  # an answer to a request that was in flight: same event, longer wait
+    pacer.observe(second, 429, {"Retry-After": "3"})  # in flight when the pause began: same event
+    assert pacer.rate_limited == 2
     clock.now += 2.999
-    assert pacer.delay() > 0
+    assert pacer.try_acquire() is None
     clock.now += 0.001
-    assert pacer.delay() == 0.0
+    assert pacer.try_acquire() is not None and pacer.paused_until is None
 
 
-def test_no_request_goes_during_any_retry_after() -> None:
+def test_one_request_goes_first_after_a_pause() -> None:
+    clock = FakeClock()
+    pacer = Pacer(clock=clock)
+    limited(pacer, "1")
+    clock.now += 1.0
+    probe = pacer.try_acquire()
+    assert probe is not None and probe.probe
+    clock.now += 0.5
+    assert pacer.try_acquire() is None  # the others wait for its answer
+    pacer.observe(probe, 200, {})
+    assert pacer.try_acquire() is not None
+
+
+def test_without_retry_after_the_pause_doubles_while_the_first_request_is_refused() -> None:
+    clock = FakeClock()
+    pacer = Pacer(clock=clock)
+    pauses = []
+    limited(pacer, None)
+    for _ in range(7):
+        pauses.append(pacer.pause_remaining)
+        clock.now += pacer.pause_remaining
+        limited(pacer, None)  # the request that goes first is refused again
+    assert pauses == [1.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0]
+    clock.now += pacer.pause_remaining
+    limited(pacer, "0")  # a zero Retry-After after refusals still backs off
+    assert pacer.pause_remaining > 0
+
+
+def test_no_request_goes_during_any_pause() -> None:
     clock = FakeClock()
     out = drive(Pacer(clock=clock), clock, TokenBucket(100, 10, clock), 60)
     assert out.pauses
-    for received, retry_after in out.pauses:
-        assert out.count(received, received + retry_after) == 0
+    for received, pause in out.pauses:
+        assert out.count(received, received + pause) == 0
+
+
+def test_a_long_pause_is_announced_and_shown(caplog: pytest.LogCaptureFixture) -> None:
+    clock = FakeClock()
+    pacer = Pacer(clock=clock)
+    with caplog.at_level(logging.WARNING, logger="circleci_ds.api"):
+        limited(pacer, "120")
+    assert pacer.pause_remaining == pytest.approx(120.0)
+    assert any("paused for 2m00s" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_pause_beyond_max_wait_fails_at_once_per_request_and_per_run() -> None:
+    clock = FakeClock()
+    pacer = Pacer(clock=clock, max_wait=900.0)
+    limited(pacer, "999999")
+    with pytest.raises(WaitTooLong, match="in this run would add up to 11d13h, beyond --max-wait 15m00s"):
+        await pacer.wait()  # the run's bound
+    pacer = Pacer(clock=clock, max_wait=900.0)
+    limited(pacer, "600")
+    with pytest.raises(WaitTooLong, match="asks to wait 10m00s more"):  # this request's bound
+        await pacer.wait(WaitBudget(300.0))
+
+
+# -- pace ------------------------------------------------------------------------------------------
 
 
 def test_max_rps_is_a_hard_cap() -> None:
     clock = FakeClock()
     pacer = Pacer(max_rps=50, clock=clock)
     out = drive(pacer, clock, None, 20)
-    assert out.busiest_second() <= 51  # 51 when a second starts and ends on a slot
+    assert out.busiest() <= 51  # 51 when a second starts and ends on a slot
     assert out.count(clock.now - 10, clock.now) >= 490
-    clock.now += 30  # idle time earns no burst
-    assert pacer.delay() == 0.0
-    assert pacer.delay() == pytest.approx(0.02)
 
 
 def test_max_rps_holds_while_adapting_to_429s() -> None:
@@ -142,18 +158,54 @@ def test_max_rps_holds_while_adapting_to_429s() -> None:
     pacer = Pacer(max_rps=60, clock=clock)
     out = drive(pacer, clock, TokenBucket(50, 10, clock), 60)
     assert out.rejected > 0
-    assert out.busiest_second() <= 61
-    assert pacer.rate is not None and pacer.rate <= 60
+    assert out.busiest() <= 61
+    assert pacer.rate <= 60
 
 
-@pytest.mark.parametrize("limit", [50, 100, 200])
-def test_pace_settles_just_under_the_limit_with_few_pauses(limit: float) -> None:
+def test_pace_grows_only_while_it_holds_requests_back() -> None:
     clock = FakeClock()
-    out = drive(Pacer(clock=clock), clock, TokenBucket(limit, 10, clock), 90)
-    assert out.events() <= 10
+    pacer = Pacer(clock=clock)
+    drive(pacer, clock, TokenBucket(100, 10, clock), 20)
+    pace = pacer.rate
+    # One worker, one request a second: far under the pace, which must not creep up meanwhile.
+    drive(pacer, clock, TokenBucket(100, 10, clock), 120, workers=1, think=1.0)
+    assert pacer.rate == pace
+
+
+def shape(name: str, rate: float, clock: FakeClock) -> Limiter:
+    """A limiter admitting `rate` requests/s on average; windows start 0.4 s (or 40 s) from now."""
+    if name.startswith("bucket"):
+        return TokenBucket(rate, int(name.removeprefix("bucket")), clock)
+    window = 1.0 if name == "second" else 60.0
+    return FixedWindow(round(rate * window), window, lambda: clock.now + window * 0.6 - 1000.0)
+
+
+SHAPES = [("bucket10", 50.0), ("bucket100", 20.0), ("bucket1", 20.0), ("second", 60.0), ("minute", 10.0)]
+
+
+@pytest.mark.parametrize(("name", "rate"), SHAPES)
+@pytest.mark.parametrize("retry_after", ["seconds", "date", "none"])
+def test_pace_converges_under_each_limiter_shape_with_few_429s(
+    name: str, rate: float, retry_after: str
+) -> None:
+    clock = FakeClock()
+    pacer = Pacer(clock=clock)
+    seconds = 300.0 if name == "minute" else 90.0
+    out = drive(pacer, clock, shape(name, rate, clock), seconds, retry_after=retry_after)
     assert out.rejected < 0.02 * len(out.sent)
-    last_minute = out.count(clock.now - 60, clock.now) / 60
-    assert 0.93 * limit <= last_minute <= limit * 1.01
+    if name != "minute":  # a window of a minute takes any pace up to its quota
+        assert 0.85 * rate <= pacer.rate <= 1.05 * rate  # the pace learned
+    assert out.succeeded >= 0.85 * rate * seconds
+
+
+@pytest.mark.parametrize("headers", ["ratelimit", "x-ratelimit"])
+@pytest.mark.parametrize(("name", "rate"), [("minute", 10.0), ("bucket100", 20.0)])
+def test_quota_headers_spare_the_429s(headers: str, name: str, rate: float) -> None:
+    clock = FakeClock()
+    pacer = Pacer(clock=clock)
+    out = drive(pacer, clock, shape(name, rate, clock), 200.0, headers=headers)
+    assert out.rejected == 0
+    assert out.succeeded >= 0.85 * rate * 200.0
 
 
 def test_pace_follows_a_limit_that_drops_and_rises() -> None:
@@ -163,29 +215,85 @@ def test_pace_follows_a_limit_that_drops_and_rises() -> None:
     drive(pacer, clock, bucket, 30)
     bucket.rate = 50
     drop = drive(pacer, clock, bucket, 30)
-    assert 0.9 * 50 <= drop.count(clock.now - 15, clock.now) / 15 <= 51
+    assert 0.7 * 50 <= drop.count(clock.now - 15, clock.now) / 15 <= 51
     bucket.rate = 150
-    rise = drive(pacer, clock, bucket, 120)
-    assert rise.count(clock.now - 15, clock.now) / 15 >= 0.9 * 150
+    rise = drive(pacer, clock, bucket, 180)  # a held pace is probed above after a minute
+    assert rise.count(clock.now - 15, clock.now) / 15 >= 0.85 * 150
 
 
-def test_pace_grows_only_while_it_holds_requests_back() -> None:
-    clock = FakeClock()
-    pacer = Pacer(clock=clock)
-    drive(pacer, clock, TokenBucket(100, 10, clock), 10)
-    pace = pacer.rate
-    # One worker, one request a second: far under the pace, which must not creep up meanwhile.
-    drive(pacer, clock, TokenBucket(100, 10, clock), 120, workers=1, think=1.0)
-    assert pacer.rate == pace
+# -- against the simulator, per limiter shape ------------------------------------------------------
+
+SIM_SHAPES = [
+    ("bucket", 100.0, 10, "seconds"),
+    ("bucket", 40.0, 1, "date"),
+    ("second", 100.0, 1, "seconds"),
+    ("minute", 5.0, 1, "none"),  # 300 a minute: the second minute's window is reached
+]
 
 
-def test_a_429_while_requests_do_not_press_on_the_pace_measures_nothing() -> None:
-    clock = FakeClock()
-    pacer = Pacer(max_rps=100, clock=clock)
-    for _ in range(20):  # 20 requests a second, a fifth of the pace
-        assert pacer.delay() == 0.0
-        pacer.success()
-        clock.now += 0.05
-    pacer.rate_limited(1.0)  # the server's limit is shared, or counted per window: no ceiling
-    assert pacer.ceiling is None
-    assert pacer.rate == 50
+@pytest.mark.parametrize(("limiter", "rate", "burst", "retry_after"), SIM_SHAPES)
+async def test_client_against_each_simulated_limiter(
+    limiter: str, rate: float, burst: int, retry_after: str
+) -> None:
+    config = SimConfig(
+        projects=[SimProject("gh/acme/api", pipelines=2)],
+        rate_limit_rps=rate,
+        rate_burst=burst,
+        limiter=limiter,
+        retry_after=retry_after,
+    )
+    sim = Simulator(config)
+    wanted = 400 if limiter == "minute" else round(rate * 10)
+    done = 0
+
+    async def worker(client: CircleCIClient) -> None:
+        nonlocal done
+        while done < wanted:
+            await client.get("/project/gh/acme/api")
+            done += 1
+
+    async with sim.serve() as url, CircleCIClient(url, "t", concurrency=16) as client:
+        await asyncio.gather(*(worker(client) for _ in range(16)))
+    refused = sim.stats["status"].get("429", 0)
+    assert refused == client.stats.rate_limited == client.pacer.rate_limited
+    assert refused < 0.02 * sim.stats["requests"]
+    estimate = client.pacer.estimate  # the server's rate as estimated at the last pause
+    if limiter != "minute":  # within one window's end a windowed server may be sent anything
+        # A burst can carry a pace above the rate for seconds, so the estimate may overshoot a little.
+        assert estimate is not None and 0.5 * rate <= estimate <= 1.25 * rate
+
+
+async def test_client_fails_a_request_whose_wait_exceeds_max_wait() -> None:
+    config = SimConfig(projects=[SimProject("gh/acme/api", pipelines=1)], rate_limit_rps=0.001, rate_burst=1)
+    sim = Simulator(config)
+    async with sim.serve() as url, CircleCIClient(url, "t", max_wait=5.0) as client:
+        await client.get("/project/gh/acme/api")
+        with pytest.raises(RateLimitWait, match="giving up"):
+            await client.get("/project/gh/acme/api")
+    assert math.isclose(sim.stats["status"]["429"], 1)
+
+
+def test_collect_fails_an_endpoint_whose_wait_exceeds_max_wait(tmp_path: Path) -> None:
+    # One request every 2,000 s: the second request is told to wait about 33 minutes.
+    config = SimConfig(projects=[SimProject("gh/acme/api", pipelines=3)], rate_limit_rps=0.0005, rate_burst=1)
+    sim = Simulator(config)
+    url = sim.start_thread()
+    fixture = tmp_path / "fixture.yaml"
+    fixture.write_text(
+        "native:\n  slug: acme\ndata_sources:\n- slug: circleci\n  projects:\n  - name: acme\n"
+        "    endpoints:\n    - name: gh/acme/api\n"
+        "  config:\n  - name: Circle-Token\n    value: a-long-token-42\n"
+    )
+    try:
+        args = ["collect", str(fixture), "--max-wait", "5m", "--db", f"sqlite:///{tmp_path / 's.db'}"]
+        env = {**os.environ, "CIRCLECI_API_URL": url}
+        run = subprocess.run(
+            [sys.executable, "-m", "circleci_ds", *args], env=env, capture_output=True, text=True, timeout=300
+        )
+    finally:
+        sim.stop_thread()
+    assert run.returncode == 1, run.stderr
+    assert "rate limited: every request paused for 33m" in run.stderr  # announced
+    assert "beyond --max-wait 5m00s" in run.stderr and "giving up" in run.stderr
+    assert "Traceback" not in run.stderr
+    assert sim.stats["status"].get("429") == 1  # failed at once, not after waiting and asking again

@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import re
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -228,7 +230,10 @@ def test_json_to_stdout_stays_json_with_html(store: Store, tmp_path: Path) -> No
 
 def test_window_and_branch_reach_the_metrics(store: Store) -> None:
     r = build_report(
-        store, since=datetime(2026, 11, 2, tzinfo=UTC), until=datetime(2026, 11, 3, tzinfo=UTC), branch="*"
+        store,
+        since=datetime(2026, 11, 2, tzinfo=UTC).timestamp(),
+        until=datetime(2026, 11, 3, tzinfo=UTC).timestamp(),
+        branch="*",
     )
     assert sorted((w.project_slug, w.runs) for w in r.workflows) == [("gh/acme/api", 1), ("gh/other/lib", 1)]
 
@@ -297,3 +302,35 @@ def test_empty_store(tmp_path: Path) -> None:
     )
     assert "No workflow runs" in out.getvalue()
     assert "No workflow runs" in (tmp_path / "e.html").read_text()
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "circleci_ds", *args], capture_output=True, text=True, timeout=300
+    )
+
+
+def test_deploy_pattern_from_the_fixture_config_and_bad_patterns(tmp_path: Path) -> None:
+    make_store(tmp_path / "store.db").close()
+    db = f"sqlite:///{tmp_path / 'store.db'}"
+    fixture = tmp_path / "fixture.yaml"
+    fixture.write_text(
+        "native:\n  slug: acme\ndata_sources:\n- slug: circleci\n  projects:\n  - name: acme\n"
+        "    endpoints:\n    - name: gh/acme/api\n  config:\n  - name: deploy-pattern\n    value: '^lint$'\n"
+    )
+    shown = cli("report", "--db", db, "--format", "json", "--fixture", str(fixture), "--branch", "*")
+    assert shown.returncode == 0, shown.stderr
+    data = json.loads(shown.stdout)
+    assert data["deploy_pattern"] == "^lint$"
+    assert [d["deploy_workflows"] for d in data["delivery"]] == [["build & test"]]  # its job "lint" matches
+    bad = cli("report", "--db", db, "--deploy-pattern", "(unclosed")
+    assert bad.returncode == 2 and "not a regular expression" in bad.stderr and "Traceback" not in bad.stderr
+    assert cli("report", "--db", db, "--bucket", "hourly").returncode == 2
+
+
+def test_help_states_the_window_and_every_definition() -> None:
+    from circleci_ds.definitions import DEFINITIONS
+
+    shown = " ".join(cli("report", "--help").stdout.split())
+    for definition in DEFINITIONS:
+        assert f"{definition.name}: {definition.text[:40]}" in shown.replace("│", "").replace("  ", " ")

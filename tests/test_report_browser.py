@@ -37,6 +37,11 @@ COUNT_POINTS = """
 }))
 """
 
+ORGANISATION_ROWS = """
+() => Array.from(document.querySelectorAll("#organisation tbody tr")).map(
+  (tr) => Array.from(tr.querySelectorAll("td")).slice(0, 5).map((td) => td.textContent))
+"""
+
 
 def _open(page_path: Path, screenshot: Path | None = None) -> dict[str, Any]:
     from playwright.sync_api import sync_playwright
@@ -68,6 +73,8 @@ def _open(page_path: Path, screenshot: Path | None = None) -> dict[str, Any]:
                     for text in (PLANTED_SUBJECT, PLANTED_JOB, PLANTED_LOGIN, PLANTED_BRANCH)
                 },
                 "title": page.title(),
+                "organisation": page.evaluate(ORGANISATION_ROWS),
+                "window": page.locator("#window").inner_text(),
             }
         finally:
             browser.close()
@@ -92,9 +99,15 @@ def test_report_renders_safely_in_chromium(tmp_path: Path) -> None:
     assert seen["problems"] == []
     assert all(url.startswith("file://") for url in seen["requests"]), seen["requests"]
     charts = seen["charts"]
-    # acme: success trend, duration trend, queue times, slowest jobs, flaky jobs, MTTR; lib: four of those
-    assert len(charts) == 10, charts
+    # organisation: project health; acme: success trend, duration trend, queue times, slowest jobs,
+    # flaky jobs, MTTR; lib: four of those
+    assert len(charts) == 11, charts
+    assert charts[0]["id"] == "chart-org-health"
     assert all(chart["points"] > 0 for chart in charts), charts
     assert seen["pwned"] == "undefined"
     planted = (PLANTED_SUBJECT, PLANTED_JOB, PLANTED_LOGIN, PLANTED_BRANCH)
     assert seen["visible"] == dict.fromkeys(planted, True)
+    # the organisation view: both projects side by side, least healthy first
+    assert [row[0] for row in seen["organisation"]] == ["gh/acme/api", "gh/other/lib"]
+    assert [row[4] for row in seen["organisation"]] == ["50.0%", "100.0%"]
+    assert seen["window"].startswith("Window: workflow runs created from 2026-10-06T00:00:00Z to 2026-11-05")

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from circleci_ds.simulator import SimConfig, SimProject, Simulator, run_standalone
 from circleci_ds.simulator.history import Job, Workflow
+from circleci_ds.simulator.ratelimit import FixedWindow, TokenBucket
 from circleci_ds.simulator.render import View
 from sim_helpers import SPEC_FILE, SPEC_SERVER, Http, Reply, patched_spec, slug_path, spec_path, walk_project
 
@@ -479,6 +480,61 @@ async def test_retry_after_single_forms(session: aiohttp.ClientSession, form: st
     async with serving(sim, session) as client:
         replies = [await client.get("/me") for _ in range(4)]
         assert all(re.search(pattern, r.headers["Retry-After"]) for r in replies[1:])
+
+
+def test_fixed_windows_admit_their_quota_per_clock_aligned_window() -> None:
+    now = [120.7]
+    window = FixedWindow(3, 1.0, lambda: now[0])
+    assert [window.take().admitted for _ in range(4)] == [True, True, True, False]
+    assert window.take().wait == pytest.approx(0.3)
+    now[0] = 121.0  # the next second: a fresh quota
+    decision = window.take()
+    assert decision.admitted and (decision.limit, decision.remaining) == (3, 2)
+    minute = FixedWindow(2, 60.0, lambda: now[0])
+    assert [minute.take().admitted for _ in range(3)] == [True, True, False]
+    assert minute.take().reset == pytest.approx(59.0)
+
+
+def test_token_bucket_reports_its_quota() -> None:
+    now = [0.0]
+    bucket = TokenBucket(10.0, 5, lambda: now[0])
+    first = bucket.take()
+    assert (first.admitted, first.limit, first.remaining) == (True, 5, 4)
+    assert first.reset == pytest.approx(0.1)  # one token short of full
+    for _ in range(4):
+        bucket.take()
+    refused = bucket.take()
+    assert not refused.admitted and refused.wait == pytest.approx(0.1) and refused.remaining == 0
+
+
+@pytest.mark.parametrize("headers", ["ratelimit", "x-ratelimit", "both"])
+async def test_quota_headers_and_a_429_without_retry_after(
+    session: aiohttp.ClientSession, headers: str
+) -> None:
+    sim = Simulator(
+        small_config(
+            rate_limit_rps=0.5, rate_burst=2, limiter="minute", retry_after="none", rate_headers=headers,
+            limit_body="text",
+        )
+    )  # fmt: skip
+    async with serving(sim, session) as client:
+        replies = [await client.get("/me") for _ in range(31)]
+    assert [r.status for r in replies].count(200) <= 30  # 30 a minute, wherever the minute starts
+    refused = [r for r in replies if r.status == 429]
+    assert refused and all("Retry-After" not in r.headers for r in refused)
+    assert {r.body for r in refused} == {b"Rate limited."}
+    for reply in replies:
+        ietf = "RateLimit-Remaining" in reply.headers
+        github = "X-RateLimit-Remaining" in reply.headers
+        assert (ietf, github) == (headers in ("ratelimit", "both"), headers in ("x-ratelimit", "both"))
+        if ietf:
+            assert reply.headers["RateLimit-Limit"] == "30"
+            assert 1 <= int(reply.headers["RateLimit-Reset"]) <= 60
+        if github:
+            date = parsedate_to_datetime(reply.headers["Date"]).timestamp()
+            assert 1 <= int(reply.headers["X-RateLimit-Reset"]) - date <= 60  # an epoch on the server's clock
+    remaining = {k: v for k, v in refused[0].headers.items() if k.endswith("RateLimit-Remaining")}
+    assert set(remaining.values()) == {"0"}
 
 
 async def test_stats_latency_and_max_in_flight(session: aiohttp.ClientSession) -> None:

@@ -100,6 +100,15 @@ def save(store: Store, tree: dict[str, Any], endpoint: str = EP, *, final: bool 
     store.save_tree(endpoint, tree, fetched_at=1_793_100_000.0, is_final=final)
 
 
+def save_as_released(engine: Engine, tree: dict[str, Any]) -> None:
+    """A tree written as the releases before job numbers wrote it (no jobs.job_number column)."""
+    rows = db.tree_rows(EP, tree, fetched_at=1_793_100_000.0, is_final=True)
+    with engine.begin() as conn:
+        conn.execute(insert(s.pipelines).values(**rows.pipeline))
+        conn.execute(insert(s.workflows), rows.workflows)
+        conn.execute(insert(s.jobs), [{k: v for k, v in r.items() if k != "job_number"} for r in rows.jobs])
+
+
 def count_rows(url: str, table: str) -> int:
     with raw_engine(url) as engine, engine.connect() as conn:
         return int(conn.execute(select(func.count()).select_from(s.metadata.tables[table])).scalar_one())
@@ -124,18 +133,22 @@ def test_upgrades_a_v1_store_in_place_and_keeps_its_data(db_url: str) -> None:
             conn.execute(insert(s.schema_version).values(version=1))
         v1 = Store(engine, db_url)  # a store of the first release: no migration run
         v1.ensure_endpoint(EP, "acme", "https://circleci.com/gh/acme/api")
-        save(v1, tree)
+        save_as_released(engine, tree)
         v1.record_finish(EP, finished=10.0, error=None, checkpoint=5.0)
-    assert "leases" not in table_names(db_url)
+    assert "leases" not in table_names(db_url) and "workflow_runs" not in table_names(db_url)
 
     with opened(db_url) as store:
         assert store.schema_version() == SCHEMA_VERSION
         assert store.load_tree("p-1") == tree
         assert store.checkpoint(EP) == 5.0
+        assert store.job_numbers(EP) == (None, 11)  # job numbers filled in from the stored jobs
         assert store.try_lease(EP, "me", 30)
     assert "leases" in table_names(db_url)
     assert stored_version(db_url) == SCHEMA_VERSION
     assert count_rows(db_url, "schema_version") == 1
+    # the facts of the trees stored before were derived by the upgrade
+    assert (count_rows(db_url, "pipeline_runs"), count_rows(db_url, "workflow_runs")) == (1, 2)
+    assert count_rows(db_url, "job_runs") == 4
 
 
 def test_a_newer_schema_is_refused_and_nothing_is_written(db_url: str) -> None:
@@ -568,7 +581,7 @@ def _store_of_release(url: str, steps: int, pid: str = "p-1") -> None:
             conn.execute(insert(s.schema_version).values(version=steps))
         old = Store(engine, url)
         old.ensure_endpoint(EP, "acme", "https://circleci.com/gh/acme/api")
-        save(old, make_tree(pid, 1))
+        save_as_released(engine, make_tree(pid, 1))
 
 
 UNMARKED = s.MIGRATIONS.index(s._ownership_marker)  # the last release without the marker
@@ -665,3 +678,31 @@ def test_leases_are_judged_by_the_database_clock(db_url: str, monkeypatch: pytes
         expected = real() + (3600.0 if host_ahead else 0.0) + 30
         assert abs(held.expires_at - expected) < 5
         assert abs(store.now() - (real() + (3600.0 if host_ahead else 0.0))) < 5
+
+
+# -- rerun signals -------------------------------------------------------------------------------
+def test_job_frontier_moves_only_after_a_run_with_no_error(db_url: str) -> None:
+    with opened(db_url) as store:
+        store.ensure_endpoint(EP, "acme", "https://circleci.com/gh/acme/api")
+        save(store, make_tree("p-1", 1))
+        save(store, make_tree("p-2", 2))
+        assert store.job_numbers(EP) == (None, 21)
+        assert store.stored_job_numbers(EP, 10, 20) == {11}
+        assert store.stored_job_numbers("gh/acme/other", 0, 100) == set()
+        store.record_finish(EP, finished=1.0, error="boom", checkpoint=1.0, job_frontier=21)
+        assert store.job_numbers(EP) == (None, 21)
+        store.record_finish(EP, finished=2.0, error=None, checkpoint=1.0, job_frontier=21)
+        assert store.job_numbers(EP) == (21, 21)
+
+
+def test_project_info_attempts_are_remembered_with_or_without_info(db_url: str) -> None:
+    with opened(db_url) as store:
+        store.ensure_endpoint(EP, "acme", "https://circleci.com/gh/acme/api")
+        assert store.project_info_at(EP) is None
+        store.note_project_info(EP, 100.0)
+        assert store.project_info_at(EP) == 100.0 and EP not in store.project_infos()
+        store.note_project_info(EP, 200.0, {"vcs_info": {"default_branch": "trunk"}})
+        assert store.project_info_at(EP) == 200.0
+        assert store.project_infos()[EP]["vcs_info"]["default_branch"] == "trunk"
+        save(store, make_tree("p-1", 1))
+        assert store.recent_branches(EP) == ["main"]

@@ -18,7 +18,7 @@ from circleci_ds.report import run_report
 from circleci_ds.store import Store
 from circleci_ds.store.testresults import save_chunk
 from test_report_browser import ARGS, CHROMIUM, COUNT_POINTS
-from test_testmetrics import hand_job, item, opened, write_hand_worked
+from test_testmetrics import T, hand_job, item, opened, write_hand_worked
 
 PLANTED_CLASS = '<img src=x onerror="window.__pwned=1">'
 PLANTED_MESSAGE = "</script><script>window.__pwned=1</script>\x1b[31mred\x1b]0;title\x07"
@@ -35,9 +35,13 @@ def planted_store(path: Path) -> Store:
     return store
 
 
+WINDOW = (T - 86400, T + 30 * 86400)  # the hand-worked jobs' days; the report has one window for all
+
+
 def report_text(store: Store, fmt: str, html: Path | None = None) -> str:
     out = io.StringIO()
-    run_report(store, project=None, since=None, until=None, branch=None, fmt=fmt, html_path=html,
+    since, until = WINDOW
+    run_report(store, project=None, since=since, until=until, branch=None, fmt=fmt, html_path=html,
                console=Console(file=out, width=400))
     return out.getvalue()
 

@@ -1,38 +1,94 @@
 """CircleCI API v2 client: HTTP only.
 
-Auth, pagination, retries (tenacity), 429 / Retry-After with a client-wide pause and an
-adaptive rate, and a bound on requests in flight. It knows nothing of the store.
+Auth, pagination, retries (tenacity), a bound on requests in flight; pacing against the server's rate
+limit (429 / Retry-After, quota headers, the `max_wait` bound) is `pacing.Pacer`'s. It knows nothing of
+the store.
+
+Every byte from the server is hostile. Rules:
+- The token never leaves the origin (scheme, host, port) of the base URL: no request goes
+  elsewhere; a redirect is followed only within that origin (at most `Limits.max_redirects`
+  hops), any other fails the request (`Redirected`) without asking the other host anything.
+- Bodies are read in chunks and decompressed here (gzip, deflate or none) in bounded steps, so
+  no body grows past `Limits.max_response_bytes` decoded (`ResponseTooLarge`), however well it
+  compresses; another Content-Encoding fails the request.
+- A 200 body must be a JSON object nested at most `Limits.max_depth` levels, without NaN or
+  Infinity, with finite numbers and integers of at most 19 digits (`MalformedResponse`); JSON
+  that does not parse is retried (`UnreadableBody`). In what is returned, lone surrogates
+  become U+FFFD and the token, wherever the server echoed it, becomes `***` (tokens of fewer
+  than 8 characters, which no real one is, would match ordinary text and are left alone).
+- Lists end at a null, absent or empty `next_page_token`; a token must be a string of at most
+  `Limits.max_page_token` characters and is sent back as the `page-token` query parameter. A
+  repeated token, `Limits.max_empty_pages` empty pages in a row that name a next page, or more
+  than `Limits.max_pages` pages fail the list (`EndlessPagination`).
+- Ids from the server are sent back as one path segment, percent-encoded; `.` and `..` are refused.
+- Status codes: 200 is an answer; 301/302/303/307/308 redirect; 401, 404, 429 as below; 408 and
+  5xx are retried; anything else (1xx, other 2xx and 3xx, 418, 999) fails the request.
+- Error messages carry the path and at most a cleaned, bounded excerpt of the server's message
+  (`text.clean`), never headers or the token.
+
+Exceptions (all raised by the client derive from ApiError):
+
+    ApiError                 a request or list that failed for good
+     +-- Unauthorized        401: the token was rejected
+     +-- NotFound            404
+     +-- TransientError      retried: 408, 5xx, timeouts, connection errors
+     |    +-- RateLimited    429
+     |    +-- UnreadableBody a body cut short, badly compressed or not JSON
+     +-- Redirected          a redirect not followed: other origin, no usable Location, too many
+     +-- ResponseTooLarge    a body past the decoded-size cap
+     +-- MalformedResponse   JSON that is not what the endpoint answers, or an unusable id
+     +-- EndlessPagination   a list that does not end
+     +-- RateLimitWait       the server's pauses would outlast `max_wait`
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import math
 import random
 import time
-from collections import deque
-from collections.abc import AsyncIterator, Callable
+import zlib
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
+from yarl import URL
 
 from circleci_ds import __version__
+from circleci_ds.pacing import Pacer, Ticket, WaitBudget, WaitTooLong, parse_http_date, parse_retry_after
+from circleci_ds.text import clean, without_surrogates
+
+__all__ = ["Pacer", "parse_retry_after"]  # re-exported: the pacer's home is pacing.py
 
 DEFAULT_API_URL = "https://circleci.com/api/v2"
+MiB = 1024 * 1024
 log = logging.getLogger("circleci_ds.api")
 
 
+@dataclass(frozen=True)
+class Limits:
+    """What one server can make the client do; going past a limit fails that request or list."""
+
+    max_response_bytes: int = 64 * MiB  # a body, decoded
+    max_pages: int = 10_000  # pages of one list (200,000 pipelines at 20 a page)
+    max_empty_pages: int = 5  # empty pages in a row that still name a next page
+    max_redirects: int = 5  # same-origin hops of one request
+    max_depth: int = 64  # JSON nesting; CircleCI's bodies nest about 5 deep
+    max_page_token: int = 4096  # characters
+
+
 class ApiError(Exception):
-    """A request that failed for good. Messages carry the path, never headers or the token."""
+    """A request that failed for good. Messages carry the path, never headers or the token;
+    they are one printable line of bounded length whatever the server sent."""
 
     def __init__(self, message: str, *, status: int | None = None, path: str = "") -> None:
-        super().__init__(message)
+        super().__init__(clean(message, limit=1000))
         self.status = status
         self.path = path
 
@@ -50,11 +106,37 @@ class TransientError(ApiError):
 
 
 class RateLimited(TransientError):
-    """429; `retry_after` seconds were asked for."""
+    """429; `retry_after` seconds were asked for (None: the server did not say)."""
 
-    def __init__(self, message: str, *, retry_after: float, path: str = "") -> None:
+    def __init__(self, message: str, *, retry_after: float | None, path: str = "") -> None:
         super().__init__(message, status=429, path=path)
         self.retry_after = retry_after
+
+
+class UnreadableBody(TransientError):
+    """A body cut short, badly compressed or not JSON: retried, as a proxy's hiccup may cause it."""
+
+
+class Redirected(ApiError):
+    """A redirect not followed: to another origin (the token stays home), without a usable
+    Location, or one too many."""
+
+
+class ResponseTooLarge(ApiError):
+    """A body larger, decoded, than `Limits.max_response_bytes`."""
+
+
+class MalformedResponse(ApiError):
+    """JSON that is not what the endpoint answers (not an object, NaN, too deep, a bad page
+    token), a Content-Encoding the client does not speak, or an id unfit for a path."""
+
+
+class EndlessPagination(ApiError):
+    """A list that does not end: a repeated page token, too many empty pages, too many pages."""
+
+
+class RateLimitWait(ApiError):
+    """Waiting out the server's rate limit would take longer than `max_wait` allows."""
 
 
 @dataclass
@@ -65,171 +147,6 @@ class ClientStats:
     in_flight: int = 0
     max_in_flight: int = 0
     by_status: dict[int, int] = field(default_factory=dict)
-
-
-class Pacer:
-    """Spaces requests out to a pace that adapts to 429s, and pauses everyone on Retry-After.
-
-    Unpaced (or at `max_rps`) until a 429. A 429 pauses every request for its Retry-After and
-    sets the pace just under the ceiling, an estimate of the server's rate from the stretch of
-    requests since the previous pause, if they were pressing on the pace:
-    - after a climb, the pace held for a whole step before (it did not run the server dry);
-    - after a steady stretch, the pace less the burst the server let through above its rate
-      (the sooner the 429 came, the larger that share), and at most the success rate.
-    Otherwise, or when the pace was far above the server's rate, the pace halves and climbs again.
-    The pace climbs fast without a ceiling or below one; past a ceiling from a climb, which may be
-    low, it grows slowly; a ceiling from a steady stretch is held for HOLD seconds before the pace
-    probes above it, since every 429 costs every request a pause. The pace only grows while it
-    holds requests back. `max_rps` is a hard cap: at most max_rps * W + 1 requests in any W seconds.
-    """
-
-    STEP = 0.25  # seconds between changes of pace
-    MEASURE = 2.0  # seconds of successes since the last pause that measure the server's rate
-    MIN_SPAN, MIN_COUNT = 0.3, 10  # a shorter or sparser stretch says nothing
-    BACKOFF = 0.97  # the pace kept under a ceiling
-    BURST = 0.05  # burst assumed let through above the server's rate, in seconds of that rate
-    CLIMB, PUSH = 1.25, 1.04  # growth per step: without or below a ceiling; past an unconfirmed one
-    HOLD = 60.0  # seconds a confirmed ceiling is trusted before the pace probes above it
-
-    def __init__(self, max_rps: float | None = None, clock: Callable[[], float] = time.monotonic) -> None:
-        self.max_rps = max_rps
-        self.rate: float | None = max_rps  # None: unpaced
-        self.ceiling: float | None = None
-        self.confirmed = False
-        self._clock = clock
-        self._next = 0.0  # the next free slot
-        self._paused_until = 0.0
-        self._resumed_at = self._last_change = clock()
-        self._successes: deque[float] = deque()
-        self._waited_at = -math.inf  # when the pace last held a request back
-        self._climbing = False  # the pace grew fast since the last pause
-        self._held: float | None = None  # the pace before the last step up
-
-    async def wait(self) -> None:
-        """Return when this request may go."""
-        while (delay := self.delay()) > 0:
-            await asyncio.sleep(delay)
-
-    def delay(self) -> float:
-        """0.0 if a request may go now (it takes the slot), else seconds to wait before asking again.
-        Slots are not booked ahead, so a new pace applies at once."""
-        now = self._clock()
-        if self._paused_until > now:
-            return self._paused_until - now
-        if self.rate is None:
-            return 0.0
-        self._grow(now)
-        if now >= self._next:
-            interval = 1.0 / self.rate
-            # A late wake-up keeps its place in the schedule; idle time earns no burst.
-            slot = self._next if now - self._next <= interval / 2 else now
-            self._next = slot + interval
-            return 0.0
-        self._waited_at = now
-        return self._next - now
-
-    def success(self) -> None:
-        now = self._clock()
-        self._successes.append(now)
-        while self._successes and self._successes[0] < now - self.MEASURE:
-            self._successes.popleft()
-
-    def rate_limited(self, retry_after: float) -> None:
-        now = self._clock()
-        if self._paused_until > now:
-            # The same event (requests in flight when the pause began); a longer Retry-After still counts.
-            self._pause_until(max(self._paused_until, now + retry_after))
-            return
-        ceiling = self._estimate(now)
-        if ceiling is None:
-            self._set(0.5 * (self.rate or self._rough_rate(now)))
-        else:
-            self._set(self.BACKOFF * ceiling)
-        self.confirmed = ceiling is not None and not self._climbing
-        self.ceiling = ceiling
-        self._climbing = False
-        self._held = None
-        self._pause_until(now + retry_after)
-        estimate = "unknown" if ceiling is None else f"{ceiling:.1f}/s"
-        log.debug("HTTP 429: pausing %.2fs; pace %.1f/s, server rate %s", retry_after, self.rate, estimate)
-
-    def _pause_until(self, when: float) -> None:
-        self._paused_until = self._resumed_at = self._next = self._last_change = when
-
-    def _estimate(self, now: float) -> float | None:
-        """The server's rate judged from the stretch since the last pause; None if unknown."""
-        if self.rate is None or self._waited_at < self._resumed_at:
-            return None  # requests were not pressing on a pace: nothing was measured
-        if self._climbing:
-            return self._held
-        # A steady pace that ran the server's burst dry in T seconds was about burst / T above its rate.
-        excess = self.BURST / (now - self._resumed_at)
-        if excess > 0.25:
-            return None  # far above it: start again from half
-        measured = self._measured(now)
-        ceiling = self.rate * (1 - excess)
-        return ceiling if measured is None else min(ceiling, measured)
-
-    def _measured(self, now: float) -> float | None:
-        """Successes per second over the last MEASURE seconds since the pause."""
-        start = max(self._resumed_at, now - self.MEASURE)
-        span = now - start
-        count = sum(1 for t in self._successes if t >= start)
-        return count / span if span >= self.MIN_SPAN and count >= self.MIN_COUNT else None
-
-    def _rough_rate(self, now: float) -> float:
-        if not self._successes:
-            return 2.0
-        return max(2.0, len(self._successes) / max(0.05, now - self._successes[0]))
-
-    def _grow(self, now: float) -> None:
-        if self.rate is None or now - self._last_change < self.STEP or now - self._waited_at > self.STEP:
-            return  # only raise a pace that is holding requests back
-        if self.confirmed and now - self._resumed_at < self.HOLD:
-            return
-        self._last_change = now
-        self._held = self.rate
-        ceiling = self.ceiling
-        if ceiling is None:
-            self._climbing = True
-            self._set(self.rate * self.CLIMB)
-        elif self.rate < self.BACKOFF * ceiling:
-            self._climbing = True
-            self._set(min(self.rate * self.CLIMB, self.BACKOFF * ceiling))
-        else:
-            self._set(self.rate * self.PUSH)
-
-    def _set(self, rate: float) -> None:
-        rate = max(1.0, rate)
-        self.rate = min(rate, self.max_rps) if self.max_rps is not None else rate
-
-
-def parse_retry_after(value: str | None, server_date: str | None, default: float = 1.0) -> float:
-    """Seconds to wait from a Retry-After header (delta-seconds or HTTP date), within [0, 300]."""
-    if not value:
-        return default
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            target = parsedate_to_datetime(value).timestamp()
-        except (TypeError, ValueError, IndexError):
-            return default
-        base = _parse_http_date(server_date)
-        seconds = target - (base if base is not None else time.time())
-    if math.isnan(seconds):
-        return default
-    return min(max(seconds, 0.0), 300.0)
-
-
-def _parse_http_date(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return parsedate_to_datetime(value).timestamp()
-    except (TypeError, ValueError, IndexError):
-        return None
 
 
 class CircleCIClient:
@@ -244,20 +161,26 @@ class CircleCIClient:
         max_rps: float | None = None,
         timeout: float = 60.0,
         max_attempts: int = 6,
-        max_rate_limited: int = 40,
+        max_wait: float = 900.0,
         backoff_initial: float = 0.5,
         backoff_max: float = 30.0,
+        limits: Limits | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self._origin = origin_of(URL(self.base_url))
         self._token = token
+        # Masked in answers' strings; a token too short to be real would match ordinary text.
+        self._masked = token if token and len(token) >= MIN_MASKED_TOKEN else None
         self._concurrency = asyncio.Semaphore(concurrency)
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        # A body that trickles in is bounded by the total, a silent connection by sock_read.
+        self._timeout = aiohttp.ClientTimeout(total=timeout, sock_read=timeout)
         self._max_attempts = max_attempts
-        self._max_rate_limited = max_rate_limited
+        self._max_wait = max_wait
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
         self._connections = concurrency
-        self.pacer = Pacer(max_rps)
+        self.limits = limits or Limits()
+        self.pacer = Pacer(max_rps, max_wait=max_wait)
         self.stats = ClientStats()
         self._session: aiohttp.ClientSession | None = None
         self._clock_offset: float | None = None
@@ -266,11 +189,21 @@ class CircleCIClient:
         return f"CircleCIClient({self.base_url!r}, token={'set' if self._token else 'none'})"
 
     async def __aenter__(self) -> CircleCIClient:
-        headers = {"Accept": "application/json", "User-Agent": f"circleci-ds/{__version__}"}
+        headers = {
+            "Accept": "application/json",
+            "Accept-Encoding": "gzip, deflate",
+            "User-Agent": f"circleci-ds/{__version__}",
+        }
         if self._token:
             headers["Circle-Token"] = self._token
         connector = aiohttp.TCPConnector(limit=self._connections, ttl_dns_cache=300)
-        self._session = aiohttp.ClientSession(headers=headers, timeout=self._timeout, connector=connector)
+        self._session = aiohttp.ClientSession(
+            headers=headers,
+            timeout=self._timeout,
+            connector=connector,
+            auto_decompress=False,  # decompressed here, in bounded steps
+            trust_env=False,  # no proxy from the environment sees the token
+        )
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -287,45 +220,45 @@ class CircleCIClient:
         return self.pages(f"/project/{_path(slug)}/pipeline")
 
     async def pipeline(self, pipeline_id: str) -> dict[str, Any]:
-        return await self.get(f"/pipeline/{_path(pipeline_id)}")
+        return await self.get(f"/pipeline/{segment(pipeline_id)}")
 
     async def workflows(self, pipeline_id: str) -> list[dict[str, Any]]:
-        return await self.list_all(f"/pipeline/{_path(pipeline_id)}/workflow")
+        return await self.list_all(f"/pipeline/{segment(pipeline_id)}/workflow")
 
     async def jobs(self, workflow_id: str) -> list[dict[str, Any]]:
-        return await self.list_all(f"/workflow/{_path(workflow_id)}/job")
+        return await self.list_all(f"/workflow/{segment(workflow_id)}/job")
 
     async def job_details(self, slug: str, number: int) -> dict[str, Any]:
-        return await self.get(f"/project/{_path(slug)}/job/{int(number)}")
+        return await self.get(f"/project/{_path(slug)}/job/{job_number(number)}")
 
     def test_pages(self, slug: str, number: int) -> AsyncIterator[list[dict[str, Any]]]:
         """Pages of a job's test results; NotFound when it stored none."""
-        return self.pages(f"/project/{_path(slug)}/{int(number)}/tests")
+        return self.pages(f"/project/{_path(slug)}/{job_number(number)}/tests")
 
     async def project(self, slug: str) -> dict[str, Any]:
         return await self.get(f"/project/{_path(slug)}")
 
     async def user(self, user_id: str) -> dict[str, Any]:
         """GET /user/{id}; NotFound for a deleted account."""
-        return await self.get(f"/user/{quote(user_id, safe='')}")
+        return await self.get(f"/user/{segment(user_id)}")
 
     # -- generic ---------------------------------------------------------------------------
     async def pages(
         self, path: str, params: dict[str, str] | None = None
     ) -> AsyncIterator[list[dict[str, Any]]]:
-        """Yield each page's items; a null or absent `next_page_token` ends the list."""
+        """Yield each page's items until a page names no next page; endless lists fail."""
         query = dict(params or {})
-        seen_tokens: set[str] = set()
+        pages = PageGuard(path, self.limits)
         while True:
             body = await self.get(path, query)
             items = body.get("items")
             if not isinstance(items, list):
-                raise ApiError(f"unexpected list body from {path}", path=path)
+                raise MalformedResponse(f"{path}: a list answer without an `items` list", path=path)
+            token = page_token(path, body, self.limits)
             yield items
-            token = body.get("next_page_token")
-            if not token or token in seen_tokens:
+            if token is None:
                 return
-            seen_tokens.add(token)
+            pages.next(token, empty=not items)
             query["page-token"] = token
 
     async def list_all(self, path: str) -> list[dict[str, Any]]:
@@ -335,6 +268,7 @@ class CircleCIClient:
         return items
 
     async def get(self, path: str, params: dict[str, str] | None = None) -> dict[str, Any]:
+        budget = WaitBudget(self._max_wait)  # pauses this request may still wait out
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(TransientError),
             stop=self._stop,
@@ -344,13 +278,13 @@ class CircleCIClient:
         )
         async for attempt in retrying:
             with attempt:
-                return await self._get_once(path, params)
+                return await self._get_once(path, params, budget)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _stop(self, state: RetryCallState) -> bool:
         exc = state.outcome.exception() if state.outcome else None
         if isinstance(exc, RateLimited):
-            return state.attempt_number >= self._max_rate_limited
+            return False  # the pacer's wait budget ends it (RateLimitWait)
         return state.attempt_number >= self._max_attempts
 
     def _wait(self, state: RetryCallState) -> float:
@@ -363,52 +297,123 @@ class CircleCIClient:
     def _count_retry(self, state: RetryCallState) -> None:
         self.stats.retries += 1
 
-    async def _get_once(self, path: str, params: dict[str, str] | None) -> dict[str, Any]:
+    async def _get_once(
+        self, path: str, params: dict[str, str] | None, budget: WaitBudget | None = None
+    ) -> dict[str, Any]:
         assert self._session is not None, "use the client as an async context manager"
         async with self._concurrency:
-            await self.pacer.wait()
+            try:
+                ticket = await self.pacer.wait(budget)
+            except WaitTooLong as exc:
+                raise RateLimitWait(f"{path}: {exc}; giving up", status=429, path=path) from None
             self.stats.requests += 1
             self.stats.in_flight += 1
             self.stats.max_in_flight = max(self.stats.max_in_flight, self.stats.in_flight)
             try:
-                async with self._session.get(self.base_url + path, params=params) as resp:
-                    body = await resp.read()
-                    return self._handle(path, resp, body)
+                return await self._fetch(path, URL(self.base_url + path).extend_query(params or {}), ticket)
             except (TimeoutError, aiohttp.ClientError) as exc:
-                raise TransientError(f"{path}: {_describe_exception(exc)}", path=path) from None
+                raise TransientError(f"{path}: {self._say(_describe_exception(exc))}", path=path) from None
             finally:
+                self.pacer.abandon(ticket)
                 self.stats.in_flight -= 1
+
+    async def _fetch(self, path: str, url: URL, ticket: Ticket) -> dict[str, Any]:
+        """GET `url`, following redirects within the origin only; the answer's JSON object."""
+        assert self._session is not None
+        for _ in range(self.limits.max_redirects + 1):
+            if origin_of(url) != self._origin:  # the one check every request passes
+                raise Redirected(self._elsewhere(path, url), path=path)
+            async with self._session.get(url, allow_redirects=False) as resp:
+                if resp.status in REDIRECTS:
+                    url = self._redirect_target(path, url, resp)
+                    continue
+                self.pacer.observe(ticket, resp.status, resp.headers)
+                if resp.status == 200:
+                    body = await read_body(path, resp, self.limits.max_response_bytes)
+                else:
+                    body = await error_body(path, resp)
+                return self._handle(path, resp, body)
+        raise Redirected(f"{path}: more than {self.limits.max_redirects} redirects", path=path)
+
+    def _redirect_target(self, path: str, url: URL, resp: aiohttp.ClientResponse) -> URL:
+        self._count(resp.status)
+        location = resp.headers.get("Location")
+        if not location:
+            raise Redirected(f"{path}: HTTP {resp.status} without a Location", status=resp.status, path=path)
+        try:
+            target = url.join(URL(location))
+        except (ValueError, TypeError):
+            raise Redirected(
+                f"{path}: HTTP {resp.status} to an unusable Location ({self._say(location, 120)})",
+                status=resp.status,
+                path=path,
+            ) from None
+        if origin_of(target) != self._origin:
+            raise Redirected(self._elsewhere(path, target), status=resp.status, path=path)
+        return target
+
+    def _elsewhere(self, path: str, target: URL) -> str:
+        there = self._say(f"{target.scheme}://{target.host}:{target.port}", 120)
+        home = "{}://{}:{}".format(*self._origin)
+        return f"{path}: redirected to another origin ({there}); not followed, the token stays with {home}"
+
+    def _count(self, status: int) -> None:
+        self.stats.by_status[status] = self.stats.by_status.get(status, 0) + 1
 
     def _handle(self, path: str, resp: aiohttp.ClientResponse, body: bytes) -> dict[str, Any]:
         status = resp.status
-        self.stats.by_status[status] = self.stats.by_status.get(status, 0) + 1
+        self._count(status)
         self._note_date(resp.headers.get("Date"))
         if status == 200:
-            self.pacer.success()
-            try:
-                data = json.loads(body)
-            except ValueError:
-                raise TransientError(f"{path}: response is not JSON", status=status, path=path) from None
-            if not isinstance(data, dict):
-                raise ApiError(f"{path}: unexpected response body", status=status, path=path)
-            return data
+            return self._json_object(path, body)
         if status == 429:
             self.stats.rate_limited += 1
             wait = parse_retry_after(resp.headers.get("Retry-After"), resp.headers.get("Date"))
-            self.pacer.rate_limited(wait)
             raise RateLimited(f"{path}: rate limited", retry_after=wait, path=path)
-        message = _message(body)
+        message = self._message(body)
         if status == 401:
             raise Unauthorized(f"token rejected (HTTP 401 on {path})", status=status, path=path)
         if status == 404:
             raise NotFound(f"{path}: not found{message}", status=status, path=path)
-        if status >= 500 or status == 408:
+        if 500 <= status <= 599 or status == 408:
             raise TransientError(f"{path}: HTTP {status}{message}", status=status, path=path)
         raise ApiError(f"{path}: HTTP {status}{message}", status=status, path=path)
 
+    def _json_object(self, path: str, body: bytes) -> dict[str, Any]:
+        try:
+            data = json.loads(body, parse_constant=_refuse_constant, parse_float=_finite, parse_int=_int64)
+        except _Refused as exc:
+            raise MalformedResponse(f"{path}: {exc}", status=200, path=path) from None
+        except RecursionError:
+            raise MalformedResponse(f"{path}: JSON nested too deeply", status=200, path=path) from None
+        except ValueError:
+            raise UnreadableBody(f"{path}: response is not JSON", status=200, path=path) from None
+        if not isinstance(data, dict):
+            kind = "null" if data is None else type(data).__name__
+            raise MalformedResponse(f"{path}: expected a JSON object, got {kind}", status=200, path=path)
+        try:
+            return scrubbed(data, self._masked, self.limits.max_depth)
+        except _Refused as exc:
+            raise MalformedResponse(f"{path}: {exc}", status=200, path=path) from None
+
+    def _message(self, body: bytes) -> str:
+        """`: <message>` from a JSON error body, cleaned and bounded; else nothing."""
+        try:
+            data = json.loads(body)
+        except (ValueError, RecursionError):
+            return ""  # HTML error pages say nothing useful
+        message = data.get("message") if isinstance(data, dict) else None
+        return f": {self._say(message, 200)}" if isinstance(message, str) else ""
+
+    def _say(self, text: str, limit: int = 300) -> str:
+        """Server text fit for a message: the token masked, printable, bounded."""
+        if self._token:
+            text = text.replace(self._token, "***")
+        return clean(text, limit)
+
     def _note_date(self, value: str | None) -> None:
-        date = _parse_http_date(value)
-        if date is not None:
+        date = parse_http_date(value)
+        if date is not None and PLAUSIBLE_DATES[0] <= date < PLAUSIBLE_DATES[1]:
             # Date has one-second resolution; keeping the smallest offset errs on the early side.
             offset = date - time.time()
             if self._clock_offset is None or abs(offset - self._clock_offset) > 2:
@@ -417,19 +422,202 @@ class CircleCIClient:
                 self._clock_offset = min(self._clock_offset, offset)
 
 
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
+MIN_MASKED_TOKEN = 8  # CircleCI's tokens have 40 characters
+ERROR_BODY_BYTES = 64 * 1024  # enough for any error message; the rest is not read
+CHUNK = 256 * 1024  # decoded bytes produced at once, at most
+PLAUSIBLE_DATES = (946684800.0, 7258118400.0)  # server Dates from 2000 to 2200 set the clock
+
+
+def origin_of(url: URL) -> tuple[str, str, int | None]:
+    """Scheme, host and port: what a redirect must keep for the token to go along."""
+    return (url.scheme.lower(), (url.host or "").lower().rstrip("."), url.port)
+
+
+def segment(value: object) -> str:
+    """A server-given id as one path segment: percent-encoded, never `.`, `..` or empty."""
+    if not isinstance(value, str) or value in ("", ".", ".."):
+        raise MalformedResponse(f"unusable id {clean(repr(value), 80)}")
+    return quote(value, safe="")
+
+
+def job_number(value: object) -> int:
+    """A job number fit for a path: a non-negative integer below 2**63."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
+        raise MalformedResponse(f"unusable job number {clean(repr(value), 80)}")
+    return value
+
+
+def page_token(path: str, body: dict[str, Any], limits: Limits) -> str | None:
+    """The next page's token; None at the end of the list."""
+    token = body.get("next_page_token")
+    if token is None or token == "":
+        return None
+    if not isinstance(token, str):
+        raise MalformedResponse(f"{path}: next_page_token is not a string", path=path)
+    if len(token) > limits.max_page_token:
+        raise MalformedResponse(
+            f"{path}: next_page_token longer than {limits.max_page_token} characters", path=path
+        )
+    return token
+
+
+class PageGuard:
+    """Ends a list that would not end: a repeated token, empty pages in a row, a page ceiling."""
+
+    def __init__(self, path: str, limits: Limits) -> None:
+        self.path = path
+        self.limits = limits
+        self.pages = 0
+        self.empty_in_a_row = 0
+        self._seen: set[bytes] = set()  # digests: memory stays small whatever the tokens' size
+
+    def next(self, token: str, *, empty: bool) -> None:
+        """The page just read names `token` as the next one; raise if the list should end here."""
+        self.pages += 1
+        self.empty_in_a_row = self.empty_in_a_row + 1 if empty else 0
+        key = hashlib.blake2b(token.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+        if key in self._seen:
+            self._fail(f"page token repeated after {self.pages} pages")
+        if self.empty_in_a_row >= self.limits.max_empty_pages:
+            self._fail(f"{self.empty_in_a_row} empty pages in a row, each naming a next page")
+        if self.pages >= self.limits.max_pages:
+            self._fail(f"more than {self.limits.max_pages} pages (raise --max-pages for longer lists)")
+        self._seen.add(key)
+
+    def _fail(self, why: str) -> None:
+        raise EndlessPagination(f"{self.path}: list does not end: {why}", path=self.path)
+
+
+class _Decoder:
+    """Undoes a Content-Encoding in steps of at most CHUNK bytes, so a bomb never inflates at once."""
+
+    def __init__(self, encoding: str) -> None:
+        if encoding in ("", "identity"):
+            self._wbits: int | None = None
+        elif encoding in ("gzip", "x-gzip"):
+            self._wbits = 16 + zlib.MAX_WBITS
+        elif encoding == "deflate":
+            self._wbits = zlib.MAX_WBITS
+        else:
+            raise ValueError(encoding)
+        self._z = zlib.decompressobj(self._wbits) if self._wbits is not None else None
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        if self._z is None:
+            yield data
+            return
+        while data:
+            out = self._z.decompress(data, CHUNK)
+            if out:
+                yield out
+            data = self._z.unconsumed_tail
+            if self._z.eof and self._z.unused_data:
+                if self._wbits != 16 + zlib.MAX_WBITS:
+                    raise zlib.error("data after the end of the compressed body")
+                data = self._z.unused_data  # gzip allows several members in a row
+                self._z = zlib.decompressobj(self._wbits)
+
+    def finish(self) -> None:
+        if self._z is not None and not self._z.eof:
+            raise zlib.error("compressed body cut short")
+
+
+async def error_body(path: str, resp: aiohttp.ClientResponse) -> bytes:
+    """What an error answer says, for its message: at most ERROR_BODY_BYTES, nothing if it cannot
+    be read; its status alone decides what happens."""
+    try:
+        return await read_body(path, resp, ERROR_BODY_BYTES, strict=False)
+    except (MalformedResponse, UnreadableBody, aiohttp.ClientPayloadError):
+        return b""
+
+
+async def read_body(path: str, resp: aiohttp.ClientResponse, limit: int, *, strict: bool = True) -> bytes:
+    """The decoded body, at most `limit` bytes: past it, ResponseTooLarge if `strict`, else cut.
+    Compressed bytes count against the same limit."""
+    encoding = resp.headers.get("Content-Encoding", "").strip().lower()
+    try:
+        decoder = _Decoder(encoding)
+    except ValueError:
+        raise MalformedResponse(
+            f"{path}: unsupported Content-Encoding {clean(encoding, 40)!r}", status=resp.status, path=path
+        ) from None
+    too_large = f"{path}: response larger than {limit / MiB:g} MiB (see --max-response-mb)"
+    if strict and resp.content_length is not None and resp.content_length > limit:
+        raise ResponseTooLarge(too_large, status=resp.status, path=path)
+    pieces: list[bytes] = []  # joined once at the end: no reallocation copies the body as it grows
+    size = received = 0
+    try:
+        async for chunk in resp.content.iter_chunked(CHUNK):
+            received += len(chunk)
+            for piece in decoder.feed(chunk):
+                pieces.append(piece)
+                size += len(piece)
+                if size > limit or received > limit:
+                    if strict:
+                        raise ResponseTooLarge(too_large, status=resp.status, path=path)
+                    return b"".join(pieces)[:limit]
+        decoder.finish()
+    except zlib.error as exc:
+        why = f"{path}: {encoding} body unreadable ({exc})"
+        raise UnreadableBody(why, status=resp.status, path=path) from None
+    return b"".join(pieces)
+
+
+class _Refused(ValueError):
+    """A JSON value the client will not accept."""
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _Refused(f"JSON holds {name}")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _Refused("JSON holds a number out of range")
+    return value
+
+
+def _int64(text: str) -> int:
+    if len(text.lstrip("-")) > 19:
+        raise _Refused("JSON holds an integer of more than 19 digits")
+    return int(text)
+
+
+def scrubbed(data: dict[str, Any], token: str | None, max_depth: int) -> dict[str, Any]:
+    """`data` (changed in place) with lone surrogates replaced and `token` masked in every string,
+    keys included; _Refused past `max_depth` levels of nesting."""
+    stack: list[tuple[dict[str, Any] | list[Any], int]] = [(data, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > max_depth:
+            raise _Refused(f"JSON nested deeper than {max_depth} levels")
+        if isinstance(node, dict) and any(isinstance(k, str) and _unclean(k, token) for k in node):
+            renamed = {_clean_str(k, token): v for k, v in node.items()}
+            node.clear()
+            node.update(renamed)
+        pairs = node.items() if isinstance(node, dict) else enumerate(node)
+        for key, value in pairs:
+            if isinstance(value, str):
+                if _unclean(value, token):
+                    node[key] = _clean_str(value, token)  # type: ignore[index]
+            elif isinstance(value, dict | list):
+                stack.append((value, depth + 1))
+    return data
+
+
+def _unclean(text: str, token: str | None) -> bool:
+    return not text.isascii() or bool(token and token in text)
+
+
+def _clean_str(text: str, token: str | None) -> str:
+    text = without_surrogates(text)
+    return text.replace(token, "***") if token else text
+
+
 def _path(segment: str) -> str:
     return quote(segment, safe="/")
-
-
-def _message(body: bytes) -> str:
-    """`: <message>` from a JSON error body, else nothing (HTML error pages say nothing useful)."""
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return ""
-    if isinstance(data, dict) and isinstance(data.get("message"), str):
-        return f": {data['message'][:200]}"
-    return ""
 
 
 def _describe_exception(exc: BaseException) -> str:

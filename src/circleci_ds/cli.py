@@ -22,27 +22,28 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
-from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, TypeVar
 
 import typer
 from rich.console import Console
+from rich.live import Live
 from rich.logging import RichHandler
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
 from circleci_ds import __version__
-from circleci_ds.api import DEFAULT_API_URL, CircleCIClient, Unauthorized
-from circleci_ds.collect import Collector, EndpointResult, Options
+from circleci_ds.api import DEFAULT_API_URL, CircleCIClient, Limits, MiB, Unauthorized
+from circleci_ds.collect import DEFAULT_CONCURRENCY, Collector, EndpointResult, Options, trees_in_flight
 from circleci_ds.display import plain, safe_text
 from circleci_ds.files import OutputError, check_target
 from circleci_ds.fixture import FixtureError, Settings, load_fixture
 from circleci_ds.identities import Identities, IdentitiesError, load_identities
+from circleci_ds.lanes import Outcome
 from circleci_ds.mapping import ExportKind, index_template
 from circleci_ds.people import People, UserPass
+from circleci_ds.progress import RequestRate, active_lines, client_line, pause_left
 from circleci_ds.store import DEFAULT_DB_URL, Store, StoreError
 from circleci_ds.store.urls import secrets_in
 from circleci_ds.times import iso, parse_date, parse_duration
@@ -168,27 +169,51 @@ def collect(
             envvar="CIRCLECI_API_URL", help="CircleCI API v2 base URL (server installs, simulator)."
         ),
     ] = DEFAULT_API_URL,
-    concurrency: Annotated[int, typer.Option(min=1, max=256, help="Requests in flight at most.")] = 16,
+    concurrency: Annotated[
+        int, typer.Option(min=1, max=256, help="Requests in flight at most.")
+    ] = DEFAULT_CONCURRENCY,
     max_rps: Annotated[float | None, typer.Option(min=0.1, help="Requests per second at most.")] = None,
     from_date: Annotated[
         str | None, typer.Option(help="First run: only pipelines created on or after this date (ISO).")
     ] = None,
     lookback: Annotated[
-        str, typer.Option(help="Re-read workflows of pipelines this recent before the checkpoint (reruns).")
+        str,
+        typer.Option(help="Re-read final pipelines as their age doubles, up to this age (reruns that wait)."),
     ] = "72h",
     parallel_endpoints: Annotated[int, typer.Option(min=1, help="Endpoints collected at once.")] = 4,
+    max_wait: Annotated[
+        str,
+        typer.Option(
+            help="Longest total wait for the server's rate limit, per request and per run (e.g. 15m, 1h); "
+            "past it the endpoint fails."
+        ),
+    ] = "15m",
     lease_ttl: Annotated[
         float, typer.Option(min=1.0, help="Seconds a dead collector's endpoints stay leased.", hidden=True)
     ] = 60.0,
     tests: Annotated[
         bool, typer.Option("--tests/--no-tests", help="Read test results of finished build jobs.")
     ] = True,
+    timeout: Annotated[
+        float, typer.Option(min=0.1, help="Seconds one request may take, body included; then it is retried.")
+    ] = 60.0,
+    max_response_mb: Annotated[
+        float,
+        typer.Option(min=0.01, help="Largest response body accepted, in MiB once decompressed; larger fail."),
+    ] = 64.0,
+    max_pages: Annotated[
+        int, typer.Option(min=1, help="Pages read at most per list (pipelines, workflows, jobs); more fail.")
+    ] = Limits.max_pages,
+    retry_backoff: Annotated[
+        float, typer.Option(min=0.0, help="Seconds before the first retry; doubles each time.", hidden=True)
+    ] = 0.5,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
     """Collect every endpoint of FIXTURE incrementally into the store."""
     _setup_logging(verbose)
     try:
         lookback_s = parse_duration(lookback)
+        max_wait_s = parse_duration(max_wait)
         from_ts = parse_date(from_date) if from_date else None
     except ValueError as exc:
         raise fail(str(exc), EXIT_USAGE) from None
@@ -202,14 +227,26 @@ def collect(
         lookback=lookback_s,
         from_date=from_ts,
         parallel_endpoints=parallel_endpoints,
-        trees_in_flight=max(8, concurrency * 2),
+        trees_in_flight=trees_in_flight(concurrency),
         lease_ttl=lease_ttl,
         tests=tests and settings.collect_tests,
     )
+    limits = Limits(max_response_bytes=int(max_response_mb * MiB), max_pages=max_pages)
     started = time.monotonic()
     try:
         results, stats, counters, users = asyncio.run(
-            _collect(settings, store, api_url, concurrency, max_rps, options)
+            _collect(
+                settings,
+                store,
+                api_url,
+                concurrency,
+                max_rps,
+                options,
+                max_wait=max_wait_s,
+                limits=limits,
+                timeout=timeout,
+                backoff=retry_backoff,
+            )
         )
     except Unauthorized:
         raise fail(
@@ -222,11 +259,14 @@ def collect(
     failed = [r for r in results if r.error]
     for result in failed:
         err.print(Text("failed: ", style="red") + plain(Redactor.mask(result.error or "")), soft_wrap=True)
-    others = sum(1 for r in results if r.collected_by != "self")
+    others = sum(1 for r in results if r.outcome is Outcome.ELSEWHERE)
+    reruns = sum(p.signaled for p in counters.endpoints.values())
     print(
         f"collected {len(results) - len(failed) - others}/{len(settings.endpoints)} endpoint(s)"
         + (f" ({others} by another collector)" if others else "")
-        + f": {counters.pipelines} pipeline(s) stored, {counters.workflows} workflow(s), "
+        + f": {counters.pipelines} pipeline(s) stored"
+        + (f" ({reruns} found rerun by job number)" if reruns else "")
+        + f", {counters.workflows} workflow(s), "
         f"{counters.jobs} job(s), {counters.details} job detail(s), "
         f"tests of {counters.tests} job(s) ({counters.test_results} result(s)) read, "
         f"{users.resolved} user(s) resolved ({users.deleted} deleted); {stats.requests} request(s), "
@@ -239,12 +279,29 @@ def collect(
 
 
 async def _collect(
-    settings: Settings, store: Store, api_url: str, concurrency: int, max_rps: float | None, options: Options
+    settings: Settings,
+    store: Store,
+    api_url: str,
+    concurrency: int,
+    max_rps: float | None,
+    options: Options,
+    *,
+    limits: Limits,
+    max_wait: float,
+    timeout: float,
+    backoff: float,
 ) -> tuple[list[EndpointResult], Any, Any, UserPass]:
     with _stop_on_signals() as caught:
         try:
             async with CircleCIClient(
-                api_url, settings.token, concurrency=concurrency, max_rps=max_rps
+                api_url,
+                settings.token,
+                concurrency=concurrency,
+                max_rps=max_rps,
+                timeout=timeout,
+                backoff_initial=backoff,
+                limits=limits,
+                max_wait=max_wait,
             ) as client:
                 collector = Collector(client, store, options)
                 reporter = asyncio.create_task(_report_progress(collector))
@@ -283,32 +340,25 @@ def _stop_on_signals() -> Iterator[list[int]]:
 
 
 async def _report_progress(collector: Collector) -> None:
-    """A progress bar over endpoints on a terminal; a log line every 10 s otherwise."""
-    c, stats = collector.counters, collector.client.stats
+    """On a terminal, a live view: per endpoint what is known so far, and the client's pace (log
+    lines go above it); piped, a plain log line every 10 s."""
+    c, client = collector.counters, collector.client
+    rate = RequestRate()
 
-    def line() -> str:
-        return (
-            f"pipelines {c.pipelines} | workflows {c.workflows} | jobs {c.jobs} | details {c.details} | "
-            f"tests {c.tests} | "
-            f"requests {stats.requests} | 429s {stats.rate_limited}"
-        )
+    def lines() -> list[str]:
+        now = time.monotonic()
+        pace = rate.sample(client.stats.requests, now)
+        return [client_line(c, client.stats, pace, pause_left(client.pacer, now)), *active_lines(c)]
 
     if err.is_terminal:
-        columns = (
-            TextColumn("endpoints"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.description}"),
-            TimeElapsedColumn(),
-        )
-        with Progress(*columns, console=err, transient=True) as progress:
-            task = progress.add_task(line(), total=c.endpoints_total or None)
+        with Live(Text(""), console=err, transient=True, refresh_per_second=4) as live:
             while True:
-                await asyncio.sleep(0.2)
-                progress.update(task, completed=c.endpoints_done, total=c.endpoints_total, description=line())
+                live.update(Text(safe_text(Redactor.mask("\n".join(lines())), multiline=True)))
+                await asyncio.sleep(0.25)
     while True:
         await asyncio.sleep(10)
-        log.info("progress: endpoints %d/%d | %s", c.endpoints_done, c.endpoints_total, line())
+        for line in lines():
+            log.info("progress: %s", line)
 
 
 # -- export ---------------------------------------------------------------------------------
@@ -364,7 +414,9 @@ def export(
             from circleci_ds.testdocs import test_documents
 
             people = People.load(store, people_ids)
-            docs = enrich_trees(store.iter_trees(project), store.project_infos(), people=people)
+            docs = enrich_trees(
+                store.iter_trees(project, with_facts=True), store.project_infos(), people=people
+            )
             docs = itertools.chain(docs, test_documents(store, project))  # one document per test result
         raw = kind is ExportKind.raw
         lines = ex.es_bulk(docs, raw=raw, index=index) if fmt is Format.es_bulk else ex.ndjson(docs)
@@ -373,8 +425,19 @@ def export(
         finally:  # a failed write ends the store's read before the store closes
             for generator in (lines, docs):
                 getattr(generator, "close", lambda: None)()
+        _warn_unreadable_times(store.unreadable_timestamps(project))
     finally:
         store.close()
+
+
+def _warn_unreadable_times(count: int) -> None:
+    if count:
+        err.print(
+            f"warning: {count} stored timestamp(s) could not be read; they are null in derived data "
+            "(raw data is kept as sent)",
+            markup=False,
+            soft_wrap=True,
+        )
 
 
 def _load_identities(path: Path | None) -> Identities | None:
@@ -454,30 +517,67 @@ def status(db: DbOption = DEFAULT_DB_URL) -> None:
 
 
 # -- report ---------------------------------------------------------------------------------
-@app.command()
+def _report_help() -> str:
+    from circleci_ds.definitions import help_text
+
+    return "CI metrics per project, workflow and job; optionally an offline HTML report.\n\n" + help_text()
+
+
+@app.command(help=_report_help())
 @guarded
 def report(
     db: DbOption = DEFAULT_DB_URL,
     project: Annotated[str | None, typer.Option(help="Only this native project slug.")] = None,
     since: Annotated[
-        str | None, typer.Option(help="Window start (ISO date); default 30 days before --until.")
+        str | None,
+        typer.Option(help="Window start (ISO date, UTC); default 30 days before the window's end."),
     ] = None,
-    until: Annotated[str | None, typer.Option(help="Window end (ISO date); default now.")] = None,
-    branch: Annotated[str | None, typer.Option(help="Branch; default each project's default branch.")] = None,
+    until: Annotated[
+        str | None,
+        typer.Option(
+            help="Window end, excluded (ISO date, UTC); default the UTC midnight after the newest stored run."
+        ),
+    ] = None,
+    branch: Annotated[
+        str | None, typer.Option(help="Branch, or '*' for all; default each project's default branch.")
+    ] = None,
+    bucket: Annotated[
+        str, typer.Option(help="Trend points: day, week, or auto (weeks past 45 days).")
+    ] = "auto",
+    deploy_pattern: Annotated[
+        str | None,
+        typer.Option(
+            help="Regular expression (case-insensitive) naming deploy workflows or jobs; default 'deploy'."
+        ),
+    ] = None,
+    fixture: Annotated[
+        Path | None, typer.Option(help="da-ds fixture whose circleci config may give a deploy-pattern entry.")
+    ] = None,
     fmt: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
     html: Annotated[Path | None, typer.Option(help="Also write a self-contained HTML report here.")] = None,
     identities: IdentitiesOption = None,
 ) -> None:
-    """CI metrics per project, workflow and job; optionally an offline HTML report."""
+    import re
+
     from circleci_ds.report import run_report
 
     if fmt not in ("table", "json"):
         raise fail(f"--format must be table or json, not {fmt!r}", EXIT_USAGE)
+    if bucket not in ("day", "week", "auto"):
+        raise fail(f"--bucket must be day, week or auto, not {bucket!r}", EXIT_USAGE)
     try:
-        since_dt = _as_datetime(since)
-        until_dt = _as_datetime(until)
+        since_ts = parse_date(since) if since else None
+        until_ts = parse_date(until) if until else None
     except ValueError as exc:
         raise fail(str(exc), EXIT_USAGE) from None
+    if deploy_pattern is None and fixture is not None:
+        from circleci_ds.fixture import load_config_value
+
+        deploy_pattern = load_config_value(fixture, "deploy-pattern")
+    try:
+        re.compile(deploy_pattern or "")
+    except re.error as exc:
+        raise fail(f"not a regular expression: {deploy_pattern!r} ({exc})", EXIT_USAGE) from None
     if html is not None:
         check_target(html)  # a path that can never be written fails before the work, not after
     people_ids = _load_identities(identities)
@@ -486,20 +586,18 @@ def report(
         run_report(
             store,
             project=project,
-            since=since_dt,
-            until=until_dt,
+            since=since_ts,
+            until=until_ts,
             branch=branch,
             fmt=fmt,
             html_path=html,
             console=Console(highlight=False),
+            bucket=bucket,
+            deploy_pattern=deploy_pattern,
             identities=people_ids,
         )
     finally:
         store.close()
-
-
-def _as_datetime(text: str | None) -> datetime | None:
-    return datetime.fromtimestamp(parse_date(text), UTC) if text else None
 
 
 # -- simulator and demo ---------------------------------------------------------------------
@@ -513,8 +611,20 @@ def simulate(
     span_days: Annotated[float, typer.Option(help="Days of history before the clock.")] = 30.0,
     latency_ms: Annotated[float, typer.Option(help="Latency added to every request.")] = 0.0,
     jitter_ms: Annotated[float, typer.Option(help="Random +/- jitter on the latency.")] = 0.0,
-    rate_limit: Annotated[float | None, typer.Option(help="Token-bucket limit, requests per second.")] = None,
+    rate_limit: Annotated[
+        float | None, typer.Option(help="Rate limit, requests per second (windows: x their length).")
+    ] = None,
     rate_burst: Annotated[int, typer.Option(help="Token-bucket size.")] = 10,
+    limiter: Annotated[
+        str, typer.Option(help="Limiter shape: bucket, second or minute (fixed windows).")
+    ] = "bucket",
+    retry_after: Annotated[
+        str, typer.Option(help="Retry-After on 429s: seconds, date, both (alternating) or none.")
+    ] = "seconds",
+    rate_headers: Annotated[
+        str, typer.Option(help="Quota headers: none, ratelimit (RateLimit-*), x-ratelimit or both.")
+    ] = "none",
+    limit_body: Annotated[str, typer.Option(help="429 bodies: json, text or both (alternating).")] = "both",
     fault_rate: Annotated[float, typer.Option(help="Share of requests answered 5xx.")] = 0.0,
     token: Annotated[str | None, typer.Option(help="Token that private projects require.")] = None,
 ) -> None:
@@ -525,17 +635,24 @@ def simulate(
         SimProject(f"gh/sim-org/project-{i}", pipelines=pipelines, private=bool(token) and i == projects - 1)
         for i in range(projects)
     ]
-    cfg = SimConfig(
-        seed=seed,
-        projects=sim_projects,
-        span_days=span_days,
-        latency_ms=latency_ms,
-        jitter_ms=jitter_ms,
-        rate_limit_rps=rate_limit,
-        rate_burst=rate_burst,
-        fault_rate=fault_rate,
-        token=token,
-    )
+    try:
+        cfg = SimConfig(
+            seed=seed,
+            projects=sim_projects,
+            span_days=span_days,
+            latency_ms=latency_ms,
+            jitter_ms=jitter_ms,
+            rate_limit_rps=rate_limit,
+            rate_burst=rate_burst,
+            limiter=limiter,
+            retry_after=retry_after,
+            rate_headers=rate_headers,
+            limit_body=limit_body,
+            fault_rate=fault_rate,
+            token=token,
+        )
+    except ValueError as exc:
+        raise fail(str(exc), EXIT_USAGE) from None
 
     def ready(url: str) -> None:
         admin = url.rsplit("/api/v2", 1)[0] + "/_sim/advance?seconds=N"

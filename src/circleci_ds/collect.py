@@ -1,33 +1,33 @@
-"""Incremental walk: pipelines -> workflows -> jobs -> job details, stored tree by tree.
+"""Incremental walk: job numbers -> pipelines -> workflows -> jobs -> job details, stored tree by tree.
 
-Rules (see the README's "Incremental collection"):
-- a checkpoint per endpoint: the server time at the start of its last complete run;
-- pipelines are listed newest first; paging stops at a page entirely older than checkpoint - lookback;
-- a stored pipeline's workflows are read again while it is not final, or while a rerun could still
-  land under it (it was last read within `lookback` of its creation);
-- jobs and details are read again only for workflows that are new, changed or not final;
-- each tree is written in one transaction; the checkpoint moves only after a run with no error.
+The rules live in `rules.py` (pure functions); this module does the reading and the storing:
+- the job-number walk first: the numbers past the endpoint's job frontier that started since the
+  last run, whose details name pipelines to read again (reruns) and serve the trees read below;
+- then the listing, newest first, down to the previous checkpoint, reading each pipeline that
+  `rules.needs_read` picks, then the stored pipelines it picks that were not listed;
+- each tree is written in one transaction; a malformed item fails that pipeline only;
+- the checkpoint and the job frontier move only after a run with no error;
+- after an endpoint's trees are stored, its per-endpoint phases run (`Collector.after_trees`).
+Lanes and leases (which endpoint this process collects) live in `lanes.py`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
-import os
-import socket
 import time
-import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from enum import Enum
 from functools import partial
-from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from circleci_ds import rules
 from circleci_ds.api import DEFAULT_API_URL, ApiError, CircleCIClient, NotFound, Unauthorized
 from circleci_ds.fixture import Endpoint
+from circleci_ds.lanes import EndpointResult, LaneOptions, Lanes, Outcome, new_owner
 from circleci_ds.people import UserPass, resolve_users
 from circleci_ds.store import PipelineIndexEntry, Store, StoreError
 from circleci_ds.store.database import digest
@@ -38,21 +38,52 @@ log = logging.getLogger("circleci_ds.collect")
 T = TypeVar("T")
 
 DEFAULT_LOOKBACK = 72 * 3600.0
+DEFAULT_CONCURRENCY = 32  # reaches 20x the sequential speed at 25 ms latency; the pacer governs the rate
+TREES_PER_REQUEST = 2  # pipeline trees in flight per request in flight: keeps every request slot busy
 CHECKPOINT_MARGIN = 60.0  # seconds taken off the server time a run started at, for clock resolution
-FINAL_PIPELINE_STATES = {"created", "errored"}
-FINAL_WORKFLOW_STATUSES = {"success", "failed", "error", "canceled", "not_run", "unauthorized"}
-OPEN_JOB_STATUSES = {"queued", "running", "not_running", "blocked", "on_hold"}
+WALK_LIMIT = 100_000  # job numbers probed in one run at most (a server answering every number)
+WALK_KEEP = 5_000  # walked job details kept in memory to serve the trees
+
+
+def trees_in_flight(concurrency: int) -> int:
+    """The one bound on pipeline trees in memory at once: TREES_PER_REQUEST x concurrency."""
+    return TREES_PER_REQUEST * max(1, concurrency)
 
 
 @dataclass
 class Options:
-    lookback: float = DEFAULT_LOOKBACK
+    lookback: float = DEFAULT_LOOKBACK  # horizon of the age-spaced re-read (rules.reread_due)
     from_date: float | None = None
     parallel_endpoints: int = 4
-    trees_in_flight: int = 32
+    trees_in_flight: int = field(default_factory=lambda: trees_in_flight(DEFAULT_CONCURRENCY))
     lease_ttl: float = 60.0
-    owner: str = field(default_factory=lambda: new_owner())
+    owner: str = field(default_factory=new_owner)
+    rerun_walk: bool = True  # the job-number walk (off: only the age-spaced re-read finds reruns)
     tests: bool = True  # read test results of finished build jobs (circleci_ds.testresults)
+
+
+class Phase(Enum):
+    WAITING = "waiting"
+    WALKING = "looking for reruns"
+    LISTING = "listing and reading"
+    READING = "reading stored ones"
+    DONE = "done"
+    FAILED = "failed"
+
+
+@dataclass
+class EndpointProgress:
+    """What is known of one endpoint's run so far, for the progress display."""
+
+    name: str
+    phase: Phase = Phase.WAITING
+    probed: int = 0  # job numbers probed by the walk
+    signaled: int = 0  # stored pipelines the walk named (reruns)
+    listed: int = 0  # pipelines listed
+    to_read: int = 0  # trees picked for reading
+    stored: int = 0  # trees stored
+    open_read: int = 0  # of them, pipelines still open at the last run, read again
+    failed: int = 0  # items that could not be collected
 
 
 @dataclass
@@ -65,14 +96,34 @@ class Counters:
     details: int = 0
     tests: int = 0  # jobs whose test results were read
     test_results: int = 0
+    endpoints: dict[str, EndpointProgress] = field(default_factory=dict)
 
 
-@dataclass
-class EndpointResult:
-    endpoint: Endpoint
-    error: str | None = None
-    pipelines_saved: int = 0
-    collected_by: str = "self"  # "self", or "another collector" when a cooperating process did it
+class MalformedItem(Exception):
+    """A list item that cannot be stored (no id, wrong types); fails its pipeline only."""
+
+
+class TreeSlots:
+    """At most `size` pipeline trees in flight. A slot is taken before a tree's task is created and
+    given back by the task's done callback, which runs however the task ends, even cancelled before
+    it ran: acquire and release are paired here, nowhere else."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._free = asyncio.Semaphore(size)
+
+    async def spawn(self, group: asyncio.TaskGroup, start: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run `start()` as a task of `group` once a slot is free; nothing is created before that,
+        so a wait cancelled (a signal) leaves nothing behind."""
+        await self._free.acquire()
+        work = start()
+        try:
+            task = group.create_task(work)
+        except BaseException:
+            work.close()
+            self._free.release()
+            raise
+        task.add_done_callback(lambda _task: self._free.release())
 
 
 def origin_for(api_url: str, slug: str) -> str:
@@ -83,32 +134,6 @@ def origin_for(api_url: str, slug: str) -> str:
     return f"{parts.scheme}://{parts.netloc}/{slug}"
 
 
-def workflow_is_final(workflow: dict[str, Any]) -> bool:
-    return workflow.get("status") in FINAL_WORKFLOW_STATUSES
-
-
-def job_is_open(job: dict[str, Any]) -> bool:
-    return job.get("status") in OPEN_JOB_STATUSES
-
-
-def pipeline_is_final(tree: dict[str, Any]) -> bool:
-    if tree.get("state") not in FINAL_PIPELINE_STATES:
-        return False
-    return all(
-        workflow_is_final(wf) and not any(job_is_open(job) for job in wf.get("jobs") or [])
-        for wf in tree.get("workflows") or []
-    )
-
-
-def wants_details(job: dict[str, Any]) -> bool:
-    """Details exist only for build jobs with a number (approval jobs answer 404)."""
-    return job.get("type") == "build" and job.get("job_number") is not None
-
-
-def _without(obj: dict[str, Any], key: str) -> dict[str, Any]:
-    return {k: v for k, v in obj.items() if k != key}
-
-
 class Collector:
     """Collects endpoints into a store through a client; one instance per run."""
 
@@ -117,11 +142,9 @@ class Collector:
         self.store = store
         self.options = options or Options()
         self.counters = Counters()
+        self.slots = TreeSlots(self.options.trees_in_flight)
         self.users = UserPass()
         self._db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="circleci-ds-store")
-        self._tree_slots = asyncio.Semaphore(self.options.trees_in_flight)
-        self._claiming = asyncio.Lock()  # one lane looks for work at a time
-        self._quiet_until = 0.0  # monotonic time before which no lane looks again
 
     async def db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a store call on the single store thread, so the event loop never blocks on I/O."""
@@ -131,14 +154,18 @@ class Collector:
     async def run(self, endpoints: list[Endpoint]) -> list[EndpointResult]:
         """Collect every endpoint once, sharing them with cooperating collectors through leases."""
         self.counters.endpoints_total = len(endpoints)
-        started = await self.db(self.store.now)  # the database's clock, shared with other collectors
-        pending = list(endpoints)
-        results: dict[str, EndpointResult] = {}
-        lanes = max(1, min(self.options.parallel_endpoints, len(endpoints)))
+        for endpoint in endpoints:
+            self.counters.endpoints[endpoint.slug] = EndpointProgress(endpoint.written)
+        o = self.options
+        lanes = Lanes(
+            self.store,
+            self.db,
+            LaneOptions(o.parallel_endpoints, o.lease_ttl, o.owner),
+            self.collect_endpoint,
+            self._endpoint_done,
+        )
         try:
-            async with asyncio.TaskGroup() as group:
-                for _ in range(lanes):
-                    group.create_task(self._lane(pending, started, results))
+            results = await lanes.run(endpoints)
             self.users = await resolve_users(self.client, self.store, self.db)  # people, once per id
         except BaseExceptionGroup as group_error:
             raise _first(group_error) from None
@@ -146,101 +173,11 @@ class Collector:
             self._db_thread.shutdown(wait=True)
         return [results[ep.slug] for ep in endpoints if ep.slug in results]
 
-    async def _lane(
-        self, pending: list[Endpoint], started: float, results: dict[str, EndpointResult]
-    ) -> None:
-        while pending:
-            endpoint = await self._next_endpoint(pending, started, results)
-            if endpoint is None:
-                continue
-            try:
-                results[endpoint.slug] = await self._collect_leased(endpoint)
-            finally:
-                self.counters.endpoints_done += 1
-
-    async def _next_endpoint(
-        self, pending: list[Endpoint], started: float, results: dict[str, EndpointResult]
-    ) -> Endpoint | None:
-        """An endpoint to collect, or None after a pause while others hold all the rest.
-
-        The lanes take turns, and once a look found nothing, none looks again for a short poll
-        interval: short, as the run ends only when the others' last endpoints are seen finished;
-        a turn each, as looking costs a few queries per endpoint held elsewhere.
-        """
-        poll = min(0.5, self.options.lease_ttl / 3)
-        async with self._claiming:
-            wait = self._quiet_until - time.monotonic()
-            if wait <= 0:
-                endpoint = await self._claim(pending, started, results)
-                if endpoint is not None or not pending:
-                    return endpoint
-                self._quiet_until = time.monotonic() + poll
-                wait = poll
-        await asyncio.sleep(wait)  # the rest are held by others; take over if they die
-        return None
-
-    async def _claim(
-        self, pending: list[Endpoint], started: float, results: dict[str, EndpointResult]
-    ) -> Endpoint | None:
-        """A pending endpoint now leased to this process; None while others hold all the rest."""
-        for endpoint in list(pending):
-            if endpoint not in pending:
-                continue  # another lane of this process took it meanwhile
-            if await self.db(self.store.finished_since, endpoint.slug, started):
-                if endpoint in pending:
-                    pending.remove(endpoint)
-                    self._finished_elsewhere(endpoint, results)
-                continue
-            if endpoint not in pending:
-                continue
-            if await self._lease(endpoint):
-                if endpoint not in pending:
-                    continue
-                pending.remove(endpoint)
-                # Checked again under the lease: the holder may have finished and released it since.
-                if await self.db(self.store.finished_since, endpoint.slug, started):
-                    await self.db(self.store.release_lease, endpoint.slug, self.options.owner)
-                    self._finished_elsewhere(endpoint, results)
-                    continue
-                return endpoint
-        return None
-
-    def _finished_elsewhere(self, endpoint: Endpoint, results: dict[str, EndpointResult]) -> None:
-        results[endpoint.slug] = EndpointResult(endpoint, collected_by="another collector")
+    def _endpoint_done(self) -> None:
         self.counters.endpoints_done += 1
 
-    async def _lease(self, endpoint: Endpoint) -> bool:
-        store, owner, ttl = self.store, self.options.owner, self.options.lease_ttl
-        if await self.db(store.try_lease, endpoint.slug, owner, ttl):
-            return True
-        holder = await self.db(store.lease_owner, endpoint.slug)
-        if holder is not None and _dead_local_owner(holder):
-            # A collector on this host that was killed: no need to wait for its lease to expire.
-            return await self.db(store.take_over_lease, endpoint.slug, holder, owner, ttl)
-        return False
-
-    async def _collect_leased(self, endpoint: Endpoint) -> EndpointResult:
-        work = asyncio.create_task(self.collect_endpoint(endpoint))
-        heartbeat = asyncio.create_task(self._heartbeat(endpoint, work))
-        try:
-            return await work
-        except asyncio.CancelledError:
-            if heartbeat.done() and not heartbeat.cancelled() and heartbeat.result() == "lost":
-                return EndpointResult(endpoint, error=f"{endpoint.written}: lease lost to another collector")
-            raise
-        finally:
-            heartbeat.cancel()
-            await self.db(self.store.release_lease, endpoint.slug, self.options.owner)
-
-    async def _heartbeat(self, endpoint: Endpoint, work: asyncio.Task[EndpointResult]) -> str:
-        while True:
-            await asyncio.sleep(self.options.lease_ttl / 3)
-            if not await self.db(
-                self.store.renew_lease, endpoint.slug, self.options.owner, self.options.lease_ttl
-            ):
-                log.warning("%s: lease lost; another collector took the endpoint over", endpoint.written)
-                work.cancel()
-                return "lost"
+    def progress(self, endpoint: Endpoint) -> EndpointProgress:
+        return self.counters.endpoints.setdefault(endpoint.slug, EndpointProgress(endpoint.written))
 
     async def collect_endpoint(self, endpoint: Endpoint) -> EndpointResult:
         """One endpoint, start to end; errors end up in the result, except a rejected token."""
@@ -249,45 +186,78 @@ class Collector:
         await self.db(self.store.record_start, endpoint.slug, await self.db(self.store.now))
         log.info("%s: collecting", endpoint.written)
         walk = _Walk(self, endpoint)
-        checkpoint: float | None = None
+        ended: tuple[float | None, int | None] = (None, None)
         error: str | None = None
-        test_errors: list[str] = []
         try:
-            info = await self.client.project(endpoint.slug)
-            await self.db(self.store.save_project_info, endpoint.slug, info)
-            checkpoint = await walk.run()
-            if self.options.tests:
-                test_errors = await TestPhase(self, endpoint.slug).run()
+            try:
+                ended = await walk.run()
+                await self.after_trees(endpoint, walk)
+            except BaseExceptionGroup as group_error:
+                raise _first(group_error) from None
         except (Unauthorized, StoreError):
             raise  # the run stops: a rejected token, or a store that cannot take more
         except NotFound:
             error = f"project not found, or the token cannot see it: {endpoint.written}"
         except ApiError as exc:
             error = f"{endpoint.written}: {exc}"
-        except BaseExceptionGroup as group_error:
-            first = _first(group_error)
-            if isinstance(first, Unauthorized | StoreError) or not isinstance(first, Exception):
-                raise first from None
-            error = f"{endpoint.written}: {_describe(first)}"
         except Exception as exc:  # a malformed response must not stop the other endpoints
             log.debug("%s failed", endpoint.written, exc_info=True)
             error = f"{endpoint.written}: {_describe(exc)}"
         if error is None and walk.errors:
-            error = (
-                f"{endpoint.written}: {len(walk.errors)} pipeline(s) not collected; first: {walk.errors[0]}"
-            )
-        if error is None and test_errors:
-            first_test = test_errors[0]
-            error = f"{endpoint.written}: tests of {len(test_errors)} job(s) not read; first: {first_test}"
+            error = f"{endpoint.written}: {len(walk.errors)} item(s) not collected; first: {walk.errors[0]}"
+        if error is None and walk.test_errors:
+            unread, first_test = len(walk.test_errors), walk.test_errors[0]
+            error = f"{endpoint.written}: tests of {unread} job(s) not read; first: {first_test}"
+        checkpoint, frontier = ended
         finished = await self.db(self.store.now)
         await self.db(
-            self.store.record_finish, endpoint.slug, finished=finished, error=error, checkpoint=checkpoint
+            self.store.record_finish,
+            endpoint.slug,
+            finished=finished,
+            error=error,
+            checkpoint=checkpoint,
+            job_frontier=frontier,
         )
+        progress = self.progress(endpoint)
+        progress.phase = Phase.FAILED if error else Phase.DONE
         if error:
             log.error("%s", error)
-        else:
-            log.info("%s: done, %d pipeline(s) stored", endpoint.written, walk.saved)
-        return EndpointResult(endpoint, error, walk.saved)
+            return EndpointResult(endpoint, Outcome.FAILED, error, walk.saved)
+        log.info("%s: done, %d pipeline(s) stored", endpoint.written, walk.saved)
+        return EndpointResult(endpoint, Outcome.COLLECTED, None, walk.saved)
+
+    async def after_trees(self, endpoint: Endpoint, walk: _Walk) -> None:
+        """Per-endpoint phases that need the endpoint's trees stored; they run before the endpoint's
+        run is recorded, and an ApiError they raise fails the endpoint. Today: the project info, then
+        the test results of finished jobs (unless Options.tests is off); a job whose tests cannot be
+        read is noted in `walk.test_errors` and fails the endpoint once the others are read."""
+        await self._project_info(endpoint, walk.server_start)
+        if self.options.tests:
+            walk.test_errors = await TestPhase(self, endpoint.slug).run()
+
+    async def _project_info(self, endpoint: Endpoint, now: float | None) -> None:
+        """GET /project/{slug} when missing or stale; an extra, never a gate (rules.project_info_stale)."""
+        now = self.client.server_now() if now is None else now
+        if not rules.project_info_stale(await self.db(self.store.project_info_at, endpoint.slug), now):
+            return
+        try:
+            info = await self.client.project(endpoint.slug)
+        except Unauthorized:
+            raise
+        except ApiError as exc:
+            stored = (await self.db(self.store.project_infos)).get(endpoint.slug)
+            derived = None
+            if stored is None:
+                branch = rules.default_branch_from(await self.db(self.store.recent_branches, endpoint.slug))
+                derived = {"vcs_info": {"default_branch": branch}, "derived_from": "pipelines"}
+            log.warning(
+                "%s: project info unavailable (%s); default branch taken from the pipelines",
+                endpoint.written,
+                exc,
+            )
+            await self.db(self.store.note_project_info, endpoint.slug, now, derived)
+            return
+        await self.db(self.store.note_project_info, endpoint.slug, now, info)
 
 
 class _Walk:
@@ -297,87 +267,203 @@ class _Walk:
         self.c = collector
         self.client = collector.client
         self.endpoint = endpoint
-        self.lookback = collector.options.lookback
-        self.from_date = collector.options.from_date
+        self.progress = collector.progress(endpoint)
         self.errors: list[str] = []
+        self.test_errors: list[str] = []  # jobs whose test results could not be read
         self.saved = 0
+        self.server_start: float | None = None  # server time when the run began
+        self.walked: dict[int, dict[str, Any]] = {}  # job number -> details, from the walk
+        self.walked_pipelines: dict[int, str] = {}  # job number -> pipeline id it names
+        self.queued_top: int | None = None  # highest number of details read, queued before the start
+        self._began = time.monotonic()
 
-    async def run(self) -> float | None:
-        """Walk the endpoint; return the checkpoint this run earns (server time at its start)."""
+    def _note_start(self) -> None:
+        """The server's time when the run began, on the early side (Date has 1 s resolution)."""
+        if self.server_start is None:
+            self.server_start = self.client.server_now() - (time.monotonic() - self._began) - 1.0
+
+    async def run(self) -> tuple[float | None, int | None]:
+        """Walk the endpoint; return the checkpoint and job frontier this run earns."""
+        c, slug = self.c, self.endpoint.slug
+        index = await c.db(c.store.pipeline_index, slug)
+        previous = await c.db(c.store.checkpoint, slug)
+        frontier, stored_max = await c.db(c.store.job_numbers, slug)
+        start = rules.walk_start(frontier, stored_max) if c.options.rerun_walk else None
+        walked_top = await self._walk_numbers(start, stored_max) if start is not None else None
+        signaled = await self._signaled(set(index))
+        checkpoint = await self._list_and_read(index, previous, signaled)
+        assert self.server_start is not None
+        return checkpoint, await self._frontier(rules.next_frontier(frontier, walked_top, self.queued_top))
+
+    async def _frontier(self, base: int | None) -> int | None:
+        """The frontier this run earns: `base`, extended over the stored numbers just past it."""
+        c, slug = self.c, self.endpoint.slug
+        _, stored_max = await c.db(c.store.job_numbers, slug)
+        if base is None or stored_max is None or stored_max <= base:
+            return base
+        stored = await c.db(c.store.stored_job_numbers, slug, base + 1, min(stored_max, base + WALK_LIMIT))
+        return rules.extend_frontier(base, stored)
+
+    # -- the job-number walk ------------------------------------------------------------------------
+    async def _walk_numbers(self, start: int, stored_max: int | None) -> int | None:
+        """Probe job numbers upward from `start`; return the highest that answered."""
+        self.progress.phase = Phase.WALKING
+        number, batch, misses, top = start, rules.WALK_MISSES, 0, None
+        while number < start + WALK_LIMIT:
+            numbers = range(number, number + batch)
+            answers = await asyncio.gather(*(self._probe(n) for n in numbers))
+            self._note_start()
+            found = False
+            for n, details in zip(numbers, answers, strict=True):
+                if details is None:
+                    misses += 1
+                    continue
+                misses, found, top = 0, True, n
+                self._keep_walked(n, details)
+            number += batch
+            if rules.walk_done(number - 1, misses, stored_max):
+                return top
+            batch = rules.next_batch(batch, found)
+        log.warning("%s: stopped looking for reruns after %d job numbers", self.endpoint.written, WALK_LIMIT)
+        return top
+
+    async def _probe(self, number: int) -> dict[str, Any] | None:
+        self.progress.probed += 1
+        try:
+            return await self.client.job_details(self.endpoint.slug, number)
+        except NotFound:
+            return None
+
+    def _keep_walked(self, number: int, details: dict[str, Any]) -> None:
+        pipeline_id = rules.details_pipeline(details)
+        if pipeline_id is not None:
+            self.walked_pipelines[number] = pipeline_id
+        if len(self.walked) < WALK_KEEP:
+            self.walked[number] = details
+
+    async def _signaled(self, stored_pipelines: set[str]) -> set[str]:
+        if not self.walked_pipelines:
+            return set()
         c = self.c
-        index = await c.db(c.store.pipeline_index, self.endpoint.slug)
-        previous = await c.db(c.store.checkpoint, self.endpoint.slug)
-        since = previous - self.lookback if previous is not None else None
-        floors = [x for x in (since, self.from_date) if x is not None]
-        floor = max(floors) if floors else None
+        numbers = self.walked_pipelines
+        stored = await c.db(c.store.stored_job_numbers, self.endpoint.slug, min(numbers), max(numbers))
+        signaled = rules.rerun_signals(self.walked_pipelines, stored, stored_pipelines)
+        self.progress.signaled = len(signaled)
+        return signaled
+
+    # -- listing and reading -------------------------------------------------------------------------
+    async def _list_and_read(
+        self, index: dict[str, PipelineIndexEntry], previous: float | None, signaled: set[str]
+    ) -> float | None:
+        floor = rules.listing_floor(previous, self.c.options.from_date)
         checkpoint: float | None = None
         seen: set[str] = set()
+        self.progress.phase = Phase.LISTING
         async with asyncio.TaskGroup() as group:
+            page_number = 0
             async for page in self.client.pipeline_pages(self.endpoint.slug):
+                page_number += 1
+                self._note_start()
                 if checkpoint is None:
-                    checkpoint = self.client.server_now() - CHECKPOINT_MARGIN
-                for pipeline in page:
-                    created = parse_ts(pipeline.get("created_at"))
-                    if self.from_date is not None and created is not None and created < self.from_date:
+                    assert self.server_start is not None
+                    checkpoint = self.server_start - CHECKPOINT_MARGIN
+                created = []
+                for position, item in enumerate(page, 1):
+                    problem = rules.item_problem("pipeline", item)
+                    if problem is not None:
+                        self._fail_item(f"page {page_number}, item {position}: {problem}")
                         continue
-                    seen.add(pipeline["id"])
-                    entry = index.get(pipeline["id"])
-                    if self._listed_needs_read(entry, pipeline):
-                        await self._spawn(group, self._tree(pipeline, entry))
-                if floor is not None and page and all(_older(p, floor) for p in page):
+                    created.append(parse_ts(item.get("created_at")))
+                    if self._wanted(item):
+                        seen.add(item["id"])
+                        await self._consider(group, item, index.get(item["id"]), item["id"] in signaled)
+                if rules.page_ends_listing(created, floor):
                     break
+            self.progress.phase = Phase.READING
             for pipeline_id, entry in index.items():
-                if pipeline_id not in seen and self._stored_needs_read(entry):
-                    await self._spawn(group, self._refresh(pipeline_id, entry))
+                if pipeline_id not in seen and self._needs_read(entry, None, pipeline_id in signaled):
+                    await self._spawn(group, partial(self._refresh, pipeline_id, entry), entry)
         return checkpoint
 
-    def _listed_needs_read(self, entry: PipelineIndexEntry | None, pipeline: dict[str, Any]) -> bool:
-        if entry is None:
-            return True
-        return entry.digest != digest(pipeline) or self._stored_needs_read(entry)
+    def _wanted(self, pipeline: dict[str, Any]) -> bool:
+        self.progress.listed += 1
+        from_date = self.c.options.from_date
+        created = parse_ts(pipeline.get("created_at"))
+        return from_date is None or created is None or created >= from_date
 
-    def _stored_needs_read(self, entry: PipelineIndexEntry) -> bool:
-        if not entry.is_final:
-            return True
-        if entry.created_at is None or entry.fetched_at is None:
-            return True
-        return entry.fetched_at - entry.created_at <= self.lookback  # a rerun may still come
+    async def _consider(
+        self,
+        group: asyncio.TaskGroup,
+        pipeline: dict[str, Any],
+        entry: PipelineIndexEntry | None,
+        signaled: bool,
+    ) -> None:
+        if self._needs_read(entry, pipeline, signaled):
+            await self._spawn(group, partial(self._tree, pipeline, entry), entry)
 
-    async def _spawn(self, group: asyncio.TaskGroup, work: Awaitable[None]) -> None:
+    def _needs_read(
+        self, entry: PipelineIndexEntry | None, listed: dict[str, Any] | None, signaled: bool
+    ) -> bool:
+        assert self.server_start is not None or entry is None
+        return rules.needs_read(
+            stored=entry is not None,
+            is_final=entry is not None and entry.is_final,
+            listing_changed=entry is not None and listed is not None and entry.digest != digest(listed),
+            signaled=signaled,
+            created_at=entry.created_at if entry else None,
+            fetched_at=entry.fetched_at if entry else None,
+            now=self.server_start or 0.0,
+            horizon=self.c.options.lookback,
+        )
+
+    async def _spawn(
+        self, group: asyncio.TaskGroup, work: Callable[[], Awaitable[None]], entry: PipelineIndexEntry | None
+    ) -> None:
         """Start a tree once a slot is free: memory stays bounded whatever the history's size."""
-        try:
-            await self.c._tree_slots.acquire()
-        except BaseException:  # cancelled (a signal): `work` never starts
-            _discard(work)
-            raise
-        task = group.create_task(self._guarded(work))
-        task.add_done_callback(lambda _: _discard(work))  # a task cancelled before it ran never started it
+        self.progress.to_read += 1
+        if entry is not None and not entry.is_final:
+            self.progress.open_read += 1
+        await self.c.slots.spawn(group, partial(self._guarded, work))
 
-    async def _guarded(self, work: Awaitable[None]) -> None:
+    async def _guarded(self, work: Callable[[], Awaitable[None]]) -> None:
         try:
-            await work
+            await work()
         except (Unauthorized, StoreError):
             raise
         except Exception as exc:  # one bad pipeline must not stop the walk
-            log.debug("pipeline failed", exc_info=True)
-            self.errors.append(_describe(exc))
-        finally:
-            self.c._tree_slots.release()
+            # An ApiError or a malformed item says it all; a traceback only for the unexpected.
+            expected = isinstance(exc, ApiError | MalformedItem)
+            log.debug("pipeline failed: %s", _describe(exc), exc_info=not expected)
+            self._fail_item(_describe(exc))
+
+    def _fail_item(self, message: str) -> None:
+        self.errors.append(message)
+        self.progress.failed += 1
 
     async def _refresh(self, pipeline_id: str, entry: PipelineIndexEntry) -> None:
+        """A stored pipeline that was not listed: its object is read again only while its state
+        (setup) may still change; a settled one is taken from the store."""
+        stored = await self.c.db(self.c.store.load_tree, pipeline_id)
+        if stored is not None and stored.get("state") in rules.FINAL_PIPELINE_STATES:
+            await self._tree({k: v for k, v in stored.items() if k != "workflows"}, entry, stored)
+            return
         try:
             pipeline = await self.client.pipeline(pipeline_id)
         except NotFound:
-            # Deleted upstream: keep what we have, and stop asking.
-            stored = await self.c.db(self.c.store.load_tree, pipeline_id)
-            if stored is not None:
+            if stored is not None:  # deleted upstream: keep what we have, and stop asking
                 await self._save(stored, self.client.server_now(), final=True)
             return
-        await self._tree(pipeline, entry)
+        problem = rules.item_problem("pipeline", pipeline)
+        if problem is not None or pipeline["id"] != pipeline_id:
+            raise MalformedItem(problem or f"pipeline {pipeline_id}: answered with another id")
+        await self._tree(pipeline, entry, stored)
 
-    async def _tree(self, pipeline: dict[str, Any], entry: PipelineIndexEntry | None) -> None:
+    async def _tree(
+        self, pipeline: dict[str, Any], entry: PipelineIndexEntry | None, stored: dict[str, Any] | None = None
+    ) -> None:
         c = self.c
-        stored = await c.db(c.store.load_tree, pipeline["id"]) if entry is not None else None
+        if stored is None and entry is not None:
+            stored = await c.db(c.store.load_tree, pipeline["id"])
         try:
             listed = await self.client.workflows(pipeline["id"])
         except NotFound:
@@ -387,95 +473,66 @@ class _Walk:
             tree = {**pipeline, "workflows": stored["workflows"] if stored else []}
             await self._save(tree, fetched_at, final=True)
             return
+        _check_items("workflow", listed)
         old = {wf["id"]: wf for wf in stored["workflows"]} if stored else {}
         workflows = await asyncio.gather(*(self._workflow(wf, old.get(wf["id"])) for wf in listed))
         tree = {**pipeline, "workflows": list(workflows)}
-        await self._save(tree, fetched_at, final=pipeline_is_final(tree))
+        await self._save(tree, fetched_at, final=rules.pipeline_is_final(tree))
 
     async def _save(self, tree: dict[str, Any], fetched_at: float, *, final: bool) -> None:
         await self.c.db(
             self.c.store.save_tree, self.endpoint.slug, tree, fetched_at=fetched_at, is_final=final
         )
         self.saved += 1
+        self.progress.stored += 1
         self.c.counters.pipelines += 1
 
     async def _workflow(self, workflow: dict[str, Any], old: dict[str, Any] | None) -> dict[str, Any]:
         old_jobs = (old or {}).get("jobs") or []
-        settled = workflow_is_final(workflow) and not any(job_is_open(j) for j in old_jobs)
-        if old is not None and settled and _without(old, "jobs") == workflow:
+        if rules.jobs_reusable(old, workflow, old_jobs):
             return {**workflow, "jobs": old_jobs}
         self.c.counters.workflows += 1
         try:
             jobs = await self.client.jobs(workflow["id"])
         except NotFound:
             jobs = []
+        _check_items("job", jobs)
         previous = {j["id"]: j for j in old_jobs}
         details = await asyncio.gather(*(self._details(job, previous.get(job["id"])) for job in jobs))
         self.c.counters.jobs += len(jobs)
         return {**workflow, "jobs": [{**job, "details": d} for job, d in zip(jobs, details, strict=True)]}
 
     async def _details(self, job: dict[str, Any], old: dict[str, Any] | None) -> dict[str, Any] | None:
-        if not wants_details(job):
+        if not rules.wants_details(job):
             return None
-        if old is not None and _without(old, "details") == job and not job_is_open(job):
-            old_details = old.get("details")
-            if old_details is None or not job_is_open(old_details):
-                return old_details  # unchanged and finished: details cannot have moved
+        if rules.details_reusable(job, old):
+            return old.get("details") if old is not None else None
+        walked = self.walked.get(job["job_number"])
+        if rules.walked_details_usable(job, walked):
+            return walked
         self.c.counters.details += 1
         try:
-            return await self.client.job_details(self.endpoint.slug, job["job_number"])
+            details = await self.client.job_details(self.endpoint.slug, job["job_number"])
         except NotFound:
             return None
+        self._note_details(details)
+        return details
+
+    def _note_details(self, details: dict[str, Any]) -> None:
+        assert self.server_start is not None  # set by the first response, before any tree is read
+        number = rules.started_before([details], self.server_start)
+        self.queued_top = rules.next_frontier(self.queued_top, number, None)
 
 
-def _process_space() -> str:
-    """What makes a pid mean the same process: this boot and this pid namespace.
-
-    Containers can share a host name without sharing processes; they differ here.
-    """
-    try:
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-        namespace = os.stat("/proc/self/ns/pid").st_ino
-    except OSError:
-        return "unknown"
-    return hashlib.blake2b(f"{boot}:{namespace}".encode(), digest_size=4).hexdigest()
-
-
-def new_owner() -> str:
-    """`host:pid:process-space:random`, naming this collector in leases and `status`."""
-    return f"{socket.gethostname()}:{os.getpid()}:{_process_space()}:{uuid.uuid4().hex[:6]}"
-
-
-def _dead_local_owner(owner: str) -> bool:
-    """True for an owner of this host and process space whose process is gone."""
-    parts = owner.split(":")
-    if len(parts) != 4 or parts[0] != socket.gethostname() or not parts[1].isdigit():
-        return False
-    if parts[2] == "unknown" or parts[2] != _process_space():
-        return False
-    try:
-        os.kill(int(parts[1]), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
-
-
-def _discard(work: Awaitable[None]) -> None:
-    """Close a coroutine that may never have run, so it ends quietly (no "never awaited" warning)."""
-    close = getattr(work, "close", None)
-    if close is not None:
-        close()
-
-
-def _older(pipeline: dict[str, Any], floor: float) -> bool:
-    created = parse_ts(pipeline.get("created_at"))
-    return created is not None and created < floor
+def _check_items(kind: str, items: list[Any]) -> None:
+    for item in items:
+        problem = rules.item_problem(kind, item)
+        if problem is not None:
+            raise MalformedItem(problem)
 
 
 def _describe(exc: BaseException) -> str:
-    if isinstance(exc, ApiError):
+    if isinstance(exc, ApiError | MalformedItem):
         return str(exc)
     return f"unexpected response ({exc.__class__.__name__}: {exc})"
 

@@ -51,8 +51,8 @@ def raw_item(tree: StoredTree, now: float | None = None) -> dict[str, Any]:
         "timestamp": now,
         "project": tree.native,
         "project_slug": tree.endpoint,
-        "metadata__updated_on": iso(tree.updated_on),
-        "metadata__timestamp": iso(now),
+        "metadata__updated_on": iso(tree.updated_on, ms=False) if tree.updated_on else None,
+        "metadata__timestamp": iso(now, ms=False),
         "data": tree.data,
     }
 

@@ -305,3 +305,17 @@ def _line(root: yaml.Node | None, loc: tuple[Any, ...]) -> str:
     if node is not None:
         line = node.start_mark.line + 1
     return f":{line}" if line else ""
+
+
+def load_config_value(path: Path | str, name: str) -> str | None:
+    """The value of a `config` entry (e.g. `deploy-pattern`) of the circleci data source, if any."""
+    path = Path(path)
+    raw, _ = _parse_yaml(path, _read(path))
+    sources = raw.get("data_sources") if isinstance(raw.get("data_sources"), list) else []
+    for source in sources:
+        if isinstance(source, dict) and str(source.get("slug", "")).lower() == "circleci":
+            for entry in source.get("config") or []:
+                if isinstance(entry, dict) and str(entry.get("name", "")).lower() == name.lower():
+                    value = entry.get("value")
+                    return str(value) if value is not None else None
+    return None

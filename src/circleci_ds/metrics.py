@@ -1,64 +1,45 @@
-"""CI metrics over enriched documents: per project, per workflow and per job.
+"""CI metrics computed where the data is: SQL over the facts tables (workflow_runs, job_runs).
 
-Definitions (CircleCI Insights' where the names are shared, see the Insights metrics glossary):
-
-- runs: every workflow run created in the window, whatever its status, on-hold and running
-  included (Insights "Runs" / `total_runs`). Reruns are runs of their own.
-- success rate: successful / (successful + failed + error) runs, as a fraction 0..1. Insights
-  computes `successful / (all runs - cancelled runs)` over completed runs; runs still running or
-  on hold, not run or unauthorized are not completed and so are left out too. None with no
-  completed run.
-- throughput: runs per day (Insights: "sum of builds / # of days"). The days are those of the
-  window: `until - since`, and where a bound is not given, from the UTC midnight before the
-  first run or to the UTC midnight after the last run.
-- duration: workflow duration is stopped_at - created_at in seconds (as Insights'); statistics
-  (min, mean, median, p95, max, standard deviation) are over successful runs only, since failed
-  and cancelled runs stop early. Percentiles interpolate linearly between closest ranks (median
-  = p50); the standard deviation is the population one.
-- MTTR (Insights: "total recovery time / # of failures", time spent in a failed state before a
-  successful execution): runs of one workflow on one branch, in created_at order, go red at the
-  first failed/error run after a green one and back to green at the next successful run; each
-  recovery lasts from the failing run's stopped_at to the successful run's stopped_at.
-  Cancelled and unfinished runs change nothing. Mean and median over recoveries; None without.
-- rerun rate: the share of (pipeline, workflow name) executions that were rerun at least once
-  (a rerun is a new workflow of the same name in the same pipeline).
-- queue time: per build job, started_at - queued_at (job details); total and median per workflow.
-- jobs: build jobs only (approval jobs are waits, not work). Failure rate is failed (failed,
-  infrastructure_fail, timedout, terminated-unknown) / (successful + failed) runs; duration
-  p50/p95 over successful runs, queue time p50/p95 over runs with a queue time.
-- flaky job: a job name within a workflow name that both failed and succeeded on the same commit
-  (vcs revision), typically across a rerun. Like Insights' flaky tests this ignores the branch
-  filter (but not the time window); pipelines without a revision cannot be flaky.
-
-The window holds the workflow runs created in [since, until) on the branch: by default each
-project's default branch, all branches when that is unknown or `branch` is ALL_BRANCHES. Jobs
-follow their workflow run.
+The definitions are those of `circleci_ds.definitions` (one text per metric, shown in --help, JSON
+and HTML). Here they become queries: aggregates and window functions that SQLite and PostgreSQL
+both run, and ordered streams for the sequence metrics (MTTR, time to green). Memory does not grow
+with the history; work grows with the window. Rows cross from the store as typed values.
 """
 
 from __future__ import annotations
 
 import json
-import math
+import re
+import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
-from itertools import pairwise
+from itertools import groupby, pairwise
 from typing import Any
 
-from circleci_ds.enrich import enrich_trees
-from circleci_ds.store import StoredTree
+from sqlalchemy import Connection, and_, case, func, literal, or_, select
+from sqlalchemy.sql import ColumnElement, Select
+
+from circleci_ds import definitions
+from circleci_ds.facts import JOB_FAILED, WORKFLOW_FAILED, JobFact, critical_path
+from circleci_ds.sqlstats import count_if, floor_int, moments, percentile, percentiles, stream, sum_if
+from circleci_ds.store import Store
+from circleci_ds.store import schema as s
+from circleci_ds.store.facts_store import default_branches
+from circleci_ds.times import DAY, WEEK, day_start, iso, week_start
 
 ALL_BRANCHES = "*"
-WORKFLOW_FAILED = frozenset({"failed", "error"})
-JOB_FAILED = frozenset({"failed", "infrastructure_fail", "timedout", "terminated-unknown"})
+COMPLETED = ("success", "failed", "error", "canceled")
 # Upper bounds (seconds) of the queue-time histogram's bins; the last bin is open.
 QUEUE_BINS = (1, 5, 10, 30, 60, 120, 300, 600, 1800)
-DAY = 86400.0
-UNIX_EPOCH = datetime(1970, 1, 1)
+RECENT_FAILURES = 10
+NO_BRANCH = "(no branch)"
+
+W = s.workflow_runs
+J = s.job_runs
 
 
-# -- result types ----------------------------------------------------------------------------
+# -- results -------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -90,11 +71,17 @@ class WorkflowMetrics:
     success_rate: float | None
     throughput: float
     duration: DurationStats
+    active_duration_median: float | None
     recoveries: int
     mttr_mean: float | None
     mttr_median: float | None
     reruns: int
     rerun_rate: float | None
+    first_pass_success_rate: float | None
+    time_lost_failed: float | None
+    time_lost_reruns: float | None
+    approval_wait_total: float | None
+    approval_wait_median: float | None
     queue_time_total: float | None  # None: no job with a known queue time
     queue_time_median: float | None
 
@@ -133,6 +120,7 @@ class TrendPoint:
     runs: int
     success_rate: float | None
     duration_median: float | None
+    active_duration_median: float | None
 
 
 @dataclass
@@ -156,10 +144,20 @@ class ProjectMetrics:
     branch: str | None  # the branch measured; None: all branches
     pipelines: int
     runs: int
+    failed_runs: int
+    canceled_runs: int
+    runs_without_branch: int
     success_rate: float | None
+    first_pass_success_rate: float | None
     throughput: float
     duration_median: float | None
     mttr_mean: float | None
+    mttr_median: float | None
+    time_to_green_mean: float | None
+    time_to_green_median: float | None
+    time_lost_failed: float | None
+    time_lost_reruns: float | None
+    reruns: int
     job_runs: int
     queue_time_median: float | None
     flaky_jobs: int
@@ -167,18 +165,65 @@ class ProjectMetrics:
 
 
 @dataclass
+class Delivery:
+    project_slug: str
+    deploy_workflows: list[str]
+    deploy_runs: int
+    deployments: int
+    failed_deploys: int
+    deployment_frequency: float  # per day
+    change_failure_rate: float | None
+    restores: int
+    time_to_restore_mean: float | None
+    lead_time_median: float | None
+
+
+@dataclass
+class PathStep:
+    job: str
+    duration: float | None
+    started_at: str | None
+    stopped_at: str | None
+
+
+@dataclass
+class CriticalPath:
+    project_slug: str
+    workflow: str
+    workflow_id: str
+    duration: float | None
+    jobs: list[PathStep]
+
+
+@dataclass
+class RerunCause:
+    project_slug: str
+    workflow: str
+    kind: str  # auto | from_failed | whole
+    reruns: int
+    top_failed_jobs: list[str]  # jobs that had failed in the runs being repeated, most often first
+
+
+@dataclass
 class MetricsReport:
     generated_at: str
     since: str | None
     until: str | None
+    window: str  # the window line shown atop every output
     branch: str | None  # as asked; None: each project's default branch
     bucket: str
-    projects: list[ProjectMetrics]
+    deploy_pattern: str
+    definitions: dict[str, str]
+    warnings: list[str]
+    projects: list[ProjectMetrics]  # the organisation view: sorted by health
     workflows: list[WorkflowMetrics]
     jobs: list[JobMetrics]
     flaky_jobs: list[FlakyJob]
     trends: list[TrendPoint]
     recent_failures: list[FailedRun]
+    delivery: list[Delivery]
+    critical_paths: list[CriticalPath]
+    rerun_causes: list[RerunCause]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -187,212 +232,430 @@ class MetricsReport:
         return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False)
 
 
-# -- rows taken from the documents -----------------------------------------------------------
+# -- the window and the scope ------------------------------------------------------------------
 
 
-@dataclass(slots=True)
-class WorkflowRun:
-    project: str
-    project_slug: str
-    workflow: str
-    workflow_id: str
-    pipeline_id: str
-    branch: str | None
-    default_branch: str | None
-    commit: str | None
-    subject: str | None
-    author: str | None
-    pipeline_number: int | None
-    status: str
-    created: float | None  # epoch seconds
-    stopped: float | None
-    duration: float | None
-    rerun_index: int
+@dataclass(frozen=True)
+class Scope:
+    """What the report measures: one window, a branch rule, a set of endpoints."""
+
+    since: float
+    until: float
+    branch: str | None  # None: each project's default branch; ALL_BRANCHES: every branch
+    endpoints: dict[str, str]  # slug -> native project
+    defaults: dict[str, str | None]  # slug -> default branch
+    bucket: str
+    deploy: re.Pattern[str]
+
+    @property
+    def days(self) -> float:
+        return max(self.until - self.since, 1.0) / DAY
+
+    def measured_branch(self, endpoint: str) -> str | None:
+        if self.branch == ALL_BRANCHES:
+            return None
+        return self.branch if self.branch is not None else self.defaults.get(endpoint)
+
+    def where(
+        self, table: Any, created: ColumnElement[Any], *, any_branch: bool = False
+    ) -> ColumnElement[bool]:
+        """Rows of these endpoints, created in the window, on the measured branch."""
+        conditions = [table.c.endpoint.in_(list(self.endpoints)), created >= self.since, created < self.until]
+        if not any_branch:
+            branch = self._branch_condition(table)
+            if branch is not None:
+                conditions.append(branch)
+        return and_(*conditions)
+
+    def _branch_condition(self, table: Any) -> ColumnElement[bool] | None:
+        if self.branch == ALL_BRANCHES:
+            return None
+        if self.branch is not None:
+            return table.c.branch == self.branch
+        # is_default_branch is kept in step with the project's default branch by the store
+        unknown = [e for e in self.endpoints if self.defaults.get(e) is None]
+        on_default = table.c.is_default_branch.is_(True)
+        return or_(on_default, table.c.endpoint.in_(unknown)) if unknown else on_default
 
 
-@dataclass(slots=True)
-class JobRun:
-    project_slug: str
-    workflow: str
-    workflow_id: str
-    job: str
-    status: str
-    commit: str | None
-    created: float | None  # the workflow run's created_at: jobs follow their run into the window
-    duration: float | None
-    queue_time: float | None
+def window_bounds(
+    conn: Connection, endpoints: Iterable[str], since: float | None, until: float | None, now: float
+) -> tuple[float, float]:
+    """(since, until) with the defaults of the window definition."""
+    if until is None:
+        newest = conn.execute(
+            select(func.max(W.c.created)).where(W.c.endpoint.in_(list(endpoints)), W.c.created <= now + DAY)
+        ).scalar()
+        until = day_start(newest if newest is not None else now) + DAY
+    if since is None:
+        since = until - definitions.WINDOW_DAYS * DAY
+    return since, until
 
 
-@dataclass
-class Runs:
-    workflows: list[WorkflowRun] = field(default_factory=list)
-    jobs: list[JobRun] = field(default_factory=list)
+def in_time(created: float | None, since: float | None, until: float | None) -> bool:
+    """Whether a creation time lies in [since, until) (open bounds when None)."""
+    if created is None:
+        return since is None and until is None
+    return (since is None or created >= since) and (until is None or created < until)
 
 
-def epoch(value: Any) -> float | None:
-    """Epoch seconds of an ISO timestamp from an enriched document."""
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        moment = datetime.fromisoformat(value[:-1] if value[-1] == "Z" else value)
-    except ValueError:
-        return None
-    if moment.tzinfo is None:  # documents are in UTC
-        return (moment - UNIX_EPOCH).total_seconds()
-    return moment.timestamp()
+def choose_bucket(bucket: str, since: float, until: float) -> str:
+    """ "day" or "week"; "auto" gives weeks past 45 days, when daily points get too noisy to read."""
+    if bucket in ("day", "week"):
+        return bucket
+    return "week" if until - since > 45 * DAY else "day"
 
 
-def collect_runs(docs: Iterable[dict[str, Any]]) -> Runs:
-    """Workflow and build-job rows from enriched documents (pipeline documents are skipped)."""
-    runs = Runs()
-    for doc in docs:
-        kind = doc.get("type")
-        if kind == "workflow":
-            runs.workflows.append(_workflow_run(doc))
-        elif kind == "job" and doc.get("job_type") != "approval":
-            runs.jobs.append(_job_run(doc))
-    return runs
+def window_line(since: str | None, until: str | None, branch: str | None) -> str:
+    if branch is None:
+        measured = "each project's default branch"
+    elif branch == ALL_BRANCHES:
+        measured = "all branches"
+    else:
+        measured = f"branch {branch}"
+    return f"Window: workflow runs created from {since} to {until} (until excluded), on {measured}."
 
 
-def _workflow_run(doc: dict[str, Any]) -> WorkflowRun:
-    return WorkflowRun(
-        project=doc.get("project") or "",
-        project_slug=doc.get("project_slug") or "",
-        workflow=str(doc.get("workflow_name")),
-        workflow_id=str(doc.get("workflow_id")),
-        pipeline_id=str(doc.get("pipeline_id")),
-        branch=doc.get("branch"),
-        default_branch=doc.get("default_branch"),
-        commit=doc.get("commit_sha"),
-        subject=doc.get("commit_subject"),
-        author=doc.get("author_login"),
-        pipeline_number=doc.get("pipeline_number"),
-        status=str(doc.get("status")),
-        created=epoch(doc.get("created_at")),
-        stopped=epoch(doc.get("stopped_at")),
-        duration=doc.get("duration_seconds"),
-        rerun_index=doc.get("rerun_index") or 0,
+# -- the report ------------------------------------------------------------------------------------
+
+
+def compute_report(
+    store: Store,
+    *,
+    project: str | None = None,
+    since: float | None = None,
+    until: float | None = None,
+    branch: str | None = None,
+    bucket: str = "auto",
+    deploy_pattern: str | None = None,
+    now: float | None = None,
+) -> MetricsReport:
+    """Every metric over one window (of one native project, or all); see circleci_ds.definitions."""
+    now = time.time() if now is None else now
+    pattern = deploy_pattern or definitions.DEFAULT_DEPLOY_PATTERN
+    with store.snapshot() as conn:
+        endpoints = {
+            slug: native
+            for slug, native in conn.execute(select(s.endpoints.c.slug, s.endpoints.c.native))
+            if project is None or native == project
+        }
+        start, end = window_bounds(conn, endpoints, since, until, now)
+        scope = Scope(
+            since=start,
+            until=end,
+            branch=branch,
+            endpoints=endpoints,
+            defaults=default_branches(conn),
+            bucket=choose_bucket(bucket, start, end),
+            deploy=re.compile(pattern, re.IGNORECASE),
+        )
+        return _report(conn, scope, pattern, now)
+
+
+def _report(conn: Connection, scope: Scope, pattern: str, now: float) -> MetricsReport:
+    since, until = iso(scope.since), iso(scope.until)
+    flaky = flaky_jobs(conn, scope)
+    groups = job_groups(conn, scope)
+    workflows = workflow_metrics(conn, scope, groups)
+    return MetricsReport(
+        generated_at=iso(now, ms=False) or "",
+        since=since,
+        until=until,
+        window=window_line(since, until, scope.branch),
+        branch=scope.branch,
+        bucket=scope.bucket,
+        deploy_pattern=pattern,
+        definitions=definitions.as_dict(),
+        warnings=warnings(conn, scope),
+        projects=project_metrics(conn, scope, flaky, groups),
+        workflows=workflows,
+        jobs=job_metrics(conn, scope, groups),
+        flaky_jobs=flaky,
+        trends=trends(conn, scope),
+        recent_failures=recent_failures(conn, scope),
+        delivery=delivery(conn, scope),
+        critical_paths=critical_paths(conn, scope),
+        rerun_causes=rerun_causes(conn, scope),
     )
 
 
-def _job_run(doc: dict[str, Any]) -> JobRun:
-    return JobRun(
-        project_slug=doc.get("project_slug") or "",
-        workflow=str(doc.get("workflow_name")),
-        workflow_id=str(doc.get("workflow_id")),
-        job=str(doc.get("job_name")),
-        status=str(doc.get("status")),
-        commit=doc.get("commit_sha"),
-        created=epoch(doc.get("workflow_created_at")),
-        duration=doc.get("duration_seconds"),
-        queue_time=doc.get("queue_time_seconds"),
+def warnings(conn: Connection, scope: Scope) -> list[str]:
+    """What the reader must know: unreadable timestamps, runs outside default-branch metrics."""
+    found = []
+    p = s.pipeline_runs.c
+    bad = conn.execute(
+        select(func.coalesce(func.sum(p.bad_times), 0)).where(p.endpoint.in_(list(scope.endpoints)))
+    ).scalar_one()
+    if bad:
+        found.append(f"{bad} stored timestamp(s) could not be read; they are null in derived data")
+    if scope.branch is None:
+        unbranched = conn.execute(
+            select(func.count()).where(scope.where(W, W.c.created, any_branch=True), W.c.branch.is_(None))
+        ).scalar_one()
+        if unbranched:
+            found.append(
+                f"{unbranched} run(s) in the window have no branch and are outside default-branch "
+                "metrics (--branch '*' includes them)"
+            )
+    return found
+
+
+# -- workflow and project aggregates ---------------------------------------------------------------
+
+
+def _run_columns() -> list[Any]:
+    """Aggregates over workflow runs, the same for a workflow and for a whole project."""
+    status, duration = W.c.status, W.c.duration
+    failed = status.in_(WORKFLOW_FAILED)
+    timed = and_(status.in_(COMPLETED), duration.is_not(None))
+    execution = W.c.pipeline_id.concat(literal(":")).concat(W.c.name)
+    return [
+        func.count().label("runs"),
+        count_if(status == "success").label("ok"),
+        count_if(failed).label("failed"),
+        count_if(status == "canceled").label("canceled"),
+        count_if(W.c.branch.is_(None)).label("no_branch"),
+        func.count(func.distinct(W.c.pipeline_id)).label("pipelines"),
+        count_if(W.c.rerun_index > 0).label("reruns"),
+        func.count(func.distinct(execution)).label("executions"),
+        func.count(func.distinct(case((W.c.rerun_index > 0, execution)))).label("rerun_executions"),
+        count_if(and_(W.c.rerun_index == 0, status == "success")).label("first_ok"),
+        count_if(and_(W.c.rerun_index == 0, status != "canceled")).label("first_runs"),
+        sum_if(failed, duration).label("lost_failed"),
+        sum_if(W.c.rerun_index > 0, duration).label("lost_reruns"),
+        func.sum(W.c.approval_wait).label("wait_total"),
+        count_if(timed).label("timed"),
+        sum_if(timed, duration).label("d_sum"),
+        sum_if(timed, duration * duration).label("d_squares"),
+        func.min(case((timed, duration))).label("d_min"),
+        func.max(case((timed, duration))).label("d_max"),
+    ]
+
+
+def _ratio(part: int, whole: int) -> float | None:
+    return part / whole if whole else None
+
+
+def _timed_runs(scope: Scope, *groups: Any) -> Select[Any]:
+    """Completed runs with a duration, for the duration percentiles."""
+    return select(*groups, W.c.duration, W.c.active_duration).where(
+        scope.where(W, W.c.created), W.c.status.in_(COMPLETED), W.c.duration.is_not(None)
     )
 
 
-# -- statistics ---------------------------------------------------------------------------------
+def workflow_metrics(conn: Connection, scope: Scope, groups: list[JobGroup]) -> list[WorkflowMetrics]:
+    """One entry per project and workflow name, sorted by project then workflow."""
+    keys = (W.c.endpoint, W.c.name)
+    rows = conn.execute(select(*keys, *_run_columns()).where(scope.where(W, W.c.created)).group_by(*keys))
+    timed = _timed_runs(scope, *keys)
+    durations = percentiles(conn, timed, ("endpoint", "name"), "duration", (0.5, 0.95))
+    active = percentiles(conn, timed, ("endpoint", "name"), "active_duration", (0.5,))
+    waits = percentiles(
+        conn, select(*keys, W.c.approval_wait).where(scope.where(W, W.c.created)), ("endpoint", "name"),
+        "approval_wait", (0.5,),
+    )  # fmt: skip
+    queue_rows = select(J.c.endpoint, J.c.workflow_name.label("name"), J.c.queue_time).where(
+        scope.where(J, J.c.workflow_created), J.c.executed.is_(True)
+    )
+    queue = percentiles(conn, queue_rows, ("endpoint", "name"), "queue_time", (0.5,))
+    queue_totals = _summed(((g.endpoint, g.workflow), g.queue_total) for g in groups)
+    recoveries = _grouped(mttr_recoveries(conn, scope))
+    out = []
+    for r in rows:
+        key = (r.endpoint, r.name)
+        d = durations.get(key, {})
+        mean, stddev = moments(r.timed, r.d_sum, r.d_squares)
+        recovered = recoveries.get(key, [])
+        out.append(
+            WorkflowMetrics(
+                project=scope.endpoints.get(r.endpoint, ""),
+                project_slug=r.endpoint,
+                workflow=r.name,
+                branch=scope.measured_branch(r.endpoint),
+                window_start=iso(scope.since),
+                window_end=iso(scope.until),
+                days=round(scope.days, 4),
+                runs=r.runs,
+                successful_runs=r.ok,
+                failed_runs=r.failed,
+                canceled_runs=r.canceled,
+                success_rate=_ratio(r.ok, r.runs - r.canceled),
+                throughput=r.runs / scope.days,
+                duration=DurationStats(r.timed, r.d_min, mean, d.get(0.5), d.get(0.95), r.d_max, stddev),
+                active_duration_median=active.get(key, {}).get(0.5),
+                recoveries=len(recovered),
+                mttr_mean=_mean(recovered),
+                mttr_median=percentile(sorted(recovered), 0.5),
+                reruns=r.reruns,
+                rerun_rate=_ratio(r.rerun_executions, r.executions),
+                first_pass_success_rate=_ratio(r.first_ok, r.first_runs),
+                time_lost_failed=r.lost_failed,
+                time_lost_reruns=r.lost_reruns,
+                approval_wait_total=r.wait_total,
+                approval_wait_median=waits.get(key, {}).get(0.5),
+                queue_time_total=queue_totals.get(key),
+                queue_time_median=queue.get(key, {}).get(0.5),
+            )
+        )
+    return sorted(out, key=lambda w: (w.project_slug, w.workflow))
 
 
-def percentile(ordered: Sequence[float], q: float) -> float | None:
-    """The q-quantile (0..1) of sorted values, interpolating linearly between closest ranks."""
-    if not ordered:
-        return None
-    position = (len(ordered) - 1) * q
-    low = math.floor(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+def _queued_jobs(scope: Scope) -> Select[Any]:
+    return select(J.c.endpoint, J.c.workflow_name.label("name"), J.c.queue_time).where(
+        _ran(scope), J.c.queue_time.is_not(None)
+    )
 
 
-def median(values: Iterable[float]) -> float | None:
-    return percentile(sorted(values), 0.5)
+def _summed(items: Iterable[tuple[Any, float | None]]) -> dict[Any, float]:
+    """Sums per key of the known values; keys without any are absent."""
+    out: dict[Any, float] = {}
+    for key, value in items:
+        if value is not None:
+            out[key] = round(out.get(key, 0.0) + value, 3)
+    return out
 
 
-def mean(values: Sequence[float]) -> float | None:
+def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def duration_stats(values: Iterable[float]) -> DurationStats:
-    ordered = sorted(values)
-    if not ordered:
-        return DurationStats()
-    average = sum(ordered) / len(ordered)
-    variance = sum((v - average) ** 2 for v in ordered) / len(ordered)
-    return DurationStats(
-        count=len(ordered),
-        min=ordered[0],
-        mean=average,
-        median=percentile(ordered, 0.5),
-        p95=percentile(ordered, 0.95),
-        max=ordered[-1],
-        stddev=math.sqrt(variance),
+def _grouped(items: Iterable[tuple[Any, float]]) -> dict[Any, list[float]]:
+    out: dict[Any, list[float]] = defaultdict(list)
+    for key, value in items:
+        out[key].append(value)
+    return out
+
+
+# -- sequences: MTTR and time to green ---------------------------------------------------------------
+
+
+def recoveries(ordered: Iterable[tuple[str, float]]) -> Iterator[float]:
+    """Recovery times of (status, stopped) in finish order: from the end of the first failed run after
+    a success (or at the start) to the end of the next successful run. Other statuses change nothing."""
+    red_since: float | None = None
+    for status, stopped in ordered:
+        if status in WORKFLOW_FAILED and red_since is None:
+            red_since = stopped
+        elif status == "success" and red_since is not None:
+            yield stopped - red_since
+            red_since = None
+
+
+def _finished(scope: Scope, *keys: Any) -> Select[Any]:
+    """Finished successful or failed runs, ordered by the first two keys, then by when they finished."""
+    order = keys[:2] if len(keys) > 2 and keys[2] is W.c.name else keys
+    return (
+        select(*keys, W.c.status, W.c.stopped)
+        .where(
+            scope.where(W, W.c.created),
+            W.c.status.in_(("success", *WORKFLOW_FAILED)),
+            W.c.stopped.is_not(None),
+        )
+        .order_by(*order, W.c.stopped, W.c.id)
     )
 
 
-def successful_durations(runs: Iterable[WorkflowRun]) -> list[float]:
-    return [r.duration for r in runs if r.status == "success" and r.duration is not None]
+def _sequence_recoveries(
+    conn: Connection, query: Select[Any], width: int
+) -> Iterator[tuple[tuple[Any, ...], float]]:
+    rows = stream(conn, query)
+    for key, group in groupby(rows, key=lambda r: tuple(r[:width])):
+        for seconds in recoveries((r.status, r.stopped) for r in group):
+            yield key, seconds
 
 
-def success_rate(statuses: Iterable[str]) -> float | None:
-    """successful / (successful + failed + error); None when none completed."""
-    success = failed = 0
-    for status in statuses:
-        if status == "success":
-            success += 1
-        elif status in WORKFLOW_FAILED:
-            failed += 1
-    completed = success + failed
-    return success / completed if completed else None
+def mttr_recoveries(conn: Connection, scope: Scope) -> Iterator[tuple[tuple[str, str], float]]:
+    """((endpoint, workflow), recovery seconds), per workflow and branch, pooled over branches."""
+    query = _finished(scope, W.c.endpoint, W.c.name, W.c.branch)
+    for key, seconds in _sequence_recoveries(conn, query, 3):
+        yield (key[0], key[1]), seconds
 
 
-def recovery_times(runs: Iterable[WorkflowRun]) -> list[float]:
-    """Seconds from going red to back green, for one workflow's runs on one branch."""
-    ordered = sorted(runs, key=lambda r: (r.created is None, r.created or 0.0))
-    recoveries: list[float] = []
+def greens(ordered: Iterable[tuple[str, str, float]]) -> Iterator[float]:
+    """Times to green of (workflow, status, stopped) of one branch in finish order: from the end of
+    the first failed run while all was green to the end of the success that leaves no workflow red."""
+    red: set[str] = set()
     red_since: float | None = None
-    is_red = False
-    for run in ordered:
-        if run.status in WORKFLOW_FAILED and not is_red:
-            is_red, red_since = True, run.stopped or run.created
-        elif run.status == "success" and is_red:
-            if red_since is not None and run.stopped is not None:
-                recoveries.append(run.stopped - red_since)
-            is_red, red_since = False, None
-    return recoveries
+    for workflow, status, stopped in ordered:
+        if status in WORKFLOW_FAILED:
+            red_since = stopped if not red else red_since
+            red.add(workflow)
+        elif status == "success" and workflow in red:
+            red.discard(workflow)
+            if not red and red_since is not None:
+                yield stopped - red_since
 
 
-def window_days(
-    created: Sequence[float], since: float | None, until: float | None
-) -> tuple[float, float, float]:
-    """(start, end, days) of the window; open bounds close on the UTC midnights around the runs."""
-    start = since if since is not None else _midnight(min(created)) if created else 0.0
-    end = until if until is not None else _midnight(max(created)) + DAY if created else start + DAY
-    return start, end, max(end - start, 1.0) / DAY
+def time_to_green(conn: Connection, scope: Scope) -> dict[str, list[float]]:
+    """Endpoint -> times to green of its branches (all workflows of a branch in one sequence)."""
+    query = _finished(scope, W.c.endpoint, W.c.branch, W.c.name)
+    out: dict[str, list[float]] = defaultdict(list)
+    for (endpoint, _), group in groupby(stream(conn, query), key=lambda r: (r.endpoint, r.branch)):
+        out[endpoint] += greens((r.name, r.status, r.stopped) for r in group)
+    return out
 
 
-def _midnight(moment: float) -> float:
-    return moment - moment % DAY
+# -- projects: the organisation view -----------------------------------------------------------------
 
 
-def rerun_rate(runs: Iterable[WorkflowRun]) -> tuple[int, float | None]:
-    """(reruns, share of pipeline x workflow executions rerun at least once)."""
-    executions: dict[tuple[str, str], int] = defaultdict(int)
-    reruns = 0
-    for run in runs:
-        executions[(run.pipeline_id, run.workflow)] += 1
-        reruns += run.rerun_index > 0
-    if not executions:
-        return 0, None
-    rerun_once = sum(1 for count in executions.values() if count > 1)
-    return reruns, rerun_once / len(executions)
+def project_metrics(
+    conn: Connection, scope: Scope, flaky: list[FlakyJob], groups: list[JobGroup]
+) -> list[ProjectMetrics]:
+    """Totals per CircleCI project (endpoint), sorted by health (see definitions)."""
+    rows = conn.execute(
+        select(W.c.endpoint, *_run_columns()).where(scope.where(W, W.c.created)).group_by(W.c.endpoint)
+    )
+    medians = percentiles(conn, _timed_runs(scope, W.c.endpoint), ("endpoint",), "duration", (0.5,))
+    queue = percentiles(conn, _queued_jobs(scope), ("endpoint",), "queue_time", (0.5,))
+    histograms: dict[str, dict[str, int]] = {}
+    job_runs: dict[str, int] = defaultdict(int)
+    for g in groups:
+        job_runs[g.endpoint] += g.runs
+        counts = histograms.setdefault(g.endpoint, empty_histogram())
+        for label, count in zip(_bin_labels(), g.bins, strict=True):
+            counts[label] += count
+    mttr = _grouped((key[0], seconds) for key, seconds in mttr_recoveries(conn, scope))
+    green = time_to_green(conn, scope)
+    flaky_count: dict[str, int] = defaultdict(int)
+    for item in flaky:
+        flaky_count[item.project_slug] += 1
+    out = []
+    for r in rows:
+        recovered, greens = sorted(mttr.get(r.endpoint, [])), sorted(green.get(r.endpoint, []))
+        out.append(
+            ProjectMetrics(
+                project=scope.endpoints.get(r.endpoint, ""),
+                project_slug=r.endpoint,
+                default_branch=scope.defaults.get(r.endpoint),
+                branch=scope.measured_branch(r.endpoint),
+                pipelines=r.pipelines,
+                runs=r.runs,
+                failed_runs=r.failed,
+                canceled_runs=r.canceled,
+                runs_without_branch=r.no_branch,
+                success_rate=_ratio(r.ok, r.runs - r.canceled),
+                first_pass_success_rate=_ratio(r.first_ok, r.first_runs),
+                throughput=r.runs / scope.days,
+                duration_median=medians.get((r.endpoint,), {}).get(0.5),
+                mttr_mean=_mean(recovered),
+                mttr_median=percentile(recovered, 0.5),
+                time_to_green_mean=_mean(greens),
+                time_to_green_median=percentile(greens, 0.5),
+                time_lost_failed=r.lost_failed,
+                time_lost_reruns=r.lost_reruns,
+                reruns=r.reruns,
+                job_runs=job_runs.get(r.endpoint, 0),
+                queue_time_median=queue.get((r.endpoint,), {}).get(0.5),
+                flaky_jobs=flaky_count[r.endpoint],
+                queue_histogram=histograms.get(r.endpoint, empty_histogram()),
+            )
+        )
+    return sorted(out, key=health_key)
 
 
-def queue_histogram(values: Iterable[float]) -> dict[str, int]:
-    """Counts of queue times per bin, labelled `<1s`, `1-5s`, ... `>=30m`."""
-    labels = _bin_labels()
-    counts = dict.fromkeys(labels, 0)
-    for value in values:
-        index = next((i for i, bound in enumerate(QUEUE_BINS) if value < bound), len(QUEUE_BINS))
-        counts[labels[index]] += 1
-    return counts
+def health_key(p: ProjectMetrics) -> tuple[Any, ...]:
+    """Lowest success rate first, projects without a completed run last; then the longest MTTR."""
+    return (p.success_rate is None, p.success_rate or 0.0, -(p.mttr_mean or 0.0), p.project_slug)
 
 
 def _bin_labels() -> list[str]:
@@ -404,356 +667,321 @@ def _bin_labels() -> list[str]:
     return [*labels, f">={short(QUEUE_BINS[-1])}"]
 
 
-# -- selection ------------------------------------------------------------------------------------
+def empty_histogram() -> dict[str, int]:
+    return dict.fromkeys(_bin_labels(), 0)
 
 
-def in_time(created: float | None, since: float | None, until: float | None) -> bool:
-    if created is None:
-        return since is None and until is None
-    return (since is None or created >= since) and (until is None or created < until)
+# -- jobs --------------------------------------------------------------------------------------------
 
 
-def measured_branch(run: WorkflowRun, branch: str | None) -> str | None:
-    """The branch measured for the run's project: asked, else default, else None (all)."""
-    if branch == ALL_BRANCHES:
-        return None
-    return branch if branch is not None else run.default_branch
+@dataclass(frozen=True, slots=True)
+class JobGroup:
+    """Executed runs of one job (project, workflow name, job name) in the window."""
+
+    endpoint: str
+    workflow: str
+    job: str
+    runs: int
+    ok: int
+    failed: int
+    queue_total: float | None
+    bins: tuple[int, ...]  # queue times per QUEUE_BINS bin
 
 
-def on_branch(run: WorkflowRun, branch: str | None) -> bool:
-    wanted = measured_branch(run, branch)
-    return wanted is None or run.branch == wanted
+def _ran(scope: Scope) -> ColumnElement[bool]:
+    return and_(scope.where(J, J.c.workflow_created), J.c.executed.is_(True))
 
 
-# -- the computation -------------------------------------------------------------------------
-
-
-def compute_metrics(
-    docs: Iterable[dict[str, Any]],
-    *,
-    since: datetime | None = None,
-    until: datetime | None = None,
-    branch: str | None = None,
-    bucket: str = "auto",
-    now: datetime | None = None,
-) -> MetricsReport:
-    """All metrics over enriched documents; see the module docstring for the definitions.
-
-    `branch`: None for each project's default branch, ALL_BRANCHES for every branch.
-    `bucket`: trend granularity, "day", "week" or "auto" (weeks past 90 days of data).
-    """
-    runs = collect_runs(docs)
-    return metrics_from_runs(runs, since=since, until=until, branch=branch, bucket=bucket, now=now)
-
-
-def metrics_from_trees(
-    trees: Iterable[StoredTree],
-    project_infos: dict[str, dict[str, Any]],
-    *,
-    since: datetime | None = None,
-    until: datetime | None = None,
-    branch: str | None = None,
-    bucket: str = "auto",
-) -> MetricsReport:
-    """compute_metrics over the enriched documents of stored trees."""
-    docs = enrich_trees(trees, project_infos)
-    return compute_metrics(docs, since=since, until=until, branch=branch, bucket=bucket)
-
-
-def metrics_from_runs(
-    runs: Runs,
-    *,
-    since: datetime | None = None,
-    until: datetime | None = None,
-    branch: str | None = None,
-    bucket: str = "auto",
-    now: datetime | None = None,
-) -> MetricsReport:
-    """compute_metrics over rows already collected from documents."""
-    start, end = _epoch_of(since), _epoch_of(until)
-    timely = [r for r in runs.workflows if in_time(r.created, start, end)]
-    selected = [r for r in timely if on_branch(r, branch)]
-    selected_ids = {r.workflow_id for r in selected}
-    timely_jobs = [j for j in runs.jobs if in_time(j.created, start, end)]
-    jobs = [j for j in timely_jobs if j.workflow_id in selected_ids]
-    flaky = flaky_jobs(timely_jobs)
-    workflows = workflow_metrics(selected, jobs, start, end, branch)
-    chosen = _choose_bucket(selected, bucket)
-    return MetricsReport(
-        generated_at=_iso((now or datetime.now(UTC)).timestamp()) or "",
-        since=_iso(start),
-        until=_iso(end),
-        branch=branch,
-        bucket=chosen,
-        projects=project_metrics(selected, jobs, flaky, start, end, branch),
-        workflows=workflows,
-        jobs=job_metrics(jobs),
-        flaky_jobs=flaky,
-        trends=trends(selected, chosen),
-        recent_failures=recent_failures(selected),
+def job_groups(conn: Connection, scope: Scope) -> list[JobGroup]:
+    """One pass over the window's job runs: counts, queue totals and queue histogram bins per job."""
+    queue = J.c.queue_time
+    index = case(*[(queue < bound, i) for i, bound in enumerate(QUEUE_BINS)], else_=len(QUEUE_BINS))
+    bins = [count_if(and_(queue.is_not(None), index == i)) for i in range(len(QUEUE_BINS) + 1)]
+    keys = (J.c.endpoint, J.c.workflow_name, J.c.name)
+    query = (
+        select(
+            *keys,
+            func.count(),
+            count_if(J.c.status == "success"),
+            count_if(J.c.status.in_(JOB_FAILED)),
+            func.sum(queue),
+            *bins,
+        )
+        .where(_ran(scope))
+        .group_by(*keys)
     )
+    return [JobGroup(r[0], r[1], r[2], r[3], r[4], r[5], r[6], tuple(r[7:])) for r in conn.execute(query)]
 
 
-def workflow_metrics(
-    runs: list[WorkflowRun], jobs: list[JobRun], since: float | None, until: float | None, branch: str | None
-) -> list[WorkflowMetrics]:
-    """One entry per project and workflow name, sorted by project then workflow."""
-    queue_by_workflow = _queue_times(jobs)
-    grouped: dict[tuple[str, str], list[WorkflowRun]] = defaultdict(list)
-    for run in runs:
-        grouped[(run.project_slug, run.workflow)].append(run)
-    return [
-        _one_workflow(group, queue_by_workflow.get(key, []), since, until, branch)
-        for key, group in sorted(grouped.items())
-    ]
-
-
-def _queue_times(jobs: Iterable[JobRun]) -> dict[tuple[str, str], list[float]]:
-    out: dict[tuple[str, str], list[float]] = defaultdict(list)
-    for job in jobs:
-        if job.queue_time is not None:
-            out[(job.project_slug, job.workflow)].append(job.queue_time)
-    return out
-
-
-def _one_workflow(
-    runs: list[WorkflowRun], queue: list[float], since: float | None, until: float | None, branch: str | None
-) -> WorkflowMetrics:
-    first = runs[0]
-    created = [r.created for r in runs if r.created is not None]
-    start, end, days = window_days(created, since, until)
-    statuses = [r.status for r in runs]
-    recoveries = pooled_recoveries(runs)
-    reruns, rate = rerun_rate(runs)
-    return WorkflowMetrics(
-        project=first.project,
-        project_slug=first.project_slug,
-        workflow=first.workflow,
-        branch=measured_branch(first, branch),
-        window_start=_iso(start),
-        window_end=_iso(end),
-        days=round(days, 4),
-        runs=len(runs),
-        successful_runs=statuses.count("success"),
-        failed_runs=sum(s in WORKFLOW_FAILED for s in statuses),
-        canceled_runs=statuses.count("canceled"),
-        success_rate=success_rate(statuses),
-        throughput=len(runs) / days,
-        duration=duration_stats(successful_durations(runs)),
-        recoveries=len(recoveries),
-        mttr_mean=mean(recoveries),
-        mttr_median=median(recoveries),
-        reruns=reruns,
-        rerun_rate=rate,
-        queue_time_total=round(sum(queue), 3) if queue else None,
-        queue_time_median=median(queue),
+def job_metrics(conn: Connection, scope: Scope, groups: list[JobGroup]) -> list[JobMetrics]:
+    """One entry per project, workflow name and job name; job runs are executions only."""
+    keys = (J.c.endpoint, J.c.workflow_name, J.c.name)
+    names = ("endpoint", "workflow_name", "name")
+    ran = _ran(scope)
+    durations = percentiles(
+        conn, select(*keys, J.c.duration).where(ran, J.c.status == "success"), names, "duration", (0.5, 0.95)
     )
+    queue = percentiles(conn, select(*keys, J.c.queue_time).where(ran), names, "queue_time", (0.5, 0.95))
+    out = []
+    for g in groups:
+        key = (g.endpoint, g.workflow, g.job)
+        d, q = durations.get(key, {}), queue.get(key, {})
+        out.append(
+            JobMetrics(
+                project_slug=g.endpoint,
+                workflow=g.workflow,
+                job=g.job,
+                runs=g.runs,
+                successful_runs=g.ok,
+                failed_runs=g.failed,
+                failure_rate=_ratio(g.failed, g.ok + g.failed),
+                duration_p50=d.get(0.5),
+                duration_p95=d.get(0.95),
+                queue_time_p50=q.get(0.5),
+                queue_time_p95=q.get(0.95),
+            )
+        )
+    return sorted(out, key=lambda j: (j.project_slug, j.workflow, j.job))
 
 
-def pooled_recoveries(runs: Iterable[WorkflowRun]) -> list[float]:
-    """Recoveries of each branch's sequence of runs, pooled (a red branch is healed on itself)."""
-    by_branch: dict[str | None, list[WorkflowRun]] = defaultdict(list)
-    for run in runs:
-        by_branch[run.branch].append(run)
-    return [t for group in by_branch.values() for t in recovery_times(group)]
-
-
-def job_metrics(jobs: list[JobRun]) -> list[JobMetrics]:
-    """One entry per project, workflow name and job name."""
-    grouped: dict[tuple[str, str, str], list[JobRun]] = defaultdict(list)
-    for job in jobs:
-        grouped[(job.project_slug, job.workflow, job.job)].append(job)
-    return [_one_job(key, group) for key, group in sorted(grouped.items())]
-
-
-def _one_job(key: tuple[str, str, str], jobs: list[JobRun]) -> JobMetrics:
-    success = sum(j.status == "success" for j in jobs)
-    failed = sum(j.status in JOB_FAILED for j in jobs)
-    durations = sorted(j.duration for j in jobs if j.status == "success" and j.duration is not None)
-    queue = sorted(j.queue_time for j in jobs if j.queue_time is not None)
-    return JobMetrics(
-        project_slug=key[0],
-        workflow=key[1],
-        job=key[2],
-        runs=len(jobs),
-        successful_runs=success,
-        failed_runs=failed,
-        failure_rate=failed / (success + failed) if success + failed else None,
-        duration_p50=percentile(durations, 0.5),
-        duration_p95=percentile(durations, 0.95),
-        queue_time_p50=percentile(queue, 0.5),
-        queue_time_p95=percentile(queue, 0.95),
+def flaky_jobs(conn: Connection, scope: Scope) -> list[FlakyJob]:
+    """Jobs that failed and succeeded on the same commit in the window (any branch), most flaky first."""
+    failed = J.c.status.in_(JOB_FAILED)
+    keys = (J.c.endpoint, J.c.workflow_name, J.c.name, J.c.commit)
+    rows = conn.execute(
+        select(*keys, count_if(failed).label("failures"), func.max(J.c.workflow_created).label("latest"))
+        .where(
+            scope.where(J, J.c.workflow_created, any_branch=True),
+            J.c.commit.is_not(None),
+            J.c.executed.is_(True),
+        )
+        .group_by(*keys)
+        .having(and_(count_if(failed) > 0, count_if(J.c.status == "success") > 0))
     )
-
-
-def flaky_jobs(jobs: Iterable[JobRun]) -> list[FlakyJob]:
-    """Jobs that failed and succeeded on the same commit, most flaky first."""
-    # (project, workflow, job, commit) -> [failed runs, successful runs, latest workflow created_at]
-    tallies: dict[tuple[str, str, str, str], list[float]] = {}
-    for job in jobs:
-        failed = job.status in JOB_FAILED
-        if not job.commit or not (failed or job.status == "success"):
-            continue
-        key = (job.project_slug, job.workflow, job.job, job.commit)
-        tally = tallies.get(key)
-        if tally is None:
-            tally = tallies[key] = [0, 0, 0.0]
-        tally[0 if failed else 1] += 1
-        if job.created is not None and job.created > tally[2]:
-            tally[2] = job.created
     flaked: dict[tuple[str, str, str], list[tuple[float, str, int]]] = defaultdict(list)
-    for (slug, workflow, name, commit), (failures, successes, latest) in tallies.items():
-        if failures and successes:
-            flaked[(slug, workflow, name)].append((latest, commit, int(failures)))
-    found = [_flaky(key, commits) for key, commits in flaked.items()]
+    for r in rows:
+        flaked[(r.endpoint, r.workflow_name, r.name)].append((r.latest or 0.0, r.commit, r.failures))
+    found = []
+    for (slug, workflow, job), commits in flaked.items():
+        commits.sort(reverse=True)
+        found.append(
+            FlakyJob(
+                project_slug=slug,
+                workflow=workflow,
+                job=job,
+                flaky_commits=len(commits),
+                times_flaked=sum(f for _, _, f in commits),
+                last_flaked=iso(commits[0][0] or None, ms=False),
+                commits=[c for _, c, _ in commits[:5]],
+            )
+        )
     return sorted(found, key=lambda f: (-f.flaky_commits, -f.times_flaked, f.project_slug, f.workflow, f.job))
 
 
-def _flaky(key: tuple[str, str, str], commits: list[tuple[float, str, int]]) -> FlakyJob:
-    """`commits`: (latest created_at, commit, failed runs) of each commit the job flaked on."""
-    commits.sort(reverse=True)
-    return FlakyJob(
-        project_slug=key[0],
-        workflow=key[1],
-        job=key[2],
-        flaky_commits=len(commits),
-        times_flaked=sum(f for _, _, f in commits),
-        last_flaked=_iso(commits[0][0] or None),
-        commits=[c for _, c, _ in commits[:5]],
-    )
+# -- trends and failures ---------------------------------------------------------------------------
 
 
-def project_metrics(
-    runs: list[WorkflowRun],
-    jobs: list[JobRun],
-    flaky: list[FlakyJob],
-    since: float | None,
-    until: float | None,
-    branch: str | None,
-) -> list[ProjectMetrics]:
-    """Totals per CircleCI project (endpoint), over all its workflows."""
-    by_project: dict[str, list[WorkflowRun]] = defaultdict(list)
-    for run in runs:
-        by_project[run.project_slug].append(run)
-    jobs_by_project: dict[str, list[JobRun]] = defaultdict(list)
-    for job in jobs:
-        jobs_by_project[job.project_slug].append(job)
-    flaky_count: dict[str, int] = defaultdict(int)
-    for item in flaky:
-        flaky_count[item.project_slug] += 1
-    return [
-        _one_project(group, jobs_by_project[slug], flaky_count[slug], since, until, branch)
-        for slug, group in sorted(by_project.items())
-    ]
-
-
-def _one_project(
-    runs: list[WorkflowRun],
-    jobs: list[JobRun],
-    flaky: int,
-    since: float | None,
-    until: float | None,
-    branch: str | None,
-) -> ProjectMetrics:
-    first = runs[0]
-    created = [r.created for r in runs if r.created is not None]
-    _, _, days = window_days(created, since, until)
-    recoveries = [t for group in _by_workflow(runs).values() for t in pooled_recoveries(group)]
-    queue = [j.queue_time for j in jobs if j.queue_time is not None]
-    return ProjectMetrics(
-        project=first.project,
-        project_slug=first.project_slug,
-        default_branch=first.default_branch,
-        branch=measured_branch(first, branch),
-        pipelines=len({r.pipeline_id for r in runs}),
-        runs=len(runs),
-        success_rate=success_rate(r.status for r in runs),
-        throughput=len(runs) / days,
-        duration_median=median(successful_durations(runs)),
-        mttr_mean=mean(recoveries),
-        job_runs=len(jobs),
-        queue_time_median=median(queue),
-        flaky_jobs=flaky,
-        queue_histogram=queue_histogram(queue),
-    )
-
-
-def _by_workflow(runs: Iterable[WorkflowRun]) -> dict[str, list[WorkflowRun]]:
-    out: dict[str, list[WorkflowRun]] = defaultdict(list)
-    for run in runs:
-        out[run.workflow].append(run)
-    return out
-
-
-def trends(runs: Iterable[WorkflowRun], bucket: str) -> list[TrendPoint]:
-    """Runs, success rate and median successful duration per workflow and day (or week)."""
-    grouped: dict[tuple[str, str, str], list[WorkflowRun]] = defaultdict(list)
-    for run in runs:
-        if run.created is not None:
-            grouped[(run.project_slug, run.workflow, bucket_start(run.created, bucket))].append(run)
-    return [
-        TrendPoint(
-            project_slug=slug,
-            workflow=workflow,
-            period=period,
-            runs=len(group),
-            success_rate=success_rate(r.status for r in group),
-            duration_median=median(successful_durations(group)),
+def trends(conn: Connection, scope: Scope) -> list[TrendPoint]:
+    """Runs, success rate and median durations per workflow and day (or week)."""
+    origin = day_start(scope.since) if scope.bucket == "day" else week_start(scope.since)
+    width = DAY if scope.bucket == "day" else WEEK
+    period = floor_int((W.c.created - origin) / width, conn.dialect.name).label("period")
+    where = scope.where(W, W.c.created)
+    keys = (W.c.endpoint, W.c.name, period)
+    rows = conn.execute(
+        select(
+            *keys,
+            func.count().label("runs"),
+            count_if(W.c.status == "success").label("ok"),
+            count_if(W.c.status == "canceled").label("canceled"),
         )
-        for (slug, workflow, period), group in sorted(grouped.items())
+        .where(where)
+        .group_by(W.c.endpoint, W.c.name, "period")
+    )
+    timed = select(*keys, W.c.duration, W.c.active_duration).where(
+        where, W.c.status.in_(COMPLETED), W.c.duration.is_not(None)
+    )
+    names = ("endpoint", "name", "period")
+    wall = percentiles(conn, timed, names, "duration", (0.5,))
+    active = percentiles(conn, timed, names, "active_duration", (0.5,))
+    points = []
+    for r in rows:
+        key = (r.endpoint, r.name, r.period)
+        points.append(
+            TrendPoint(
+                project_slug=r.endpoint,
+                workflow=r.name,
+                period=(iso(origin + r.period * width) or "")[:10],
+                runs=r.runs,
+                success_rate=_ratio(r.ok, r.runs - r.canceled),
+                duration_median=wall.get(key, {}).get(0.5),
+                active_duration_median=active.get(key, {}).get(0.5),
+            )
+        )
+    return sorted(points, key=lambda p: (p.project_slug, p.workflow, p.period))
+
+
+def recent_failures(conn: Connection, scope: Scope) -> list[FailedRun]:
+    """The latest failed or errored workflow runs of each project, newest first."""
+    P = s.pipeline_runs
+    ranked = (
+        select(
+            W.c.endpoint,
+            W.c.name,
+            W.c.status,
+            W.c.branch,
+            W.c.commit,
+            W.c.pipeline_number,
+            W.c.created,
+            P.c.subject,
+            P.c.author,
+            func.row_number()
+            .over(partition_by=W.c.endpoint, order_by=(W.c.created.desc(), W.c.id))
+            .label("rank"),
+        )
+        .join(P, P.c.id == W.c.pipeline_id, isouter=True)
+        .where(scope.where(W, W.c.created), W.c.status.in_(WORKFLOW_FAILED))
+        .subquery()
+    )
+    rows = conn.execute(
+        select(ranked)
+        .where(ranked.c.rank <= RECENT_FAILURES)
+        .order_by(ranked.c.endpoint, ranked.c.created.desc())
+    )
+    return [
+        FailedRun(
+            project_slug=r.endpoint,
+            workflow=r.name,
+            status=r.status,
+            branch=r.branch,
+            commit=r.commit,
+            subject=r.subject,
+            author=r.author,
+            pipeline_number=r.pipeline_number,
+            created_at=iso(r.created, ms=False),
+        )
+        for r in rows
     ]
 
 
-def recent_failures(runs: Iterable[WorkflowRun], per_project: int = 10) -> list[FailedRun]:
-    """The latest failed or errored workflow runs of each project, newest first."""
-    failed = sorted(
-        (r for r in runs if r.status in WORKFLOW_FAILED and r.created is not None),
-        key=lambda r: r.created or 0.0,
-        reverse=True,
+# -- delivery (DORA-style) ---------------------------------------------------------------------------
+
+
+def deploy_workflows(conn: Connection, scope: Scope) -> dict[str, list[str]]:
+    """Endpoint -> names of workflows that deploy: the name, or one of their job names, matches."""
+    found: dict[str, set[str]] = defaultdict(set)
+    names = select(W.c.endpoint, W.c.name).where(scope.where(W, W.c.created)).distinct()
+    for endpoint, name in conn.execute(names):
+        if scope.deploy.search(name):
+            found[endpoint].add(name)
+    jobs = (
+        select(J.c.endpoint, J.c.workflow_name, J.c.name)
+        .where(scope.where(J, J.c.workflow_created))
+        .distinct()
     )
-    shown: dict[str, int] = defaultdict(int)
-    out: list[FailedRun] = []
-    for run in failed:
-        if shown[run.project_slug] < per_project:
-            shown[run.project_slug] += 1
-            out.append(
-                FailedRun(
-                    project_slug=run.project_slug,
-                    workflow=run.workflow,
-                    status=run.status,
-                    branch=run.branch,
-                    commit=run.commit,
-                    subject=run.subject,
-                    author=run.author,
-                    pipeline_number=run.pipeline_number,
-                    created_at=_iso(run.created),
-                )
+    for endpoint, workflow, job in conn.execute(jobs):
+        if scope.deploy.search(job):
+            found[endpoint].add(workflow)
+    return {e: sorted(n) for e, n in found.items()}
+
+
+def delivery(conn: Connection, scope: Scope) -> list[Delivery]:
+    """Deployment frequency, change failure rate, time to restore and lead time per project."""
+    out = []
+    for endpoint, names in sorted(deploy_workflows(conn, scope).items()):
+        query = (
+            select(W.c.name, W.c.branch, W.c.status, W.c.stopped, W.c.triggered)
+            .where(scope.where(W, W.c.created), W.c.endpoint == endpoint, W.c.name.in_(names))
+            .order_by(W.c.name, W.c.branch, W.c.stopped, W.c.id)
+        )
+        runs = ok = failed = 0
+        leads: list[float] = []
+        restores: list[float] = []
+        for _, group in groupby(stream(conn, query), key=lambda r: (r.name, r.branch)):
+            finished = []
+            for r in group:
+                runs += 1
+                ok += r.status == "success"
+                failed += r.status in WORKFLOW_FAILED
+                if r.stopped is not None and r.status in ("success", *WORKFLOW_FAILED):
+                    finished.append((r.status, r.stopped))
+                if r.status == "success" and r.stopped is not None and r.triggered is not None:
+                    leads.append(max(0.0, r.stopped - r.triggered))
+            restores += recoveries(finished)
+        out.append(
+            Delivery(
+                project_slug=endpoint,
+                deploy_workflows=names,
+                deploy_runs=runs,
+                deployments=ok,
+                failed_deploys=failed,
+                deployment_frequency=ok / scope.days,
+                change_failure_rate=_ratio(failed, ok + failed),
+                restores=len(restores),
+                time_to_restore_mean=_mean(restores),
+                lead_time_median=percentile(sorted(leads), 0.5),
             )
+        )
     return out
 
 
-def bucket_start(moment: float, bucket: str) -> str:
-    """YYYY-MM-DD of the UTC day, or of the Monday starting the ISO week."""
-    day = datetime.fromtimestamp(moment, UTC).date()
-    if bucket == "week":
-        day -= timedelta(days=day.weekday())
-    return day.isoformat()
+# -- critical paths and rerun causes -------------------------------------------------------------------
 
 
-def _choose_bucket(runs: list[WorkflowRun], bucket: str) -> str:
-    if bucket in ("day", "week"):
-        return bucket
-    created = [r.created for r in runs if r.created is not None]
-    return "week" if created and max(created) - min(created) > 90 * DAY else "day"
+def critical_paths(conn: Connection, scope: Scope) -> list[CriticalPath]:
+    """The critical path of the latest successful run of each workflow."""
+    latest = (
+        select(
+            W.c.id,
+            W.c.endpoint,
+            W.c.name,
+            W.c.duration,
+            func.row_number()
+            .over(partition_by=(W.c.endpoint, W.c.name), order_by=(W.c.created.desc(), W.c.id))
+            .label("rank"),
+        )
+        .where(scope.where(W, W.c.created), W.c.status == "success")
+        .subquery()
+    )
+    runs = conn.execute(select(latest).where(latest.c.rank == 1)).all()
+    jobs: dict[str, list[JobFact]] = defaultdict(list)
+    ids = [r.id for r in runs]
+    for start in range(0, len(ids), 500):
+        for row in conn.execute(select(J).where(J.c.workflow_id.in_(ids[start : start + 500]))):
+            jobs[row.workflow_id].append(JobFact(**row._asdict()))
+    out = []
+    for r in sorted(runs, key=lambda r: (r.endpoint, r.name)):
+        path = critical_path(jobs[r.id])
+        steps = [PathStep(j.name, j.duration, iso(j.started), iso(j.stopped)) for j in path]
+        out.append(CriticalPath(r.endpoint, r.name, r.id, r.duration, steps))
+    return out
 
 
-def _epoch_of(moment: datetime | None) -> float | None:
-    if moment is None:
-        return None
-    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
-
-
-def _iso(moment: float | None) -> str | None:
-    if moment is None:
-        return None
-    return datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+def rerun_causes(conn: Connection, scope: Scope, top: int = 3) -> list[RerunCause]:
+    """Reruns per workflow and kind, with the jobs that had failed in the runs they repeat."""
+    reruns = W.alias("rerun")
+    failed_jobs = (
+        select(
+            reruns.c.endpoint,
+            reruns.c.name,
+            reruns.c.rerun_kind,
+            J.c.name.label("job"),
+            func.count().label("n"),
+        )
+        .join(J, J.c.workflow_id == reruns.c.rerun_of)
+        .where(scope.where(reruns, reruns.c.created), reruns.c.rerun_index > 0, J.c.status.in_(JOB_FAILED))
+        .group_by(reruns.c.endpoint, reruns.c.name, reruns.c.rerun_kind, J.c.name)
+    )
+    culprits: dict[tuple[str, str, str], list[tuple[int, str]]] = defaultdict(list)
+    for r in conn.execute(failed_jobs):
+        culprits[(r.endpoint, r.name, r.rerun_kind)].append((-r.n, r.job))
+    counts = conn.execute(
+        select(W.c.endpoint, W.c.name, W.c.rerun_kind, func.count())
+        .where(scope.where(W, W.c.created), W.c.rerun_index > 0)
+        .group_by(W.c.endpoint, W.c.name, W.c.rerun_kind)
+    )
+    out = [
+        RerunCause(e, n, kind or "whole", count, [job for _, job in sorted(culprits[(e, n, kind)])[:top]])
+        for e, n, kind, count in counts
+    ]
+    return sorted(out, key=lambda c: (c.project_slug, c.workflow, -c.reruns, c.kind))

@@ -21,7 +21,7 @@ from circleci_ds.metrics import (
     TrendPoint,
     WorkflowMetrics,
 )
-from circleci_ds.report.terminal import slowest_jobs
+from circleci_ds.report.spec import slowest_jobs
 
 PALETTE = ["#2563eb", "#16a34a", "#db2777", "#ea580c", "#7c3aed", "#0891b2", "#ca8a04", "#4b5563"]
 FONT = "-apple-system, BlinkMacSystemFont, 'Segoe UI', Roboto, 'Helvetica Neue', Arial, sans-serif"
@@ -56,6 +56,7 @@ def project_charts(report: MetricsReport, project: ProjectMetrics) -> list[Chart
         slowest_chart(jobs),
         flaky_chart(flaky),
         mttr_chart(workflows),
+        approval_chart(workflows),
     ]
     return [c for c in candidates if c is not None]
 
@@ -111,19 +112,20 @@ def success_trend(trends: list[TrendPoint], unit: str) -> Chart | None:
     layout = _layout(unit.capitalize(), "Success rate (%)")
     layout["xaxis"].update(_time_axis(trends, unit))
     layout["yaxis"].update({"range": [0, 105], "ticksuffix": "%", "rangemode": "normal"})
-    note = "Successful / (successful + failed + error) runs."
+    note = "Successful / (all - cancelled) runs."
     return Chart("success", f"Success rate per {unit}", note, {"data": data, "layout": layout})
 
 
 def duration_trend(trends: list[TrendPoint], unit: str) -> Chart | None:
-    divisor, name = time_unit([p.duration_median for p in trends if p.duration_median is not None])
-    data = _trend_lines(trends, lambda p: p.duration_median, divisor)
+    known = [p.active_duration_median for p in trends if p.active_duration_median is not None]
+    divisor, name = time_unit(known)
+    data = _trend_lines(trends, lambda p: p.active_duration_median, divisor)
     if not data:
         return None
     layout = _layout(unit.capitalize(), name.capitalize())
     layout["xaxis"].update(_time_axis(trends, unit))
-    note = "Successful runs, created_at to stopped_at."
-    return Chart("duration", f"Median duration per {unit}", note, {"data": data, "layout": layout})
+    note = "Completed runs, created_at to stopped_at, approval waits left out (shown apart)."
+    return Chart("duration", f"Median active duration per {unit}", note, {"data": data, "layout": layout})
 
 
 def _trend_lines(
@@ -259,3 +261,47 @@ def mttr_chart(workflows: list[WorkflowMetrics]) -> Chart | None:
     layout = _layout("Workflow", name.capitalize(), barmode="group", bargap=0.5)
     note = "From a failing run to the next successful run, same branch."
     return Chart("mttr", "Mean time to recovery", note, {"data": data, "layout": layout})
+
+
+def approval_chart(workflows: list[WorkflowMetrics]) -> Chart | None:
+    """Approval waits apart from durations, so one deploy workflow does not flatten the others."""
+    known = [w for w in workflows if w.approval_wait_median is not None]
+    if not known:
+        return None
+    medians = [w.approval_wait_median or 0.0 for w in known]
+    divisor, name = time_unit(medians)
+    bar = {
+        "type": "bar",
+        "name": "median wait",
+        "x": [plot_text(w.workflow) for w in known],
+        "y": _scaled(medians, divisor),
+        "marker": {"color": PALETTE[6]},
+    }
+    layout = _layout("Workflow", name.capitalize(), showlegend=False, bargap=0.5)
+    note = "From an approval job going on hold to its approval (median per run)."
+    return Chart("approval", "Approval waits", note, {"data": [bar], "layout": layout})
+
+
+def organisation_chart(projects: list[ProjectMetrics]) -> Chart | None:
+    """Success and first-pass success rate of every project, in health order."""
+    known = [p for p in projects if p.success_rate is not None]
+    if not known:
+        return None
+    labels = [plot_text(p.project_slug) for p in known]
+    data = [
+        {
+            "type": "bar",
+            "name": name,
+            "x": labels,
+            "y": [round((value(p) or 0.0) * 100, 1) for p in known],
+            "marker": {"color": color},
+        }
+        for name, value, color in (
+            ("success", lambda p: p.success_rate, PALETTE[1]),
+            ("first pass", lambda p: p.first_pass_success_rate, PALETTE[0]),
+        )
+    ]
+    layout = _layout("Project", "Rate (%)", barmode="group", bargap=0.4)
+    layout["yaxis"].update({"range": [0, 105], "ticksuffix": "%", "rangemode": "normal"})
+    note = "Projects in health order, lowest success rate first."
+    return Chart("health", "Project health", note, {"data": data, "layout": layout})

@@ -14,11 +14,12 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from circleci_ds.definitions import DEFINITIONS
 from circleci_ds.files import write_atomic
-from circleci_ds.metrics import FailedRun, MetricsReport, ProjectMetrics
+from circleci_ds.metrics import MetricsReport, ProjectMetrics
 from circleci_ds.report import formatting as fmt
-from circleci_ds.report.charts import Chart, project_charts
-from circleci_ds.report.terminal import slowest_jobs, window_line
+from circleci_ds.report.charts import Chart, organisation_chart, project_charts
+from circleci_ds.report.spec import ORGANISATION, PROJECT_TABLES, Column, TableSpec, rows_of
 
 STYLE = """
 :root { --ink:#0f172a; --muted:#64748b; --line:#e2e8f0; --bg:#f1f5f9; --card:#fff; --accent:#2563eb;
@@ -33,7 +34,8 @@ nav { margin-top:14px; display:flex; flex-wrap:wrap; gap:8px; }
 nav a { color:#fff; background:rgba(255,255,255,.12); padding:3px 10px; border-radius:999px;
   text-decoration:none; font-size:13px; }
 main { max-width:1320px; margin:0 auto; padding:24px 40px 48px; }
-section.project { margin-bottom:40px; }
+section.project, section.organisation { margin-bottom:40px; }
+header p.warning { color:#fde68a; }
 h2 { font-size:20px; margin:0 0 12px; display:flex; flex-wrap:wrap; align-items:center; gap:10px; }
 h3 { font-size:15px; margin:0 0 2px; }
 .chip { font-size:12px; font-weight:500; color:#1e3a8a; background:#dbeafe; padding:2px 9px;
@@ -75,25 +77,6 @@ BOOT = """
 })();
 """
 
-DEFINITIONS = [
-    ("Runs", "Workflow runs created in the window, any status, reruns included."),
-    (
-        "Success rate",
-        "Successful / (successful + failed + error) runs; cancelled and unfinished runs left out.",
-    ),
-    ("Throughput", "Runs per day of the window."),
-    ("Duration", "stopped_at - created_at of successful runs; p95 interpolated between closest ranks."),
-    (
-        "MTTR",
-        "From the first failing run to the next successful run of the same workflow on the same branch.",
-    ),
-    ("Rerun rate", "Share of pipeline-and-workflow executions rerun at least once."),
-    ("Queue time", "started_at - queued_at of build jobs."),
-    ("Flaky job", "A job that both failed and passed on the same commit."),
-    ("Flaky test", "A test (classname and name in a job) that both passed and failed on the same commit."),
-    ("Slowest tests", "p50 and p95 of run_time over passed and failed results, interpolated between ranks."),
-]
-
 
 def e(value: Any) -> str:
     """HTML-escaped text of any value."""
@@ -126,15 +109,19 @@ def render_html(
     """The whole page as a string; `extra_sections` (markup, already escaped) go after the projects,
     with the chart specs they draw in `extra_specs`."""
     specs: list[dict[str, Any]] = []
-    sections = [_project_section(report, p, i, specs) for i, p in enumerate(report.projects)]
-    body = "\n".join(sections) or '<p class="empty">No workflow runs in this window.</p>'
+    if report.projects:
+        organisation = _organisation(report, specs)
+        sections = [_project_section(report, p, i, specs) for i, p in enumerate(report.projects)]
+        body = organisation + "\n".join(sections)
+    else:
+        body = '<p class="empty">No workflow runs in this window.</p>'
     body += extra_sections
     specs.extend(extra_specs)
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>CircleCI report</title><style>{STYLE}</style></head><body>"
-        f"{_header(report)}<main>{body}</main>{_footer()}"
+        f"{_header(report)}<main>{body}</main>{_footer(report)}"
         f'<script id="chart-data" type="application/json">{safe_json(specs)}</script>'
         f"<script>{plotly_js()}</script><script>{BOOT}</script></body></html>\n"
     )
@@ -150,34 +137,33 @@ def write_html(
 def _header(report: MetricsReport) -> str:
     links = "".join(f'<a href="#p{i}">{e(p.project_slug)}</a>' for i, p in enumerate(report.projects))
     nav = f"<nav>{links}</nav>" if len(report.projects) > 1 else ""
+    warnings = "".join(f'<p class="warning">warning: {e(w)}</p>' for w in report.warnings)
     return (
-        f"<header><h1>CircleCI report</h1><p>{e(window_line(report))} "
-        f"Generated {e(report.generated_at)}.</p>{nav}</header>"
+        f'<header><h1>CircleCI report</h1><p id="window">{e(report.window)}</p>'
+        f"<p>Generated {e(report.generated_at)}.</p>{warnings}{nav}</header>"
     )
 
 
-def _footer() -> str:
-    items = "".join(f"<dt>{e(term)}</dt><dd>{e(text)}</dd>" for term, text in DEFINITIONS)
+def _footer(report: MetricsReport) -> str:
+    names = {d.key: d.name for d in DEFINITIONS}
+    items = "".join(f"<dt>{e(names.get(k, k))}</dt><dd>{e(t)}</dd>" for k, t in report.definitions.items())
     return f"<footer><h3>Definitions</h3><dl>{items}</dl></footer>"
 
 
-def _project_section(
-    report: MetricsReport, project: ProjectMetrics, index: int, specs: list[dict[str, Any]]
-) -> str:
-    charts = project_charts(report, project)
+def _organisation(report: MetricsReport, specs: list[dict[str, Any]]) -> str:
+    charts = [c for c in (organisation_chart(report.projects),) if c is not None]
+    cards = _chart_cards(charts, "org", specs)
+    table = _spec_table(ORGANISATION, rows_of(ORGANISATION, report), with_project=True)
+    return f'<section class="organisation" id="organisation"><h2>Organisation</h2>{cards}{table}</section>'
+
+
+def _chart_cards(charts: list[Chart], prefix: str, specs: list[dict[str, Any]]) -> str:
     cards = []
     for chart in charts:
-        chart_id = f"chart-{index}-{chart.key}"
+        chart_id = f"chart-{prefix}-{chart.key}"
         specs.append({"id": chart_id, **chart.figure})
         cards.append(_chart_card(chart, chart_id))
-    native = f'<span class="chip">{e(project.project)}</span>' if project.project else ""
-    return (
-        f'<section class="project" id="p{index}"><h2>{e(project.project_slug)}{native}'
-        f'<span class="chip">{e(fmt.branch(project.branch))}</span></h2>'
-        f'{_kpis(project)}<div class="grid">{"".join(cards)}</div>'
-        f"{_workflow_table(report, project)}{_slowest_table(report, project)}"
-        f"{_flaky_table(report, project)}{_failures_table(report, project)}</section>"
-    )
+    return f'<div class="grid">{"".join(cards)}</div>' if cards else ""
 
 
 def _chart_card(chart: Chart, chart_id: str) -> str:
@@ -187,14 +173,32 @@ def _chart_card(chart: Chart, chart_id: str) -> str:
     )
 
 
+def _project_section(
+    report: MetricsReport, project: ProjectMetrics, index: int, specs: list[dict[str, Any]]
+) -> str:
+    cards = _chart_cards(project_charts(report, project), str(index), specs)
+    native = f'<span class="chip">{e(project.project)}</span>' if project.project else ""
+    tables = "".join(
+        _spec_table(spec, rows_of(spec, report, project.project_slug), with_project=False)
+        for spec in PROJECT_TABLES
+    )
+    return (
+        f'<section class="project" id="p{index}"><h2>{e(project.project_slug)}{native}'
+        f'<span class="chip">{e(fmt.branch(project.branch))}</span></h2>'
+        f"{_kpis(project)}{cards}{tables}</section>"
+    )
+
+
 def _kpis(p: ProjectMetrics) -> str:
     values = [
         ("Pipelines", fmt.count(p.pipelines)),
         ("Runs", fmt.count(p.runs)),
         ("Success rate", fmt.percent(p.success_rate)),
+        ("First pass", fmt.percent(p.first_pass_success_rate)),
         ("Throughput", fmt.rate(p.throughput)),
         ("Duration p50", fmt.seconds(p.duration_median)),
         ("MTTR", fmt.seconds(p.mttr_mean)),
+        ("Time to green", fmt.seconds(p.time_to_green_median)),
         ("Queue p50", fmt.seconds(p.queue_time_median)),
         ("Flaky jobs", fmt.count(p.flaky_jobs)),
     ]
@@ -205,113 +209,53 @@ def _kpis(p: ProjectMetrics) -> str:
     return f'<div class="kpis">{cells}</div>'
 
 
-def _table(title: str, note: str, headers: list[str], rows: list[list[str]], numeric_from: int) -> str:
-    """A card with a table; cells arrive already escaped."""
+def _spec_table(spec: TableSpec, items: list[Any], *, with_project: bool) -> str:
+    """A card with the spec's table; every cell is escaped here."""
+    columns = spec.visible(with_project)
     head = "".join(
-        f'<th class="num">{e(h)}</th>' if i >= numeric_from else f"<th>{e(h)}</th>"
-        for i, h in enumerate(headers)
+        f'<th class="num">{e(c.header)}</th>' if c.numeric else f"<th>{e(c.header)}</th>" for c in columns
     )
-    if not rows:
-        body = f'<tr><td class="empty" colspan="{len(headers)}">None.</td></tr>'
+    if not items:
+        body = f'<tr><td class="empty" colspan="{len(columns)}">{e(spec.empty)}</td></tr>'
     else:
         body = "".join(
             "<tr>"
             + "".join(
-                f'<td class="num">{c}</td>' if i >= numeric_from else f"<td>{c}</td>"
-                for i, c in enumerate(row)
+                _cell(c, text)
+                for c, text in zip(columns, spec.cells(item, with_project=with_project), strict=True)
             )
             + "</tr>"
-            for row in rows
+            for item in items
         )
+    return (
+        f'<div class="card" data-table="{e(spec.key)}"><h3>{e(spec.title)}</h3>'
+        f'<p class="note">{e(spec.note)}</p>'
+        f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
+    )
+
+
+def _table(title: str, note: str, headers: list[str], rows: list[list[str]], numeric_from: int) -> str:
+    """A card with a table of cells already escaped (sections that have no spec yet: people)."""
+    head = "".join(
+        f'<th class="num">{e(h)}</th>' if i >= numeric_from else f"<th>{e(h)}</th>"
+        for i, h in enumerate(headers)
+    )
+    cells = [
+        "".join(
+            f'<td class="num">{c}</td>' if i >= numeric_from else f"<td>{c}</td>" for i, c in enumerate(row)
+        )
+        for row in rows
+    ]
+    body = (
+        "".join(f"<tr>{c}</tr>" for c in cells)
+        or f'<tr><td class="empty" colspan="{len(headers)}">None.</td></tr>'
+    )
     return (
         f'<div class="card"><h3>{e(title)}</h3><p class="note">{e(note)}</p>'
         f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
     )
 
 
-def _workflow_table(report: MetricsReport, project: ProjectMetrics) -> str:
-    rows = [
-        [
-            e(w.workflow),
-            e(fmt.count(w.runs)),
-            e(fmt.percent(w.success_rate)),
-            e(fmt.rate(w.throughput)),
-            e(fmt.seconds(w.duration.median)),
-            e(fmt.seconds(w.duration.p95)),
-            e(fmt.seconds(w.duration.max)),
-            e(fmt.seconds(w.mttr_mean)),
-            e(fmt.percent(w.rerun_rate)),
-            e(fmt.seconds(w.queue_time_total)),
-            e(fmt.seconds(w.queue_time_median)),
-        ]
-        for w in report.workflows
-        if w.project_slug == project.project_slug
-    ]
-    headers = [
-        "Workflow",
-        "Runs",
-        "Success",
-        "Throughput",
-        "p50",
-        "p95",
-        "Max",
-        "MTTR",
-        "Rerun rate",
-        "Queue total",
-        "Queue p50",
-    ]
-    return _table("Workflows", "Durations over successful runs.", headers, rows, 1)
-
-
-def _slowest_table(report: MetricsReport, project: ProjectMetrics) -> str:
-    jobs = slowest_jobs([j for j in report.jobs if j.project_slug == project.project_slug])
-    rows = [
-        [
-            e(j.workflow),
-            e(j.job),
-            e(fmt.count(j.runs)),
-            e(fmt.seconds(j.duration_p50)),
-            e(fmt.seconds(j.duration_p95)),
-            e(fmt.percent(j.failure_rate)),
-            e(fmt.seconds(j.queue_time_p95)),
-        ]
-        for j in jobs
-    ]
-    headers = ["Workflow", "Job", "Runs", "p50", "p95", "Failure rate", "Queue p95"]
-    return _table("Slowest jobs", "By p95 duration of successful runs.", headers, rows, 2)
-
-
-def _flaky_table(report: MetricsReport, project: ProjectMetrics) -> str:
-    rows = [
-        [
-            e(f.workflow),
-            e(f.job),
-            e(fmt.count(f.flaky_commits)),
-            e(fmt.count(f.times_flaked)),
-            e(fmt.text(f.last_flaked)),
-            " ".join(f"<code>{e(fmt.short_sha(c))}</code>" for c in f.commits),
-        ]
-        for f in report.flaky_jobs
-        if f.project_slug == project.project_slug
-    ]
-    headers = ["Workflow", "Job", "Commits", "Times flaked", "Last flaked", "Latest commits"]
-    return _table("Flaky jobs", "Failed and passed on the same commit (any branch).", headers, rows, 2)
-
-
-def _failures_table(report: MetricsReport, project: ProjectMetrics) -> str:
-    rows = [_failure_row(f) for f in report.recent_failures if f.project_slug == project.project_slug]
-    headers = ["When", "Pipeline", "Workflow", "Status", "Branch", "Commit", "Subject", "Author"]
-    return _table("Recent failures", "Latest failed or errored workflow runs.", headers, rows, 99)
-
-
-def _failure_row(f: FailedRun) -> list[str]:
-    return [
-        e(fmt.text(f.created_at)),
-        e(fmt.count(f.pipeline_number)),
-        e(f.workflow),
-        f'<span class="status {e(f.status)}">{e(f.status)}</span>',
-        e(fmt.text(f.branch)),
-        f"<code>{e(fmt.short_sha(f.commit))}</code>",
-        e(fmt.text(f.subject)),
-        e(fmt.text(f.author)),
-    ]
+def _cell(column: Column, text: str) -> str:
+    inner = f"<code>{e(text)}</code>" if column.code else e(text)
+    return f'<td class="num">{inner}</td>' if column.numeric else f"<td>{inner}</td>"

@@ -6,7 +6,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 VCS_ALIASES = {"github": "gh", "gh": "gh", "bitbucket": "bb", "bb": "bb", "circleci": "circleci"}
-RETRY_AFTER_FORMS = ("seconds", "date", "both")
+RETRY_AFTER_FORMS = ("seconds", "date", "both", "none")  # "both" alternates; "none" sends no Retry-After
+RATE_HEADER_FORMS = ("none", "ratelimit", "x-ratelimit", "both")  # RateLimit-*, X-RateLimit-* or both
+LIMIT_BODIES = ("json", "text", "both")  # 429 bodies; "both" alternates
+LIMITER_SHAPES = ("bucket", "second", "minute")  # token bucket, fixed window per second or minute
 
 # Knobs that may change while the server runs; the history-shaping fields may not.
 RUNTIME_KNOBS = frozenset(
@@ -17,7 +20,10 @@ RUNTIME_KNOBS = frozenset(
         "jitter_ms",
         "rate_limit_rps",
         "rate_burst",
+        "limiter",
         "retry_after",
+        "rate_headers",
+        "limit_body",
         "fault_rate",
         "token",
         "retention_days",
@@ -44,6 +50,7 @@ class SimProject:
     pipelines: int = 30
     private: bool = False
     default_branch: str = "main"
+    every_minutes: float | None = None  # busy: one pipeline about every N minutes, up to the end
 
 
 def _default_projects() -> list[SimProject]:
@@ -72,12 +79,17 @@ class SimConfig:
     jitter_ms: float = 0.0
     rate_limit_rps: float | None = None
     rate_burst: int = 10
+    limiter: str = "bucket"  # windows admit rate_limit_rps x their length per window
     retry_after: str = "seconds"
+    rate_headers: str = "none"
+    limit_body: str = "both"
     fault_rate: float = 0.0
     token: str | None = None
     retention_days: float | None = None
     reruns: bool = True
     rerun_rate: float = 0.13  # share of failed workflows rerun by hand (automatic reruns aside)
+    late_rerun_days: float = 0.0  # > 2: a third of manual reruns land 2 days to this many days later
+    gated_rerun_rate: float = 0.0  # share of manual reruns that wait for an approval before any job
     tests_page_size: int = 50  # test results per page of /project/{slug}/{number}/tests
     test_suite_scale: float = 1.0  # multiplies every suite's size (large results for benchmarks)
 
@@ -92,10 +104,20 @@ class SimConfig:
             raise ValueError("page_size and tests_page_size must be >= 1")
         if self.test_suite_scale <= 0:
             raise ValueError("test_suite_scale must be positive")
-        if self.retry_after not in RETRY_AFTER_FORMS:
-            raise ValueError(f"retry_after must be one of {RETRY_AFTER_FORMS}")
+        for name, allowed in (
+            ("retry_after", RETRY_AFTER_FORMS),
+            ("rate_headers", RATE_HEADER_FORMS),
+            ("limit_body", LIMIT_BODIES),
+            ("limiter", LIMITER_SHAPES),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}")
         if not 0.0 <= self.rerun_rate <= 1.0:
             raise ValueError("rerun_rate must lie in [0, 1]")
+        if not 0.0 <= self.gated_rerun_rate <= 1.0:
+            raise ValueError("gated_rerun_rate must lie in [0, 1]")
+        if self.late_rerun_days < 0:
+            raise ValueError("late_rerun_days must be >= 0")
         if not 0.0 <= self.fault_rate <= 1.0:
             raise ValueError("fault_rate must lie in [0, 1]")
         if self.rate_limit_rps is not None and self.rate_limit_rps <= 0:
@@ -114,6 +136,8 @@ class SimConfig:
             seen.add(slug.lower())
             if project.pipelines < 0:
                 raise ValueError(f"{slug}: pipelines must be >= 0")
+            if project.every_minutes is not None and project.every_minutes <= 0:
+                raise ValueError(f"{slug}: every_minutes must be positive")
 
     def runtime_knobs(self) -> dict[str, object]:
         """The knobs that `/_sim/config` may change, with their current values."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 import uuid
 from bisect import bisect_right
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -271,10 +271,18 @@ class _ProjectBuilder:
         start = epoch_ms(self.cfg.start)
         low = start - int(self.cfg.span_days * DAY)
         high = start + int(self.cfg.future_days * DAY)
+        if self.spec.every_minutes is not None:
+            return self._busy_times(high, int(self.spec.every_minutes * MINUTE))
         times = sorted(self.rng.randint(low, high) for _ in range(self.spec.pipelines))
         for i in range(1, len(times)):  # numbers follow creation order, so keep times distinct
             times[i] = max(times[i], times[i - 1] + 1)
         return times
+
+    def _busy_times(self, end: int, interval: int) -> list[int]:
+        """A busy project: one pipeline about every `interval`, the last one at `end`."""
+        jitter = interval // 3
+        times = [end - i * interval + self.rng.randint(-jitter, 0) for i in range(self.spec.pipelines)]
+        return sorted(times)
 
     # -- pipelines -------------------------------------------------------------------------------------
 
@@ -430,12 +438,35 @@ class _ProjectBuilder:
             started_by = previous.started_by
         else:
             created = earliest + int((latest - earliest) * rng.random() ** 3)  # most reruns come soon
+            created = self._late(pipeline, earliest, created)
             started_by = self.users[rng.choice(HUMANS)]
+            template = self._gated(template)
         rerun = self._workflow(pipeline, template, created, RunOptions(fail_scale=0.35), started_by)
         rerun.rerun_of = previous.id
         rerun.auto_rerun_number = auto_number
         rerun.max_auto_reruns = template.max_auto_reruns
         return rerun
+
+    def _late(self, pipeline: Pipeline, earliest: int, created: int) -> int:
+        """With `late_rerun_days`, a third of manual reruns come days after their pipeline."""
+        days = self.cfg.late_rerun_days
+        if days <= 2 or self.rng.random() >= 1 / 3:
+            return created
+        late = self.rng.randint(pipeline.created_at + 2 * DAY, pipeline.created_at + int(days * DAY))
+        return max(earliest, late)
+
+    def _gated(self, template: Template) -> Template:
+        """With `gated_rerun_rate`, a rerun waits for an approval before any of its jobs: until then
+        every job is on hold or blocked, so none has a number."""
+        rate = self.cfg.gated_rerun_rate
+        if rate <= 0 or self.rng.random() >= rate:
+            return template
+        gate = JobSpec("hold-rerun", "approval", (), executor="", resource_class="")
+        jobs = [gate]
+        for spec in template.jobs:
+            deps = tuple(d + 1 for d in spec.deps) or (0,)
+            jobs.append(replace(spec, deps=deps))
+        return Template(template.name, tuple(jobs), template.max_auto_reruns)
 
     # -- job numbers -----------------------------------------------------------------------------------
 

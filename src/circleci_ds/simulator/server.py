@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from .history import Pipeline, Project, Workflow
-from .ratelimit import TokenBucket
+from .ratelimit import Decision, Limiter, make_limiter
 from .render import (
     JSON,
     InvalidPageToken,
@@ -91,6 +91,26 @@ def _json(view: View, payload: Any, status: int = 200) -> web.Response:
     return _response(view, status, json.dumps(payload).encode())
 
 
+def quota_headers(form: str, decision: Decision, now_ms: int) -> dict[str, str]:
+    """`RateLimit-*` (reset in seconds from now) and/or `X-RateLimit-*` (reset as epoch seconds of the
+    server's clock, like GitHub's) for `form` in RATE_HEADER_FORMS; whole seconds, rounded up."""
+    reset = math.ceil(decision.reset)
+    headers: dict[str, str] = {}
+    if form in ("ratelimit", "both"):
+        headers |= {
+            "RateLimit-Limit": str(decision.limit),
+            "RateLimit-Remaining": str(decision.remaining),
+            "RateLimit-Reset": str(reset),
+        }
+    if form in ("x-ratelimit", "both"):
+        headers |= {
+            "X-RateLimit-Limit": str(decision.limit),
+            "X-RateLimit-Remaining": str(decision.remaining),
+            "X-RateLimit-Reset": str(now_ms // 1000 + reset),
+        }
+    return headers
+
+
 def project_path_kind(rest: str) -> str | None:
     """Which endpoint a `/project/...` path addresses; slugs are always three segments."""
     parts = rest.strip("/").split("/")
@@ -110,7 +130,7 @@ class Api:
 
     def __init__(self, sim: Simulator) -> None:
         self.sim = sim
-        self._bucket: TokenBucket | None = None
+        self._limiter: tuple[tuple[str, float, int], Limiter] | None = None
         self._faults = random.Random(f"circleci-ds-sim:{sim.config.seed}:faults")
         self._jitter = random.Random(f"circleci-ds-sim:{sim.config.seed}:jitter")
         self._throttled = 0
@@ -169,26 +189,29 @@ class Api:
 
     async def _answer(self, request: web.Request, inner: Inner) -> web.Response:
         cfg = self.sim.config
-        wait = self._rate_limit_wait()
+        decision = self._rate_limit()
         await self._latency()
         view = self.sim.view  # read after the sleep: the clock may have moved meanwhile
-        if wait > 0:
-            return self._too_many(view, wait)
-        if cfg.fault_rate > 0 and self._faults.random() < cfg.fault_rate:
-            return self._fault(view)
-        authed = self._authenticate(request)
-        if authed is None:
-            return _message(view, 401, "Invalid token provided.")
-        return inner(request, view, authed)
+        if decision is not None and not decision.admitted:
+            response = self._too_many(view, decision.wait)
+        elif cfg.fault_rate > 0 and self._faults.random() < cfg.fault_rate:
+            response = self._fault(view)
+        elif (authed := self._authenticate(request)) is None:
+            response = _message(view, 401, "Invalid token provided.")
+        else:
+            response = inner(request, view, authed)
+        if decision is not None:
+            response.headers.update(quota_headers(cfg.rate_headers, decision, view.now))
+        return response
 
-    def _rate_limit_wait(self) -> float:
+    def _rate_limit(self) -> Decision | None:
         cfg = self.sim.config
         if cfg.rate_limit_rps is None:
-            return 0.0
-        bucket = self._bucket
-        if bucket is None or (bucket.rate, bucket.burst) != (cfg.rate_limit_rps, cfg.rate_burst):
-            bucket = self._bucket = TokenBucket(cfg.rate_limit_rps, cfg.rate_burst)
-        return bucket.take()
+            return None
+        shape = (cfg.limiter, cfg.rate_limit_rps, cfg.rate_burst)
+        if self._limiter is None or self._limiter[0] != shape:
+            self._limiter = (shape, make_limiter(*shape))
+        return self._limiter[1].take()
 
     async def _latency(self) -> None:
         cfg = self.sim.config
@@ -202,16 +225,17 @@ class Api:
         seconds = max(1, math.ceil(wait))
         count = self._throttled
         self._throttled += 1
-        form = self.sim.config.retry_after
-        if form == "both":
-            form = ("seconds", "date")[count % 2]
-        retry = str(seconds) if form == "seconds" else http_date(view.now + seconds * 1000)
-        # Over any four consecutive 429s every (Retry-After form, body kind) pair occurs once.
-        if (count // 2) % 2:
+        cfg = self.sim.config
+        form = ("seconds", "date")[count % 2] if cfg.retry_after == "both" else cfg.retry_after
+        body = ("json", "text")[(count // 2) % 2] if cfg.limit_body == "both" else cfg.limit_body
+        # With both alternating, every (Retry-After form, body kind) pair occurs over any four 429s.
+        if body == "text":
             response = _response(view, 429, b"Rate limited.", content_type="text/plain")
         else:
             response = _message(view, 429, "Rate limit exceeded")
-        response.headers["Retry-After"] = retry
+        if form != "none":
+            retry = str(seconds) if form == "seconds" else http_date(view.now + seconds * 1000)
+            response.headers["Retry-After"] = retry
         return response
 
     def _fault(self, view: View) -> web.Response:

@@ -23,7 +23,7 @@ from .testresults import tests_truth
 
 _INT_KNOBS = frozenset({"page_size", "tests_page_size", "rate_burst"})
 _NULLABLE_KNOBS = frozenset({"rate_limit_rps", "token", "retention_days"})
-_STR_KNOBS = frozenset({"retry_after", "token"})
+_STR_KNOBS = frozenset({"retry_after", "token", "limiter", "rate_headers", "limit_body"})
 
 
 @dataclass

@@ -24,18 +24,34 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from sqlalchemy import Connection, Engine, create_engine, delete, event, func, insert, select, text, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    and_,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError, SQLAlchemyError
 
+from circleci_ds.facts import TreeFacts, derive
 from circleci_ds.store import schema as s
+from circleci_ds.store.facts_store import default_branch_of, read_facts, set_default_branch, write_facts
 from circleci_ds.store.urls import UnsupportedURL, display_url, engine_url
+from circleci_ds.text import clean
 from circleci_ds.times import parse_ts
 
 __all__ = ["display_url", "engine_url"]  # re-exported: one home each, in urls.py
 
 DEFAULT_DB_URL = "sqlite:///circleci-ds.db"
-_CHUNK = 400  # pipelines per IN (...) query when reading trees back
+_CHUNK = 100  # pipelines per page when reading trees back (a page of parsed trees is the memory bound)
 
 
 class StoreError(Exception):
@@ -50,6 +66,7 @@ class StoredTree:
     updated_on: float  # epoch seconds of the latest change in the tree
     data: dict[str, Any]  # pipeline + workflows[] + jobs[] + details
     project_name: str | None = None  # the fixture's project name, when the collector recorded it
+    facts: TreeFacts | None = None  # as stored beside it, when asked for
 
 
 @dataclass(frozen=True)
@@ -200,6 +217,10 @@ class Store:
             with conn.begin():
                 yield conn
 
+    def snapshot(self) -> Any:
+        """A read transaction on one snapshot (for the metrics' queries)."""
+        return self._read()
+
     @contextmanager
     def _write(self) -> Iterator[Connection]:
         """A write transaction; on SQLite it takes the write lock up front so busy_timeout applies."""
@@ -247,16 +268,83 @@ class Store:
             conn.execute(update(s.endpoints).where(s.endpoints.c.slug == slug).values(last_started=started))
 
     def record_finish(
-        self, slug: str, *, finished: float, error: str | None, checkpoint: float | None
+        self,
+        slug: str,
+        *,
+        finished: float,
+        error: str | None,
+        checkpoint: float | None,
+        job_frontier: int | None = None,
     ) -> None:
-        """End of an endpoint's run; the checkpoint moves only on success."""
-        values: dict[str, Any] = {"last_finished": finished, "last_error": error}
+        """End of an endpoint's run; the checkpoint and the job frontier move only on success. Any
+        error text is stored, cleaned: it may quote a server."""
+        values: dict[str, Any] = {
+            "last_finished": finished,
+            "last_error": None if error is None else clean(error, limit=2000),
+        }
         if error is None:
             values["last_success"] = finished
             if checkpoint is not None:
                 values["checkpoint"] = checkpoint
         with self._write() as conn:
             conn.execute(update(s.endpoints).where(s.endpoints.c.slug == slug).values(**values))
+            if error is None and job_frontier is not None:
+                ew = s.endpoint_walk
+                conn.execute(update(ew).where(ew.c.slug == slug).values(job_frontier=job_frontier))
+
+    def job_numbers(self, slug: str) -> tuple[int | None, int | None]:
+        """(job frontier, highest stored job number) of an endpoint; None where unknown."""
+        ew, jn, p = s.endpoint_walk, s.jobs_numbered, s.pipelines.c
+        with self.engine.connect() as conn:
+            frontier = conn.execute(select(ew.c.job_frontier).where(ew.c.slug == slug)).scalar()
+            stored_max = conn.execute(
+                select(func.max(jn.c.job_number))
+                .select_from(jn.join(s.pipelines, p.id == jn.c.pipeline_id))
+                .where(p.endpoint == slug)
+            ).scalar()
+        return frontier, stored_max
+
+    def stored_job_numbers(self, slug: str, low: int, high: int) -> set[int]:
+        """The job numbers in [low, high] of jobs stored under the endpoint."""
+        jn, p = s.jobs_numbered, s.pipelines.c
+        query = (
+            select(jn.c.job_number)
+            .select_from(jn.join(s.pipelines, p.id == jn.c.pipeline_id))
+            .where(p.endpoint == slug, jn.c.job_number >= low, jn.c.job_number <= high)
+        )
+        with self.engine.connect() as conn:
+            return set(conn.execute(query).scalars())
+
+    def project_info_at(self, slug: str) -> float | None:
+        """When GET /project/{slug} was last tried (answered or not)."""
+        ew = s.endpoint_walk
+        with self.engine.connect() as conn:
+            return conn.execute(select(ew.c.project_info_at).where(ew.c.slug == slug)).scalar()
+
+    def note_project_info(self, slug: str, at: float, info: dict[str, Any] | None = None) -> None:
+        """Remember an attempt at the project info, and the info when there is some."""
+        with self._write() as conn:
+            ew = s.endpoint_walk
+            conn.execute(update(ew).where(ew.c.slug == slug).values(project_info_at=at))
+            if info is not None:
+                _set_project_info(conn, slug, info)
+
+    def save_project_info(self, slug: str, info: dict[str, Any]) -> None:
+        with self._write() as conn:
+            _set_project_info(conn, slug, info)
+
+    def recent_branches(self, slug: str, limit: int = 200) -> list[str | None]:
+        """Branches of the endpoint's newest stored pipelines, newest first."""
+        p = s.pipelines.c
+        query = select(p.data).where(p.endpoint == slug).order_by(p.created_at.desc()).limit(limit)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).scalars().all()
+        branches: list[str | None] = []
+        for data in rows:
+            vcs = json.loads(data).get("vcs")
+            branch = vcs.get("branch") if isinstance(vcs, dict) else None
+            branches.append(branch if isinstance(branch, str) else None)
+        return branches
 
     def finished_since(self, slug: str, since: float) -> bool:
         with self._connect() as conn:
@@ -264,12 +352,6 @@ class Store:
                 select(s.endpoints.c.last_finished).where(s.endpoints.c.slug == slug)
             ).scalar()
         return finished is not None and finished >= since
-
-    def save_project_info(self, slug: str, info: dict[str, Any]) -> None:
-        with self._write() as conn:
-            conn.execute(
-                update(s.endpoints).where(s.endpoints.c.slug == slug).values(project_info=dumps(info))
-            )
 
     def project_infos(self) -> dict[str, dict[str, Any]]:
         with self._connect() as conn:
@@ -294,75 +376,77 @@ class Store:
             row = conn.execute(select(s.pipelines.c.data).where(s.pipelines.c.id == pipeline_id)).first()
             if row is None:
                 return None
-            return _assemble(conn, [(pipeline_id, row.data)])[pipeline_id]
+            return assemble_trees(conn, [(pipeline_id, row.data)])[pipeline_id]
 
     def save_tree(self, endpoint: str, tree: dict[str, Any], *, fetched_at: float, is_final: bool) -> None:
-        """Replace one pipeline's whole tree in a single transaction."""
-        pipeline = {k: v for k, v in tree.items() if k != "workflows"}
-        pid = pipeline["id"]
-        workflow_rows, job_rows = [], []
-        for w_seq, workflow in enumerate(tree.get("workflows") or []):
-            wf = {k: v for k, v in workflow.items() if k != "jobs"}
-            workflow_rows.append({"id": wf["id"], "pipeline_id": pid, "seq": w_seq, "data": dumps(wf)})
-            for j_seq, job in enumerate(workflow.get("jobs") or []):
-                raw = {k: v for k, v in job.items() if k != "details"}
-                details = job.get("details")
-                job_rows.append(
-                    {
-                        "workflow_id": wf["id"],
-                        "id": raw["id"],
-                        "pipeline_id": pid,
-                        "seq": j_seq,
-                        "data": dumps(raw),
-                        "details": None if details is None else dumps(details),
-                    }
-                )
-        with self._write() as conn:
-            conn.execute(delete(s.jobs).where(s.jobs.c.pipeline_id == pid))
-            conn.execute(delete(s.workflows).where(s.workflows.c.pipeline_id == pid))
-            conn.execute(delete(s.pipelines).where(s.pipelines.c.id == pid))
-            conn.execute(
-                insert(s.pipelines).values(
-                    id=pid,
-                    endpoint=endpoint,
-                    number=pipeline.get("number"),
-                    created_at=parse_ts(pipeline.get("created_at")),
-                    updated_on=tree_updated_on(tree),
-                    fetched_at=fetched_at,
-                    is_final=is_final,
-                    data=dumps(pipeline),
-                )
-            )
-            if workflow_rows:
-                conn.execute(insert(s.workflows), workflow_rows)
-            if job_rows:
-                conn.execute(insert(s.jobs), job_rows)
+        """Replace one pipeline's whole tree, and its facts, in a single transaction."""
+        self.save_trees(endpoint, [tree], fetched_at=fetched_at, is_final=is_final)
 
-    def iter_trees(self, project: str | None = None, endpoint: str | None = None) -> Iterator[StoredTree]:
-        """Every stored tree, by endpoint then pipeline number; memory bounded by a chunk."""
-        p, e = s.pipelines.c, s.endpoints.c
+    def save_trees(
+        self, endpoint: str, trees: Sequence[dict[str, Any]], *, fetched_at: float, is_final: bool
+    ) -> None:
+        """Replace pipeline trees of one endpoint and their facts in one transaction (bulk writes)."""
+        pipeline_rows, workflow_rows, job_rows = [], [], []
+        for tree in trees:
+            rows = tree_rows(endpoint, tree, fetched_at=fetched_at, is_final=is_final)
+            pipeline_rows.append(rows.pipeline)
+            workflow_rows += rows.workflows
+            job_rows += rows.jobs
+        ids = [r["id"] for r in pipeline_rows]
+        with self._write() as conn:
+            conn.execute(delete(s.jobs).where(s.jobs.c.pipeline_id.in_(ids)))
+            conn.execute(delete(s.workflows).where(s.workflows.c.pipeline_id.in_(ids)))
+            conn.execute(delete(s.pipelines).where(s.pipelines.c.id.in_(ids)))
+            for table, batch in (
+                (s.pipelines, pipeline_rows),
+                (s.workflows, workflow_rows),
+                (s.jobs_numbered, job_rows),
+            ):
+                if batch:
+                    conn.execute(insert(table), batch)
+            default = default_branch_of(conn, endpoint)
+            write_facts(conn, [derive(endpoint, tree, default) for tree in trees])
+
+    def iter_trees(
+        self,
+        project: str | None = None,
+        endpoint: str | None = None,
+        *,
+        with_facts: bool = False,
+        created: tuple[float, float] | None = None,
+    ) -> Iterator[StoredTree]:
+        """Every stored tree, by endpoint then pipeline number; memory bounded by a page, whatever
+        the size of the history (keyset pages on one snapshot)."""
+        e = s.endpoints.c
         names = s.endpoint_projects.alias("names")
         query = (
-            select(p.id, p.endpoint, p.updated_on, e.native, e.origin, names.c.project)
-            .join(s.endpoints, e.slug == p.endpoint)
-            .join(names, names.c.slug == p.endpoint)
-            .order_by(p.endpoint, p.number, p.id)
+            select(e.slug, e.native, e.origin, names.c.project)
+            .join(names, names.c.slug == e.slug)
+            .order_by(e.slug)
         )
         if project is not None:
             query = query.where(e.native == project)
         if endpoint is not None:
-            query = query.where(p.endpoint == endpoint)
+            query = query.where(e.slug == endpoint)
         with self._read() as conn:
-            keys = conn.execute(query).all()
-            for start in range(0, len(keys), _CHUNK):
-                chunk = keys[start : start + _CHUNK]
-                ids = [k.id for k in chunk]
-                data = dict(conn.execute(select(p.id, p.data).where(p.id.in_(ids))).all())
-                trees = _assemble(conn, [(pid, data[pid]) for pid in ids])
-                for k in chunk:
-                    yield StoredTree(
-                        k.endpoint, k.native, k.origin, k.updated_on or 0.0, trees[k.id], k.project
-                    )
+            for slug, native, origin, name in conn.execute(query).all():
+                for page in _pages_by_number(conn, slug, created):
+                    ids = [r.id for r in page]
+                    trees = assemble_trees(conn, [(r.id, r.data) for r in page])
+                    facts = read_facts(conn, ids) if with_facts else {}
+                    for r in page:
+                        yield StoredTree(
+                            slug, native, origin, r.updated_on or 0.0, trees[r.id], name, facts.get(r.id)
+                        )
+
+    def unreadable_timestamps(self, project: str | None = None) -> int:
+        """Timestamps in stored trees that could not be read (null in derived data)."""
+        pr, e = s.pipeline_runs.c, s.endpoints.c
+        query = select(func.coalesce(func.sum(pr.bad_times), 0)).join(s.endpoints, e.slug == pr.endpoint)
+        if project is not None:
+            query = query.where(e.native == project)
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
 
     # -- status ----------------------------------------------------------------------------
     def endpoint_statuses(self) -> list[EndpointStatus]:
@@ -471,6 +555,86 @@ class Store:
             return [LeaseInfo(*r) for r in rows]
 
 
+def _pages_by_number(
+    conn: Connection, endpoint: str, created: tuple[float, float] | None = None
+) -> Iterator[Sequence[Any]]:
+    """An endpoint's pipelines in (number, id) order, unnumbered first, in keyset pages; with
+    `created`, only those with a workflow run created in [since, until)."""
+    p, w = s.pipelines.c, s.workflow_runs.c
+    columns = (p.id, p.number, p.updated_on, p.data)
+    window = []
+    if created is not None:
+        runs = select(w.pipeline_id).where(
+            w.endpoint == endpoint, w.created >= created[0], w.created < created[1]
+        )
+        window = [p.id.in_(runs)]
+    last_id = ""
+    while page := conn.execute(
+        select(*columns)
+        .where(p.endpoint == endpoint, p.number.is_(None), p.id > last_id, *window)
+        .order_by(p.id)
+        .limit(_CHUNK)
+    ).all():
+        yield page
+        last_id = page[-1].id
+    last: tuple[int, str] | None = None
+    while True:
+        after = [] if last is None else [or_(p.number > last[0], and_(p.number == last[0], p.id > last[1]))]
+        page = conn.execute(
+            select(*columns)
+            .where(p.endpoint == endpoint, p.number.is_not(None), *after, *window)
+            .order_by(p.number, p.id)
+            .limit(_CHUNK)
+        ).all()
+        if not page:
+            return
+        yield page
+        last = (page[-1].number, page[-1].id)
+
+
+@dataclass(frozen=True)
+class TreeRows:
+    """A pipeline tree as rows of the pipelines, workflows and jobs tables."""
+
+    pipeline: dict[str, Any]
+    workflows: list[dict[str, Any]]
+    jobs: list[dict[str, Any]]
+
+
+def tree_rows(endpoint: str, tree: dict[str, Any], *, fetched_at: float, is_final: bool) -> TreeRows:
+    pipeline = {k: v for k, v in tree.items() if k != "workflows"}
+    pid = pipeline["id"]
+    workflow_rows, job_rows = [], []
+    for w_seq, workflow in enumerate(tree.get("workflows") or []):
+        wf = {k: v for k, v in workflow.items() if k != "jobs"}
+        workflow_rows.append({"id": wf["id"], "pipeline_id": pid, "seq": w_seq, "data": dumps(wf)})
+        for j_seq, job in enumerate(workflow.get("jobs") or []):
+            raw = {k: v for k, v in job.items() if k != "details"}
+            details = job.get("details")
+            job_rows.append(
+                {
+                    "workflow_id": wf["id"],
+                    "id": raw["id"],
+                    "pipeline_id": pid,
+                    "seq": j_seq,
+                    "data": dumps(raw),
+                    "details": None if details is None else dumps(details),
+                    "job_number": s.job_number_of(raw),
+                }
+            )
+    pipeline_row = {
+        "id": pid,
+        "endpoint": endpoint,
+        "number": pipeline.get("number"),
+        "created_at": parse_ts(pipeline.get("created_at")),
+        "updated_on": tree_updated_on(tree),
+        "fetched_at": fetched_at,
+        "is_final": is_final,
+        "data": dumps(pipeline),
+    }
+    return TreeRows(pipeline_row, workflow_rows, job_rows)
+
+
 def tree_updated_on(tree: dict[str, Any]) -> float:
     """Latest timestamp anywhere in a pipeline tree."""
     stamps = [parse_ts(tree.get("updated_at")), parse_ts(tree.get("created_at"))]
@@ -483,13 +647,22 @@ def tree_updated_on(tree: dict[str, Any]) -> float:
     return max((x for x in stamps if x is not None), default=0.0)
 
 
+def _set_project_info(conn: Connection, slug: str, info: dict[str, Any]) -> None:
+    """Store GET /project/{slug}; the facts' is_default_branch follows a changed default branch."""
+    before = default_branch_of(conn, slug)
+    conn.execute(update(s.endpoints).where(s.endpoints.c.slug == slug).values(project_info=dumps(info)))
+    after = default_branch_of(conn, slug)
+    if after != before:
+        set_default_branch(conn, slug, after)
+
+
 def _count_by_endpoint(conn: Connection, source: Any, *where: Any) -> dict[str, int]:
     p = s.pipelines.c
     query = select(p.endpoint, func.count()).select_from(source).where(*where).group_by(p.endpoint)
     return {endpoint: count for endpoint, count in conn.execute(query)}
 
 
-def _assemble(conn: Connection, pipelines: Sequence[tuple[str, str]]) -> dict[str, dict[str, Any]]:
+def assemble_trees(conn: Connection, pipelines: Sequence[tuple[str, str]]) -> dict[str, dict[str, Any]]:
     """Rebuild trees for (pipeline id, pipeline JSON) pairs with two queries."""
     ids = [pid for pid, _ in pipelines]
     w, j = s.workflows.c, s.jobs.c

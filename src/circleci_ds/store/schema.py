@@ -11,8 +11,10 @@ on its next migration. Anything else belongs to another application and is never
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from enum import Enum
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -34,6 +36,7 @@ from sqlalchemy import (
     select,
     table,
     text,
+    update,
 )
 
 metadata = MetaData()
@@ -118,6 +121,88 @@ meta = Table(
 CORE_TABLES = (schema_version, endpoints, pipelines, workflows, jobs)
 APPLICATION = "circleci-ds"
 
+# -- facts: analysis-ready rows derived from the raw trees (see circleci_ds.facts) ---------------
+
+pipeline_runs = Table(
+    "pipeline_runs",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("endpoint", String(300), nullable=False),
+    Column("number", BigInteger),
+    Column("created", Double),
+    Column("triggered", Double),
+    Column("branch", Text),
+    Column("branch_source", String(40)),
+    Column("is_default_branch", Boolean),
+    Column("commit", Text),
+    Column("subject", Text),
+    Column("author", Text),
+    Column("trigger_type", Text),
+    Column("state", Text),
+    Column("bad_times", Integer, nullable=False),
+    Index("ix_pipeline_runs_endpoint_created", "endpoint", "created"),
+)
+
+workflow_runs = Table(
+    "workflow_runs",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("pipeline_id", String(64), nullable=False, index=True),
+    Column("endpoint", String(300), nullable=False),
+    Column("pipeline_number", BigInteger),
+    Column("name", Text, nullable=False),
+    Column("status", String(40), nullable=False),
+    Column("branch", Text),
+    Column("is_default_branch", Boolean),
+    Column("commit", Text),
+    Column("triggered", Double),
+    Column("created", Double),
+    Column("stopped", Double),
+    Column("duration", Double),
+    Column("active_duration", Double),
+    Column("approval_wait", Double),
+    Column("rerun_index", Integer, nullable=False),
+    Column("rerun_of", String(64)),
+    Column("rerun_kind", String(20)),
+    Column("jobs", Integer, nullable=False),
+    Column("executed_jobs", Integer, nullable=False),
+    Column("failed_jobs", Integer, nullable=False),
+    Index("ix_workflow_runs_endpoint_created", "endpoint", "created"),
+)
+
+job_runs = Table(
+    "job_runs",
+    metadata,
+    Column("workflow_id", String(64), primary_key=True),
+    Column("id", String(64), primary_key=True),
+    Column("pipeline_id", String(64), nullable=False, index=True),
+    Column("endpoint", String(300), nullable=False),
+    Column("workflow_name", Text, nullable=False),
+    Column("name", Text, nullable=False),
+    Column("type", String(40)),
+    Column("status", String(40), nullable=False),
+    Column("number", BigInteger),
+    Column("executed", Boolean, nullable=False),
+    Column("branch", Text),
+    Column("is_default_branch", Boolean),
+    Column("commit", Text),
+    Column("workflow_created", Double),
+    Column("queued", Double),
+    Column("started", Double),
+    Column("stopped", Double),
+    Column("duration", Double),
+    Column("queue_time", Double),
+    Column("approval_wait", Double),
+    Column("dependencies", Text, nullable=False),
+    Index("ix_job_runs_endpoint_created", "endpoint", "workflow_created"),
+)
+
+FACT_TABLES = (pipeline_runs, workflow_runs, job_runs)
+# Reading trees back in (endpoint, number) order, a page at a time.
+pipelines_by_number = Index(
+    "ix_pipelines_endpoint_number", pipelines.c.endpoint, pipelines.c.number, pipelines.c.id
+)
+
 
 def _v1_core(conn: Connection) -> None:
     metadata.create_all(conn, tables=list(CORE_TABLES))
@@ -145,6 +230,53 @@ def _ownership_marker(conn: Connection) -> None:
     mark_owned(conn)
 
 
+# Columns added by `_rerun_signals`; lightweight views, so the first step's tables stay as released.
+# jobs.job_number: the job's number, for the rerun probe; endpoints.job_frontier: every job number up
+# to it is accounted for; endpoints.project_info_at: when GET /project/{slug} was last tried.
+jobs_numbered = table(
+    "jobs", *(column(c.name, c.type) for c in jobs.columns), column("job_number", BigInteger)
+)
+endpoint_walk = table(
+    "endpoints", column("slug", String), column("job_frontier", BigInteger), column("project_info_at", Double)
+)
+
+
+def _rerun_signals(conn: Connection) -> None:
+    conn.execute(text("ALTER TABLE jobs ADD COLUMN job_number BIGINT"))
+    conn.execute(text("ALTER TABLE endpoints ADD COLUMN job_frontier BIGINT"))
+    conn.execute(text("ALTER TABLE endpoints ADD COLUMN project_info_at DOUBLE PRECISION"))
+    conn.execute(text("CREATE INDEX ix_jobs_job_number ON jobs (job_number)"))
+    rows = conn.execute(select(jobs.c.workflow_id, jobs.c.id, jobs.c.data)).all()
+    for row in rows:
+        number = _job_number(row.data)
+        if number is not None:
+            conn.execute(
+                update(jobs_numbered)
+                .where(jobs_numbered.c.workflow_id == row.workflow_id, jobs_numbered.c.id == row.id)
+                .values(job_number=number)
+            )
+
+
+def _job_number(data: str) -> int | None:
+    try:
+        job = json.loads(data)
+    except ValueError:
+        return None
+    return job_number_of(job) if isinstance(job, dict) else None
+
+
+def job_number_of(job: dict[str, Any]) -> int | None:
+    number = job.get("job_number")
+    return number if isinstance(number, int) and not isinstance(number, bool) else None
+
+
+def facts_tables(conn: Connection) -> None:
+    """Facts tables beside the raw JSON, filled from the trees already stored."""
+    from circleci_ds.store.facts_store import backfill_facts
+
+    metadata.create_all(conn, tables=list(FACT_TABLES))
+    pipelines_by_number.create(conn, checkfirst=True)
+    backfill_facts(conn)
 # -- test results (GET /project/{slug}/{job-number}/tests) ---------------------------------------------
 # One row per job whose tests were read (`state`: done, none = 404 or empty, reading = a large result
 # being written in chunks, invisible until done); a dictionary of tests; one facts row per test result;
@@ -231,6 +363,8 @@ MIGRATIONS: list[Callable[[Connection], None]] = [
     _users_table,
     _endpoint_project_name,
     _ownership_marker,
+    _rerun_signals,
+    facts_tables,
     _add_test_results,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -1,0 +1,379 @@
+"""Facts: analysis-ready rows derived from one raw pipeline tree, by pure functions (no I/O).
+
+The store writes these rows beside the raw JSON in the same transaction (so they never disagree),
+the metrics query them, and the enriched export takes its derived values from them.
+
+Rules:
+- Branch: the first of `vcs.branch`, `vcs.tag`, `trigger_parameters.git.branch`,
+  `trigger_parameters.git.tag` that is a non-empty text; `branch_source` names it; null when none
+  has one (such runs are reported as "no branch", never dropped).
+- Rerun index: 0 for the first run of a workflow name in its pipeline (by created_at; undated runs
+  last, ties in the API's order), 1 for its first rerun, ...; `rerun_of` is the run it repeats.
+  A rerun's kind: `auto` (CircleCI's automatic rerun, `auto_rerun_number`), `from_failed` (it
+  executed fewer jobs than the run it repeats), else `whole`.
+- Workflow duration: stopped_at - created_at (wall clock, approval waits included, as Insights);
+  `active_duration` leaves approval waits out. Unknown or negative gives null.
+- A job is executed when it is not an approval and it started (a start time, or a status only a
+  started job can have); not_run, blocked, on-hold and never-started cancelled jobs are not.
+- Job duration: job-details `duration` (ms) when positive or the job started, else stopped - started;
+  approvals have none. Queue time: started - queued (job details); negative gives null.
+- Approval wait: from when an approval job went on hold (its start, else the latest stop of the
+  jobs it depends on, else its workflow's creation) to its approval; null until approved.
+- Timestamps that cannot be read are null here and counted in `PipelineFact.bad_times`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, fields
+from typing import Any
+
+from circleci_ds.times import TimeReader, seconds_between
+
+WORKFLOW_FAILED = frozenset({"failed", "error"})
+JOB_FAILED = frozenset({"failed", "infrastructure_fail", "timedout", "terminated-unknown"})
+_STARTED_STATUSES = frozenset({"success", "running", *JOB_FAILED})
+BRANCH_SOURCES = ("vcs.branch", "vcs.tag", "trigger_parameters.git.branch", "trigger_parameters.git.tag")
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineFact:
+    id: str
+    endpoint: str
+    number: int | None
+    created: float | None
+    triggered: float | None  # trigger.received_at, else created
+    branch: str | None
+    branch_source: str | None
+    is_default_branch: bool | None
+    commit: str | None
+    subject: str | None
+    author: str | None
+    trigger_type: str | None
+    state: str | None
+    bad_times: int  # timestamps present in the tree that could not be read
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowFact:
+    id: str
+    pipeline_id: str
+    endpoint: str
+    pipeline_number: int | None
+    name: str
+    status: str
+    branch: str | None
+    is_default_branch: bool | None
+    commit: str | None
+    triggered: float | None
+    created: float | None
+    stopped: float | None
+    duration: float | None
+    active_duration: float | None
+    approval_wait: float | None
+    rerun_index: int
+    rerun_of: str | None
+    rerun_kind: str | None  # auto | from_failed | whole; None for first runs
+    jobs: int
+    executed_jobs: int
+    failed_jobs: int
+
+
+@dataclass(frozen=True, slots=True)
+class JobFact:
+    workflow_id: str
+    id: str
+    pipeline_id: str
+    endpoint: str
+    workflow_name: str
+    name: str
+    type: str | None
+    status: str
+    number: int | None
+    executed: bool
+    branch: str | None
+    is_default_branch: bool | None
+    commit: str | None
+    workflow_created: float | None  # jobs follow their workflow run into a window
+    queued: float | None
+    started: float | None
+    stopped: float | None
+    duration: float | None
+    queue_time: float | None
+    approval_wait: float | None
+    dependencies: str  # JSON list of job ids
+
+
+@dataclass(frozen=True, slots=True)
+class TreeFacts:
+    pipeline: PipelineFact
+    workflows: list[WorkflowFact]
+    jobs: list[JobFact]
+
+
+def row(fact: PipelineFact | WorkflowFact | JobFact) -> dict[str, Any]:
+    """The fact as a table row (column names are the field names); shallow, as every value is plain."""
+    return {name: getattr(fact, name) for name in _FIELD_NAMES[type(fact).__name__]}
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+_FIELD_NAMES = {
+    kind.__name__: tuple(f.name for f in fields(kind)) for kind in (PipelineFact, WorkflowFact, JobFact)
+}
+
+
+def as_dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**62 else None
+
+
+def branch_of(pipeline: dict[str, Any]) -> tuple[str | None, str | None]:
+    """(branch, the field it came from); see the module rules."""
+    vcs = as_dict(pipeline.get("vcs"))
+    git = as_dict(as_dict(pipeline.get("trigger_parameters")).get("git"))
+    for source, value in zip(
+        BRANCH_SOURCES, (vcs.get("branch"), vcs.get("tag"), git.get("branch"), git.get("tag")), strict=True
+    ):
+        if _text(value):
+            return value, source
+    return None, None
+
+
+def default_branch(info: Any) -> str | None:
+    """The default branch from a GET /project/{slug} answer."""
+    vcs_info = as_dict(as_dict(info).get("vcs_info"))
+    return _text(vcs_info.get("default_branch"))
+
+
+def is_default(branch: str | None, default: str | None) -> bool | None:
+    return None if branch is None or default is None else branch == default
+
+
+def rerun_order(workflows: list[dict[str, Any]]) -> dict[int, tuple[int, int | None]]:
+    """Position of each workflow -> (rerun index, position of the run it repeats)."""
+    by_name: dict[Any, list[tuple[float, int]]] = {}
+    for position, workflow in enumerate(workflows):
+        created = parse_silently(workflow.get("created_at"))  # counted with the workflow's own fact
+        key = workflow.get("name") if isinstance(workflow.get("name"), str) else None
+        by_name.setdefault(key, []).append((created if created is not None else float("inf"), position))
+    order: dict[int, tuple[int, int | None]] = {}
+    for runs in by_name.values():
+        previous: int | None = None
+        for index, (_, position) in enumerate(sorted(runs)):
+            order[position] = (index, previous)
+            previous = position
+    return order
+
+
+def derive(endpoint: str, tree: dict[str, Any], default_branch: str | None) -> TreeFacts:
+    """All facts of one pipeline tree (pipeline + workflows[] + jobs[] + details)."""
+    reader = TimeReader()
+    vcs = as_dict(tree.get("vcs"))
+    trigger = as_dict(tree.get("trigger"))
+    branch, source = branch_of(tree)
+    created = reader.read(tree.get("created_at"))
+    received = reader.read(trigger.get("received_at"))
+    ctx = _Context(
+        endpoint=endpoint,
+        pipeline_id=str(tree.get("id")),
+        number=_int(tree.get("number")),
+        branch=branch,
+        is_default=is_default(branch, default_branch),
+        commit=_text(vcs.get("revision")),
+        triggered=received if received is not None else created,
+    )
+    workflows = [w for w in as_list(tree.get("workflows")) if isinstance(w, dict)]
+    order = rerun_order(workflows)
+    job_facts: list[list[JobFact]] = [_job_facts(ctx, w, reader) for w in workflows]
+    workflow_facts: list[WorkflowFact] = []
+    for position, workflow in enumerate(workflows):
+        index, previous = order[position]
+        kind = (
+            _rerun_kind(workflow, job_facts[position], job_facts[previous]) if previous is not None else None
+        )
+        rerun_of = str(workflows[previous].get("id")) if previous is not None else None
+        workflow_facts.append(
+            _workflow_fact(ctx, workflow, job_facts[position], index, rerun_of, kind, reader)
+        )
+    actor = as_dict(trigger.get("actor"))
+    pipeline = PipelineFact(
+        id=ctx.pipeline_id,
+        endpoint=endpoint,
+        number=ctx.number,
+        created=created,
+        triggered=ctx.triggered,
+        branch=branch,
+        branch_source=source,
+        is_default_branch=ctx.is_default,
+        commit=ctx.commit,
+        subject=_text(as_dict(vcs.get("commit")).get("subject")),
+        author=_text(actor.get("login")),
+        trigger_type=_text(trigger.get("type")),
+        state=_text(tree.get("state")),
+        bad_times=reader.unreadable,
+    )
+    return TreeFacts(pipeline, workflow_facts, [j for jobs in job_facts for j in jobs])
+
+
+@dataclass(frozen=True, slots=True)
+class _Context:
+    endpoint: str
+    pipeline_id: str
+    number: int | None
+    branch: str | None
+    is_default: bool | None
+    commit: str | None
+    triggered: float | None
+
+
+def _rerun_kind(workflow: dict[str, Any], jobs: list[JobFact], previous: list[JobFact]) -> str:
+    auto = _int(workflow.get("auto_rerun_number"))
+    if auto is not None and auto > 0:
+        return "auto"
+    executed = sum(j.executed for j in jobs)
+    return "from_failed" if executed < sum(j.executed for j in previous) else "whole"
+
+
+def _workflow_fact(
+    ctx: _Context,
+    workflow: dict[str, Any],
+    jobs: list[JobFact],
+    rerun_index: int,
+    rerun_of: str | None,
+    kind: str | None,
+    reader: TimeReader,
+) -> WorkflowFact:
+    created = reader.read(workflow.get("created_at"))
+    stopped = reader.read(workflow.get("stopped_at"))
+    duration = _non_negative(seconds_between(created, stopped))
+    waits = [j.approval_wait for j in jobs if j.approval_wait is not None]
+    wait = round(sum(waits), 3) if waits else None
+    active = None if duration is None else max(0.0, round(duration - (wait or 0.0), 3))
+    return WorkflowFact(
+        id=str(workflow.get("id")),
+        pipeline_id=ctx.pipeline_id,
+        endpoint=ctx.endpoint,
+        pipeline_number=ctx.number,
+        name=str(workflow.get("name")),
+        status=str(workflow.get("status")),
+        branch=ctx.branch,
+        is_default_branch=ctx.is_default,
+        commit=ctx.commit,
+        triggered=ctx.triggered,
+        created=created,
+        stopped=stopped,
+        duration=duration,
+        active_duration=active,
+        approval_wait=wait,
+        rerun_index=rerun_index,
+        rerun_of=rerun_of,
+        rerun_kind=kind,
+        jobs=len(jobs),
+        executed_jobs=sum(j.executed for j in jobs),
+        failed_jobs=sum(j.status in JOB_FAILED for j in jobs),
+    )
+
+
+def _job_facts(ctx: _Context, workflow: dict[str, Any], reader: TimeReader) -> list[JobFact]:
+    jobs = [j for j in as_list(workflow.get("jobs")) if isinstance(j, dict)]
+    workflow_created = parse_silently(workflow.get("created_at"))
+    stops = {j.get("id"): parse_silently(j.get("stopped_at")) for j in jobs}
+    return [_job_fact(ctx, workflow, job, workflow_created, stops, reader) for job in jobs]
+
+
+def parse_silently(value: Any) -> float | None:
+    """A timestamp read a second time (already counted once if unreadable)."""
+    return TimeReader().read(value)
+
+
+def _job_fact(
+    ctx: _Context,
+    workflow: dict[str, Any],
+    job: dict[str, Any],
+    workflow_created: float | None,
+    stops: dict[Any, float | None],
+    reader: TimeReader,
+) -> JobFact:
+    details = as_dict(job.get("details"))
+    # Job details carry milliseconds, the job list does not: prefer the details.
+    started = reader.read(details.get("started_at") or job.get("started_at"))
+    stopped = reader.read(details.get("stopped_at") or job.get("stopped_at"))
+    queued = reader.read(details.get("queued_at"))
+    status = str(job.get("status"))
+    is_approval = job.get("type") == "approval"
+    dependencies = [d for d in as_list(job.get("dependencies")) if isinstance(d, str)]
+    wait = None
+    if is_approval and stopped is not None and status == "success":
+        dep_stops = [s for d in dependencies if (s := stops.get(d)) is not None]
+        held_from = started if started is not None else max(dep_stops, default=workflow_created)
+        wait = _non_negative(seconds_between(held_from, stopped))
+    return JobFact(
+        workflow_id=str(workflow.get("id")),
+        id=str(job.get("id")),
+        pipeline_id=ctx.pipeline_id,
+        endpoint=ctx.endpoint,
+        workflow_name=str(workflow.get("name")),
+        name=str(job.get("name")),
+        type=_text(job.get("type")),
+        status=status,
+        number=_int(job.get("job_number"))
+        if job.get("job_number") is not None
+        else _int(details.get("number")),
+        executed=not is_approval and (started is not None or status in _STARTED_STATUSES),
+        branch=ctx.branch,
+        is_default_branch=ctx.is_default,
+        commit=ctx.commit,
+        workflow_created=workflow_created,
+        queued=queued,
+        started=started,
+        stopped=stopped,
+        duration=None if is_approval else job_seconds(details.get("duration"), started, stopped),
+        queue_time=_non_negative(seconds_between(queued, started)),
+        approval_wait=wait,
+        dependencies=json.dumps(dependencies),
+    )
+
+
+def _non_negative(seconds: float | None) -> float | None:
+    return None if seconds is None or seconds < 0 else seconds
+
+
+def job_seconds(duration_ms: Any, started: float | None, stopped: float | None) -> float | None:
+    """Job-details `duration` (milliseconds) when given, else stopped - started."""
+    # A job that never started reports duration 0: that is "unknown", not "instant".
+    usable = isinstance(duration_ms, int | float) and not isinstance(duration_ms, bool)
+    if usable and 0 <= duration_ms < math.inf and (duration_ms > 0 or started is not None):
+        return round(duration_ms / 1000, 3)
+    return _non_negative(seconds_between(started, stopped))
+
+
+def critical_path(jobs: Iterable[JobFact]) -> list[JobFact]:
+    """The chain of jobs that set a workflow run's end, first job first.
+
+    From the job that stopped last, step back to the dependency that stopped last, until a job
+    without dependencies (or without known stop times).
+    """
+    by_id = {j.id: j for j in jobs if j.stopped is not None}
+    if not by_id:
+        return []
+    current: JobFact | None = max(by_id.values(), key=lambda j: (j.stopped or 0.0, j.id))
+    chain: list[JobFact] = []
+    seen: set[str] = set()
+    while current is not None and current.id not in seen:
+        chain.append(current)
+        seen.add(current.id)
+        deps = [by_id[d] for d in json.loads(current.dependencies) if d in by_id]
+        current = max(deps, key=lambda j: (j.stopped or 0.0, j.id), default=None)
+    return list(reversed(chain))

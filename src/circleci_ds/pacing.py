@@ -1,0 +1,454 @@
+"""Client-side pacing against a server's rate limit of unknown shape (token bucket, fixed windows).
+
+Rules (each a method below; the clock is injectable, so every rule runs in simulated time in tests):
+1. **Every 429 pauses every request**, for its `Retry-After` (seconds, or an HTTP date measured against
+   the response's own `Date`); without one, for 1 s, doubling (up to 60 s) while the first request
+   after a pause is refused again. A 429 answering a request sent before the pause began is the same
+   event: it only lengthens the pause if it asks for more.
+2. **One request goes first after a pause**; the others wait for its answer, so a pause that ended too
+   soon costs one 429, not one per request in flight.
+3. **Slow start**: the pace starts at `START` requests/s and grows x1.5 every `STEP` while it holds
+   requests back, until the first 429 or spent quota; it only ever grows while it holds requests back.
+4. **An estimate at each pause**: the successes of the requests sent since the previous pause ended,
+   over the time from then to the end of the new pause ("measured"). That is the server's rate for a
+   fixed window (pauses end at window starts) and for a token bucket whose burst covers the pause, and
+   less otherwise. After a long pause (`LONG` s or more) it is trusted and held. After a short one the
+   estimate is the highest of: measured; the highest pace held `SUSTAIN` s without a 429 since the last
+   pause (at most `HELD_CAP` x measured, as a burst can carry a pace the rate cannot), or `JITTER_CUT` x
+   a refused pace that had been held or was under the estimate (arrival jitter); and `DECREASE` x the
+   refused pace (`FIRST_CUT` at the first 429). The pace is `MARGIN` x the estimate; it climbs back
+   towards the refused pace by halves every `CLIMB_STEP` s, and `HOLD` s after the last pause probes
+   above it (x`PUSH` every `SUSTAIN` s) to follow a limit that rose. No two requests go much closer
+   than the pace's interval (`CATCH_UP`): a bucket of one refuses any pair closer than its own.
+5. **Quota headers** (`RateLimit-*` or `X-RateLimit-*`, reset as seconds or as an epoch): the remaining
+   quota, less the requests sent after the request that reported it, is spent down; at zero every
+   request waits for the reset (about two slots for a quota seen refilling before its reset: a bucket),
+   a pause without the 429, estimated like one. Quotas reported by requests sent before the last pause
+   ended are stale and ignored.
+6. `max_rps` is a hard cap: at most max_rps * W + 1 requests in any W seconds.
+7. **Bounded waits**: no request waits out pauses for longer than `max_wait` seconds in all, nor does the
+   run (pauses overlapping many requests count once); a request that would is refused with
+   `WaitTooLong` at once instead of sleeping. A pause of `LONG_PAUSE` s or more is logged as a warning.
+
+Read-only for displays: `paused_until` / `pause_remaining`, `requests_per_second`, `rate`, `estimate`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+
+log = logging.getLogger("circleci_ds.api")
+
+
+class WaitTooLong(Exception):
+    """Waiting out the server's pauses would exceed `max_wait` (per request or per run)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    """One admitted request: its place in the order of sending, and whether it goes first after a pause."""
+
+    seq: int
+    sent: float
+    probe: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Quota:
+    """What quota headers said: `remaining` requests until `reset` seconds from the response."""
+
+    limit: int | None
+    remaining: int
+    reset: float
+
+
+@dataclass(slots=True)
+class WaitBudget:
+    """Seconds of pauses one request may still wait out."""
+
+    left: float
+
+
+# -- pure parsing ------------------------------------------------------------------------------------
+
+
+def parse_http_date(value: str | None) -> float | None:
+    """Epoch seconds of an HTTP date, or None if absent or unreadable."""
+    if not value:
+        return None
+    try:
+        return parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+
+
+def parse_retry_after(value: str | None, server_date: str | None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP date), at least 0; None when
+    absent or unreadable. A date is measured against the response's own `Date` (so local clock skew
+    does not matter), else against local time. No upper cap here: `max_wait` bounds what is waited."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        target = parse_http_date(value)
+        if target is None:
+            return None
+        base = parse_http_date(server_date)
+        seconds = target - (base if base is not None else time.time())
+    if not math.isfinite(seconds):
+        return None
+    return max(seconds, 0.0)
+
+
+def parse_quota(headers: Mapping[str, str], server_date: str | None) -> Quota | None:
+    """`RateLimit-Remaining` / `-Reset` (seconds), else `X-RateLimit-Remaining` / `-Reset` (seconds, or an
+    epoch when larger than a year's seconds, measured against `Date`); None if either is missing or bad."""
+    for prefix in ("RateLimit-", "X-RateLimit-"):
+        remaining = _count(headers.get(prefix + "Remaining"))
+        reset = _seconds(headers.get(prefix + "Reset"))
+        if remaining is None or reset is None:
+            continue
+        if reset > 365 * 86400:  # an epoch
+            base = parse_http_date(server_date)
+            reset = max(0.0, reset - (base if base is not None else time.time()))
+        return Quota(_count(headers.get(prefix + "Limit")), remaining, reset)
+    return None
+
+
+def _count(value: str | None) -> int | None:
+    if value is None or not value.strip().isdigit() or len(value.strip()) > 12:
+        return None
+    return int(value.strip())
+
+
+def _seconds(value: str | None) -> float | None:
+    try:
+        seconds = float(value) if value is not None and len(value) < 32 else None
+    except ValueError:
+        return None
+    return seconds if seconds is not None and math.isfinite(seconds) and seconds >= 0 else None
+
+
+def describe_seconds(seconds: float) -> str:
+    """`45s`, `2m30s`, `3h05m`, `11d13h`: how long a pause is, for people."""
+    s = math.ceil(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+# -- the pacer ---------------------------------------------------------------------------------------
+
+
+class Pacer:
+    """Spaces requests to a pace learned from the server's 429s and quota headers; see the module rules."""
+
+    START, START_GROWTH = 20.0, 1.5  # requests/s before anything is known; growth per STEP till then
+    STEP = 0.25  # seconds between changes of pace
+    SUSTAIN = 2.0  # seconds at a pace without a 429 that show the server takes it
+    CLIMB_STEP = 2.0  # seconds between steps back up towards a refused pace
+    HELD_CAP = 2.0  # a held pace counts for at most this many times the measured rate
+    LONG = 2.0  # a pause this long is a window's end: the stretch between pauses measures the rate
+    MARGIN = 0.94  # the pace kept under the estimate
+    CATCH_UP = 0.03  # a late request keeps its slot if at most this share of an interval late
+    JITTER_CUT = 0.9  # the pace after a 429 at a pace held SUSTAIN seconds
+    FIRST_CUT, DECREASE = 0.5, 0.7  # at least this share of a refused pace is kept (first 429, later)
+    HOLD = 60.0  # seconds a pace under a refused one is held before probing above it
+    PUSH = 1.05  # growth per SUSTAIN seconds when probing above
+    LONG_PAUSE = 30.0  # pauses this long are announced
+    POLL = 0.005  # how often waiting requests look again while the first one after a pause is out
+
+    def __init__(
+        self,
+        max_rps: float | None = None,
+        *,
+        max_wait: float = 900.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.max_rps = max_rps
+        self.max_wait = max_wait
+        self._clock = clock
+        now = clock()
+        self.rate: float = min(self.START, max_rps) if max_rps is not None else self.START
+        self.estimate: float | None = None  # the server's rate, as last estimated
+        self._refused: float | None = None  # the pace last refused with a 429
+        self._sustained = 0.0  # the highest pace held SUSTAIN seconds without a 429
+        self._pace_since = now  # when the pace last changed
+        self._next = 0.0  # the next free slot
+        self._paused_until = -math.inf
+        self._cycle_start = now  # when the last pause ended (or the first request)
+        self._started = False
+        self._waited_at = -math.inf  # when the pace last held a request back
+        self._last_change = now
+        self._failed_probes = 0
+        self._probe_out: int | None = None  # seq of the request out first after a pause
+        self._need_probe = False
+        self._seq = 0
+        self._successes = 0  # answered 2xx, of requests sent since the last pause ended
+        self._sent: deque[float] = deque()  # send times over the last RECENT seconds
+        self._quota_seq = -1
+        self._quota_left: int | None = None
+        self._quota_reset = -math.inf
+        self._quota_refills = False  # the quota grew before its reset: a bucket, not a window
+        self._last_cycle = (0, now)  # successes and start of the cycle the last pause ended
+        self._last_event = now
+        self._retry_after_absent = False
+        self._paused_total = 0.0
+        self.rate_limited = 0  # 429s seen
+
+    # -- read-only views -------------------------------------------------------------------------
+    @property
+    def paused_until(self) -> float | None:
+        """The pacer clock's time (monotonic) when the pause in force ends; None without one."""
+        return self._paused_until if self._paused_until > self._clock() else None
+
+    @property
+    def pause_remaining(self) -> float:
+        """Seconds left of the pause in force, 0.0 without one."""
+        return max(0.0, self._paused_until - self._clock())
+
+    @property
+    def requests_per_second(self) -> float:
+        """Requests sent per second over the last 5 seconds."""
+        self._trim_sent(self._clock())
+        return len(self._sent) / 5.0
+
+    @property
+    def paused_total(self) -> float:
+        """Seconds of pauses so far in this run (overlapping pauses count once)."""
+        return self._paused_total
+
+    # -- admission -------------------------------------------------------------------------------
+    async def wait(self, budget: WaitBudget | None = None) -> Ticket:
+        """Return when this request may go, with its ticket. Raises WaitTooLong rather than wait out a
+        pause beyond `budget` (this request's) or beyond the run's `max_wait`."""
+        while True:
+            ticket = self.try_acquire()
+            if ticket is not None:
+                return ticket
+            pause = self.pause_remaining
+            if pause > 0:
+                self._check_budget(pause, budget)
+            delay = self.delay()
+            await asyncio.sleep(delay)
+            if pause > 0 and budget is not None:
+                budget.left -= min(delay, pause)
+
+    def _check_budget(self, pause: float, budget: WaitBudget | None) -> None:
+        if budget is not None and pause > budget.left:
+            raise WaitTooLong(
+                f"rate limited: the server asks to wait {describe_seconds(pause)} more, beyond --max-wait "
+                f"{describe_seconds(self.max_wait)} for one request"
+            )
+        if self._paused_total > self.max_wait:
+            raise WaitTooLong(
+                f"rate limited: the server's pauses in this run would add up to "
+                f"{describe_seconds(self._paused_total)}, beyond --max-wait {describe_seconds(self.max_wait)}"
+            )
+
+    def delay(self) -> float:
+        """Seconds to wait before asking again; 0.0 if a request may go now (try_acquire takes it)."""
+        now = self._clock()
+        self._spend_quota_check(now)
+        if self._paused_until > now:
+            return self._paused_until - now
+        if self._probe_out is not None:
+            return self.POLL
+        return max(0.0, self._next - now)
+
+    def try_acquire(self) -> Ticket | None:
+        """A ticket if a request may go now (it takes the slot), else None."""
+        if self.delay() > 0:
+            now = self._clock()
+            if self._paused_until <= now and self._probe_out is None:
+                self._waited_at = now
+                self._grow(now)
+            return None
+        now = self._clock()
+        self._grow(now)
+        if not self._started:
+            self._started, self._cycle_start = True, now
+        interval = 1.0 / self.rate
+        # A slightly late wake-up keeps its place in the schedule; no two requests go much closer than
+        # the interval (a bucket of one refuses any pair closer than its own). Idle time earns no burst.
+        slot = max(self._next, now - self.CATCH_UP * interval)
+        self._next = slot + interval
+        self._seq += 1
+        probe = self._need_probe
+        if probe:
+            self._need_probe, self._probe_out = False, self._seq
+        if self._quota_left is not None:
+            self._quota_left -= 1
+        self._sent.append(now)
+        self._trim_sent(now)
+        return Ticket(self._seq, now, probe)
+
+    # -- answers ---------------------------------------------------------------------------------
+    def observe(self, ticket: Ticket, status: int, headers: Mapping[str, str]) -> None:
+        """The answer to `ticket`: its status and headers (Retry-After, Date, quota headers)."""
+        now = self._clock()
+        date = headers.get("Date")
+        quota = parse_quota(headers, date)
+        if quota is not None:
+            self._note_quota(ticket, quota, now)
+        if status == 429:
+            self._rate_limited(ticket, parse_retry_after(headers.get("Retry-After"), date), now)
+            return
+        if ticket.seq == self._probe_out:
+            self._probe_out = None
+            if self._failed_probes:
+                self._reestimate(now)
+            self._failed_probes = 0
+        if 200 <= status < 300 and ticket.sent >= self._cycle_start:
+            self._successes += 1
+
+    def abandon(self, ticket: Ticket) -> None:
+        """`ticket`'s request got no answer (timeout, connection error): let the others go."""
+        if ticket.seq == self._probe_out:
+            self._probe_out = None
+
+    def _rate_limited(self, ticket: Ticket, retry_after: float | None, now: float) -> None:
+        self.rate_limited += 1
+        if ticket.seq == self._probe_out:
+            self._probe_out = None
+            self._failed_probes += 1
+        self._retry_after_absent = retry_after is None
+        if retry_after is None:
+            pause = min(60.0, 2.0 ** max(0, self._failed_probes - 1)) if self._failed_probes else 1.0
+        else:
+            pause = max(retry_after, 0.05 * 2.0**self._failed_probes)
+        if ticket.probe or ticket.sent < self._cycle_start or self._paused_until > now:
+            # The first request after a pause, one sent before that pause ended, or one answered
+            # during this pause: the same event, which says nothing new about the rate.
+            if now + pause > self._paused_until:
+                self._pause(now, now + pause)
+            return
+        self._event(now, pause, refused=True)
+
+    def _note_quota(self, ticket: Ticket, quota: Quota, now: float) -> None:
+        if ticket.seq <= self._quota_seq or ticket.sent < self._cycle_start:
+            return  # older than what was read already, or from before the last pause
+        self._quota_seq = ticket.seq
+        left = quota.remaining - (self._seq - ticket.seq)
+        expected = self._quota_left
+        if expected is not None and left > expected + 1 and now < self._quota_reset - 1.5:
+            self._quota_refills = True
+        self._quota_left = left
+        self._quota_reset = now + quota.reset
+
+    def _spend_quota_check(self, now: float) -> None:
+        if self._quota_left is None:
+            return
+        if now >= self._quota_reset:
+            self._quota_left = None  # unknown until the next answer says
+        elif self._quota_left <= 0 and self._paused_until <= now:
+            # A window is spent until its reset; a bucket refills: wait about two slots.
+            wait = self._quota_reset - now
+            self._event(now, min(wait, 2.0 / self.rate) if self._quota_refills else wait, refused=False)
+
+    # -- the estimate ----------------------------------------------------------------------------
+    def _event(self, now: float, pause: float, *, refused: bool) -> None:
+        """A new pause: estimate the server's rate (rule 4) and set the pace under it."""
+        pace, previous = self.rate, self.estimate
+        end = now + pause
+        cycle = end - self._cycle_start
+        measured = self._successes / cycle if cycle >= 0.2 and self._successes >= 3 else None
+        pressing = now - self._waited_at <= self.STEP
+        trusted = measured is not None and pause >= self.LONG
+        held = self._held_floor(pace, previous, measured)
+        if trusted and measured is not None:
+            target = measured
+        else:
+            cut = self.FIRST_CUT if previous is None else self.DECREASE
+            target = max(measured or 0.0, held, cut * pace)
+        if pressing:
+            target = min(target, pace)
+        self.estimate = target
+        # A trusted estimate is held; otherwise the pace climbs back towards the refused one by halves.
+        self._refused = None if trusted else pace if pressing else self._refused
+        self._sustained = 0.0
+        self._set(self.MARGIN * target, now)
+        self._last_cycle, self._last_event = (self._successes, self._cycle_start), now
+        self._cycle_start = end
+        self._successes = 0
+        self._pause(now, end)
+        log.debug(
+            "%s: pausing %.2fs at pace %.1f/s%s; server rate about %.1f/s (measured %s, held %.1f), "
+            "pace %.1f/s",
+            "HTTP 429" if refused else "quota spent", pause, pace, "" if pressing else " (not pressing)",
+            target, "-" if measured is None else f"{measured:.1f}", held, self.rate,
+        )  # fmt: skip
+
+    def _held_floor(self, pace: float, previous: float | None, measured: float | None) -> float:
+        """The pace the server is known to take: the highest held SUSTAIN seconds without a 429."""
+        # Refused at a pace held SUSTAIN seconds, or under the last estimate: arrival jitter, or a
+        # limit that came down a little.
+        held = self._sustained if self._sustained < pace else self.JITTER_CUT * pace
+        if previous is not None and pace <= previous:
+            held = max(held, self.JITTER_CUT * pace)
+        if measured is not None:
+            held = min(held, self.HELD_CAP * measured)  # a burst let a pace through that the rate cannot
+        return held
+
+    def _reestimate(self, now: float) -> None:
+        """The first request after refused ones went through: without a Retry-After this is when the
+        server took requests again, so the cycle that ended at the last 429 measures its rate now."""
+        successes, start = self._last_cycle
+        cycle = now - start
+        if self._retry_after_absent and successes >= 3 and now - self._last_event >= self.LONG:
+            self.estimate = successes / cycle
+            self._refused, self._last_event = None, now
+            self._set(self.MARGIN * self.estimate, now)
+
+    def _pause(self, now: float, until: float) -> None:
+        self._paused_total += until - max(now, self._paused_until)
+        if until - now >= self.LONG_PAUSE and until - self._paused_until >= self.LONG_PAUSE:
+            log.warning(
+                "rate limited: every request paused for %s (the server's Retry-After or quota reset)",
+                describe_seconds(until - now),
+            )
+        self._paused_until = self._next = self._last_change = until
+        self._pace_since = max(self._pace_since, until)  # a pace is held only while requests go
+        self._cycle_start = max(self._cycle_start, until)
+        self._need_probe = True
+
+    def _grow(self, now: float) -> None:
+        """Raise a pace that holds requests back (rule 3; towards the refused pace after a 429)."""
+        if now - self._last_change < self.STEP or now - self._waited_at > self.STEP:
+            return
+        held = now - self._pace_since
+        if held >= self.SUSTAIN:
+            self._sustained = max(self._sustained, self.rate)
+        refused = self._refused
+        if self.estimate is None:
+            self._set(self.rate * self.START_GROWTH, now)
+        elif refused is not None and self.rate < 0.99 * self.MARGIN * refused:
+            if held >= self.CLIMB_STEP:
+                self._set((self.rate + self.MARGIN * refused) / 2, now)
+        elif refused is not None:
+            self._refused = None  # reached just under the refused pace: hold it
+        elif now - self._last_event >= self.HOLD and held >= self.SUSTAIN:
+            self._set(self.rate * self.PUSH, now)
+        self._last_change = now
+
+    def _set(self, rate: float, now: float) -> None:
+        rate = max(0.5, rate)
+        self.rate = min(rate, self.max_rps) if self.max_rps is not None else rate
+        self._pace_since = now
+
+    def _trim_sent(self, now: float) -> None:
+        while self._sent and self._sent[0] < now - 5.0:
+            self._sent.popleft()

@@ -1,0 +1,124 @@
+"""Drive a Pacer against the simulator's limiters in simulated time (no real time passes).
+
+`drive` runs `workers` client loops (ask the pacer, send, get the answer `latency` later) against a
+`Limiter` that answers like the simulator: 429 with Retry-After in whole seconds rounded up (as a number,
+an HTTP date against the response's Date, or absent) and, if asked, quota headers.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+from dataclasses import dataclass, field
+from email.utils import formatdate
+
+from circleci_ds.pacing import Pacer, Ticket
+from circleci_ds.simulator.ratelimit import Limiter
+from circleci_ds.simulator.server import quota_headers
+
+EPOCH = 1_800_000_000.0  # the fake server's wall clock is EPOCH + the fake monotonic clock
+
+
+class FakeClock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class Outcome:
+    sent: list[float] = field(default_factory=list)  # when each request went out
+    pauses: list[tuple[float, float]] = field(default_factory=list)  # (429 received, Retry-After)
+    rejected: int = 0
+    succeeded: int = 0
+    finished: float | None = None  # when the `requests`-th success came
+
+    def count(self, start: float, end: float) -> int:
+        return sum(1 for t in self.sent if start <= t < end)
+
+    def busiest(self, window: float = 1.0) -> int:
+        """The most requests sent within any `window` seconds."""
+        most, first = 0, 0
+        for last, t in enumerate(self.sent):
+            while t - self.sent[first] >= window:
+                first += 1
+            most = max(most, last - first + 1)
+        return most
+
+
+def answer(limiter: Limiter | None, now: float, retry_after: str, headers: str) -> tuple[int, dict[str, str]]:
+    """Status and headers the simulator would send for a request arriving at `now`."""
+    epoch = EPOCH + now
+    out = {"Date": formatdate(math.floor(epoch), usegmt=True)}
+    if limiter is None:
+        return 200, out
+    decision = limiter.take()
+    out |= quota_headers(headers, decision, int(epoch * 1000))
+    if decision.admitted:
+        return 200, out
+    seconds = max(1, math.ceil(decision.wait))
+    if retry_after == "seconds":
+        out["Retry-After"] = str(seconds)
+    elif retry_after == "date":
+        out["Retry-After"] = formatdate(math.floor(epoch) + seconds, usegmt=True)
+    return 429, out
+
+
+ANSWER, ASK = 0, 1
+
+
+def drive(
+    pacer: Pacer,
+    clock: FakeClock,
+    limiter: Limiter | None,
+    seconds: float = math.inf,
+    *,
+    requests: int | None = None,
+    workers: int = 16,
+    latency: float = 0.025,
+    think: float = 0.0,
+    retry_after: str = "seconds",
+    headers: str = "none",
+    late: float = 0.0,
+) -> Outcome:
+    """Run until `seconds` pass or `requests` requests succeeded (a 429'd request is asked again).
+    Each wake-up after a wait is up to `late` seconds late, as on a busy machine (seeded)."""
+    out = Outcome()
+    lateness = random.Random(7)
+    end = clock.now + seconds
+    queue: list[tuple[float, int, int, Ticket | None, int, dict[str, str]]] = [
+        (clock.now, ASK, worker, None, 0, {}) for worker in range(workers)
+    ]
+    heapq.heapify(queue)
+    while queue:
+        when, kind, worker, ticket, status, sent_headers = heapq.heappop(queue)
+        if when >= end:
+            break
+        clock.now = when
+        if kind == ASK:
+            got = pacer.try_acquire()
+            if got is None:
+                wake = when + max(pacer.delay(), 1e-4) + lateness.uniform(0.0, late)
+                heapq.heappush(queue, (wake, ASK, worker, None, 0, {}))
+                continue
+            out.sent.append(when)
+            status, reply = answer(limiter, when, retry_after, headers)
+            heapq.heappush(queue, (when + latency, ANSWER, worker, got, status, reply))
+            continue
+        assert ticket is not None
+        pacer.observe(ticket, status, sent_headers)
+        if status == 429:
+            out.rejected += 1
+            out.pauses.append((when, pacer.pause_remaining))
+            heapq.heappush(queue, (when, ASK, worker, None, 0, {}))
+            continue
+        out.succeeded += 1
+        if requests is not None and out.succeeded >= requests:
+            out.finished = when
+            break
+        heapq.heappush(queue, (when + think, ASK, worker, None, 0, {}))
+    clock.now = min(end, clock.now) if out.finished is None and math.isfinite(end) else clock.now
+    return out
