@@ -155,6 +155,40 @@ async def quirky_server(
             await runner.cleanup()
 
 
+def store_test_truth(store: Store, sim: Simulator, slugs: list[str]) -> None:
+    """Write the simulator's test truth straight into the store (as collection would), by job number."""
+    from circleci_ds.simulator.render import render_project
+    from circleci_ds.store.testresults import save_chunk
+    from circleci_ds.testresults import TestJob
+
+    for written in slugs:
+        slug = canonical_slug(written)
+        project = sim.history.project(slug)
+        assert project is not None
+        store.ensure_endpoint(slug, "acme", f"https://circleci.com/{slug}")
+        store.save_project_info(slug, render_project(project))
+        for entry in sim.test_truth(slug):
+            started, stopped = entry["started_at_ms"], entry["stopped_at_ms"]
+            job = TestJob(
+                endpoint=slug,
+                job_number=entry["job_number"],
+                job_id=entry["job_id"],
+                pipeline_id=entry["pipeline_id"],
+                workflow_id=None,
+                workflow=entry["workflow"],
+                job_name=entry["job_name"],
+                branch=entry["branch"],
+                commit=entry["commit"],
+                status=entry["status"],
+                created_at=entry["workflow_created_ms"] / 1000,
+                started_at=started / 1000 if started is not None else None,
+                stopped_at=stopped / 1000 if stopped is not None else None,
+                duration=(stopped - started) / 1000 if started is not None and stopped is not None else None,
+                web_url=entry["web_url"],
+            )
+            save_chunk(store, job, entry["items"], seq=0, final=True)
+
+
 # -- the command line, as a user runs it ---------------------------------------------------------
 def cli_args(*args: str) -> list[str]:
     return [sys.executable, "-m", "circleci_ds", *args]

@@ -170,6 +170,10 @@ def patched_spec() -> dict[str, Any]:
     spec["paths"]["/workflow/{id}/job"]["get"]["parameters"].append(
         {"in": "query", "name": "page-token", "schema": {"type": "string"}, "required": False}
     )
+    # Deviation: test metadata is paginated like the lists (the spec declares no `page-token` for it).
+    spec["paths"]["/project/{project-slug}/{job-number}/tests"]["get"]["parameters"].append(
+        {"in": "query", "name": "page-token", "schema": {"type": "string"}, "required": False}
+    )
     return spec
 
 

@@ -331,10 +331,11 @@ async def test_page_tokens_of_any_characters_go_back_as_a_query_parameter(tmp_pa
             results, _ = await collect(url, db_url, SLUGS, token=TOKEN)
     assert [r.error for r in results] == [None, None]
     assert_matches_truth(db_url, sim, SLUGS)
-    paged = [s for s in hostile.seen if s.query]
+    lists = ("/pipeline", "/workflow", "/job")  # the lists given odd tokens; test results page plainly
+    paged = [s for s in hostile.seen if s.query and not s.path.endswith("/tests")]
     assert len(paged) >= 4  # 12 pipelines at 4 a page, and more
     for seen in paged:
-        assert seen.path.endswith(("/pipeline", "/workflow", "/job")), seen.path
+        assert seen.path.endswith(lists), seen.path
         (name, value), *rest = seen.query
         assert name == "page-token" and value.startswith(ODD) and not rest
 

@@ -157,6 +157,23 @@ async def test_responses_validate_against_openapi(
         assert (await client.get("/me", token="wrong")).status == 401
 
 
+async def test_test_results_validate_against_openapi(
+    session: aiohttp.ClientSession, openapi_validate: Callable[[str, dict[str, str], Reply], None]
+) -> None:
+    sim = Simulator(tiny_config(tests_page_size=7, token=TOKEN))
+    sim.advance(2 * 86400)
+    checked = Counter[str]()
+    async with serving(sim, session, token=TOKEN, validate=openapi_validate) as client:
+        for project in sim.config.projects:
+            for entry in sim.test_truth(project.slug)[:12]:
+                path = f"/project/{project.slug}/{entry['job_number']}/tests"
+                items = await client.pages(path)
+                assert items == entry["items"]
+                checked["paged" if len(items or []) > 7 else "one page"] += 1
+            assert (await client.get(f"/project/{project.slug}/1/tests")).status == 404
+    assert checked["paged"] and checked["one page"]
+
+
 def _busiest_moment(sim: Simulator) -> int:
     """The workflow start time (at or after the clock) with the most workflows still going."""
     now = sim.view.now
@@ -542,7 +559,7 @@ async def test_stats_latency_and_max_in_flight(session: aiohttp.ClientSession) -
         assert remote["requests"] == 20
         assert remote["by_endpoint"] == {
             "pipelines": 12, "pipeline": 2, "workflows": 1, "workflow": 1, "jobs": 1,
-            "job_details": 1, "project": 1, "me": 1, "user": 0,
+            "job_details": 1, "tests": 0, "project": 1, "me": 1, "user": 0,
         }
         assert remote["status"] == {"200": 18, "401": 1, "404": 1}
         await admin(session, "POST", client.base_url, "/reset-stats")

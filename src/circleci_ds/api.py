@@ -236,6 +236,10 @@ class CircleCIClient:
     async def job_details(self, slug: str, number: int) -> dict[str, Any]:
         return await self.get(f"/project/{_path(slug)}/job/{job_number(number)}")
 
+    def test_pages(self, slug: str, number: int) -> AsyncIterator[list[dict[str, Any]]]:
+        """Pages of a job's test results; NotFound when it stored none."""
+        return self.pages(f"/project/{_path(slug)}/{job_number(number)}/tests")
+
     async def project(self, slug: str) -> dict[str, Any]:
         return await self.get(f"/project/{_path(slug)}")
 

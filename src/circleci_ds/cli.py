@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import json
 import logging
 import os
@@ -190,6 +191,9 @@ def collect(
     lease_ttl: Annotated[
         float, typer.Option(min=1.0, help="Seconds a dead collector's endpoints stay leased.", hidden=True)
     ] = 60.0,
+    tests: Annotated[
+        bool, typer.Option("--tests/--no-tests", help="Read test results of finished build jobs.")
+    ] = True,
     timeout: Annotated[
         float, typer.Option(min=0.1, help="Seconds one request may take, body included; then it is retried.")
     ] = 60.0,
@@ -225,6 +229,7 @@ def collect(
         parallel_endpoints=parallel_endpoints,
         trees_in_flight=trees_in_flight(concurrency),
         lease_ttl=lease_ttl,
+        tests=tests and settings.collect_tests,
     )
     limits = Limits(max_response_bytes=int(max_response_mb * MiB), max_pages=max_pages)
     started = time.monotonic()
@@ -262,7 +267,8 @@ def collect(
         + f": {counters.pipelines} pipeline(s) stored"
         + (f" ({reruns} found rerun by job number)" if reruns else "")
         + f", {counters.workflows} workflow(s), "
-        f"{counters.jobs} job(s), {counters.details} job detail(s) read, "
+        f"{counters.jobs} job(s), {counters.details} job detail(s), "
+        f"tests of {counters.tests} job(s) ({counters.test_results} result(s)) read, "
         f"{users.resolved} user(s) resolved ({users.deleted} deleted); {stats.requests} request(s), "
         f"{stats.rate_limited} rate-limited, {stats.retries} retried, in {time.monotonic() - started:.1f}s"
         + (f"; {len(failed)} endpoint(s) failed" if failed else ""),
@@ -405,11 +411,13 @@ def export(
             docs = dads_documents(store.iter_trees(project), People.load(store, people_ids))
         else:
             from circleci_ds.enrich import enrich_trees
+            from circleci_ds.testdocs import test_documents
 
             people = People.load(store, people_ids)
             docs = enrich_trees(
                 store.iter_trees(project, with_facts=True), store.project_infos(), people=people
             )
+            docs = itertools.chain(docs, test_documents(store, project))  # one document per test result
         raw = kind is ExportKind.raw
         lines = ex.es_bulk(docs, raw=raw, index=index) if fmt is Format.es_bulk else ex.ndjson(docs)
         try:

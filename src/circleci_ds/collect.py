@@ -31,6 +31,7 @@ from circleci_ds.lanes import EndpointResult, LaneOptions, Lanes, Outcome, new_o
 from circleci_ds.people import UserPass, resolve_users
 from circleci_ds.store import PipelineIndexEntry, Store, StoreError
 from circleci_ds.store.database import digest
+from circleci_ds.testresults import TestPhase
 from circleci_ds.times import parse_ts
 
 log = logging.getLogger("circleci_ds.collect")
@@ -58,6 +59,7 @@ class Options:
     lease_ttl: float = 60.0
     owner: str = field(default_factory=new_owner)
     rerun_walk: bool = True  # the job-number walk (off: only the age-spaced re-read finds reruns)
+    tests: bool = True  # read test results of finished build jobs (circleci_ds.testresults)
 
 
 class Phase(Enum):
@@ -92,6 +94,8 @@ class Counters:
     workflows: int = 0
     jobs: int = 0
     details: int = 0
+    tests: int = 0  # jobs whose test results were read
+    test_results: int = 0
     endpoints: dict[str, EndpointProgress] = field(default_factory=dict)
 
 
@@ -201,6 +205,9 @@ class Collector:
             error = f"{endpoint.written}: {_describe(exc)}"
         if error is None and walk.errors:
             error = f"{endpoint.written}: {len(walk.errors)} item(s) not collected; first: {walk.errors[0]}"
+        if error is None and walk.test_errors:
+            unread, first_test = len(walk.test_errors), walk.test_errors[0]
+            error = f"{endpoint.written}: tests of {unread} job(s) not read; first: {first_test}"
         checkpoint, frontier = ended
         finished = await self.db(self.store.now)
         await self.db(
@@ -221,8 +228,12 @@ class Collector:
 
     async def after_trees(self, endpoint: Endpoint, walk: _Walk) -> None:
         """Per-endpoint phases that need the endpoint's trees stored; they run before the endpoint's
-        run is recorded, and an ApiError they raise fails the endpoint. Today: the project info."""
+        run is recorded, and an ApiError they raise fails the endpoint. Today: the project info, then
+        the test results of finished jobs (unless Options.tests is off); a job whose tests cannot be
+        read is noted in `walk.test_errors` and fails the endpoint once the others are read."""
         await self._project_info(endpoint, walk.server_start)
+        if self.options.tests:
+            walk.test_errors = await TestPhase(self, endpoint.slug).run()
 
     async def _project_info(self, endpoint: Endpoint, now: float | None) -> None:
         """GET /project/{slug} when missing or stale; an extra, never a gate (rules.project_info_stale)."""
@@ -258,6 +269,7 @@ class _Walk:
         self.endpoint = endpoint
         self.progress = collector.progress(endpoint)
         self.errors: list[str] = []
+        self.test_errors: list[str] = []  # jobs whose test results could not be read
         self.saved = 0
         self.server_start: float | None = None  # server time when the run began
         self.walked: dict[int, dict[str, Any]] = {}  # job number -> details, from the walk

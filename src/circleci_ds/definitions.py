@@ -109,6 +109,16 @@ DEFINITIONS: tuple[Definition, ...] = (
         "A job that both failed and succeeded on the same commit in the window, on any branch.",
     ),
     Definition(
+        "flaky_test",
+        "Flaky test",
+        "A test (classname and name in a job) that both passed and failed on the same commit.",
+    ),
+    Definition(
+        "slowest_tests",
+        "Slowest tests",
+        "p50 and p95 of run_time over passed and failed results, interpolated between ranks.",
+    ),
+    Definition(
         "critical_path",
         "Critical path",
         "In the latest successful run of a workflow: from the job that stopped last, back through the "

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +119,7 @@ class Settings:
     token: str | None = field(repr=False)
     token_source: str  # "fixture", "environment" or "none"; never the token itself
     notes: tuple[str, ...] = ()
+    collect_tests: bool = True  # config entry `collect-tests: false` turns test results off
 
 
 def load_fixture(path: Path | str, environ: Mapping[str, str] | None = None) -> Settings:
@@ -142,6 +143,7 @@ def load_fixture(path: Path | str, environ: Mapping[str, str] | None = None) -> 
         raise FixtureError(f"{path}: no data source with `slug: circleci` under `data_sources`")
     endpoints: list[Endpoint] = []
     token_values: list[tuple[str, str]] = []  # (value, ":line")
+    tests_values: list[str] = []
     seen: dict[str, str] = {}
     for index, source_raw in circle:
         try:
@@ -153,6 +155,7 @@ def load_fixture(path: Path | str, environ: Mapping[str, str] | None = None) -> 
             for c_index, c in enumerate(source.config)
             if c.name.lower() == "circle-token"
         ]
+        tests_values += [c.value or "" for c in source.config if c.name.lower() == "collect-tests"]
         for p_index, project in enumerate(source.projects):
             for e_index, ep in enumerate(project.endpoints):
                 slug = canonical_slug(ep.name)
@@ -167,7 +170,18 @@ def load_fixture(path: Path | str, environ: Mapping[str, str] | None = None) -> 
     if not endpoints:
         raise FixtureError(f"{path}: the circleci data source lists no endpoints")
     token, source_name = _resolve_token(path, token_values, environ)
-    return Settings(path, fixture.native.slug, tuple(endpoints), token, source_name, notes)
+    settings = Settings(path, fixture.native.slug, tuple(endpoints), token, source_name, notes)
+    return replace(settings, collect_tests=_collect_tests(path, tests_values))
+
+
+def _collect_tests(path: Path, values: list[str]) -> bool:
+    """The `collect-tests` config entry: true unless it says false (yes/no, on/off, 1/0 too)."""
+    flags = {"true": True, "yes": True, "on": True, "1": True}
+    flags |= {"false": False, "no": False, "off": False, "0": False}
+    for value in values:
+        if value.strip().lower() not in flags:
+            raise FixtureError(f"{path}: collect-tests must be true or false, not {value.strip()[:40]!r}")
+    return all(flags[v.strip().lower()] for v in values)
 
 
 def _read(path: Path) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -16,6 +17,7 @@ from circleci_ds.people_report import PeopleTally
 from circleci_ds.report.html import render_html, write_html
 from circleci_ds.report.people_section import people_html, print_people
 from circleci_ds.report.terminal import print_tables
+from circleci_ds.report.testsection import build_tests, html_section, print_test_tables
 from circleci_ds.store import Store
 from circleci_ds.times import parse_ts
 
@@ -66,17 +68,19 @@ def run_report(
     ):
         people.tree(tree)
     who = people.report()
+    tests = build_tests(store, project=project, since=start, until=end, branch=branch)  # the same window
     if fmt == "json":
-        console.out(
-            json.dumps({**report.to_dict(), "people": who.to_dict()}, indent=2, ensure_ascii=False),
-            highlight=False,
-        )
+        payload = {**report.to_dict(), "people": who.to_dict(), "tests": tests.to_dict()}
+        console.out(json.dumps(payload, indent=2, ensure_ascii=False), highlight=False)
     else:
         print_tables(report, console)
         if report.projects:
             print_people(who, console)
+        print_test_tables(tests, console)
     if html_path is not None:
-        write_html(report, html_path, people_html(who))
+        test_specs: list[dict[str, Any]] = []
+        tests_html = html_section(tests, test_specs)
+        write_html(report, html_path, people_html(who) + tests_html, test_specs)
         if fmt == "table":  # JSON output stays pure JSON
             console.print(plain(f"Wrote {html_path}"), highlight=False)
     return report

@@ -49,3 +49,4 @@ def text(value: str | None) -> str:
 
 def branch(value: str | None) -> str:
     return "all branches" if value is None else value
+

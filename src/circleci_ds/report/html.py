@@ -8,6 +8,7 @@ so no value can close the script element or open a comment.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from functools import lru_cache
 from html import escape
 from pathlib import Path
@@ -102,8 +103,11 @@ def plotly_js() -> str:
     return get_plotlyjs()
 
 
-def render_html(report: MetricsReport, extra_sections: str = "") -> str:
-    """The whole page as a string; `extra_sections` (markup, already escaped) go after the projects."""
+def render_html(
+    report: MetricsReport, extra_sections: str = "", extra_specs: Sequence[dict[str, Any]] = ()
+) -> str:
+    """The whole page as a string; `extra_sections` (markup, already escaped) go after the projects,
+    with the chart specs they draw in `extra_specs`."""
     specs: list[dict[str, Any]] = []
     if report.projects:
         organisation = _organisation(report, specs)
@@ -112,6 +116,7 @@ def render_html(report: MetricsReport, extra_sections: str = "") -> str:
     else:
         body = '<p class="empty">No workflow runs in this window.</p>'
     body += extra_sections
+    specs.extend(extra_specs)
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
@@ -122,8 +127,11 @@ def render_html(report: MetricsReport, extra_sections: str = "") -> str:
     )
 
 
-def write_html(report: MetricsReport, path: Path, extra_sections: str = "") -> None:
-    write_atomic(path, render_html(report, extra_sections))  # OutputError leaves a previous report as it was
+def write_html(
+    report: MetricsReport, path: Path, extra_sections: str = "", extra_specs: Sequence[dict[str, Any]] = ()
+) -> None:
+    # OutputError leaves a previous report as it was
+    write_atomic(path, render_html(report, extra_sections, extra_specs))
 
 
 def _header(report: MetricsReport) -> str:
@@ -154,11 +162,15 @@ def _chart_cards(charts: list[Chart], prefix: str, specs: list[dict[str, Any]]) 
     for chart in charts:
         chart_id = f"chart-{prefix}-{chart.key}"
         specs.append({"id": chart_id, **chart.figure})
-        cards.append(
-            f'<div class="card"><h3>{e(chart.title)}</h3><p class="note">{e(chart.note)}</p>'
-            f'<div class="chart" id="{e(chart_id)}"></div></div>'
-        )
+        cards.append(_chart_card(chart, chart_id))
     return f'<div class="grid">{"".join(cards)}</div>' if cards else ""
+
+
+def _chart_card(chart: Chart, chart_id: str) -> str:
+    return (
+        f'<div class="card"><h3>{e(chart.title)}</h3><p class="note">{e(chart.note)}</p>'
+        f'<div class="chart" id="{e(chart_id)}"></div></div>'
+    )
 
 
 def _project_section(

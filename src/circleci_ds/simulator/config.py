@@ -15,6 +15,7 @@ LIMITER_SHAPES = ("bucket", "second", "minute")  # token bucket, fixed window pe
 RUNTIME_KNOBS = frozenset(
     {
         "page_size",
+        "tests_page_size",
         "latency_ms",
         "jitter_ms",
         "rate_limit_rps",
@@ -89,6 +90,8 @@ class SimConfig:
     rerun_rate: float = 0.13  # share of failed workflows rerun by hand (automatic reruns aside)
     late_rerun_days: float = 0.0  # > 2: a third of manual reruns land 2 days to this many days later
     gated_rerun_rate: float = 0.0  # share of manual reruns that wait for an approval before any job
+    tests_page_size: int = 50  # test results per page of /project/{slug}/{number}/tests
+    test_suite_scale: float = 1.0  # multiplies every suite's size (large results for benchmarks)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -97,8 +100,10 @@ class SimConfig:
         """Raise ValueError on knob values the server cannot honour."""
         if self.start.tzinfo is None:
             raise ValueError("start must be timezone-aware")
-        if self.page_size < 1:
-            raise ValueError("page_size must be >= 1")
+        if self.page_size < 1 or self.tests_page_size < 1:
+            raise ValueError("page_size and tests_page_size must be >= 1")
+        if self.test_suite_scale <= 0:
+            raise ValueError("test_suite_scale must be positive")
         for name, allowed in (
             ("retry_after", RETRY_AFTER_FORMS),
             ("rate_headers", RATE_HEADER_FORMS),

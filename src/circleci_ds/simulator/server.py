@@ -25,11 +25,14 @@ from .render import (
     render_user,
     users_truth,
 )
+from .testresults import job_tests, results_page
 
 if TYPE_CHECKING:
     from .sim import Simulator
 
-ENDPOINTS = ("pipelines", "pipeline", "workflows", "workflow", "jobs", "job_details", "project", "me", "user")
+ENDPOINTS = (
+    "pipelines", "pipeline", "workflows", "workflow", "jobs", "job_details", "tests", "project", "me", "user",
+)
 Inner = Callable[[web.Request, View, bool], web.Response]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -117,6 +120,8 @@ def project_path_kind(rest: str) -> str | None:
         return "pipelines"
     if len(parts) == 5 and parts[3] == "job":
         return "job_details"
+    if len(parts) == 5 and parts[4] == "tests":
+        return "tests"
     return None
 
 
@@ -133,6 +138,7 @@ class Api:
             "project": self._project,
             "pipelines": self._pipelines,
             "job_details": self._job_details,
+            "tests": self._tests,
             None: self._unknown_path,
         }
 
@@ -143,6 +149,7 @@ class Api:
             add("POST", f"{prefix}/_sim/advance", self._admin_advance)
             add("GET", f"{prefix}/_sim/clock", self._admin_clock)
             add("GET", f"{prefix}/_sim/truth", self._admin_truth)
+            add("GET", f"{prefix}/_sim/truth/tests", self._admin_test_truth)
             add("GET", f"{prefix}/_sim/users", self._admin_users)
             add("GET", f"{prefix}/_sim/stats", self._admin_stats)
             add("POST", f"{prefix}/_sim/reset-stats", self._admin_reset_stats)
@@ -340,6 +347,23 @@ class Api:
             return _message(view, 404, "Job not found")
         return _response(view, 200, view.body(("details", job.id), lambda: view.details(job) or {}))
 
+    def _tests(self, request: web.Request, view: View, authed: bool) -> web.Response:
+        project = self._project_at(request, authed)
+        if project is None:
+            return _message(view, 404, "Project not found")
+        number = request.match_info["rest"].strip("/").split("/")[3]
+        job = project.jobs_by_number.get(int(number)) if number.isdigit() else None
+        cfg = self.sim.config
+        found = job_tests(cfg.seed, cfg.test_suite_scale, project, job, view.now) if job else None
+        if job is None or found is None or not found.found:
+            return _message(view, 404, "Job not found" if job is None else "No test results found")
+        size = cfg.tests_page_size
+        try:
+            page = results_page(cfg.seed, job, found, self._page_token(request), size)
+        except InvalidPageToken:
+            return _message(view, 400, "Invalid page-token.")
+        return _json(view, page)  # not memoised: large suites would pin every page in memory
+
     def _me(self, request: web.Request, view: View, authed: bool) -> web.Response:
         if not authed:
             return _message(view, 401, "You must log in first.")
@@ -383,6 +407,14 @@ class Api:
         view = self.sim.view
         try:
             truth = self.sim.truth(request.query.get("project", ""))
+        except KeyError:
+            return _message(view, 404, "Project not found")
+        return _json(view, truth)
+
+    async def _admin_test_truth(self, request: web.Request) -> web.Response:
+        view = self.sim.view
+        try:
+            truth = self.sim.test_truth(request.query.get("project", ""))
         except KeyError:
             return _message(view, 404, "Project not found")
         return _json(view, truth)

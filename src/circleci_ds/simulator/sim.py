@@ -19,8 +19,9 @@ from .config import RUNTIME_KNOBS, SimConfig
 from .history import History, build_history, epoch_ms, new_uuid
 from .render import JSON, View, users_truth
 from .server import Api, Stats
+from .testresults import tests_truth
 
-_INT_KNOBS = frozenset({"page_size", "rate_burst"})
+_INT_KNOBS = frozenset({"page_size", "tests_page_size", "rate_burst"})
 _NULLABLE_KNOBS = frozenset({"rate_limit_rps", "token", "retention_days"})
 _STR_KNOBS = frozenset({"retry_after", "token", "limiter", "rate_headers", "limit_body"})
 
@@ -77,6 +78,15 @@ class Simulator:
         if project is None:
             raise KeyError(project_slug)
         return self._view.truth(project, self.config.page_size, self.config.retention_days)
+
+    def test_truth(self, project_slug: str) -> list[JSON]:
+        """Test results of the project's numbered build jobs that answer them now (404s left out),
+        by job number, each with the job's context and its suite's labels; KeyError for unknown
+        projects."""
+        project = self.history.project(project_slug)
+        if project is None:
+            raise KeyError(project_slug)
+        return tests_truth(self.config, project, self._view.now)
 
     def users_truth(self) -> dict[str, JSON | None]:
         """Every user id the history refers to -> GET /user/{id}'s answer; None for deleted accounts."""

@@ -24,7 +24,9 @@ from sqlalchemy import (
     Double,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
+    SmallInteger,
     String,
     Table,
     Text,
@@ -275,6 +277,83 @@ def facts_tables(conn: Connection) -> None:
     metadata.create_all(conn, tables=list(FACT_TABLES))
     pipelines_by_number.create(conn, checkfirst=True)
     backfill_facts(conn)
+# -- test results (GET /project/{slug}/{job-number}/tests) ---------------------------------------------
+# One row per job whose tests were read (`state`: done, none = 404 or empty, reading = a large result
+# being written in chunks, invisible until done); a dictionary of tests; one facts row per test result;
+# the raw pages, zlib-compressed JSON arrays of the items as returned.
+
+test_jobs = Table(
+    "test_jobs",
+    metadata,
+    Column("ref", Integer, primary_key=True, autoincrement=True),
+    Column("endpoint", String(300), nullable=False),
+    Column("job_number", BigInteger, nullable=False),
+    Column("job_id", String(64), nullable=False),
+    Column("pipeline_id", String(64)),
+    Column("workflow_id", String(64)),
+    Column("workflow", String(300)),
+    Column("job_name", String(300)),
+    Column("branch", String(300)),
+    Column("commit_sha", String(64)),
+    Column("status", String(40)),
+    Column("created_at", Double),  # the workflow's: the report window selects on it, as for jobs
+    Column("started_at", Double),
+    Column("stopped_at", Double),
+    Column("duration", Double),  # seconds
+    Column("web_url", Text),
+    Column("state", String(10), nullable=False),
+    Column("tests", Integer, nullable=False),
+    Index("ux_test_jobs_number", "endpoint", "job_number", unique=True),
+    Index("ix_test_jobs_job_id", "job_id"),
+    Index("ix_test_jobs_created", "state", "created_at"),
+    Index("ix_test_jobs_commit", "endpoint", "commit_sha", "job_name"),
+)
+
+test_cases = Table(
+    "test_cases",
+    metadata,
+    Column("ref", Integer, primary_key=True, autoincrement=True),
+    Column("endpoint", String(300), nullable=False),
+    Column("job_name", String(300), nullable=False),
+    Column("classname", String(1000), nullable=False),
+    Column("name", String(1000), nullable=False),
+    Column("file", String(1000), nullable=False),
+    Index("ux_test_cases_identity", "endpoint", "job_name", "classname", "name", unique=True),
+)
+
+test_results = Table(
+    "test_results",
+    metadata,
+    Column("job_ref", Integer, nullable=False),
+    Column("case_ref", Integer, nullable=False),
+    Column("outcome", SmallInteger),  # 1 passed, 0 failed, null otherwise (skipped, unknown)
+    Column("result", String(40), nullable=False),
+    Column("run_time", Double),  # seconds
+    Column("message", Text),  # bounded excerpt
+    Index("ix_test_results_job", "job_ref", "case_ref"),
+    Index("ix_test_results_case", "case_ref", "job_ref", "outcome", "run_time"),
+    Index(
+        "ix_test_results_failures",
+        "job_ref",
+        "case_ref",
+        sqlite_where=Column("outcome") == 0,
+        postgresql_where=Column("outcome") == 0,
+    ),
+)
+
+test_raw = Table(
+    "test_raw",
+    metadata,
+    Column("job_ref", Integer, primary_key=True),
+    Column("seq", Integer, primary_key=True),
+    Column("data", LargeBinary, nullable=False),
+)
+
+TEST_TABLES = (test_jobs, test_cases, test_results, test_raw)
+
+
+def _add_test_results(conn: Connection) -> None:
+    metadata.create_all(conn, tables=list(TEST_TABLES))
 
 
 # Each step upgrades version N to N+1. Released steps never change; new ones are appended.
@@ -286,6 +365,7 @@ MIGRATIONS: list[Callable[[Connection], None]] = [
     _ownership_marker,
     _rerun_signals,
     facts_tables,
+    _add_test_results,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

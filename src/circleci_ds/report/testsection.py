@@ -1,0 +1,280 @@
+"""The tests part of the report: terminal tables, JSON and an HTML section with charts.
+
+Test names and failure messages are hostile text: `display.safe_text` replaces control characters
+(terminal escapes) and bidi controls with U+FFFD everywhere they are shown; in the terminal they go
+into `Text` objects, in the page they are HTML-escaped, in charts entity-escaped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from circleci_ds.display import safe_text
+from circleci_ds.report import formatting as fmt
+from circleci_ds.report.charts import PALETTE, Chart, _hbar, _layout, plot_text
+from circleci_ds.report.html import _chart_card, _table, e
+from circleci_ds.report.terminal import _table as terminal_table
+from circleci_ds.report.terminal import print_table
+from circleci_ds.store import Store
+from circleci_ds.testmetrics import TestCountPoint, TestsReport, Window, compute_tests
+
+SHOWN = 10
+MESSAGE_SHOWN = 160
+COUNT_JOBS = 6  # job names drawn in the test-count chart
+
+
+def build_tests(
+    store: Store,
+    *,
+    project: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    branch: str | None,
+) -> TestsReport:
+    """The test metrics over the report's window."""
+    window = Window(
+        since=since.timestamp() if since else None,
+        until=until.timestamp() if until else None,
+        branch=branch,
+        project=project,
+    )
+    return compute_tests(store, window)
+
+
+def _test_name(classname: str, name: str) -> str:
+    return f"{classname}.{name}" if classname else name
+
+
+# -- tables: one spec for both renderers ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Column:
+    header: str
+    value: Callable[[Any], str | None]  # the shown text (or, for links, the URL)
+    numeric: bool = False
+    code: bool = False  # monospace in the page
+    limit: int | None = None
+    link: bool = False  # the page only: a link to the URL
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    title: str
+    note: str
+    columns: tuple[Column, ...]
+    rows: list[Any]
+    empty: str = "None found."
+
+
+_IDENTITY = (
+    Column("Project", lambda t: t.project_slug),
+    Column("Job", lambda t: t.job),
+    Column("Test", lambda t: _test_name(t.classname, t.name), code=True),
+)
+
+
+def table_specs(tests: TestsReport) -> list[TableSpec]:
+    return [
+        TableSpec(
+            "Flaky tests",
+            "Passed and failed on the same commit (any branch).",
+            (
+                *_IDENTITY,
+                Column("Commits", lambda f: fmt.count(f.flaky_commits), numeric=True),
+                Column("Times flaked", lambda f: fmt.count(f.times_flaked), numeric=True),
+                Column("Last flaked", lambda f: fmt.text(f.last_flaked), numeric=True),
+                Column("Latest failure", lambda f: f.web_url, link=True),
+                Column("Message", lambda f: f.message, code=True, limit=MESSAGE_SHOWN),
+            ),
+            tests.flaky,
+        ),
+        TableSpec(
+            "Most failed tests",
+            "Runs are passed and failed results.",
+            (
+                *_IDENTITY,
+                Column("Runs", lambda t: fmt.count(t.runs), numeric=True),
+                Column("Failures", lambda t: fmt.count(t.failures), numeric=True),
+                Column("Failure rate", lambda t: fmt.percent(t.failure_rate), numeric=True),
+            ),
+            tests.most_failed,
+        ),
+        TableSpec(
+            "Slowest tests",
+            "By p95 run time.",
+            (
+                *_IDENTITY,
+                Column("Runs", lambda t: fmt.count(t.runs), numeric=True),
+                Column("p50", lambda t: fmt.seconds(t.run_time_p50), numeric=True),
+                Column("p95", lambda t: fmt.seconds(t.run_time_p95), numeric=True),
+            ),
+            tests.slowest,
+            "No test results in this window.",
+        ),
+        TableSpec(
+            "Time lost to flaky tests",
+            "Duration of jobs that failed only on tests that passed later on the same commit.",
+            (
+                Column("Project", lambda x: x.project_slug),
+                Column("Jobs", lambda x: fmt.count(x.jobs), numeric=True),
+                Column("Time", lambda x: fmt.seconds(x.seconds), numeric=True),
+            ),
+            tests.time_lost,
+            "None.",
+        ),
+    ]
+
+
+def _shown(column: Column, row: Any) -> str:
+    text = fmt.text(column.value(row))
+    if column.limit is not None and len(text) > column.limit:
+        text = text[: column.limit - 1] + "…"
+    return safe_text(text)
+
+
+# -- terminal -----------------------------------------------------------------------------------------
+
+
+def print_test_tables(tests: TestsReport, console: Console) -> None:
+    for spec in table_specs(tests):
+        print_table(console, terminal(spec))
+
+
+def terminal(spec: TableSpec) -> Table:
+    columns = [c for c in spec.columns if not c.link]
+    numeric_from = next((i for i, c in enumerate(columns) if c.numeric), len(columns))
+    table = terminal_table(spec.title, *(c.header for c in columns), numeric_from=numeric_from)
+    for row in spec.rows[:SHOWN]:
+        table.add_row(*(Text(_shown(c, row)) for c in columns))
+    if not spec.rows:
+        table.caption = spec.empty
+    return table
+
+
+# -- HTML ---------------------------------------------------------------------------------------------
+
+
+def html_section(tests: TestsReport, specs: list[dict[str, Any]]) -> str:
+    """The page's Tests section; chart specs are appended to `specs`."""
+    cards = []
+    for chart in section_charts(tests):
+        chart_id = f"chart-tests-{chart.key}"
+        specs.append({"id": chart_id, **chart.figure})
+        cards.append(_chart_card(chart, chart_id))
+    tables = "".join(_html_table(spec) for spec in table_specs(tests))
+    grid = f'<div class="grid">{"".join(cards)}</div>'
+    return f'<section class="project" id="tests"><h2>Tests</h2>{grid}{tables}</section>'
+
+
+def _html_table(spec: TableSpec) -> str:
+    numeric_from = next((i for i, c in enumerate(spec.columns) if c.numeric), len(spec.columns))
+    rows = [[_html_cell(c, row) for c in spec.columns] for row in spec.rows]
+    return _table(spec.title, spec.note, [c.header for c in spec.columns], rows, numeric_from)
+
+
+def _html_cell(column: Column, row: Any) -> str:
+    if column.link:
+        url = column.value(row)
+        return f'<a href="{e(url)}">job</a>' if url and url.startswith("https://") else e(fmt.DASH)
+    text = e(_shown(column, row))
+    return f"<code>{text}</code>" if column.code else text
+
+
+# -- charts -------------------------------------------------------------------------------------------
+
+
+def _label(job: str, classname: str, name: str) -> str:
+    return plot_text(safe_text(f"{job} · {_test_name(classname, name)}"[:80]))
+
+
+def section_charts(tests: TestsReport) -> list[Chart]:
+    candidates = [
+        _flaky_chart(tests),
+        _failed_chart(tests),
+        _slowest_chart(tests),
+        _counts_chart(tests.counts),
+    ]
+    return [c for c in candidates if c is not None]
+
+
+def _bars(
+    key: str, title: str, note: str, x_title: str, labels: list[str], series: list[tuple[str, list[float]]]
+) -> Chart:
+    data = [_hbar(name, labels, values, PALETTE[i % len(PALETTE)]) for i, (name, values) in enumerate(series)]
+    layout = _layout(x_title, "", barmode="group", height=max(240, 80 + 34 * len(labels) * len(series)))
+    layout["showlegend"] = len(series) > 1
+    return Chart(key, title, note, {"data": data, "layout": layout})
+
+
+def _flaky_chart(tests: TestsReport) -> Chart | None:
+    top = list(reversed(tests.flaky[:SHOWN]))
+    if not top:
+        return None
+    labels = [_label(f.job, f.classname, f.name) for f in top]
+    series = [("times flaked", [float(f.times_flaked) for f in top])]
+    return _bars(
+        "flaky",
+        "Flakiest tests",
+        "Failed results on commits where the test also passed.",
+        "Times flaked",
+        labels,
+        series,
+    )
+
+
+def _failed_chart(tests: TestsReport) -> Chart | None:
+    top = list(reversed(tests.most_failed[:SHOWN]))
+    if not top:
+        return None
+    labels = [_label(t.job, t.classname, t.name) for t in top]
+    return _bars(
+        "failed",
+        "Most failed tests",
+        "Failed results in the window.",
+        "Failures",
+        labels,
+        [("failures", [float(t.failures) for t in top])],
+    )
+
+
+def _slowest_chart(tests: TestsReport) -> Chart | None:
+    top = list(reversed(tests.slowest[:SHOWN]))
+    if not top:
+        return None
+    labels = [_label(t.job, t.classname, t.name) for t in top]
+    series = [("p50", [t.run_time_p50 for t in top]), ("p95", [t.run_time_p95 for t in top])]
+    return _bars("slowest", "Slowest tests", "Run time in seconds, p50 and p95.", "Seconds", labels, series)
+
+
+def _counts_chart(points: list[TestCountPoint]) -> Chart | None:
+    by_job: dict[tuple[str, str], list[TestCountPoint]] = {}
+    for p in points:
+        by_job.setdefault((p.project_slug, p.job), []).append(p)
+    if not by_job:
+        return None
+    biggest = sorted(by_job, key=lambda k: (-max(p.tests_max for p in by_job[k]), k))[:COUNT_JOBS]
+    data = [
+        {
+            "type": "scatter",
+            "mode": "lines+markers",
+            "name": plot_text(safe_text(f"{slug} · {job}"[:60])),
+            "x": [p.day for p in by_job[slug, job]],
+            "y": [p.tests_max for p in by_job[slug, job]],
+        }
+        for slug, job in biggest
+    ]
+    layout = _layout("Day", "Tests per job")
+    return Chart(
+        "counts",
+        "Tests per job over time",
+        "Most tests in one run of the job, per day.",
+        {"data": data, "layout": layout},
+    )

@@ -1,0 +1,192 @@
+"""Store operations for test results: which jobs still need reading, and writing a job's results.
+
+A job's marker row (`test_jobs`) and its results are written in the same transaction; a job larger
+than one chunk is written under a `reading` marker, which every metric ignores and the next write of
+that job's first chunk discards (see circleci_ds.testresults).
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from sqlalchemy import Connection, and_, delete, exists, insert, select, tuple_, update
+
+from circleci_ds.store import schema as s
+from circleci_ds.store.database import Store, dumps
+from circleci_ds.testresults import Fact, Marker, TestJob, fact, job_context, wants_tests
+
+_KEYS_PER_QUERY = 400  # (classname, name) pairs per IN (...) lookup
+_RAW_LEVEL = 6
+
+
+def _unread_rows(store: Store, endpoint: str) -> Iterator[tuple[str, str | None, str, str]]:
+    """(job, details, workflow, pipeline) JSON of the endpoint's numbered build jobs without a marker."""
+    j, w, p, t = s.jobs.c, s.workflows.c, s.pipelines.c, s.test_jobs.c
+    marked = exists().where(t.job_id == j.id, t.state != Marker.READING)
+    query = (
+        select(j.data, j.details, w.data, p.data)
+        .join(s.workflows, w.id == j.workflow_id)
+        .join(s.pipelines, p.id == j.pipeline_id)
+        .where(p.endpoint == endpoint, ~marked)
+        .where(j.data.like('%"type":"build"%'), j.data.like('%"job_number":%'))
+    )
+    with store.engine.connect() as conn:
+        for row in conn.execute(query):
+            yield row[0], row[1], row[2], row[3]
+
+
+def jobs_needing_tests(store: Store, endpoint: str) -> list[TestJob]:
+    """Stored finished build jobs with a number whose tests were never read (or only half-way)."""
+    out = []
+    for job_json, details_json, workflow_json, pipeline_json in _unread_rows(store, endpoint):
+        job = json.loads(job_json)
+        if not wants_tests(job):
+            continue
+        job["details"] = json.loads(details_json) if details_json else None
+        out.append(job_context(endpoint, job, json.loads(workflow_json), json.loads(pipeline_json)))
+    return out
+
+
+def save_chunk(store: Store, job: TestJob, items: Sequence[Any], *, seq: int, final: bool) -> None:
+    """Write one chunk of a job's results (raw and facts) with its marker, in one transaction.
+
+    The first chunk (`seq` 0) discards what a killed run left of the job; a job already marked done
+    or none is left alone. The final chunk marks the job done (none when it has no results at all).
+    """
+    facts = [fact(item) for item in items]
+    raw = zlib.compress(dumps(list(items)).encode(), _RAW_LEVEL) if items else None
+    with store._write() as conn:
+        t = s.test_jobs.c
+        row = conn.execute(
+            select(t.ref, t.state, t.tests).where(t.endpoint == job.endpoint, t.job_number == job.job_number)
+        ).first()
+        if row is not None and row.state != Marker.READING:
+            return  # already read, by an earlier or a cooperating run
+        if row is not None and seq == 0:
+            _discard(conn, row.ref)
+            row = None
+        total = (row.tests if row is not None else 0) + len(facts)
+        state = Marker.READING if not final else (Marker.DONE if total else Marker.NONE)
+        if row is None:
+            ref = conn.execute(
+                insert(s.test_jobs).values(**_job_values(job), state=state, tests=total).returning(t.ref)
+            ).scalar_one()
+        else:
+            ref = row.ref
+            conn.execute(update(s.test_jobs).where(t.ref == ref).values(state=state, tests=total))
+        if facts:
+            _insert_facts(conn, ref, job, facts)
+            conn.execute(insert(s.test_raw).values(job_ref=ref, seq=seq, data=raw))
+
+
+def _job_values(job: TestJob) -> dict[str, Any]:
+    return {
+        "endpoint": job.endpoint,
+        "job_number": job.job_number,
+        "job_id": job.job_id,
+        "pipeline_id": job.pipeline_id,
+        "workflow_id": job.workflow_id,
+        "workflow": job.workflow,
+        "job_name": job.job_name,
+        "branch": job.branch,
+        "commit_sha": job.commit,
+        "status": job.status,
+        "created_at": job.created_at,
+        "started_at": job.started_at,
+        "stopped_at": job.stopped_at,
+        "duration": job.duration,
+        "web_url": job.web_url,
+    }
+
+
+def _discard(conn: Connection, ref: int) -> None:
+    conn.execute(delete(s.test_results).where(s.test_results.c.job_ref == ref))
+    conn.execute(delete(s.test_raw).where(s.test_raw.c.job_ref == ref))
+    conn.execute(delete(s.test_jobs).where(s.test_jobs.c.ref == ref))
+
+
+def _insert_facts(conn: Connection, job_ref: int, job: TestJob, facts: list[Fact]) -> None:
+    refs = _case_refs(conn, job.endpoint, job.job_name or "", facts)
+    conn.execute(
+        insert(s.test_results),
+        [
+            {
+                "job_ref": job_ref,
+                "case_ref": refs[f.classname, f.name],
+                "outcome": f.outcome,
+                "result": f.result,
+                "run_time": f.run_time,
+                "message": f.message,
+            }
+            for f in facts
+        ],
+    )
+
+
+def _case_refs(
+    conn: Connection, endpoint: str, job_name: str, facts: list[Fact]
+) -> dict[tuple[str, str], int]:
+    """Dictionary ids of the chunk's tests, adding the new ones (the first file seen is kept)."""
+    c = s.test_cases.c
+    files: dict[tuple[str, str], str] = {}
+    for f in facts:
+        files.setdefault((f.classname, f.name), f.file)
+    keys = list(files)
+    refs: dict[tuple[str, str], int] = {}
+
+    def lookup(batch: list[tuple[str, str]]) -> None:
+        query = select(c.classname, c.name, c.ref).where(
+            and_(c.endpoint == endpoint, c.job_name == job_name, tuple_(c.classname, c.name).in_(batch))
+        )
+        refs.update({(r.classname, r.name): r.ref for r in conn.execute(query)})
+
+    for start in range(0, len(keys), _KEYS_PER_QUERY):
+        lookup(keys[start : start + _KEYS_PER_QUERY])
+    missing = [k for k in keys if k not in refs]
+    if missing:
+        rows = [
+            {"endpoint": endpoint, "job_name": job_name, "classname": k[0], "name": k[1], "file": files[k]}
+            for k in missing
+        ]
+        conn.execute(insert(s.test_cases), rows)
+        for start in range(0, len(missing), _KEYS_PER_QUERY):
+            lookup(missing[start : start + _KEYS_PER_QUERY])
+    return refs
+
+
+def raw_items(store: Store, endpoint: str, job_number: int) -> list[Any] | None:
+    """A job's results as returned, in order; None when the job was never read."""
+    t, r = s.test_jobs.c, s.test_raw.c
+    with store._read() as conn:
+        ref = conn.execute(
+            select(t.ref).where(t.endpoint == endpoint, t.job_number == job_number, t.state != Marker.READING)
+        ).scalar()
+        if ref is None:
+            return None
+        blobs = conn.execute(select(r.data).where(r.job_ref == ref).order_by(r.seq)).scalars()
+        return [item for blob in blobs for item in json.loads(zlib.decompress(blob))]
+
+
+def iter_results(store: Store, project: str | None = None) -> Iterator[Any]:
+    """Every test result of completely read jobs with its job's and test's context, job by job,
+    streamed from the database (never all in memory)."""
+    r, t, c, e = s.test_results.c, s.test_jobs.c, s.test_cases.c, s.endpoints.c
+    query = (
+        select(
+            e.native, e.origin, t.endpoint, t.job_number, t.job_id, t.pipeline_id, t.workflow_id, t.workflow,
+            t.job_name, t.branch, t.commit_sha, t.status, t.created_at, t.started_at, t.stopped_at, t.web_url,
+            t.ref, c.classname, c.name, c.file, r.result, r.outcome, r.run_time, r.message,
+        )
+        .join(s.test_jobs, t.ref == r.job_ref)
+        .join(s.test_cases, c.ref == r.case_ref)
+        .join(s.endpoints, e.slug == t.endpoint)
+        .where(t.state == Marker.DONE)
+        .order_by(t.ref, r.case_ref)
+    )
+    if project is not None:
+        query = query.where(e.native == project)
+    with store.engine.connect() as conn:
+        yield from conn.execution_options(stream_results=True, yield_per=2000).execute(query)

@@ -1,0 +1,434 @@
+"""Test-level metrics, computed in SQL in the store (SQLite and PostgreSQL, one code path).
+
+Definitions (a test is a classname and name within a project's job name):
+- Scope: the test results of jobs read completely (marker `done`) whose workflow was created in
+  [since, until); on the measured branch (as for the other metrics: each project's default branch
+  by default, `*` for all) for most failed and slowest; flaky tests and time lost ignore the
+  branch, as flaky jobs do.
+- A result passed when its `result` is success/passed/pass/ok, failed when failure/failed/fail/
+  error (case-insensitive); others (skipped, ...) are not runs.
+- Flaky test: it both passed and failed on the same commit in the window. `commits`: those commits
+  (latest failure first); `times_flaked`: its failed results on those commits; `last_flaked`: when
+  the latest of them stopped; `web_url` and `message`: that failing job's URL and the failure's
+  message excerpt. Ordered by times_flaked, then last_flaked, descending.
+- Most failed: runs = passed + failed results, failures, failure_rate = failures / runs; ordered by
+  failures descending, then runs ascending (higher rate first).
+- Slowest: p50 and p95 (linear between closest ranks, as the other metrics) of the run_time in
+  seconds of passed and failed results; ordered by p95, then p50, descending.
+- Time lost to flaky tests, per project: jobs that failed and each of whose failed tests passed on
+  the same commit in a job that stopped later; their duration summed.
+- Test counts over time: per project, job name and UTC day, the jobs read and the fewest and most
+  tests one of them had (tests added or lost show as a change between days).
+Ties are broken by project, job, classname, name.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, Select, and_, case, exists, false, func, or_, select, true
+from sqlalchemy.orm import aliased
+
+from circleci_ds.store import Store
+from circleci_ds.store import schema as s
+from circleci_ds.testresults import Marker
+from circleci_ds.times import iso
+
+ALL_BRANCHES = "*"
+LIMIT = 25
+COMMITS_SHOWN = 10
+_BATCH = 200  # candidate tests whose percentiles are computed per query
+
+
+@dataclass
+class TestRef:
+    """Which test: the fields every test metric's item starts with."""
+
+    __test__ = False
+
+    project_slug: str
+    job: str
+    classname: str
+    name: str
+    file: str
+
+
+@dataclass
+class FlakyTest(TestRef):
+    flaky_commits: int
+    commits: list[str]
+    times_flaked: int
+    last_flaked: str | None
+    web_url: str | None
+    message: str | None
+
+
+@dataclass
+class FailedTest(TestRef):
+    runs: int
+    failures: int
+    failure_rate: float
+
+
+@dataclass
+class SlowTest(TestRef):
+    runs: int
+    run_time_p50: float
+    run_time_p95: float
+
+
+@dataclass
+class FlakyTimeLost:
+    project_slug: str
+    jobs: int
+    seconds: float
+
+
+@dataclass
+class TestCountPoint:
+    __test__ = False
+
+    project_slug: str
+    job: str
+    day: str
+    jobs: int
+    tests_min: int
+    tests_max: int
+
+
+@dataclass
+class TestsReport:
+    __test__ = False
+
+    flaky: list[FlakyTest] = field(default_factory=list)
+    most_failed: list[FailedTest] = field(default_factory=list)
+    slowest: list[SlowTest] = field(default_factory=list)
+    time_lost: list[FlakyTimeLost] = field(default_factory=list)
+    counts: list[TestCountPoint] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Window:
+    since: float | None = None
+    until: float | None = None
+    branch: str | None = None  # None: each project's default branch; ALL_BRANCHES: every branch
+    project: str | None = None  # a native project slug
+
+
+# -- pure helpers ------------------------------------------------------------------------------------
+
+
+def interpolate(low: float, high: float | None, fraction: float) -> float:
+    """The percentile between two closest ranks."""
+    return low if high is None else low + (high - low) * fraction
+
+
+def rank(n: int, percent: int) -> tuple[int, float]:
+    """0-based lower rank and the fraction towards the next, of the `percent` percentile of n values."""
+    position = (n - 1) * percent
+    return position // 100, (position % 100) / 100
+
+
+def percentile(ordered: Sequence[float], percent: int) -> float:
+    low, fraction = rank(len(ordered), percent)
+    return interpolate(ordered[low], ordered[low + 1] if low + 1 < len(ordered) else None, fraction)
+
+
+def day(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d")
+
+
+# -- scope --------------------------------------------------------------------------------------------
+
+
+class _Scope:
+    """SQL conditions on test_jobs for a window."""
+
+    def __init__(self, store: Store, window: Window) -> None:
+        self.window = window
+        self.defaults = {
+            slug: info.get("vcs_info", {}).get("default_branch")
+            for slug, info in store.project_infos().items()
+            if isinstance(info.get("vcs_info"), dict)
+        }
+        self.natives = _natives(store)
+
+    def timely(self, t: Any) -> ColumnElement[bool]:
+        w = self.window
+        conditions = [t.state == Marker.DONE]
+        if w.since is not None:
+            conditions.append(t.created_at >= w.since)
+        if w.until is not None:
+            conditions.append(t.created_at < w.until)
+        if w.project is not None:
+            slugs = [slug for slug, native in self.natives.items() if native == w.project]
+            conditions.append(t.endpoint.in_(slugs) if slugs else false())
+        return and_(*conditions)
+
+    def measured(self, t: Any) -> ColumnElement[bool]:
+        """Timely and on the measured branch."""
+        branch = self.window.branch
+        if branch == ALL_BRANCHES:
+            return self.timely(t)
+        if branch is not None:
+            return and_(self.timely(t), t.branch == branch)
+        known = {slug: b for slug, b in self.defaults.items() if isinstance(b, str) and b}
+        on_default = [and_(t.endpoint == slug, t.branch == b) for slug, b in known.items()]
+        unknown = t.endpoint.not_in(list(known)) if known else true()
+        return and_(self.timely(t), or_(unknown, *on_default))
+
+
+def _natives(store: Store) -> dict[str, str]:
+    e = s.endpoints.c
+    with store.engine.connect() as conn:
+        return {slug: native for slug, native in conn.execute(select(e.slug, e.native))}
+
+
+def _refs(store: Store, case_refs: Iterable[int]) -> dict[int, TestRef]:
+    c = s.test_cases.c
+    wanted = list(set(case_refs))
+    out: dict[int, TestRef] = {}
+    with store.engine.connect() as conn:
+        for start in range(0, len(wanted), 500):
+            query = select(c.ref, c.endpoint, c.job_name, c.classname, c.name, c.file).where(
+                c.ref.in_(wanted[start : start + 500])
+            )
+            for r in conn.execute(query):
+                out[r.ref] = TestRef(r.endpoint, r.job_name, r.classname, r.name, r.file)
+    return out
+
+
+def _key(ref: TestRef) -> tuple[str, str, str, str]:
+    return ref.project_slug, ref.job, ref.classname, ref.name
+
+
+# -- the metrics --------------------------------------------------------------------------------------
+
+
+def compute_tests(store: Store, window: Window, limit: int = LIMIT) -> TestsReport:
+    scope = _Scope(store, window)
+    return TestsReport(
+        flaky=flaky_tests(store, scope, limit),
+        most_failed=most_failed(store, scope, limit),
+        slowest=slowest(store, scope, limit),
+        time_lost=time_lost(store, scope),
+        counts=count_points(store, scope),
+    )
+
+
+def _flaky_failures(scope: _Scope) -> Select[Any]:
+    """Failed results (case, job) in the window whose test passed on the same commit in the window."""
+    r, t = s.test_results.c, s.test_jobs.c
+    r2, t2 = aliased(s.test_results).c, aliased(s.test_jobs)
+    passed_too = exists().where(
+        t2.c.endpoint == t.endpoint,
+        t2.c.commit_sha == t.commit_sha,
+        t2.c.job_name == t.job_name,
+        scope.timely(t2.c),
+        r2.job_ref == t2.c.ref,
+        r2.case_ref == r.case_ref,
+        r2.outcome == 1,
+    )
+    return (
+        select(r.case_ref, t.commit_sha, t.stopped_at, t.created_at, t.web_url, r.message, t.ref)
+        .join(s.test_jobs, t.ref == r.job_ref)
+        .where(r.outcome == 0, t.commit_sha.is_not(None), scope.timely(t), passed_too)
+    )
+
+
+def flaky_tests(store: Store, scope: _Scope, limit: int = LIMIT) -> list[FlakyTest]:
+    rows = _flaky_failures(scope).subquery()
+    when = func.coalesce(rows.c.stopped_at, rows.c.created_at)
+    totals = (
+        select(
+            rows.c.case_ref,
+            func.count().label("times"),
+            func.count(rows.c.commit_sha.distinct()).label("commits"),
+            func.max(when).label("last"),
+        )
+        .group_by(rows.c.case_ref)
+    )
+    with store.engine.connect() as conn:
+        found = list(conn.execute(totals).all())
+    refs = _refs(store, (f.case_ref for f in found))
+    found.sort(key=lambda f: (-f.times, -(f.last or 0), _key(refs[f.case_ref])))
+    top = found[:limit]
+    latest = _latest_failures(store, scope, [f.case_ref for f in top])
+    out = []
+    for f in top:
+        ref = refs[f.case_ref]
+        commits, web_url, message = latest.get(f.case_ref, ([], None, None))
+        out.append(
+            FlakyTest(
+                ref.project_slug, ref.job, ref.classname, ref.name, ref.file,
+                flaky_commits=f.commits, commits=commits[:COMMITS_SHOWN], times_flaked=f.times,
+                last_flaked=iso(f.last), web_url=web_url, message=message,
+            )
+        )
+    return out
+
+
+def _latest_failures(
+    store: Store, scope: _Scope, case_refs: list[int]
+) -> dict[int, tuple[list[str], str | None, str | None]]:
+    """Per test: its flaky commits latest first, and the latest flaky failure's job URL and message."""
+    if not case_refs:
+        return {}
+    rows = _flaky_failures(scope).where(s.test_results.c.case_ref.in_(case_refs)).subquery()
+    when = func.coalesce(rows.c.stopped_at, rows.c.created_at)
+    query = select(rows.c.case_ref, rows.c.commit_sha, rows.c.web_url, rows.c.message).order_by(
+        rows.c.case_ref, when.desc(), rows.c.ref.desc()
+    )
+    out: dict[int, tuple[list[str], str | None, str | None]] = {}
+    with store.engine.connect() as conn:
+        for r in conn.execute(query):
+            if r.case_ref not in out:
+                out[r.case_ref] = ([], r.web_url, r.message)
+            commits = out[r.case_ref][0]
+            if r.commit_sha not in commits:
+                commits.append(r.commit_sha)
+    return out
+
+
+def most_failed(store: Store, scope: _Scope, limit: int = LIMIT) -> list[FailedTest]:
+    r, t = s.test_results.c, s.test_jobs.c
+    failing = (
+        select(r.case_ref)
+        .join(s.test_jobs, t.ref == r.job_ref)
+        .where(r.outcome == 0, scope.measured(t))
+        .distinct()
+    )
+    query = (
+        select(
+            r.case_ref,
+            func.sum(case((r.outcome == 0, 1), else_=0)).label("failures"),
+            func.count(r.outcome).label("runs"),
+        )
+        .join(s.test_jobs, t.ref == r.job_ref)
+        .where(r.case_ref.in_(failing), scope.measured(t))
+        .group_by(r.case_ref)
+    )
+    with store.engine.connect() as conn:
+        found = list(conn.execute(query).all())
+    refs = _refs(store, (f.case_ref for f in found))
+    found.sort(key=lambda f: (-f.failures, f.runs, _key(refs[f.case_ref])))
+    return [
+        FailedTest(*_fields(refs[f.case_ref]), f.runs, int(f.failures), failure_rate=f.failures / f.runs)
+        for f in found[:limit]
+    ]
+
+
+def _fields(ref: TestRef) -> tuple[str, str, str, str, str]:
+    return ref.project_slug, ref.job, ref.classname, ref.name, ref.file
+
+
+def slowest(store: Store, scope: _Scope, limit: int = LIMIT) -> list[SlowTest]:
+    """Exact percentiles for the tests that can make the list: in descending order of their longest
+    run (an upper bound of p95), until the next longest run cannot beat the list's last p95."""
+    r, t = s.test_results.c, s.test_jobs.c
+    bounds = (
+        select(r.case_ref, func.max(r.run_time).label("top"))
+        .join(s.test_jobs, t.ref == r.job_ref)
+        .where(r.outcome.is_not(None), r.run_time.is_not(None), scope.measured(t))
+        .group_by(r.case_ref)
+    )
+    with store.engine.connect() as conn:
+        candidates = sorted(conn.execute(bounds).all(), key=lambda c: -c.top)
+    best: list[tuple[float, float, int, int]] = []  # (p95, p50, runs, case_ref)
+    for start in range(0, len(candidates), _BATCH):
+        batch = candidates[start : start + _BATCH]
+        if len(best) >= limit and sorted(best, reverse=True)[limit - 1][0] > batch[0].top:
+            break
+        best.extend(_percentiles(store, scope, [c.case_ref for c in batch]))
+    refs = _refs(store, (b[3] for b in best))
+    best.sort(key=lambda b: (-b[0], -b[1], _key(refs[b[3]])))
+    top = best[:limit]
+    return [SlowTest(*_fields(refs[ref]), n, run_time_p50=p50, run_time_p95=p95) for p95, p50, n, ref in top]
+
+
+def _percentiles(store: Store, scope: _Scope, case_refs: list[int]) -> list[tuple[float, float, int, int]]:
+    """(p95, p50, runs, case_ref) per test, picking the closest ranks in SQL."""
+    r, t = s.test_results.c, s.test_jobs.c
+    ranked = (
+        select(
+            r.case_ref,
+            r.run_time,
+            (func.row_number().over(partition_by=r.case_ref, order_by=r.run_time) - 1).label("i"),
+            func.count().over(partition_by=r.case_ref).label("n"),
+        )
+        .join(s.test_jobs, t.ref == r.job_ref)
+        .where(r.case_ref.in_(case_refs), r.outcome.is_not(None), r.run_time.is_not(None), scope.measured(t))
+        .subquery()
+    )
+    picks = []
+    for percent in (50, 95):
+        low = (ranked.c.n - 1) * percent // 100
+        picks += [
+            func.max(case((ranked.c.i == low, ranked.c.run_time))).label(f"lo{percent}"),
+            func.max(case((ranked.c.i == low + 1, ranked.c.run_time))).label(f"hi{percent}"),
+        ]
+    query = select(ranked.c.case_ref, func.max(ranked.c.n).label("n"), *picks).group_by(ranked.c.case_ref)
+    out = []
+    with store.engine.connect() as conn:
+        for row in conn.execute(query):
+            n = int(row.n)
+            values = {}
+            for percent in (50, 95):
+                _, fraction = rank(n, percent)
+                low, high = row._mapping[f"lo{percent}"], row._mapping[f"hi{percent}"]
+                values[percent] = interpolate(low, high, fraction)
+            out.append((values[95], values[50], n, row.case_ref))
+    return out
+
+
+def time_lost(store: Store, scope: _Scope) -> list[FlakyTimeLost]:
+    t = s.test_jobs.c
+    passes, t2 = aliased(s.test_results), aliased(s.test_jobs)
+    r2 = passes.c
+    f, g = aliased(s.test_results).c, aliased(s.test_results).c
+    later_pass = exists().where(
+        t2.c.endpoint == t.endpoint,
+        t2.c.commit_sha == t.commit_sha,
+        t2.c.job_name == t.job_name,
+        t2.c.stopped_at > t.stopped_at,
+        scope.timely(t2.c),
+        r2.job_ref == t2.c.ref,
+        r2.case_ref == f.case_ref,
+        r2.outcome == 1,
+    ).correlate_except(t2, passes)  # the job and the failure come from the enclosing queries
+    failed = exists().where(g.job_ref == t.ref, g.outcome == 0)
+    unrecovered = exists().where(f.job_ref == t.ref, f.outcome == 0, ~later_pass)
+    query = (
+        select(t.endpoint, func.count().label("jobs"), func.sum(t.duration).label("seconds"))
+        .where(scope.timely(t), t.commit_sha.is_not(None), t.stopped_at.is_not(None), failed, ~unrecovered)
+        .group_by(t.endpoint)
+        .order_by(t.endpoint)
+    )
+    with store.engine.connect() as conn:
+        rows = conn.execute(query).all()
+    return [FlakyTimeLost(row.endpoint, row.jobs, float(row.seconds or 0.0)) for row in rows]
+
+
+def count_points(store: Store, scope: _Scope) -> list[TestCountPoint]:
+    t = s.test_jobs.c
+    query = (
+        select(t.endpoint, t.job_name, t.created_at, t.tests)
+        .where(scope.measured(t), t.created_at.is_not(None))
+        .order_by(t.endpoint, t.job_name, t.created_at)
+    )
+    points: dict[tuple[str, str, str], list[int]] = defaultdict(list)
+    with store.engine.connect() as conn:
+        for row in conn.execute(query):
+            points[row.endpoint, row.job_name or "", day(row.created_at)].append(row.tests)
+    return [
+        TestCountPoint(slug, job, d, len(counts), min(counts), max(counts))
+        for (slug, job, d), counts in sorted(points.items())
+    ]
+

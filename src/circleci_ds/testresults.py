@@ -1,0 +1,248 @@
+"""Test results of finished build jobs (`GET /project/{slug}/{job-number}/tests`): rules and the phase.
+
+Rules:
+- Read once per job: every stored `build` job with a `job_number` whose status is final. A finished
+  job's tests never change and a rerun is a new job, so a job is never read again once its marker is
+  stored. Jobs still running are read by a later run, once they are stored finished.
+- A 404 or an empty list means "no test results" and is remembered (marker `none`) like results.
+- Pages follow `next_page_token`; results are written in chunks of at most CHUNK results, so a job
+  with tens of thousands of tests is never held whole in memory. A job that fits in one chunk (most
+  do) is written with its marker in one transaction; a larger one is written chunk by chunk under a
+  `reading` marker that hides it from every metric, and its last chunk flips the marker to `done` in
+  the same transaction. A kill leaves at most a `reading` job, which the next run discards and reads
+  again: nothing lost, nothing counted twice.
+- Facts per result: classname, name, file (each cut to 1,000 characters), result as returned (cut to
+  40), outcome (passed / failed / neither), run_time in seconds (null when not a finite number >= 0),
+  and an excerpt of the message (MESSAGE_EXCERPT characters). The raw items are kept as returned.
+- A test is identified by its classname and name within a project's job name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from circleci_ds.api import ApiError, NotFound, Unauthorized
+from circleci_ds.store import StoreError
+from circleci_ds.times import parse_ts
+
+if TYPE_CHECKING:
+    from circleci_ds.collect import Collector
+
+log = logging.getLogger("circleci_ds.testresults")
+T = TypeVar("T")
+
+CHUNK = 5000  # results written per transaction at most
+MESSAGE_EXCERPT = 500
+TEXT_LIMIT = 1000
+RESULT_LIMIT = 40
+PASSED_RESULTS = frozenset({"success", "passed", "pass", "ok"})
+FAILED_RESULTS = frozenset({"failure", "failed", "fail", "error"})
+FINAL_JOB_STATUSES = frozenset(
+    {"success", "failed", "infrastructure_fail", "timedout", "canceled", "not_run", "terminated-unknown"}
+)
+
+
+class Marker:
+    DONE, NONE, READING = "done", "none", "reading"
+
+
+@dataclass(frozen=True, slots=True)
+class TestJob:
+    """A job whose tests are to be read, with the context its facts rows carry."""
+
+    __test__ = False  # not a pytest class
+
+    endpoint: str
+    job_number: int
+    job_id: str
+    pipeline_id: str | None
+    workflow_id: str | None
+    workflow: str | None
+    job_name: str | None
+    branch: str | None
+    commit: str | None
+    status: str | None
+    created_at: float | None  # the workflow's
+    started_at: float | None
+    stopped_at: float | None
+    duration: float | None  # seconds
+    web_url: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Fact:
+    classname: str
+    name: str
+    file: str
+    result: str
+    outcome: int | None  # 1 passed, 0 failed
+    run_time: float | None
+    message: str | None
+
+
+# -- pure rules ---------------------------------------------------------------------------------------
+
+
+def wants_tests(job: dict[str, Any]) -> bool:
+    """A build job with a number whose status is final."""
+    return (
+        job.get("type") == "build"
+        and isinstance(job.get("job_number"), int)
+        and job.get("status") in FINAL_JOB_STATUSES
+    )
+
+
+def outcome(result: str) -> int | None:
+    lowered = result.lower()
+    if lowered in PASSED_RESULTS:
+        return 1
+    if lowered in FAILED_RESULTS:
+        return 0
+    return None
+
+
+def _text(value: object, limit: int) -> str:
+    return value[:limit] if isinstance(value, str) else ""
+
+
+def excerpt(message: object) -> str | None:
+    if not isinstance(message, str) or not message:
+        return None
+    return message[:MESSAGE_EXCERPT]
+
+
+def run_time(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    seconds = float(value)
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
+
+
+def fact(item: object) -> Fact:
+    """The facts row of one result; anything that is not what the spec says becomes empty or null."""
+    data = item if isinstance(item, dict) else {}
+    result = _text(data.get("result"), RESULT_LIMIT)
+    return Fact(
+        classname=_text(data.get("classname"), TEXT_LIMIT),
+        name=_text(data.get("name"), TEXT_LIMIT),
+        file=_text(data.get("file"), TEXT_LIMIT),
+        result=result,
+        outcome=outcome(result),
+        run_time=run_time(data.get("run_time")),
+        message=excerpt(data.get("message")),
+    )
+
+
+def _str(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _dict(value: object) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def job_context(
+    endpoint: str, job: dict[str, Any], workflow: dict[str, Any], pipeline: dict[str, Any]
+) -> TestJob:
+    """The context of a stored job (its details, when read, give the web URL and exact duration)."""
+    details = _dict(job.get("details"))
+    vcs = _dict(pipeline.get("vcs"))
+    started = parse_ts(job.get("started_at"))
+    stopped = parse_ts(job.get("stopped_at"))
+    duration = details.get("duration")
+    if isinstance(duration, int | float) and not isinstance(duration, bool):
+        seconds: float | None = duration / 1000  # job details give milliseconds
+    else:
+        seconds = stopped - started if started is not None and stopped is not None else None
+    return TestJob(
+        endpoint=endpoint,
+        job_number=int(job["job_number"]),
+        job_id=str(job.get("id")),
+        pipeline_id=_str(pipeline.get("id")),
+        workflow_id=_str(workflow.get("id")),
+        workflow=_str(workflow.get("name")),
+        job_name=_str(job.get("name")),
+        branch=_str(vcs.get("branch")),
+        commit=_str(vcs.get("revision")),
+        status=_str(job.get("status")),
+        created_at=parse_ts(workflow.get("created_at")),
+        started_at=started,
+        stopped_at=stopped,
+        duration=seconds,
+        web_url=_str(details.get("web_url")),
+    )
+
+
+# -- the phase ----------------------------------------------------------------------------------------
+
+
+class TestPhase:
+    """Reads the test results of one endpoint's unread jobs, a bounded number of jobs at a time."""
+
+    __test__ = False
+
+    def __init__(self, collector: Collector, endpoint: str, jobs_in_flight: int = 8) -> None:
+        self.c = collector
+        self.endpoint = endpoint
+        self.slots = asyncio.Semaphore(jobs_in_flight)
+        self.errors: list[str] = []
+        # A store thread of its own, so that leases and trees never queue behind test results.
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="circleci-ds-tests")
+
+    async def db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, partial(fn, *args, **kwargs))
+
+    async def run(self) -> list[str]:
+        from circleci_ds.store import testresults as db
+
+        try:
+            pending = await self.db(db.jobs_needing_tests, self.c.store, self.endpoint)
+            async with asyncio.TaskGroup() as group:
+                for job in pending:
+                    await self.slots.acquire()
+                    group.create_task(self._guarded(job))
+        finally:
+            self._thread.shutdown(wait=True)  # a write under way ends its transaction first
+        return self.errors
+
+    async def _guarded(self, job: TestJob) -> None:
+        try:
+            await self.read(job)
+        except (Unauthorized, StoreError):
+            raise  # the run stops, as for trees
+        except ApiError as exc:
+            self.errors.append(str(exc))
+        except Exception as exc:  # a malformed answer fails this job only; it is read again next run
+            log.debug("tests of job %s failed", job.job_number, exc_info=True)
+            self.errors.append(f"tests of job {job.job_number}: {exc.__class__.__name__}")
+        finally:
+            self.slots.release()
+
+    async def read(self, job: TestJob) -> None:
+        from circleci_ds.store import testresults as db
+
+        store, counters = self.c.store, self.c.counters
+        buffer: list[Any] = []
+        seq = 0
+        try:
+            async for page in self.c.client.test_pages(self.endpoint, job.job_number):
+                buffer.extend(page)
+                while len(buffer) > CHUNK:  # keep one item back so the last chunk is always final
+                    chunk, buffer = buffer[:CHUNK], buffer[CHUNK:]
+                    await self.db(db.save_chunk, store, job, chunk, seq=seq, final=False)
+                    seq += 1
+        except NotFound:
+            if seq:
+                raise  # gone half-way: read it all again next run
+            buffer = []
+        await self.db(db.save_chunk, store, job, buffer, seq=seq, final=True)
+        counters.tests += 1
+        counters.test_results += seq * CHUNK + len(buffer)

@@ -1,0 +1,248 @@
+"""Collecting test results: equal to the simulator's truth, read once, pages and chunks, 404s, kill -9."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import circleci_ds.testresults as rules
+from circleci_ds.simulator import SimConfig, SimProject, Simulator
+from circleci_ds.store import Store
+from circleci_ds.store import testresults as db
+from collect_helpers import collect
+
+SLUGS = ["gh/acme/api", "gh/acme/web"]
+DAY = 86400.0
+
+
+def config(**knobs: Any) -> SimConfig:
+    projects = [SimProject("gh/acme/api", pipelines=30), SimProject("gh/acme/web", pipelines=15)]
+    return SimConfig(seed=knobs.pop("seed", 11), projects=knobs.pop("projects", projects), **knobs)
+
+
+@pytest.fixture
+def db_url(sqlite_url: str) -> str:
+    return sqlite_url  # the checks read the file with sqlite3
+
+
+def markers(db_url: str) -> dict[tuple[str, int], tuple[str, int]]:
+    """(endpoint, job number) -> (state, tests) of every test marker."""
+    with sqlite3.connect(db_url.removeprefix("sqlite:///")) as conn:
+        rows = conn.execute("select endpoint, job_number, state, tests from test_jobs").fetchall()
+    return {(e, n): (state, tests) for e, n, state, tests in rows}
+
+
+def facts_per_job(db_url: str) -> dict[tuple[str, int], int]:
+    with sqlite3.connect(db_url.removeprefix("sqlite:///")) as conn:
+        rows = conn.execute(
+            "select j.endpoint, j.job_number, count(*) from test_results r"
+            " join test_jobs j on j.ref = r.job_ref group by j.ref"
+        ).fetchall()
+    return {(e, n): count for e, n, count in rows}
+
+
+def assert_tests_match_truth(db_url: str, sim: Simulator, slugs: list[str]) -> None:
+    """Every job answering results now is stored exactly once, as returned; the others are not."""
+    store = Store.open(db_url, create=False)
+    try:
+        stored = markers(db_url)
+        facts = facts_per_job(db_url)
+        for slug in slugs:
+            truth = {job["job_number"]: job for job in sim.test_truth(slug)}
+            for number, job in truth.items():
+                state, count = stored[slug, number]
+                assert state == (rules.Marker.DONE if job["items"] else rules.Marker.NONE), number
+                assert count == len(job["items"]) == facts.get((slug, number), 0)
+                assert db.raw_items(store, slug, number) == job["items"]
+            ours = {n for (e, n), (state, _) in stored.items() if e == slug and state == rules.Marker.DONE}
+            assert ours <= set(truth)
+    finally:
+        store.close()
+
+
+async def test_tests_of_finished_jobs_equal_the_truth_and_404s_are_remembered(db_url: str) -> None:
+    sim = Simulator(config(tests_page_size=7))
+    sim.advance(3 * DAY)
+    async with sim.serve() as url:
+        await collect(url, db_url, SLUGS)
+        assert_tests_match_truth(db_url, sim, SLUGS)
+        assert any(state == rules.Marker.NONE for state, _ in markers(db_url).values())
+        sim.reset_stats()
+        results, _ = await collect(url, db_url, SLUGS)
+        assert all(r.error is None for r in results)
+        assert sim.stats["by_endpoint"]["tests"] == 0, "an unchanged re-run reads no test results"
+
+
+async def test_running_jobs_are_read_once_finished(db_url: str) -> None:
+    sim = Simulator(config())
+    async with sim.serve() as url:
+        await collect(url, db_url, SLUGS)
+        assert_tests_match_truth(db_url, sim, SLUGS)
+        before = markers(db_url)
+        sim.advance(2 * DAY)
+        sim.reset_stats()
+        await collect(url, db_url, SLUGS)
+        assert_tests_match_truth(db_url, sim, SLUGS)
+        after = markers(db_url)
+        assert {k: v for k, v in after.items() if k in before} == before
+        assert sim.stats["by_endpoint"]["tests"] >= len(after) - len(before) > 0
+
+
+async def test_large_results_are_paged_and_written_in_chunks(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(rules, "CHUNK", 40)
+    sim = Simulator(config(projects=[SimProject("gh/acme/api", pipelines=4)], test_suite_scale=6.0))
+    sim.advance(3 * DAY)
+    assert max(len(job["items"]) for job in sim.test_truth("gh/acme/api")) > 3 * 40
+    async with sim.serve() as url:
+        await collect(url, db_url, ["gh/acme/api"])
+    assert_tests_match_truth(db_url, sim, ["gh/acme/api"])
+    with sqlite3.connect(db_url.removeprefix("sqlite:///")) as conn:
+        assert conn.execute("select max(seq) from test_raw").fetchone()[0] >= 3
+
+
+async def test_a_cut_mid_job_leaves_nothing_visible_and_the_next_run_completes(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(rules, "CHUNK", 30)
+    sim = Simulator(config(projects=[SimProject("gh/acme/api", pipelines=4)], test_suite_scale=6.0))
+    sim.advance(3 * DAY)
+    async with sim.serve() as url:
+        first_tests = 0
+        for cut in range(40, 400, 25):  # cut abruptly ever later until some chunk was written
+            await collect(url, db_url, ["gh/acme/api"], kill_after_requests=cut, concurrency=2)
+            first_tests = sum(state == rules.Marker.READING for state, _ in markers(db_url).values())
+            if first_tests:
+                break
+        assert first_tests, "no run was cut inside a job's results"
+        await collect(url, db_url, ["gh/acme/api"])
+    assert_tests_match_truth(db_url, sim, ["gh/acme/api"])
+    assert not any(state == rules.Marker.READING for state, _ in markers(db_url).values())
+
+
+async def test_no_tests_option_reads_none(db_url: str) -> None:
+    sim = Simulator(config())
+    async with sim.serve() as url:
+        await collect(url, db_url, SLUGS, tests=False)
+    assert sim.stats["by_endpoint"]["tests"] == 0 and not markers(db_url)
+
+
+@pytest.mark.parametrize(
+    ("item", "want"),
+    [
+        (
+            {"classname": "a.B", "name": "t", "file": "f.py", "result": "failure", "run_time": 1.5}
+            | {"message": "x"},
+            rules.Fact("a.B", "t", "f.py", "failure", 0, 1.5, "x"),
+        ),
+        (
+            {"classname": 3, "name": None, "result": "success", "run_time": float("nan"), "message": ""},
+            rules.Fact("", "", "", "success", 1, None, None),
+        ),
+        (
+            {"result": "skipped", "run_time": -1, "message": "m" * 900},
+            rules.Fact("", "", "", "skipped", None, None, "m" * 500),
+        ),
+        ("not an object", rules.Fact("", "", "", "", None, None, None)),
+        ({"result": "x" * 99, "run_time": True}, rules.Fact("", "", "", "x" * 40, None, None, None)),
+    ],
+)
+def test_facts_bound_and_type_every_field(item: object, want: rules.Fact) -> None:
+    assert rules.fact(item) == want
+
+
+def test_only_finished_numbered_build_jobs_want_tests() -> None:
+    job = {"type": "build", "job_number": 5, "status": "success"}
+    assert rules.wants_tests(job)
+    assert not rules.wants_tests({**job, "status": "running"})
+    assert not rules.wants_tests({**job, "type": "approval"})
+    assert not rules.wants_tests({k: v for k, v in job.items() if k != "job_number"})
+
+
+# -- kill -9 of the command, then resume ----------------------------------------------------------------
+FIXTURE = """\
+native:
+  slug: acme
+data_sources:
+- slug: circleci
+  projects:
+  - name: acme
+    endpoints:
+    - name: gh/acme/api
+  config:
+  - name: Circle-Token
+    value: tok
+{extra}"""
+
+
+@pytest.fixture
+def threaded() -> Iterator[Simulator]:
+    projects = [SimProject("gh/acme/api", pipelines=12)]
+    sim = Simulator(config(projects=projects, latency_ms=3.0, test_suite_scale=8.0))
+    sim.advance(3 * DAY)
+    sim.start_thread()
+    try:
+        yield sim
+    finally:
+        sim.stop_thread()
+
+
+def _run_collect(sim: Simulator, fixture: Path, db_url: str, *args: str) -> subprocess.Popen[bytes]:
+    url = sim._thread.url if sim._thread else ""
+    env = {**os.environ, "CIRCLECI_API_URL": url or "", "CIRCLECI_DS_DB": db_url}
+    return subprocess.Popen(
+        [sys.executable, "-m", "circleci_ds", "collect", str(fixture), "--concurrency", "4", *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def test_kill_9_while_reading_tests_then_resume(threaded: Simulator, tmp_path: Path, db_url: str) -> None:
+    fixture = tmp_path / "fixture.yaml"
+    fixture.write_text(FIXTURE.format(extra=""))
+    proc = _run_collect(threaded, fixture, db_url)
+    db_file = db_url.removeprefix("sqlite:///")
+    deadline = time.monotonic() + 120
+    read = 0
+    while time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+        try:
+            with sqlite3.connect(db_file, timeout=1) as conn:
+                read = conn.execute("select count(*) from test_jobs").fetchone()[0]
+        except sqlite3.Error:
+            continue
+        if read >= 5:
+            break
+    assert proc.poll() is None, "the collection ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert read >= 5
+    resumed = _run_collect(threaded, fixture, db_url)
+    _, stderr = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, stderr
+    assert_tests_match_truth(db_url, threaded, ["gh/acme/api"])
+
+
+def test_fixture_entry_turns_tests_off(threaded: Simulator, tmp_path: Path, db_url: str) -> None:
+    fixture = tmp_path / "fixture.yaml"
+    fixture.write_text(FIXTURE.format(extra="  - name: collect-tests\n    value: 'false'\n"))
+    threaded.reset_stats()
+    proc = _run_collect(threaded, fixture, db_url)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr
+    assert threaded.stats["by_endpoint"]["tests"] == 0
+    fixture.write_text(FIXTURE.format(extra="  - name: collect-tests\n    value: maybe\n"))
+    bad = _run_collect(threaded, fixture, db_url)
+    _, stderr = bad.communicate(timeout=60)
+    assert bad.returncode == 2 and b"collect-tests must be true or false" in stderr
