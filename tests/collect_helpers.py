@@ -41,7 +41,10 @@ async def collect(
     timeout: float = 60.0,
     **options: Any,
 ) -> tuple[list[EndpointResult], ClientStats]:
-    """One collection; with `kill_after_requests` it is cut off abruptly after that many requests."""
+    """One collection; with `kill_after_requests` it is cut off abruptly after that many requests.
+    Test results are read only when asked (`tests=True`): most tests are about the walk, and reading
+    every job's tests would double their requests."""
+    options.setdefault("tests", False)
     store = Store.open(db_url)
     try:
         async with CircleCIClient(
@@ -231,11 +234,15 @@ def assert_one_line_error(
     return errors[0]
 
 
-def write_fixture(path: Path, slugs: list[str], native: str = "acme", token: str | None = None) -> Path:
+def write_fixture(
+    path: Path, slugs: list[str], native: str = "acme", token: str | None = None, tests: bool = False
+) -> Path:
+    """A fixture for `slugs`; test results off unless `tests` (see `collect`)."""
     lines = ["native:", f"  slug: {native}", "data_sources:", "- slug: circleci", "  projects:"]
     lines += [f"  - name: {native}", "    endpoints:"] + [f"    - name: {slug}" for slug in slugs]
+    lines += ["  config:", "  - name: collect-tests", f"    value: '{str(tests).lower()}'"]
     if token is not None:
-        lines += ["  config:", "  - name: Circle-Token", f"    value: {token}"]
+        lines += ["  - name: Circle-Token", f"    value: {token}"]
     path.write_text("\n".join(lines) + "\n")
     return path
 

@@ -18,10 +18,14 @@ import circleci_ds.testresults as rules
 from circleci_ds.simulator import SimConfig, SimProject, Simulator
 from circleci_ds.store import Store
 from circleci_ds.store import testresults as db
-from collect_helpers import collect
+from collect_helpers import collect as collect_all
 
 SLUGS = ["gh/acme/api", "gh/acme/web"]
 DAY = 86400.0
+
+
+async def collect(url: str, db_url: str, slugs: list[str], **options: Any) -> Any:
+    return await collect_all(url, db_url, slugs, **{"tests": True, **options})
 
 
 def config(**knobs: Any) -> SimConfig:

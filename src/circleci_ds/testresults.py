@@ -22,11 +22,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import partial
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from circleci_ds.api import ApiError, NotFound, Unauthorized
 from circleci_ds.store import StoreError
@@ -36,7 +33,6 @@ if TYPE_CHECKING:
     from circleci_ds.collect import Collector
 
 log = logging.getLogger("circleci_ds.testresults")
-T = TypeVar("T")
 
 CHUNK = 5000  # results written per transaction at most
 MESSAGE_EXCERPT = 500
@@ -193,24 +189,18 @@ class TestPhase:
         self.endpoint = endpoint
         self.slots = asyncio.Semaphore(jobs_in_flight)
         self.errors: list[str] = []
-        # A store thread of its own, so that leases and trees never queue behind test results.
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="circleci-ds-tests")
-
-    async def db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._thread, partial(fn, *args, **kwargs))
+        # Writes go through the collector's one store thread: a second SQLite writer in the same
+        # process would make both wait on the file lock's busy handler.
+        self.db = collector.db
 
     async def run(self) -> list[str]:
         from circleci_ds.store import testresults as db
 
-        try:
-            pending = await self.db(db.jobs_needing_tests, self.c.store, self.endpoint)
-            async with asyncio.TaskGroup() as group:
-                for job in pending:
-                    await self.slots.acquire()
-                    group.create_task(self._guarded(job))
-        finally:
-            self._thread.shutdown(wait=True)  # a write under way ends its transaction first
+        pending = await self.db(db.jobs_needing_tests, self.c.store, self.endpoint)
+        async with asyncio.TaskGroup() as group:
+            for job in pending:
+                await self.slots.acquire()
+                group.create_task(self._guarded(job))
         return self.errors
 
     async def _guarded(self, job: TestJob) -> None:
