@@ -124,16 +124,27 @@ Items = list[Any]
 
 @contextlib.asynccontextmanager
 async def quirky_server(
-    upstream: str, *, project_status: int | None = None, mangle: Callable[[Items], Items] | None = None
+    upstream: str,
+    *,
+    project_status: int | None = None,
+    tests_status: int | None = None,
+    mangle: Callable[[Items], Items] | None = None,
+    tests_asked: list[str] | None = None,
 ) -> AsyncIterator[str]:
     """A small server in front of the simulator that answers `GET /project/{slug}` with
-    `project_status` (when given) and passes each pipeline list page's items through `mangle`."""
+    `project_status` and `GET /project/{slug}/{number}/tests` with `tests_status` (when given;
+    the paths asked are appended to `tests_asked`), and passes each pipeline list page's items
+    through `mangle`."""
     async with aiohttp.ClientSession() as session:
 
         async def forward(request: web.Request) -> web.Response:
             parts = request.match_info["tail"].split("/")
             if project_status is not None and len(parts) == 4 and parts[0] == "project":
                 return web.json_response({"message": "Forbidden"}, status=project_status)
+            if tests_status is not None and len(parts) == 6 and parts[5] == "tests":
+                if tests_asked is not None:
+                    tests_asked.append(request.path)
+                return web.json_response({"message": "No"}, status=tests_status)
             headers = {k: v for k, v in request.headers.items() if k.lower() == "circle-token"}
             url = f"{upstream}/{request.match_info['tail']}"
             async with session.get(url, params=request.query, headers=headers) as reply:

@@ -19,6 +19,7 @@ from circleci_ds.simulator import SimConfig, SimProject, Simulator
 from circleci_ds.store import Store
 from circleci_ds.store import testresults as db
 from collect_helpers import collect as collect_all
+from collect_helpers import quirky_server
 
 SLUGS = ["gh/acme/api", "gh/acme/web"]
 DAY = 86400.0
@@ -132,6 +133,26 @@ async def test_a_cut_mid_job_leaves_nothing_visible_and_the_next_run_completes(
         await collect(url, db_url, ["gh/acme/api"])
     assert_tests_match_truth(db_url, sim, ["gh/acme/api"])
     assert not any(state == rules.Marker.READING for state, _ in markers(db_url).values())
+
+
+@pytest.mark.parametrize("status", [401, 403, 500])
+async def test_a_server_refusing_test_results_still_collects_and_asks_few_times(
+    db_url: str, status: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    sim = Simulator(config())
+    sim.advance(3 * DAY)
+    asked: list[str] = []
+    async with sim.serve() as upstream:
+        async with quirky_server(upstream, tests_status=status, tests_asked=asked) as url:
+            results, _ = await collect(url, db_url, SLUGS)
+        assert all(r.error is None for r in results), [r.error for r in results]
+        wanted = sum(len(sim.test_truth(slug)) for slug in SLUGS)
+        jobs_asked = len(set(asked))
+        assert 0 < jobs_asked <= len(SLUGS) * (8 + rules.STOP_AFTER) < wanted
+        assert not markers(db_url), "nothing is remembered: the next run asks again"
+        assert "not read, read again next run" in caplog.text
+        await collect(upstream, db_url, SLUGS)  # the route works again
+    assert_tests_match_truth(db_url, sim, SLUGS)
 
 
 async def test_no_tests_option_reads_none(db_url: str) -> None:

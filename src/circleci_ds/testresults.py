@@ -15,6 +15,10 @@ Rules:
   40), outcome (passed / failed / neither), run_time in seconds (null when not a finite number >= 0),
   and an excerpt of the message (MESSAGE_EXCERPT characters). The raw items are kept as returned.
 - A test is identified by its classname and name within a project's job name.
+- Test results are an extra, never a gate: a job whose tests cannot be read (any error, a 401 on this
+  route included) fails only itself, is left unmarked and is read again by the next run; the
+  endpoint's collection still succeeds, with a warning. A 401, or STOP_AFTER jobs failing in a row,
+  ends the endpoint's test phase for this run, so a server without the route costs a few requests.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("circleci_ds.testresults")
 
 CHUNK = 5000  # results written per transaction at most
+STOP_AFTER = 5  # jobs failing in a row end the endpoint's test phase for this run
 MESSAGE_EXCERPT = 500
 TEXT_LIMIT = 1000
 RESULT_LIMIT = 40
@@ -189,32 +194,46 @@ class TestPhase:
         self.endpoint = endpoint
         self.slots = asyncio.Semaphore(jobs_in_flight)
         self.errors: list[str] = []
+        self.failures_in_a_row = 0
+        self.stopped = False  # no more jobs are started this run
         # Writes go through the collector's one store thread: a second SQLite writer in the same
         # process would make both wait on the file lock's busy handler.
         self.db = collector.db
 
     async def run(self) -> list[str]:
+        """Read every unread job; the errors of the jobs that could not be read (read again next run)."""
         from circleci_ds.store import testresults as db
 
         pending = await self.db(db.jobs_needing_tests, self.c.store, self.endpoint)
         async with asyncio.TaskGroup() as group:
             for job in pending:
                 await self.slots.acquire()
+                if self.stopped:
+                    self.slots.release()
+                    break
                 group.create_task(self._guarded(job))
         return self.errors
 
     async def _guarded(self, job: TestJob) -> None:
         try:
             await self.read(job)
-        except (Unauthorized, StoreError):
+            self.failures_in_a_row = 0
+        except StoreError:
             raise  # the run stops, as for trees
+        except Unauthorized as exc:  # the route refused while the pipelines were readable: an extra
+            self._failed(str(exc), stop=True)
         except ApiError as exc:
-            self.errors.append(str(exc))
-        except Exception as exc:  # a malformed answer fails this job only; it is read again next run
+            self._failed(str(exc))
+        except Exception as exc:  # a malformed answer fails this job only
             log.debug("tests of job %s failed", job.job_number, exc_info=True)
-            self.errors.append(f"tests of job {job.job_number}: {exc.__class__.__name__}")
+            self._failed(f"tests of job {job.job_number}: {exc.__class__.__name__}")
         finally:
             self.slots.release()
+
+    def _failed(self, error: str, *, stop: bool = False) -> None:
+        self.errors.append(error)
+        self.failures_in_a_row += 1
+        self.stopped = self.stopped or stop or self.failures_in_a_row >= STOP_AFTER
 
     async def read(self, job: TestJob) -> None:
         from circleci_ds.store import testresults as db
