@@ -14,14 +14,15 @@ from typing import Any
 from sqlalchemy import create_engine, insert
 
 from circleci_ds.enrich import enrich_trees
+from circleci_ds.facts import people_in, user_ids_in
 from circleci_ds.identities import load_identities
-from circleci_ds.people import People, new_user_ids, user_ids_in, user_record
+from circleci_ds.people import People, user_record
 from circleci_ds.people_report import people_report
 from circleci_ds.simulator import SimConfig, SimProject, Simulator
 from circleci_ds.store import Store
 from circleci_ds.store import schema as s
-from circleci_ds.store.database import engine_url
-from circleci_ds.store.users import known_user_ids, load_users, save_users, stored_people_objects
+from circleci_ds.store.database import engine_url, tree_rows
+from circleci_ds.store.users import load_users, save_users, unresolved_user_ids
 from collect_helpers import collect
 
 A = "11111111-1111-4111-8111-111111111111"
@@ -54,17 +55,15 @@ def stored_users(db_url: str) -> dict[str, Any]:
         store.close()
 
 
-def test_ids_named_by_workflows_and_jobs_are_new_once_and_only_uuids() -> None:
-    objects = [
-        {"started_by": A, "canceled_by": B},
-        {"approved_by": A},
-        {"started_by": "not-a-uuid", "approved_by": None},
-        {"started_by": ["odd"], "name": A},
-    ]
-    assert user_ids_in(objects[0]) == {A, B}
-    assert new_user_ids(objects, known=set()) == sorted([A, B])
-    assert new_user_ids(objects, known={A}) == [B]
-    assert new_user_ids(objects, known={A, B}) == []
+def test_ids_named_by_workflows_and_jobs_are_only_uuids() -> None:
+    tree = {"workflows": [
+        {"started_by": A, "canceled_by": B, "jobs": [{"approved_by": A}, {"approved_by": None}]},
+        {"started_by": "not-a-uuid", "jobs": [{"started_by": ["odd"], "name": A}]},
+        "not a workflow",
+    ]}  # fmt: skip
+    assert user_ids_in(tree["workflows"][0]) == {A, B}  # type: ignore[index]
+    assert people_in(tree) == {A, B}
+    assert people_in({"workflows": None}) == set()
 
 
 def test_a_404_is_a_deleted_user_and_hostile_fields_are_dropped() -> None:
@@ -277,6 +276,31 @@ async def test_enriched_documents_carry_logins_names_and_organisations(tmp_path:
     assert approvals
 
 
+def test_the_upgrade_finds_the_people_of_trees_stored_before_it(db_url: str) -> None:
+    tree = {"id": "p-1", "number": 1, "created_at": "2026-11-01T00:00:00Z", "workflows": [
+        {"id": "w-1", "started_by": A, "jobs": [{"id": "j-1", "type": "approval", "approved_by": B}]},
+        {"id": "w-2", "started_by": A, "jobs": []}]}  # fmt: skip
+    rows = tree_rows("gh/acme/api", tree, fetched_at=1.0, is_final=True)
+    before = s.MIGRATIONS.index(s._people_refs)
+    engine = create_engine(engine_url(db_url))
+    with engine.begin() as conn:  # a store of the release before people_refs, holding the tree
+        for step in s.MIGRATIONS[:before]:
+            step(conn)
+        conn.execute(insert(s.schema_version).values(version=before))
+        conn.execute(insert(s.pipelines), [rows.pipeline])
+        conn.execute(insert(s.workflows), rows.workflows)
+        conn.execute(insert(s.jobs_numbered), rows.jobs)
+    engine.dispose()
+    store = Store.open(db_url)
+    try:
+        assert unresolved_user_ids(store) == sorted([A, B])
+        tree["workflows"] = tree["workflows"][1:]  # type: ignore[index]  # the approver's run is gone
+        store.save_tree("gh/acme/api", tree, fetched_at=2.0, is_final=True)
+        assert unresolved_user_ids(store) == [A]
+    finally:
+        store.close()
+
+
 def test_users_table_and_project_names_on_both_backends_and_after_an_upgrade(db_url: str) -> None:
     engine = create_engine(engine_url(db_url))
     with engine.begin() as conn:  # a store of the release before: two migration steps
@@ -291,12 +315,12 @@ def test_users_table_and_project_names_on_both_backends_and_after_an_upgrade(db_
             {"id": "w-1", "started_by": A, "jobs": [{"id": "j-1", "type": "approval", "approved_by": B},
                                                     {"id": "j-2", "type": "build"}]}]}  # fmt: skip
         store.save_tree("gh/acme/api", tree, fetched_at=1.0, is_final=True)
-        assert new_user_ids(stored_people_objects(store), known_user_ids(store)) == sorted([A, B])
+        assert unresolved_user_ids(store) == sorted([A, B])
         save_users(store, [user_record(A, {"login": "a", "name": "A", "avatar_url": None}, 2.0)])
         save_users(store, [user_record(B, None, 2.0), user_record(A, {"login": "a2"}, 3.0)])
         users = load_users(store)
         assert (users[A].login, users[B].deleted) == ("a2", True)
-        assert new_user_ids(stored_people_objects(store), known_user_ids(store)) == []
+        assert unresolved_user_ids(store) == []
         assert [t.project_name for t in store.iter_trees()] == ["Acme API"]
     finally:
         store.close()

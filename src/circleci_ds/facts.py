@@ -20,12 +20,15 @@ Rules:
 - Approval wait: from when an approval job went on hold (its start, else the latest stop of the
   jobs it depends on, else its workflow's creation) to its approval; null until approved.
 - Timestamps that cannot be read are null here and counted in `PipelineFact.bad_times`.
+- People: the user ids a tree names (`started_by`, `canceled_by`, `errored_by` of workflows,
+  `approved_by` and the others on jobs); values that are not UUIDs are ignored.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from typing import Any
@@ -125,6 +128,25 @@ def _text(value: Any) -> str | None:
 _FIELD_NAMES = {
     kind.__name__: tuple(f.name for f in fields(kind)) for kind in (PipelineFact, WorkflowFact, JobFact)
 }
+
+
+USER_FIELDS = ("started_by", "canceled_by", "errored_by", "approved_by")
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
+
+
+def user_ids_in(obj: dict[str, Any]) -> set[str]:
+    """The user ids a workflow or job names; values that are not UUIDs are ignored."""
+    return {v for k in USER_FIELDS if isinstance(v := obj.get(k), str) and _UUID.match(v)}
+
+
+def people_in(tree: dict[str, Any]) -> set[str]:
+    """Every user id the tree's workflows and jobs name."""
+    found: set[str] = set()
+    for workflow in as_list(tree.get("workflows")):
+        if isinstance(workflow, dict):
+            found |= user_ids_in(workflow)
+            found.update(*(user_ids_in(j) for j in as_list(workflow.get("jobs")) if isinstance(j, dict)))
+    return found
 
 
 def as_dict(value: Any) -> dict[str, Any]:

@@ -19,9 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,35 +28,20 @@ from circleci_ds.api import ApiError, CircleCIClient, NotFound, Unauthorized
 from circleci_ds.enrich import is_bot_login
 from circleci_ds.identities import Identities, organizations_at
 from circleci_ds.store import Store, StoredTree
-from circleci_ds.store.users import UserRecord, known_user_ids, load_users, save_users, stored_people_objects
+from circleci_ds.store.users import UserRecord, load_users, save_users, unresolved_user_ids
 from circleci_ds.times import parse_ts
 
 log = logging.getLogger("circleci_ds.people")
 Db = Callable[..., Awaitable[Any]]
 
-USER_FIELDS = ("started_by", "canceled_by", "errored_by", "approved_by")
 UNKNOWN = "Unknown"
 BATCH = 256  # ids looked up (concurrently, within the client's bounds) before their rows are saved
-_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
 _MAX_TEXT = 500  # longest login or name kept from a response
 # VCS of a project slug -> identity provider of its logins.
 PROVIDERS = {"gh": "github", "bb": "bitbucket"}
 
 
 # -- which ids to resolve (pure) -----------------------------------------------------------------
-
-
-def user_ids_in(obj: dict[str, Any]) -> set[str]:
-    """The user ids a workflow or job names; values that are not UUIDs are ignored."""
-    return {v for k in USER_FIELDS if isinstance(v := obj.get(k), str) and _UUID.match(v)}
-
-
-def new_user_ids(objects: Iterable[dict[str, Any]], known: set[str]) -> list[str]:
-    """Ids named by `objects` and not resolved yet, each once, in a stable order."""
-    found: set[str] = set()
-    for obj in objects:
-        found |= user_ids_in(obj)
-    return sorted(found - known)
 
 
 def user_record(user_id: str, body: dict[str, Any] | None, now: float) -> UserRecord:
@@ -90,8 +74,7 @@ async def resolve_users(client: CircleCIClient, store: Store, db: Db) -> UserPas
     if not client.has_token:  # the API answers user look-ups only with a token: asking costs requests
         log.info("no token: user look-ups skipped; people stay unresolved")
         return UserPass()
-    # Streamed on the store's thread: only the ids are kept, whatever the size of the history.
-    todo: list[str] = await db(lambda: new_user_ids(stored_people_objects(store), known_user_ids(store)))
+    todo: list[str] = await db(unresolved_user_ids, store)  # from the people_refs facts: no JSON read
     done = UserPass()
     for start in range(0, len(todo), BATCH):
         batch = todo[start : start + BATCH]

@@ -41,9 +41,15 @@ from sqlalchemy import (
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError, SQLAlchemyError
 
-from circleci_ds.facts import TreeFacts, derive
+from circleci_ds.facts import TreeFacts, derive, people_in
 from circleci_ds.store import schema as s
-from circleci_ds.store.facts_store import default_branch_of, read_facts, set_default_branch, write_facts
+from circleci_ds.store.facts_store import (
+    default_branch_of,
+    read_facts,
+    set_default_branch,
+    write_facts,
+    write_people,
+)
 from circleci_ds.store.urls import UnsupportedURL, display_url, engine_url
 from circleci_ds.text import clean
 from circleci_ds.times import parse_ts
@@ -406,6 +412,7 @@ class Store:
                     conn.execute(insert(table), batch)
             default = default_branch_of(conn, endpoint)
             write_facts(conn, [derive(endpoint, tree, default) for tree in trees])
+            write_people(conn, {pid: people_in(tree) for pid, tree in zip(ids, trees, strict=True)})
 
     def iter_trees(
         self,

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import Connection, case, delete, func, insert, select, update
 
 from circleci_ds import facts
-from circleci_ds.facts import TreeFacts, derive, row
+from circleci_ds.facts import TreeFacts, derive, row, user_ids_in
 from circleci_ds.store import schema as s
 
 _PAGE = 500  # pipelines per step of the backfill
@@ -58,6 +58,13 @@ def write_facts(conn: Connection, trees: Sequence[TreeFacts]) -> None:
     _insert(conn, s.pipeline_runs, (row(t.pipeline) for t in trees))
     _insert(conn, s.workflow_runs, (row(w) for t in trees for w in t.workflows))
     _insert(conn, s.job_runs, (row(j) for t in trees for j in t.jobs))
+
+
+def write_people(conn: Connection, named: Mapping[str, Iterable[str]]) -> None:
+    """Replace the people_refs of these pipelines (pipeline id -> the user ids its tree names)."""
+    r = s.people_refs.c
+    conn.execute(delete(s.people_refs).where(r.pipeline_id.in_(list(named))))
+    _insert(conn, s.people_refs, ({"pipeline_id": p, "user_id": u} for p, ids in named.items() for u in ids))
 
 
 def read_facts(conn: Connection, pipeline_ids: Sequence[str]) -> dict[str, TreeFacts]:
@@ -113,6 +120,24 @@ def backfill_facts(conn: Connection) -> None:
             write_facts(conn, facts)
             advance(len(page))
             last = page[-1].id
+
+
+def backfill_people(conn: Connection) -> None:
+    """Fill people_refs from the stored workflows and jobs, a page of pipelines at a time (only the
+    job rows that name someone are parsed)."""
+    p, w, j = s.pipelines.c, s.workflows.c, s.jobs.c
+    named_someone = j.data.like('%"approved_by"%') | j.data.like('%"canceled_by"%')
+    last = ""
+    while ids := list(conn.execute(select(p.id).where(p.id > last).order_by(p.id).limit(_PAGE)).scalars()):
+        named: dict[str, set[str]] = {pid: set() for pid in ids}
+        rows = conn.execute(select(w.pipeline_id, w.data).where(w.pipeline_id.in_(ids))).all()
+        rows += conn.execute(select(j.pipeline_id, j.data).where(j.pipeline_id.in_(ids), named_someone)).all()
+        for pipeline_id, data in rows:
+            parsed = json.loads(data)
+            if isinstance(parsed, dict):
+                named[pipeline_id] |= user_ids_in(parsed)
+        write_people(conn, named)
+        last = ids[-1]
 
 
 class _progress:

@@ -277,6 +277,8 @@ def facts_tables(conn: Connection) -> None:
     metadata.create_all(conn, tables=list(FACT_TABLES))
     pipelines_by_number.create(conn, checkfirst=True)
     backfill_facts(conn)
+
+
 # -- test results (GET /project/{slug}/{job-number}/tests) ---------------------------------------------
 # One row per job whose tests were read (`state`: done, none = 404 or empty, reading = a large result
 # being written in chunks, invisible until done); a dictionary of tests; one facts row per test result;
@@ -356,6 +358,24 @@ def _add_test_results(conn: Connection) -> None:
     metadata.create_all(conn, tables=list(TEST_TABLES))
 
 
+# -- who each pipeline's tree names: the user ids the people pass looks up when no `users` row has them
+people_refs = Table(
+    "people_refs",
+    metadata,
+    Column("pipeline_id", String(64), primary_key=True),
+    Column("user_id", String(64), primary_key=True),
+    Index("ix_people_refs_user", "user_id"),
+)
+
+
+def _people_refs(conn: Connection) -> None:
+    """The people_refs table, filled from the trees already stored."""
+    from circleci_ds.store.facts_store import backfill_people
+
+    people_refs.create(conn, checkfirst=True)
+    backfill_people(conn)
+
+
 # Each step upgrades version N to N+1. Released steps never change; new ones are appended.
 MIGRATIONS: list[Callable[[Connection], None]] = [
     _v1_core,
@@ -366,6 +386,7 @@ MIGRATIONS: list[Callable[[Connection], None]] = [
     _rerun_signals,
     facts_tables,
     _add_test_results,
+    _people_refs,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -6,11 +6,10 @@ when it answered 404. Ids whose look-up failed otherwise get no row, so a later 
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import delete, insert, or_, select
+from sqlalchemy import delete, insert, select
 
 from circleci_ds.store import schema as s
 from circleci_ds.store.database import Store
@@ -50,11 +49,6 @@ def save_users(store: Store, records: Iterable[UserRecord]) -> None:
             conn.execute(insert(s.users), chunk)
 
 
-def known_user_ids(store: Store) -> set[str]:
-    with store.engine.connect() as conn:
-        return set(conn.execute(select(s.users.c.id)).scalars())
-
-
 def load_users(store: Store) -> dict[str, UserRecord]:
     """Every resolved user by id."""
     u = s.users.c
@@ -66,16 +60,15 @@ def load_users(store: Store) -> dict[str, UserRecord]:
         }
 
 
-def stored_people_objects(store: Store) -> Iterator[dict[str, object]]:
-    """Every stored workflow, and every job that names a person (approved_by, canceled_by), as parsed JSON.
-
-    Job rows are filtered in SQL first, so the many jobs that name nobody are never parsed.
-    """
-    w, j = s.workflows.c, s.jobs.c
-    named = or_(j.data.like('%"approved_by"%'), j.data.like('%"canceled_by"%'))
+def unresolved_user_ids(store: Store) -> list[str]:
+    """The user ids stored trees name (people_refs) that no `users` row resolves yet, sorted."""
+    r, u = s.people_refs.c, s.users.c
+    query = (
+        select(r.user_id)
+        .distinct()
+        .outerjoin(s.users, u.id == r.user_id)
+        .where(u.id.is_(None))
+        .order_by(r.user_id)
+    )
     with store._read() as conn:
-        for query in (select(w.data), select(j.data).where(named)):
-            for (data,) in conn.execute(query.execution_options(yield_per=_CHUNK)):  # streamed
-                parsed = json.loads(data)
-                if isinstance(parsed, dict):
-                    yield parsed
+        return list(conn.execute(query).scalars())
