@@ -251,9 +251,10 @@ def write_fixture(
     """A fixture for `slugs`; test results off unless `tests` (see `collect`)."""
     lines = ["native:", f"  slug: {native}", "data_sources:", "- slug: circleci", "  projects:"]
     lines += [f"  - name: {native}", "    endpoints:"] + [f"    - name: {slug}" for slug in slugs]
-    lines += ["  config:", "  - name: collect-tests", f"    value: '{str(tests).lower()}'"]
+    lines += ["  config:"]
     if token is not None:
         lines += ["  - name: Circle-Token", f"    value: {token}"]
+    lines += ["  - name: collect-tests", f"    value: '{str(tests).lower()}'"]
     path.write_text("\n".join(lines) + "\n")
     return path
 
