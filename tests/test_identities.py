@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from circleci_ds.identities import IdentitiesError, load_identities, organizations_at
+from circleci_ds.identities import MAX_IDENTITIES_BYTES, IdentitiesError, load_identities, organizations_at
 from circleci_ds.times import parse_date
 
 GOOD = """\
@@ -149,3 +150,32 @@ def test_a_bad_identities_file_exits_2_with_one_line(tmp_path: Path) -> None:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and f"{path}:3: " in lines[0] and "Traceback" not in result.stderr
     assert not db.exists()
+
+
+def _alias_bomb() -> str:
+    """Nine levels of ten aliases each: a billion people if expanded."""
+    lines = ['p0: &p0 {name: x, logins: {github: "a"}}']
+    lines += [f"p{i}: &p{i} [{', '.join([f'*p{i - 1}'] * 10)}]" for i in range(1, 10)]
+    return "\n".join(lines) + "\npeople: *p9\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (_alias_bomb(), r"^{path}: invalid YAML: its aliases expand to more than"),
+        ("people: &p [*p]\n", r"^{path}:1: invalid YAML: an alias refers to itself"),
+        ("[" * 20_000, r"^{path}: invalid YAML: nested too deeply|^{path}:\d+: invalid YAML"),
+    ],
+)
+def test_identities_yaml_is_read_with_the_fixture_guards(tmp_path: Path, text: str, message: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(IdentitiesError, match=message.format(path=re.escape(str(path)))):
+        load_identities(path)
+
+
+def test_an_identities_file_over_the_limit_is_refused_unread(tmp_path: Path) -> None:
+    path = tmp_path / "ids.yaml"
+    with path.open("wb") as handle:
+        handle.truncate(MAX_IDENTITIES_BYTES + 1)  # sparse: no disk spent
+    with pytest.raises(IdentitiesError, match=r"larger than 262144 KiB"):
+        load_identities(path)

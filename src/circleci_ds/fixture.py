@@ -4,9 +4,9 @@ A fixture names a native project and lists data sources; we read the `circleci` 
 and ignore the others with a note. Errors name the file and the line of the offending field.
 
 Rules for untrusted input:
-- A fixture file is at most MAX_FIXTURE_BYTES; YAML anchors and aliases may be used, but what the
-  document expands to is at most MAX_NODES nodes and never refers to itself (a "billion laughs"
-  file is refused at once, before anything is built from it).
+- A fixture file is at most MAX_FIXTURE_BYTES; its YAML is parsed with circleci_ds.yamlfile's guards
+  (aliases expand to at most 100,000 nodes and never refer to themselves: a "billion laughs" file is
+  refused at once, before anything is built from it).
 - An endpoint is `vcs/org/repo`: three non-empty segments of letters, digits, `.`, `_` and `-`,
   none of them `.` or `..` (percent signs, spaces, control characters and further slashes are
   refused), so an endpoint can never become another API path.
@@ -26,6 +26,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
+from circleci_ds.yamlfile import describe, line_of, parse, read_text
+
 
 class FixtureError(Exception):
     """A fixture that cannot be used; the message is meant for the user as is."""
@@ -33,7 +35,6 @@ class FixtureError(Exception):
 
 VCS_ALIASES = {"gh": "gh", "github": "gh", "bb": "bb", "bitbucket": "bb", "circleci": "circleci"}
 MAX_FIXTURE_BYTES = 1 << 20
-MAX_NODES = 100_000
 _SEGMENT = re.compile(r"^[A-Za-z0-9_.\-]+$")
 _TOKEN = re.compile(r"[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?")  # what an HTTP header can carry
 _ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
@@ -126,12 +127,11 @@ def load_fixture(path: Path | str, environ: Mapping[str, str] | None = None) -> 
     """Read and validate a da-ds fixture; raise FixtureError with one clear message."""
     path = Path(path)
     environ = os.environ if environ is None else environ
-    text = _read(path)
-    raw, root = _parse_yaml(path, text)
+    raw, root = _parse(path)
     try:
         fixture = _Fixture.model_validate(raw)
     except ValidationError as exc:
-        raise FixtureError(_describe(path, root, exc, ())) from None
+        raise FixtureError(describe(path, root, exc, ())) from None
     sources = [(i, s) for i, s in enumerate(fixture.data_sources) if isinstance(s, dict)]
     circle = [(i, s) for i, s in sources if str(s.get("slug", "")).lower() == "circleci"]
     notes = tuple(
@@ -149,9 +149,9 @@ def load_fixture(path: Path | str, environ: Mapping[str, str] | None = None) -> 
         try:
             source = _DataSource.model_validate(source_raw)
         except ValidationError as exc:
-            raise FixtureError(_describe(path, root, exc, ("data_sources", index))) from None
+            raise FixtureError(describe(path, root, exc, ("data_sources", index))) from None
         token_values += [
-            (c.value or "", _line(root, ("data_sources", index, "config", c_index, "value")))
+            (c.value or "", line_of(root, ("data_sources", index, "config", c_index, "value")))
             for c_index, c in enumerate(source.config)
             if c.name.lower() == "circle-token"
         ]
@@ -161,7 +161,7 @@ def load_fixture(path: Path | str, environ: Mapping[str, str] | None = None) -> 
                 slug = canonical_slug(ep.name)
                 key = slug.lower()
                 if key in seen:
-                    where = _line(root, ("data_sources", index, "projects", p_index, "endpoints", e_index))
+                    where = line_of(root, ("data_sources", index, "projects", p_index, "endpoints", e_index))
                     raise FixtureError(
                         f"{path}{where}: duplicate endpoint {ep.name!r} (same project as {seen[key]!r})"
                     )
@@ -184,66 +184,11 @@ def _collect_tests(path: Path, values: list[str]) -> bool:
     return all(flags[v.strip().lower()] for v in values)
 
 
-def _read(path: Path) -> str:
-    try:
-        with path.open("rb") as handle:
-            data = handle.read(MAX_FIXTURE_BYTES + 1)  # a bound, even for a device or a pipe
-        if len(data) > MAX_FIXTURE_BYTES:
-            raise FixtureError(f"{path}: larger than {MAX_FIXTURE_BYTES // 1024} KiB; not a fixture")
-        return data.decode("utf-8")
-    except FileNotFoundError:
-        raise FixtureError(f"{path}: no such fixture file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise FixtureError(f"{path}: cannot read the fixture: {exc.__class__.__name__}") from None
-
-
-def _parse_yaml(path: Path, text: str) -> tuple[Any, yaml.Node | None]:
-    loader = yaml.SafeLoader(text)
-    try:
-        root = loader.get_single_node()
-        if root is not None:
-            _check_expansion(path, root)
-        raw = loader.construct_document(root) if root is not None else None
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f":{mark.line + 1}" if mark else ""
-        raise FixtureError(f"{path}{where}: invalid YAML: {exc.problem or exc.context}") from None
-    except yaml.YAMLError as exc:
-        raise FixtureError(f"{path}: invalid YAML: {exc}") from None
-    except RecursionError:
-        raise FixtureError(f"{path}: invalid YAML: nested too deeply") from None
-    finally:
-        loader.dispose()
+def _parse(path: Path) -> tuple[Any, yaml.Node | None]:
+    raw, root = parse(path, read_text(path, MAX_FIXTURE_BYTES, FixtureError, "fixture"), FixtureError)
     if not isinstance(raw, dict):
         raise FixtureError(f"{path}: the fixture must be a mapping with `native` and `data_sources`")
     return raw, root
-
-
-def _check_expansion(path: Path, root: yaml.Node) -> None:
-    """Refuse a document whose aliases expand past MAX_NODES nodes or refer to themselves."""
-    sizes: dict[int, int] = {}
-    open_: set[int] = set()
-
-    def size(node: yaml.Node) -> int:
-        key = id(node)
-        if key in sizes:
-            return sizes[key]
-        if key in open_:
-            raise FixtureError(f"{path}:{node.start_mark.line + 1}: invalid YAML: an alias refers to itself")
-        open_.add(key)
-        total = 1
-        if isinstance(node, yaml.MappingNode):
-            total += sum(size(k) + size(v) for k, v in node.value)
-        elif isinstance(node, yaml.SequenceNode):
-            total += sum(size(item) for item in node.value)
-        open_.discard(key)
-        sizes[key] = min(total, MAX_NODES + 1)  # capped: the sum stays small however deep the aliases go
-        return sizes[key]
-
-    if size(root) > MAX_NODES:
-        raise FixtureError(
-            f"{path}: invalid YAML: its aliases expand to more than {MAX_NODES:,} nodes (an alias bomb?)"
-        )
 
 
 def _resolve_token(
@@ -275,42 +220,10 @@ def _checked_token(path: Path, token: str, what: str) -> str:
     return token
 
 
-def _describe(path: Path, root: yaml.Node | None, exc: ValidationError, prefix: tuple[Any, ...]) -> str:
-    """First validation error as `file:line: field: problem`."""
-    err = exc.errors()[0]
-    loc = prefix + tuple(err["loc"])
-    dotted = ".".join(str(p) for p in loc)
-    if err["type"] == "missing":
-        problem = "is required"
-        where = _line(root, loc[:-1])
-    else:
-        problem = err["msg"].removeprefix("Value error, ")
-        where = _line(root, loc)
-    return f"{path}{where}: `{dotted}` {problem}"
-
-
-def _line(root: yaml.Node | None, loc: tuple[Any, ...]) -> str:
-    """`:N` for the YAML line of the node at `loc`, as deep as it exists."""
-    node, line = root, None
-    for key in loc:
-        if node is None:
-            break
-        line = node.start_mark.line + 1
-        if isinstance(node, yaml.MappingNode):
-            node = next((v for k, v in node.value if getattr(k, "value", None) == key), None)
-        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
-            node = node.value[key]
-        else:
-            node = None
-    if node is not None:
-        line = node.start_mark.line + 1
-    return f":{line}" if line else ""
-
-
 def load_config_value(path: Path | str, name: str) -> str | None:
     """The value of a `config` entry (e.g. `deploy-pattern`) of the circleci data source, if any."""
     path = Path(path)
-    raw, _ = _parse_yaml(path, _read(path))
+    raw, _ = _parse(path)
     sources = raw.get("data_sources") if isinstance(raw.get("data_sources"), list) else []
     for source in sources:
         if isinstance(source, dict) and str(source.get("slug", "")).lower() == "circleci":

@@ -11,7 +11,8 @@ Rules:
   of several valid ones, the one that started last; `multi_org_names` lists every valid one.
 - A SortingHat export (`uidentities`) is read as is: profile name, email domain and bot flag,
   identities' `source` / `username` as logins, enrolments with 1900-01-01 / 2100-01-01 as open ends.
-- A bad file stops with one line naming the file and the line (exit status 2).
+- A bad file stops with one line naming the file and the line (exit status 2). The file is read with
+  circleci_ds.yamlfile's guards: at most MAX_IDENTITIES_BYTES, aliases expanding to at most MAX_NODES.
 """
 
 from __future__ import annotations
@@ -26,10 +27,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from circleci_ds.export import uuid as sha1_id
-from circleci_ds.fixture import _describe, _line
+from circleci_ds.yamlfile import describe, line_of, parse, read_text
 
 PROVIDER_ALIASES = {"gh": "github", "github": "github", "bb": "bitbucket", "bitbucket": "bitbucket",
                     "gitlab": "gitlab"}
+MAX_IDENTITIES_BYTES = 256 << 20  # SortingHat exports of large organisations run to tens of MiB
+MAX_NODES = 20_000_000  # what the aliases of such a file may expand to
 _OPEN_START, _OPEN_END = datetime(1900, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC)
 
 
@@ -216,7 +219,7 @@ def load_identities(path: Path | str) -> Identities:
     try:
         parsed = _File.model_validate(raw)
     except ValidationError as exc:
-        raise IdentitiesError(_describe(path, root, exc, ())) from None
+        raise IdentitiesError(describe(path, root, exc, ())) from None
     entries: dict[tuple[str, str], tuple[Identity, str]] = {}
     for index, person in enumerate(parsed.people):
         logins = [
@@ -241,7 +244,7 @@ def _from_sortinghat(path: Path, raw: dict[str, Any], root: yaml.Node | None) ->
     try:
         export = _ShExport.model_validate(raw)
     except ValidationError as exc:
-        raise IdentitiesError(_describe(path, root, exc, ())) from None
+        raise IdentitiesError(describe(path, root, exc, ())) from None
     entries: dict[tuple[str, str], tuple[Identity, str]] = {}
     for key, unique in export.uidentities.items():
         profile = unique.profile or _ShProfile()
@@ -285,7 +288,8 @@ def _add(
 ) -> None:
     key = (provider, login.lower())
     if key in entries and entries[key][0] is not identity:
-        raise IdentitiesError(f"{path}{_line(root, where)}: {provider} login {login!r} belongs to two people")
+        where_line = line_of(root, where)
+        raise IdentitiesError(f"{path}{where_line}: {provider} login {login!r} belongs to two people")
     entries[key] = (identity, identity_id or sha1_id(provider, login))
 
 
@@ -299,24 +303,11 @@ def _domain(value: str | None) -> str | None:
 
 def _parse(path: Path) -> tuple[Any, yaml.Node | None]:
     """The file's data and its YAML node tree (for line numbers); JSON files are parsed as JSON."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise IdentitiesError(f"{path}: no such identities file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise IdentitiesError(f"{path}: cannot read the identities file: {exc.__class__.__name__}") from None
+    text = read_text(path, MAX_IDENTITIES_BYTES, IdentitiesError, "identities")
     if path.suffix.lower() == ".json":
         raw, root = _parse_json(path, text), _nodes(text)
     else:
-        try:
-            root = yaml.compose(text, Loader=_Loader)
-            raw = yaml.load(text, Loader=_Loader)
-        except yaml.MarkedYAMLError as exc:
-            mark = exc.problem_mark or exc.context_mark
-            where = f":{mark.line + 1}" if mark else ""
-            raise IdentitiesError(f"{path}{where}: invalid YAML: {exc.problem or exc.context}") from None
-        except yaml.YAMLError as exc:
-            raise IdentitiesError(f"{path}: invalid YAML: {exc}") from None
+        raw, root = parse(path, text, IdentitiesError, loader=_Loader, max_nodes=MAX_NODES)
     if not isinstance(raw, dict):
         raise IdentitiesError(f"{path}: expected a mapping with `people` (or a SortingHat export)")
     return raw, root
