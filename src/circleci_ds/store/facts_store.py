@@ -130,9 +130,9 @@ def backfill_people(conn: Connection) -> None:
     last = ""
     while ids := list(conn.execute(select(p.id).where(p.id > last).order_by(p.id).limit(_PAGE)).scalars()):
         named: dict[str, set[str]] = {pid: set() for pid in ids}
-        rows = conn.execute(select(w.pipeline_id, w.data).where(w.pipeline_id.in_(ids))).all()
-        rows += conn.execute(select(j.pipeline_id, j.data).where(j.pipeline_id.in_(ids), named_someone)).all()
-        for pipeline_id, data in rows:
+        workflows = conn.execute(select(w.pipeline_id, w.data).where(w.pipeline_id.in_(ids)))
+        jobs = conn.execute(select(j.pipeline_id, j.data).where(j.pipeline_id.in_(ids), named_someone))
+        for pipeline_id, data in [*workflows, *jobs]:
             parsed = json.loads(data)
             if isinstance(parsed, dict):
                 named[pipeline_id] |= user_ids_in(parsed)
