@@ -6,8 +6,11 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
+import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -201,6 +204,28 @@ def store_test_truth(store: Store, sim: Simulator, slugs: list[str]) -> None:
                 web_url=entry["web_url"],
             )
             save_chunk(store, job, entry["items"], seq=0, final=True)
+
+
+def kill_9_once(proc: subprocess.Popen[bytes], db_file: str, count_sql: str, at_least: int) -> int:
+    """SIGKILL `proc` as soon as `count_sql` counts `at_least` rows in the SQLite file (at most 120 s);
+    fails if the process ended first. Returns the count seen."""
+    deadline = time.monotonic() + 120
+    seen = 0
+    while time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+        if os.path.exists(db_file):
+            try:
+                with sqlite3.connect(db_file, timeout=1) as conn:
+                    seen = conn.execute(count_sql).fetchone()[0]
+            except sqlite3.Error:
+                continue
+            if seen >= at_least:
+                break
+    assert proc.poll() is None, "the collection ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert seen >= at_least
+    return seen
 
 
 # -- the command line, as a user runs it ---------------------------------------------------------

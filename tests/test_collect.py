@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
-import sqlite3
 import subprocess
 import sys
-import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from functools import partial
@@ -29,6 +25,7 @@ from collect_helpers import (
     cli_env,
     collect,
     exported,
+    kill_9_once,
     quirky_server,
     write_fixture,
 )
@@ -474,23 +471,7 @@ def test_kill_9_mid_run_then_resume(threaded: tuple[Simulator, str], tmp_path: P
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    db_file = db_url.removeprefix("sqlite:///")
-    deadline = time.monotonic() + 60
-    stored = 0
-    while time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-        if os.path.exists(db_file):
-            try:
-                with sqlite3.connect(db_file, timeout=1) as conn:
-                    stored = conn.execute("select count(*) from pipelines").fetchone()[0]
-            except sqlite3.Error:
-                continue
-            if stored >= 10:
-                break
-    assert proc.poll() is None, "the collection ended before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert stored >= 10
+    kill_9_once(proc, db_url.removeprefix("sqlite:///"), "select count(*) from pipelines", 10)
     sim.advance(3600)
     done = cli(["collect", str(fixture)], url, db_url, "sekrit-token-value-42")
     assert done.returncode == 0, done.stderr

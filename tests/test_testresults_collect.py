@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +17,7 @@ from circleci_ds.simulator import SimConfig, SimProject, Simulator
 from circleci_ds.store import Store
 from circleci_ds.store import testresults as db
 from collect_helpers import collect as collect_all
-from collect_helpers import quirky_server
+from collect_helpers import kill_9_once, quirky_server
 
 SLUGS = ["gh/acme/api", "gh/acme/web"]
 DAY = 86400.0
@@ -237,22 +235,7 @@ def test_kill_9_while_reading_tests_then_resume(threaded: Simulator, tmp_path: P
     fixture = tmp_path / "fixture.yaml"
     fixture.write_text(FIXTURE.format(extra=""))
     proc = _run_collect(threaded, fixture, db_url)
-    db_file = db_url.removeprefix("sqlite:///")
-    deadline = time.monotonic() + 120
-    read = 0
-    while time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.02)
-        try:
-            with sqlite3.connect(db_file, timeout=1) as conn:
-                read = conn.execute("select count(*) from test_jobs").fetchone()[0]
-        except sqlite3.Error:
-            continue
-        if read >= 5:
-            break
-    assert proc.poll() is None, "the collection ended before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert read >= 5
+    kill_9_once(proc, db_url.removeprefix("sqlite:///"), "select count(*) from test_jobs", 5)
     resumed = _run_collect(threaded, fixture, db_url)
     _, stderr = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, stderr
