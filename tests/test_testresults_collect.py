@@ -142,7 +142,7 @@ async def test_a_server_refusing_test_results_still_collects_and_asks_few_times(
     asked: list[str] = []
     async with sim.serve() as upstream:
         async with quirky_server(upstream, tests_status=status, tests_asked=asked) as url:
-            results, _ = await collect(url, db_url, SLUGS)
+            results, _ = await collect(url, db_url, SLUGS, trees_in_flight=16)  # 8 jobs at a time
         assert all(r.error is None for r in results), [r.error for r in results]
         wanted = sum(len(sim.test_truth(slug)) for slug in SLUGS)
         jobs_asked = len(set(asked))

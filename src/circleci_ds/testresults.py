@@ -189,10 +189,12 @@ class TestPhase:
 
     __test__ = False
 
-    def __init__(self, collector: Collector, endpoint: str, jobs_in_flight: int = 8) -> None:
+    def __init__(self, collector: Collector, endpoint: str) -> None:
         self.c = collector
         self.endpoint = endpoint
-        self.slots = asyncio.Semaphore(jobs_in_flight)
+        # As many jobs as the client has requests in flight: its semaphore is the real bound; this one
+        # bounds memory (a page and a chunk per job at most).
+        self.slots = asyncio.Semaphore(max(1, collector.options.trees_in_flight // 2))
         self.errors: list[str] = []
         self.failures_in_a_row = 0
         self.stopped = False  # no more jobs are started this run
