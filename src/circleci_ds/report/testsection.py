@@ -57,6 +57,7 @@ _IDENTITY = (
     Column("Job", lambda t: t.job),
     Column("Test", lambda t: _test_name(t.classname, t.name), code=True),
 )
+_RUNS = Column("Runs", lambda t: fmt.count(t.runs), numeric=True)
 
 FLAKY: TableSpec[TestsReport] = TableSpec(
     "tests-flaky",
@@ -81,7 +82,7 @@ MOST_FAILED: TableSpec[TestsReport] = TableSpec(
     "Runs are passed and failed results.",
     (
         *_IDENTITY,
-        Column("Runs", lambda t: fmt.count(t.runs), numeric=True),
+        _RUNS,
         Column("Failures", lambda t: fmt.count(t.failures), numeric=True),
         Column("Failure rate", lambda t: fmt.percent(t.failure_rate), numeric=True),
     ),
@@ -96,7 +97,7 @@ SLOWEST_TESTS: TableSpec[TestsReport] = TableSpec(
     "By p95 run time.",
     (
         *_IDENTITY,
-        Column("Runs", lambda t: fmt.count(t.runs), numeric=True),
+        _RUNS,
         Column("p50", lambda t: fmt.seconds(t.run_time_p50), numeric=True),
         Column("p95", lambda t: fmt.seconds(t.run_time_p95), numeric=True),
     ),
