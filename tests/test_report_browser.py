@@ -1,7 +1,4 @@
-"""The HTML report in a real browser: charts draw, planted markup stays text, nothing runs or loads.
-
-Uses Debian's chromium through Playwright's Python package; Playwright never downloads a browser.
-"""
+"""The HTML report in a real browser: charts draw, planted markup stays text, nothing runs or loads."""
 
 from __future__ import annotations
 
@@ -9,33 +6,11 @@ import io
 from pathlib import Path
 from typing import Any
 
-import pytest
 from rich.console import Console
 
+from browser_helpers import COUNT_POINTS, needs_browser, opened_page
 from circleci_ds.report import run_report
 from test_report import PLANTED_BRANCH, PLANTED_JOB, PLANTED_LOGIN, PLANTED_SUBJECT, make_store
-
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium"),
-]
-
-COUNT_POINTS = """
-() => Array.from(document.querySelectorAll(".chart")).map((chart) => ({
-  id: chart.id,
-  points: chart.querySelectorAll(".plot-container .point").length,
-}))
-"""
 
 ORGANISATION_ROWS = """
 () => Array.from(document.querySelectorAll("#organisation tbody tr")).map(
@@ -43,43 +18,25 @@ ORGANISATION_ROWS = """
 """
 
 
-def _open(page_path: Path, screenshot: Path | None = None) -> dict[str, Any]:
-    from playwright.sync_api import sync_playwright
-
-    problems: list[str] = []
-    requests: list[str] = []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda exc: problems.append(str(exc)))
-            page.on("request", lambda r: requests.append(r.url))
-            page.goto(page_path.as_uri())
-            page.wait_for_function(
-                "() => { const c = document.querySelectorAll('.chart');"
-                " return c.length > 0 && Array.from(c).every((e) => e.querySelector('.main-svg')); }",
-                timeout=30_000,
-            )
-            if screenshot is not None:
-                page.screenshot(path=str(screenshot), full_page=True)
-            return {
-                "problems": problems,
-                "requests": requests,
-                "charts": page.evaluate(COUNT_POINTS),
-                "pwned": page.evaluate("() => typeof window.__pwned"),
-                "visible": {
-                    text: page.get_by_text(text, exact=True).first.is_visible()
-                    for text in (PLANTED_SUBJECT, PLANTED_JOB, PLANTED_LOGIN, PLANTED_BRANCH)
-                },
-                "title": page.title(),
-                "organisation": page.evaluate(ORGANISATION_ROWS),
-                "window": page.locator("#window").inner_text(),
-            }
-        finally:
-            browser.close()
+def _open(page_path: Path) -> dict[str, Any]:
+    with opened_page(page_path) as seen:
+        page = seen.page
+        return {
+            "problems": seen.problems,
+            "requests": seen.requests,
+            "charts": page.evaluate(COUNT_POINTS),
+            "pwned": page.evaluate("() => typeof window.__pwned"),
+            "visible": {
+                text: page.get_by_text(text, exact=True).first.is_visible()
+                for text in (PLANTED_SUBJECT, PLANTED_JOB, PLANTED_LOGIN, PLANTED_BRANCH)
+            },
+            "title": page.title(),
+            "organisation": page.evaluate(ORGANISATION_ROWS),
+            "window": page.locator("#window").inner_text(),
+        }
 
 
+@needs_browser
 def test_report_renders_safely_in_chromium(tmp_path: Path) -> None:
     store = make_store(tmp_path / "store.db")
     page_path = tmp_path / "report.html"

@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 from rich.console import Console
 
+from browser_helpers import COUNT_POINTS, needs_browser, opened_page
 from circleci_ds.export import uuid
 from circleci_ds.report import run_report
 from circleci_ds.store import Store
 from circleci_ds.store.testresults import save_chunk
-from test_report_browser import ARGS, CHROMIUM, COUNT_POINTS
 from test_testmetrics import T, hand_job, item, opened, write_hand_worked
 
 PLANTED_CLASS = '<img src=x onerror="window.__pwned=1">'
@@ -70,36 +70,19 @@ def test_terminal_shows_escapes_as_replacement_characters(tmp_path: Path) -> Non
 
 
 def _open(page_path: Path) -> dict[str, Any]:
-    from playwright.sync_api import sync_playwright
-
-    problems: list[str] = []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda exc: problems.append(str(exc)))
-            page.on("dialog", lambda d: (problems.append("dialog " + d.message), d.dismiss()))
-            page.goto(page_path.as_uri())
-            page.wait_for_function(
-                "() => { const c = document.querySelectorAll('#tests .chart');"
-                " return c.length > 0 && Array.from(c).every((e) => e.querySelector('.main-svg')); }",
-                timeout=30_000,
-            )
-            return {
-                "problems": problems,
-                "charts": [c for c in page.evaluate(COUNT_POINTS) if c["id"].startswith("chart-tests-")],
-                "pwned": page.evaluate("() => typeof window.__pwned"),
-                "message": page.get_by_text(SHOWN_MESSAGE, exact=True).first.is_visible(),
-                "class": page.get_by_text(f"{PLANTED_CLASS}.D", exact=True).first.is_visible(),
-                "script": page.get_by_text("A broke </script>", exact=True).first.is_visible(),
-            }
-        finally:
-            browser.close()
+    with opened_page(page_path, "#tests .chart") as seen:
+        page = seen.page
+        return {
+            "problems": seen.problems,
+            "charts": [c for c in page.evaluate(COUNT_POINTS) if c["id"].startswith("chart-tests-")],
+            "pwned": page.evaluate("() => typeof window.__pwned"),
+            "message": page.get_by_text(SHOWN_MESSAGE, exact=True).first.is_visible(),
+            "class": page.get_by_text(f"{PLANTED_CLASS}.D", exact=True).first.is_visible(),
+            "script": page.get_by_text("A broke </script>", exact=True).first.is_visible(),
+        }
 
 
-@pytest.mark.browser
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium")
+@needs_browser
 def test_tests_section_renders_safely_in_chromium(tmp_path: Path) -> None:
     store = planted_store(tmp_path / "s.db")
     page_path = tmp_path / "report.html"

@@ -61,7 +61,8 @@ def project_charts(report: MetricsReport, project: ProjectMetrics) -> list[Chart
     return [c for c in candidates if c is not None]
 
 
-def _layout(x_title: str, y_title: str, **extra: Any) -> dict[str, Any]:
+def base_layout(x_title: str, y_title: str, **extra: Any) -> dict[str, Any]:
+    """The page's common Plotly layout with these axis titles; `extra` keys override it."""
     layout: dict[str, Any] = {
         "height": 320,
         "margin": {"l": 60, "r": 20, "t": 30, "b": 50},
@@ -109,7 +110,7 @@ def success_trend(trends: list[TrendPoint], unit: str) -> Chart | None:
     data = _trend_lines(trends, lambda p: p.success_rate, 0.01)
     if not data:
         return None
-    layout = _layout(unit.capitalize(), "Success rate (%)")
+    layout = base_layout(unit.capitalize(), "Success rate (%)")
     layout["xaxis"].update(_time_axis(trends, unit))
     layout["yaxis"].update({"range": [0, 105], "ticksuffix": "%", "rangemode": "normal"})
     note = "Successful / (all - cancelled) runs."
@@ -122,7 +123,7 @@ def duration_trend(trends: list[TrendPoint], unit: str) -> Chart | None:
     data = _trend_lines(trends, lambda p: p.active_duration_median, divisor)
     if not data:
         return None
-    layout = _layout(unit.capitalize(), name.capitalize())
+    layout = base_layout(unit.capitalize(), name.capitalize())
     layout["xaxis"].update(_time_axis(trends, unit))
     note = "Completed runs, created_at to stopped_at, approval waits left out (shown apart)."
     return Chart("duration", f"Median active duration per {unit}", note, {"data": data, "layout": layout})
@@ -179,7 +180,7 @@ def queue_distribution(project: ProjectMetrics) -> Chart | None:
         "y": list(project.queue_histogram.values()),
         "marker": {"color": PALETTE[5]},
     }
-    layout = _layout("Queue time (started_at - queued_at)", "Jobs", showlegend=False, bargap=0.15)
+    layout = base_layout("Queue time (started_at - queued_at)", "Jobs", showlegend=False, bargap=0.15)
     note = "Build jobs with job details."
     return Chart("queue", "Queue time distribution", note, {"data": [bar], "layout": layout})
 
@@ -197,10 +198,10 @@ def slowest_chart(jobs: list[JobMetrics]) -> Chart | None:
     divisor, name = time_unit(p95)
     labels = [_job_label(j.workflow, j.job) for j in slow]
     data = [
-        _hbar("p50", labels, _scaled(p50, divisor), PALETTE[0]),
-        _hbar("p95", labels, _scaled(p95, divisor), PALETTE[3]),
+        hbar("p50", labels, _scaled(p50, divisor), PALETTE[0]),
+        hbar("p95", labels, _scaled(p95, divisor), PALETTE[3]),
     ]
-    layout = _layout(name.capitalize(), "", barmode="group", height=max(260, 80 + 38 * len(slow)))
+    layout = base_layout(name.capitalize(), "", barmode="group", height=max(260, 80 + 38 * len(slow)))
     note = "Duration of successful runs, p50 and p95."
     return Chart("slowest", "Slowest jobs", note, {"data": data, "layout": layout})
 
@@ -210,8 +211,8 @@ def flaky_chart(flaky: list[FlakyJob]) -> Chart | None:
     if not top:
         return None
     labels = [_job_label(f.workflow, f.job) for f in top]
-    data = [_hbar("commits", labels, [f.flaky_commits for f in top], PALETTE[2])]
-    layout = _layout(
+    data = [hbar("commits", labels, [f.flaky_commits for f in top], PALETTE[2])]
+    layout = base_layout(
         "Commits on which the job failed and passed",
         "",
         showlegend=False,
@@ -223,7 +224,8 @@ def flaky_chart(flaky: list[FlakyJob]) -> Chart | None:
     return Chart("flaky", "Flakiest jobs", note, {"data": data, "layout": layout})
 
 
-def _hbar(name: str, labels: list[str], values: list[float], color: str) -> dict[str, Any]:
+def hbar(name: str, labels: list[str], values: list[float], color: str) -> dict[str, Any]:
+    """A horizontal bar trace (labels already made inert with `plot_text`)."""
     return {
         "type": "bar",
         "orientation": "h",
@@ -258,7 +260,7 @@ def mttr_chart(workflows: list[WorkflowMetrics]) -> Chart | None:
             "marker": {"color": PALETTE[1]},
         },
     ]
-    layout = _layout("Workflow", name.capitalize(), barmode="group", bargap=0.5)
+    layout = base_layout("Workflow", name.capitalize(), barmode="group", bargap=0.5)
     note = "From a failing run to the next successful run, same branch."
     return Chart("mttr", "Mean time to recovery", note, {"data": data, "layout": layout})
 
@@ -277,7 +279,7 @@ def approval_chart(workflows: list[WorkflowMetrics]) -> Chart | None:
         "y": _scaled(medians, divisor),
         "marker": {"color": PALETTE[6]},
     }
-    layout = _layout("Workflow", name.capitalize(), showlegend=False, bargap=0.5)
+    layout = base_layout("Workflow", name.capitalize(), showlegend=False, bargap=0.5)
     note = "From an approval job going on hold to its approval (median per run)."
     return Chart("approval", "Approval waits", note, {"data": [bar], "layout": layout})
 
@@ -301,7 +303,7 @@ def organisation_chart(projects: list[ProjectMetrics]) -> Chart | None:
             ("first pass", lambda p: p.first_pass_success_rate, PALETTE[0]),
         )
     ]
-    layout = _layout("Project", "Rate (%)", barmode="group", bargap=0.4)
+    layout = base_layout("Project", "Rate (%)", barmode="group", bargap=0.4)
     layout["yaxis"].update({"range": [0, 105], "ticksuffix": "%", "rangemode": "normal"})
     note = "Projects in health order, lowest success rate first."
     return Chart("health", "Project health", note, {"data": data, "layout": layout})

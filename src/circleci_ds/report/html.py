@@ -1,8 +1,10 @@
 """One self-contained HTML page: styles, plotly.js and the data are all inline, so it opens offline.
 
-Every string from the API is HTML-escaped where it lands in markup; the chart data travels as
-JSON inside a `<script type="application/json">` whose `<`, `>` and `&` are written as \\u escapes,
-so no value can close the script element or open a comment.
+Every string from the API is HTML-escaped where it lands in markup; table cells, drawn from the
+specs of circleci_ds.report.spec, also have their control characters replaced, and only an
+`https://` URL becomes a link. The chart data travels as JSON inside a
+`<script type="application/json">` whose `<`, `>` and `&` are written as \\u escapes, so no value
+can close the script element or open a comment.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from circleci_ds.files import write_atomic
 from circleci_ds.metrics import MetricsReport, ProjectMetrics
 from circleci_ds.report import formatting as fmt
 from circleci_ds.report.charts import Chart, organisation_chart, project_charts
-from circleci_ds.report.spec import ORGANISATION, PROJECT_TABLES, Column, TableSpec, rows_of
+from circleci_ds.report.spec import ORGANISATION, PROJECT_TABLES, Column, S, TableSpec, rows_of
 
 STYLE = """
 :root { --ink:#0f172a; --muted:#64748b; --line:#e2e8f0; --bg:#f1f5f9; --card:#fff; --accent:#2563eb;
@@ -152,12 +154,13 @@ def _footer(report: MetricsReport) -> str:
 
 def _organisation(report: MetricsReport, specs: list[dict[str, Any]]) -> str:
     charts = [c for c in (organisation_chart(report.projects),) if c is not None]
-    cards = _chart_cards(charts, "org", specs)
-    table = _spec_table(ORGANISATION, rows_of(ORGANISATION, report), with_project=True)
+    cards = chart_cards(charts, "org", specs)
+    table = spec_table(ORGANISATION, report)
     return f'<section class="organisation" id="organisation"><h2>Organisation</h2>{cards}{table}</section>'
 
 
-def _chart_cards(charts: list[Chart], prefix: str, specs: list[dict[str, Any]]) -> str:
+def chart_cards(charts: list[Chart], prefix: str, specs: list[dict[str, Any]]) -> str:
+    """A grid of chart cards (none when there are no charts); their figures are appended to `specs`."""
     cards = []
     for chart in charts:
         chart_id = f"chart-{prefix}-{chart.key}"
@@ -176,12 +179,9 @@ def _chart_card(chart: Chart, chart_id: str) -> str:
 def _project_section(
     report: MetricsReport, project: ProjectMetrics, index: int, specs: list[dict[str, Any]]
 ) -> str:
-    cards = _chart_cards(project_charts(report, project), str(index), specs)
+    cards = chart_cards(project_charts(report, project), str(index), specs)
     native = f'<span class="chip">{e(project.project)}</span>' if project.project else ""
-    tables = "".join(
-        _spec_table(spec, rows_of(spec, report, project.project_slug), with_project=False)
-        for spec in PROJECT_TABLES
-    )
+    tables = "".join(spec_table(spec, report, project.project_slug) for spec in PROJECT_TABLES)
     return (
         f'<section class="project" id="p{index}"><h2>{e(project.project_slug)}{native}'
         f'<span class="chip">{e(fmt.branch(project.branch))}</span></h2>'
@@ -209,24 +209,18 @@ def _kpis(p: ProjectMetrics) -> str:
     return f'<div class="kpis">{cells}</div>'
 
 
-def _spec_table(spec: TableSpec, items: list[Any], *, with_project: bool) -> str:
-    """A card with the spec's table; every cell is escaped here."""
-    columns = spec.visible(with_project)
+def spec_table(spec: TableSpec[S], source: S, project: str | None = None) -> str:
+    """A card with the spec's table, rows from `source` (with `project`, only its rows and no project
+    column); every cell is escaped here."""
+    items = rows_of(spec, source, project)
+    columns = spec.visible(with_project=project is None)
     head = "".join(
         f'<th class="num">{e(c.header)}</th>' if c.numeric else f"<th>{e(c.header)}</th>" for c in columns
     )
     if not items:
         body = f'<tr><td class="empty" colspan="{len(columns)}">{e(spec.empty)}</td></tr>'
     else:
-        body = "".join(
-            "<tr>"
-            + "".join(
-                _cell(c, text)
-                for c, text in zip(columns, spec.cells(item, with_project=with_project), strict=True)
-            )
-            + "</tr>"
-            for item in items
-        )
+        body = "".join("<tr>" + "".join(_cell(c, item) for c in columns) + "</tr>" for item in items)
     return (
         f'<div class="card" data-table="{e(spec.key)}"><h3>{e(spec.title)}</h3>'
         f'<p class="note">{e(spec.note)}</p>'
@@ -234,28 +228,12 @@ def _spec_table(spec: TableSpec, items: list[Any], *, with_project: bool) -> str
     )
 
 
-def _table(title: str, note: str, headers: list[str], rows: list[list[str]], numeric_from: int) -> str:
-    """A card with a table of cells already escaped (sections that have no spec yet: people)."""
-    head = "".join(
-        f'<th class="num">{e(h)}</th>' if i >= numeric_from else f"<th>{e(h)}</th>"
-        for i, h in enumerate(headers)
-    )
-    cells = [
-        "".join(
-            f'<td class="num">{c}</td>' if i >= numeric_from else f"<td>{c}</td>" for i, c in enumerate(row)
-        )
-        for row in rows
-    ]
-    body = (
-        "".join(f"<tr>{c}</tr>" for c in cells)
-        or f'<tr><td class="empty" colspan="{len(headers)}">None.</td></tr>'
-    )
-    return (
-        f'<div class="card"><h3>{e(title)}</h3><p class="note">{e(note)}</p>'
-        f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
-    )
-
-
-def _cell(column: Column, text: str) -> str:
-    inner = f"<code>{e(text)}</code>" if column.code else e(text)
+def _cell(column: Column, item: Any) -> str:
+    if column.link is not None:
+        url = column.url(item)
+        inner = f'<a href="{e(url)}">{e(column.link)}</a>' if url is not None else e(fmt.DASH)
+    elif column.code:
+        inner = f"<code>{e(column.text(item))}</code>"
+    else:
+        inner = e(column.text(item))
     return f'<td class="num">{inner}</td>' if column.numeric else f"<td>{inner}</td>"

@@ -1,73 +1,84 @@
-"""The report's people section (see people_report.py): terminal tables and an HTML card.
+"""The report's people section (see people_report.py): three table specs, drawn by both renderers.
 
-Logins, names and organisations come from the API or the identities file: `display.plain` text
-in the terminal (no markup, controls replaced), escaped in HTML.
+Logins, names and organisations come from the API or the identities file: the specs replace their
+control characters, the terminal prints them as `display.plain` text (no markup), the page escapes
+them. Both renderers show the same columns.
 """
 
 from __future__ import annotations
 
-from rich.console import Console
-from rich.table import Table
+from dataclasses import replace
 
-from circleci_ds.display import plain
+from rich.console import Console
+
 from circleci_ds.people_report import PeopleReport
 from circleci_ds.report import formatting as fmt
-from circleci_ds.report.html import _table as html_table
-from circleci_ds.report.html import e
-from circleci_ds.report.terminal import _table, print_table
+from circleci_ds.report.html import spec_table
+from circleci_ds.report.spec import Column, TableSpec
+from circleci_ds.report.terminal import print_specs
 
 UNKNOWN_PERSON = "(deleted or unresolved)"
-ORG_NOTE = "Workflow runs by the organisation of who started them, at the run's creation."
+NO_IDENTITIES = "No identities file given (--identities): organisations are Unknown."
 
 
 def _who(login: str | None) -> str:
     return login if login is not None else UNKNOWN_PERSON
 
 
+ORGANISATIONS: TableSpec[PeopleReport] = TableSpec(
+    "people-organisations",
+    "Runs by organisation",
+    "Workflow runs by the organisation of who started them, at the run's creation.",
+    (
+        Column("Organisation", lambda o: o.organization),
+        Column("Runs", lambda o: fmt.count(o.runs), numeric=True),
+        Column("Failures", lambda o: fmt.count(o.failures), numeric=True),
+        Column("Reruns", lambda o: fmt.count(o.reruns), numeric=True),
+        Column("People", lambda o: fmt.count(o.people), numeric=True),
+    ),
+    lambda r: r.organizations,
+)
+
+APPROVERS: TableSpec[PeopleReport] = TableSpec(
+    "people-approvers",
+    "Who approves",
+    "Approved approval jobs, per approver.",
+    (
+        Column("Approver", lambda a: _who(a.login)),
+        Column("Name", lambda a: fmt.text(a.name)),
+        Column("Organisation", lambda a: a.organization),
+        Column("Approvals", lambda a: fmt.count(a.approvals), numeric=True),
+        Column("Workflows", lambda a: ", ".join(a.workflows)),
+    ),
+    lambda r: r.approvers,
+)
+
+RERUNNERS: TableSpec[PeopleReport] = TableSpec(
+    "people-rerunners",
+    "Who reruns most",
+    "Manual reruns, per person who started them.",
+    (
+        Column("Person", lambda r: _who(r.login)),
+        Column("Name", lambda r: fmt.text(r.name)),
+        Column("Organisation", lambda r: r.organization),
+        Column("Reruns", lambda r: fmt.count(r.reruns), numeric=True),
+    ),
+    lambda r: r.rerunners,
+)
+
+
+def people_specs(report: PeopleReport) -> tuple[TableSpec[PeopleReport], ...]:
+    """The three tables; without an identities file the organisations table says so."""
+    if report.with_identities:
+        return (ORGANISATIONS, APPROVERS, RERUNNERS)
+    return (replace(ORGANISATIONS, note=f"{ORGANISATIONS.note} {NO_IDENTITIES}"), APPROVERS, RERUNNERS)
+
+
 def print_people(report: PeopleReport, console: Console) -> None:
-    for table in people_tables(report):
-        print_table(console, table)
-
-
-def people_tables(report: PeopleReport) -> list[Table]:
-    orgs = _table("Runs by organisation", "Organisation", "Runs", "Failures", "Reruns", "People")
-    for o in report.organizations:
-        orgs.add_row(plain(o.organization), fmt.count(o.runs), fmt.count(o.failures), fmt.count(o.reruns),
-                     fmt.count(o.people))  # fmt: skip
-    if not report.with_identities:
-        orgs.caption = "No identities file given (--identities): organisations are Unknown."
-    approvers = _table("Who approves", "Approver", "Organisation", "Approvals", "Workflows", numeric_from=2)
-    for a in report.approvers:
-        approvers.add_row(plain(_who(a.login)), plain(a.organization), fmt.count(a.approvals),
-                          plain(", ".join(a.workflows)))  # fmt: skip
-    rerunners = _table("Who reruns most (manual reruns)", "Person", "Organisation", "Reruns", numeric_from=2)
-    for r in report.rerunners:
-        rerunners.add_row(plain(_who(r.login)), plain(r.organization), fmt.count(r.reruns))
-    return [orgs, approvers, rerunners]
+    print_specs(console, people_specs(report), report)
 
 
 def people_html(report: PeopleReport) -> str:
     """One section with three cards; every value escaped."""
-    orgs = [
-        [e(o.organization), e(fmt.count(o.runs)), e(fmt.count(o.failures)), e(fmt.count(o.reruns)),
-         e(fmt.count(o.people))]
-        for o in report.organizations
-    ]  # fmt: skip
-    approvers = [
-        [e(_who(a.login)), e(fmt.text(a.name)), e(a.organization), e(fmt.count(a.approvals)),
-         e(", ".join(a.workflows))]
-        for a in report.approvers
-    ]  # fmt: skip
-    rerunners = [
-        [e(_who(r.login)), e(fmt.text(r.name)), e(r.organization), e(fmt.count(r.reruns))]
-        for r in report.rerunners
-    ]
-    org_headers = ["Organisation", "Runs", "Failures", "Reruns", "People"]
-    cards = (
-        html_table("Runs by organisation", ORG_NOTE, org_headers, orgs, 1)
-        + html_table("Who approves", "Approved approval jobs, per approver.",
-                     ["Approver", "Name", "Organisation", "Approvals", "Workflows"], approvers, 3)
-        + html_table("Who reruns most", "Manual reruns, per person who started them.",
-                     ["Person", "Name", "Organisation", "Reruns"], rerunners, 3)
-    )  # fmt: skip
+    cards = "".join(spec_table(spec, report) for spec in people_specs(report))
     return f'<section class="project" id="people"><h2>People</h2>{cards}</section>'

@@ -1,48 +1,76 @@
 """One spec per table, used by both renderers (terminal and HTML): title, note, columns, rows.
 
-Cells are plain text (formatted values, or text from the API); each renderer makes them safe its
-own way (rich `Text`, never markup; HTML escaping). The project column is dropped inside a
-project's own HTML section.
+Rules:
+- A spec's rows come from one source object (the metrics report, the tests report, the people
+  report); the sections keep their own specs (testsection.py, people_section.py), this module the
+  metrics tables and the shape of every cell.
+- A cell's text is decided here, once, for both renderers (`Column.text`): a dash for a missing
+  value, cut at the column's `limit`, control characters replaced (`display.safe_text`). Each
+  renderer then makes it safe its own way: rich `Text`, never markup; HTML escaping.
+- A link column is shown only in the page, and only an `https://` URL becomes a link.
+- The project column is dropped inside a project's own HTML section.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
+from circleci_ds.display import safe_text
 from circleci_ds.metrics import CriticalPath, JobMetrics, MetricsReport
 from circleci_ds.report import formatting as fmt
 
 SLOWEST = 10
+S = TypeVar("S")  # the object a table's rows come from
 
 
 @dataclass(frozen=True)
 class Column:
     header: str
-    cell: Callable[[Any], str]
+    cell: Callable[[Any], str | None]  # the shown value (None: a dash), or for a link column the URL
     numeric: bool = False
     code: bool = False  # monospace in HTML (commits)
     is_project: bool = False
+    limit: int | None = None  # longer text is cut, ending in "…"
+    link: str | None = None  # the page only: the cell is a URL, shown as a link with this text
+
+    def text(self, item: Any) -> str:
+        """The cell as shown: a dash when missing, cut at `limit`, control characters replaced."""
+        value = self.cell(item)
+        text = fmt.DASH if value is None else value
+        if self.limit is not None and len(text) > self.limit:
+            text = text[: self.limit - 1] + "…"
+        return safe_text(text)
+
+    def url(self, item: Any) -> str | None:
+        """A link column's URL, when it is an https one; anything else is not linked."""
+        value = self.cell(item)
+        return value if value is not None and value.startswith("https://") else None
 
 
 @dataclass(frozen=True)
-class TableSpec:
-    key: str
+class TableSpec(Generic[S]):
+    key: str  # unique within the page (the card's data-table)
     title: str
     note: str
     columns: tuple[Column, ...]
-    rows: Callable[[MetricsReport], list[Any]]
+    rows: Callable[[S], list[Any]]
     empty: str = "None."
+    terminal_rows: int | None = None  # the terminal shows at most this many rows; the page all
 
     def cells(self, item: Any, *, with_project: bool = True) -> list[str]:
-        return [c.cell(item) for c in self.visible(with_project)]
+        return [c.text(item) for c in self.visible(with_project)]
 
     def visible(self, with_project: bool) -> tuple[Column, ...]:
         return tuple(c for c in self.columns if with_project or not c.is_project)
 
+    def text_columns(self) -> tuple[Column, ...]:
+        """The columns a terminal shows: all but links."""
+        return tuple(c for c in self.columns if c.link is None)
 
-def _project(get: Callable[[Any], str]) -> Column:
+
+def project_column(get: Callable[[Any], str]) -> Column:
     return Column("Project", get, is_project=True)
 
 
@@ -61,12 +89,12 @@ def _path(path: CriticalPath) -> str:
     return " → ".join(f"{step.job} ({fmt.seconds(step.duration)})" for step in path.jobs) or fmt.DASH
 
 
-ORGANISATION = TableSpec(
+ORGANISATION: TableSpec[MetricsReport] = TableSpec(
     "organisation",
     "Projects (sorted by health)",
     "Every project side by side; lowest success rate first.",
     (
-        _project(lambda p: p.project_slug),
+        project_column(lambda p: p.project_slug),
         Column("Branch", lambda p: fmt.branch(p.branch)),
         Column("Pipelines", lambda p: fmt.count(p.pipelines), numeric=True),
         Column("Runs", lambda p: fmt.count(p.runs), numeric=True),
@@ -84,12 +112,12 @@ ORGANISATION = TableSpec(
     lambda r: r.projects,
 )
 
-WORKFLOWS = TableSpec(
+WORKFLOWS: TableSpec[MetricsReport] = TableSpec(
     "workflows",
     "Workflows",
     "Durations over completed runs, wall clock; approval waits apart.",
     (
-        _project(lambda w: w.project_slug),
+        project_column(lambda w: w.project_slug),
         Column("Workflow", lambda w: w.workflow),
         Column("Runs", lambda w: fmt.count(w.runs), numeric=True),
         Column("Success", lambda w: fmt.percent(w.success_rate), numeric=True),
@@ -108,12 +136,12 @@ WORKFLOWS = TableSpec(
     lambda r: r.workflows,
 )
 
-SLOWEST_JOBS = TableSpec(
+SLOWEST_JOBS: TableSpec[MetricsReport] = TableSpec(
     "slowest",
     "Slowest jobs",
     "By p95 duration of successful runs; job runs are executions only.",
     (
-        _project(lambda j: j.project_slug),
+        project_column(lambda j: j.project_slug),
         Column("Workflow", lambda j: j.workflow),
         Column("Job", lambda j: j.job),
         Column("Runs", lambda j: fmt.count(j.runs), numeric=True),
@@ -125,12 +153,12 @@ SLOWEST_JOBS = TableSpec(
     _slowest_per_project,
 )
 
-FLAKY_JOBS = TableSpec(
+FLAKY_JOBS: TableSpec[MetricsReport] = TableSpec(
     "flaky",
     "Flaky jobs",
     "Failed and passed on the same commit (any branch).",
     (
-        _project(lambda f: f.project_slug),
+        project_column(lambda f: f.project_slug),
         Column("Workflow", lambda f: f.workflow),
         Column("Job", lambda f: f.job),
         Column("Commits", lambda f: fmt.count(f.flaky_commits), numeric=True),
@@ -141,12 +169,12 @@ FLAKY_JOBS = TableSpec(
     lambda r: r.flaky_jobs,
 )
 
-DELIVERY = TableSpec(
+DELIVERY: TableSpec[MetricsReport] = TableSpec(
     "delivery",
     "Delivery",
     "Deploy runs recognised by the deploy pattern.",
     (
-        _project(lambda d: d.project_slug),
+        project_column(lambda d: d.project_slug),
         Column("Deploy workflows", lambda d: ", ".join(d.deploy_workflows)),
         Column("Deploy runs", lambda d: fmt.count(d.deploy_runs), numeric=True),
         Column("Deployments", lambda d: fmt.count(d.deployments), numeric=True),
@@ -158,12 +186,12 @@ DELIVERY = TableSpec(
     lambda r: r.delivery,
 )
 
-CRITICAL_PATHS = TableSpec(
+CRITICAL_PATHS: TableSpec[MetricsReport] = TableSpec(
     "critical",
     "Critical paths",
     "The job chain that set the duration of each workflow's latest successful run.",
     (
-        _project(lambda c: c.project_slug),
+        project_column(lambda c: c.project_slug),
         Column("Workflow", lambda c: c.workflow),
         Column("Duration", lambda c: fmt.seconds(c.duration), numeric=True),
         Column("Path", _path),
@@ -171,12 +199,12 @@ CRITICAL_PATHS = TableSpec(
     lambda r: r.critical_paths,
 )
 
-RERUNS = TableSpec(
+RERUNS: TableSpec[MetricsReport] = TableSpec(
     "reruns",
     "Rerun causes",
     "Reruns by kind, with the jobs that had failed in the runs they repeat.",
     (
-        _project(lambda c: c.project_slug),
+        project_column(lambda c: c.project_slug),
         Column("Workflow", lambda c: c.workflow),
         Column("Kind", lambda c: c.kind),
         Column("Reruns", lambda c: fmt.count(c.reruns), numeric=True),
@@ -185,12 +213,12 @@ RERUNS = TableSpec(
     lambda r: r.rerun_causes,
 )
 
-RECENT_FAILURES = TableSpec(
+RECENT_FAILURES: TableSpec[MetricsReport] = TableSpec(
     "failures",
     "Recent failures",
     "Latest failed or errored workflow runs.",
     (
-        _project(lambda f: f.project_slug),
+        project_column(lambda f: f.project_slug),
         Column("When", lambda f: fmt.text(f.created_at)),
         Column("Pipeline", lambda f: fmt.count(f.pipeline_number)),
         Column("Workflow", lambda f: f.workflow),
@@ -217,6 +245,7 @@ TABLES = (
 PROJECT_TABLES = TABLES[1:]
 
 
-def rows_of(spec: TableSpec, report: MetricsReport, project: str | None = None) -> list[Any]:
-    rows = spec.rows(report)
+def rows_of(spec: TableSpec[S], source: S, project: str | None = None) -> list[Any]:
+    """The spec's rows from `source`; with `project`, only that project's (rows with a project_slug)."""
+    rows = spec.rows(source)
     return rows if project is None else [r for r in rows if r.project_slug == project]

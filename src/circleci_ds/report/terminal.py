@@ -1,24 +1,22 @@
 """Rich tables for the terminal, drawn from the table specs (circleci_ds.report.spec).
 
 Every cell goes through `display.plain` into a `Text` object, never into a markup string, so a job
-called `[red]x` prints as written and control characters in it are replaced.
+called `[red]x` prints as written and control characters in it are replaced. Link columns are left
+out: a terminal shows no links.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from rich import box
-from rich.console import Console
+from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
 from circleci_ds.display import plain
 from circleci_ds.metrics import MetricsReport
-from circleci_ds.report.spec import TABLES, TableSpec, rows_of
-
-
-def cell_text(value: str) -> Text:
-    """External or formatted text as an inert rich Text, control characters replaced."""
-    return plain(value)
+from circleci_ds.report.spec import TABLES, S, TableSpec, rows_of
 
 
 def print_tables(report: MetricsReport, console: Console) -> None:
@@ -29,42 +27,31 @@ def print_tables(report: MetricsReport, console: Console) -> None:
     if not report.projects:
         console.print(Text("No workflow runs in this window."))
         return
-    for spec in TABLES:
-        print_table(console, build_table(spec, report))
+    print_specs(console, TABLES, report)
 
 
-def _table(title: str, *columns: str, numeric_from: int = 1) -> Table:
-    """An empty table with plain headers (sections that have no spec yet: people)."""
-    table = Table(
-        title=title, title_justify="left", title_style="bold", header_style="bold cyan", box=box.SIMPLE_HEAD,
-        pad_edge=False,
-    )  # fmt: skip
-    for index, name in enumerate(columns):
-        table.add_column(name, justify="right" if index >= numeric_from else "left", overflow="fold")
-    return table
+def print_specs(console: Console, specs: Iterable[TableSpec[S]], source: S) -> None:
+    """Each spec's table, its rows taken from `source`."""
+    for spec in specs:
+        print_table(console, build_table(spec, source))
 
 
-def build_table(spec: TableSpec, report: MetricsReport) -> Table:
-    table = Table(
-        title=Text(spec.title, style="bold"),
-        title_justify="left",
-        header_style="bold cyan",
-        box=box.SIMPLE_HEAD,
-        pad_edge=False,
-        caption=Text(spec.note, style="dim"),
-        caption_justify="left",
-    )
-    for column in spec.columns:
+def build_table(spec: TableSpec[S], source: S) -> Group:
+    """The spec's title, table (without its link columns; every cell a `plain` Text) and note.
+
+    Title and note sit outside the table, so a narrow table does not wrap them."""
+    table = Table(header_style="bold cyan", box=box.SIMPLE_HEAD, pad_edge=False)
+    columns = spec.text_columns()
+    for column in columns:
         table.add_column(Text(column.header), justify="right" if column.numeric else "left", overflow="fold")
-    rows = rows_of(spec, report)
-    for item in rows:
-        table.add_row(*(cell_text(c) for c in spec.cells(item)))
-    if not rows:
-        table.caption = Text(spec.empty, style="dim")
-    return table
+    rows = rows_of(spec, source)
+    for item in rows[: spec.terminal_rows]:
+        table.add_row(*(plain(c.text(item)) for c in columns))
+    note = spec.note if rows else spec.empty
+    return Group(Text(spec.title, style="bold"), table, Text(note, style="dim"))
 
 
-def print_table(console: Console, table: Table) -> None:
+def print_table(console: Console, table: RenderableType) -> None:
     """A terminal wraps cells to fit; a file or pipe gets the table at its natural width."""
     if console.is_terminal:
         console.print(table)
@@ -77,7 +64,7 @@ def print_table(console: Console, table: Table) -> None:
         console.width = saved
 
 
-def natural_width(console: Console, table: Table) -> int:
+def natural_width(console: Console, table: RenderableType) -> int:
     """The width the table takes when nothing has to wrap."""
     unbounded = console.options.update_width(10_000)
     return max(console.width, console.measure(table, options=unbounded).maximum)

@@ -1,27 +1,24 @@
-"""The tests part of the report: terminal tables, JSON and an HTML section with charts.
+"""The tests part of the report: its table specs, drawn by both renderers, and its charts.
 
 Test names and failure messages are hostile text: `display.safe_text` replaces control characters
-(terminal escapes) and bidi controls with U+FFFD everywhere they are shown; in the terminal they go
-into `Text` objects, in the page they are HTML-escaped, in charts entity-escaped.
+(terminal escapes) and bidi controls with U+FFFD everywhere they are shown (the table specs do it
+for every cell); in the terminal they go into `Text` objects, in the page they are HTML-escaped, in
+charts entity-escaped. The terminal shows the first SHOWN rows of each table, the page all of them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
 from circleci_ds.display import safe_text
 from circleci_ds.report import formatting as fmt
-from circleci_ds.report.charts import PALETTE, Chart, _hbar, _layout, plot_text
-from circleci_ds.report.html import _chart_card, _table, e
-from circleci_ds.report.terminal import _table as terminal_table
-from circleci_ds.report.terminal import print_table
+from circleci_ds.report.charts import PALETTE, Chart, base_layout, hbar, plot_text
+from circleci_ds.report.html import chart_cards, spec_table
+from circleci_ds.report.spec import Column, TableSpec, project_column
+from circleci_ds.report.terminal import print_specs
 from circleci_ds.store import Store
 from circleci_ds.testmetrics import TestCountPoint, TestsReport, Window, compute_tests
 
@@ -52,140 +49,88 @@ def _test_name(classname: str, name: str) -> str:
     return f"{classname}.{name}" if classname else name
 
 
-# -- tables: one spec for both renderers ---------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Column:
-    header: str
-    value: Callable[[Any], str | None]  # the shown text (or, for links, the URL)
-    numeric: bool = False
-    code: bool = False  # monospace in the page
-    limit: int | None = None
-    link: bool = False  # the page only: a link to the URL
-
-
-@dataclass(frozen=True)
-class TableSpec:
-    title: str
-    note: str
-    columns: tuple[Column, ...]
-    rows: list[Any]
-    empty: str = "None found."
+# -- tables: specs (circleci_ds.report.spec) drawn by both renderers ---------------------------------
 
 
 _IDENTITY = (
-    Column("Project", lambda t: t.project_slug),
+    project_column(lambda t: t.project_slug),
     Column("Job", lambda t: t.job),
     Column("Test", lambda t: _test_name(t.classname, t.name), code=True),
 )
+_RUNS = Column("Runs", lambda t: fmt.count(t.runs), numeric=True)
 
+FLAKY: TableSpec[TestsReport] = TableSpec(
+    "tests-flaky",
+    "Flaky tests",
+    "Passed and failed on the same commit (any branch).",
+    (
+        *_IDENTITY,
+        Column("Commits", lambda f: fmt.count(f.flaky_commits), numeric=True),
+        Column("Times flaked", lambda f: fmt.count(f.times_flaked), numeric=True),
+        Column("Last flaked", lambda f: fmt.text(f.last_flaked), numeric=True),
+        Column("Latest failure", lambda f: f.web_url, link="job"),
+        Column("Message", lambda f: fmt.text(f.message), code=True, limit=MESSAGE_SHOWN),
+    ),
+    lambda t: t.flaky,
+    "None found.",
+    SHOWN,
+)
 
-def table_specs(tests: TestsReport) -> list[TableSpec]:
-    return [
-        TableSpec(
-            "Flaky tests",
-            "Passed and failed on the same commit (any branch).",
-            (
-                *_IDENTITY,
-                Column("Commits", lambda f: fmt.count(f.flaky_commits), numeric=True),
-                Column("Times flaked", lambda f: fmt.count(f.times_flaked), numeric=True),
-                Column("Last flaked", lambda f: fmt.text(f.last_flaked), numeric=True),
-                Column("Latest failure", lambda f: f.web_url, link=True),
-                Column("Message", lambda f: f.message, code=True, limit=MESSAGE_SHOWN),
-            ),
-            tests.flaky,
-        ),
-        TableSpec(
-            "Most failed tests",
-            "Runs are passed and failed results.",
-            (
-                *_IDENTITY,
-                Column("Runs", lambda t: fmt.count(t.runs), numeric=True),
-                Column("Failures", lambda t: fmt.count(t.failures), numeric=True),
-                Column("Failure rate", lambda t: fmt.percent(t.failure_rate), numeric=True),
-            ),
-            tests.most_failed,
-        ),
-        TableSpec(
-            "Slowest tests",
-            "By p95 run time.",
-            (
-                *_IDENTITY,
-                Column("Runs", lambda t: fmt.count(t.runs), numeric=True),
-                Column("p50", lambda t: fmt.seconds(t.run_time_p50), numeric=True),
-                Column("p95", lambda t: fmt.seconds(t.run_time_p95), numeric=True),
-            ),
-            tests.slowest,
-            "No test results in this window.",
-        ),
-        TableSpec(
-            "Time lost to flaky tests",
-            "Duration of jobs that failed only on tests that passed later on the same commit.",
-            (
-                Column("Project", lambda x: x.project_slug),
-                Column("Jobs", lambda x: fmt.count(x.jobs), numeric=True),
-                Column("Time", lambda x: fmt.seconds(x.seconds), numeric=True),
-            ),
-            tests.time_lost,
-            "None.",
-        ),
-    ]
+MOST_FAILED: TableSpec[TestsReport] = TableSpec(
+    "tests-failed",
+    "Most failed tests",
+    "Runs are passed and failed results.",
+    (
+        *_IDENTITY,
+        _RUNS,
+        Column("Failures", lambda t: fmt.count(t.failures), numeric=True),
+        Column("Failure rate", lambda t: fmt.percent(t.failure_rate), numeric=True),
+    ),
+    lambda t: t.most_failed,
+    "None found.",
+    SHOWN,
+)
 
+SLOWEST_TESTS: TableSpec[TestsReport] = TableSpec(
+    "tests-slowest",
+    "Slowest tests",
+    "By p95 run time.",
+    (
+        *_IDENTITY,
+        _RUNS,
+        Column("p50", lambda t: fmt.seconds(t.run_time_p50), numeric=True),
+        Column("p95", lambda t: fmt.seconds(t.run_time_p95), numeric=True),
+    ),
+    lambda t: t.slowest,
+    "No test results in this window.",
+    SHOWN,
+)
 
-def _shown(column: Column, row: Any) -> str:
-    text = fmt.text(column.value(row))
-    if column.limit is not None and len(text) > column.limit:
-        text = text[: column.limit - 1] + "…"
-    return safe_text(text)
+TIME_LOST: TableSpec[TestsReport] = TableSpec(
+    "tests-time-lost",
+    "Time lost to flaky tests",
+    "Duration of jobs that failed only on tests that passed later on the same commit.",
+    (
+        project_column(lambda x: x.project_slug),
+        Column("Jobs", lambda x: fmt.count(x.jobs), numeric=True),
+        Column("Time", lambda x: fmt.seconds(x.seconds), numeric=True),
+    ),
+    lambda t: t.time_lost,
+    terminal_rows=SHOWN,
+)
 
-
-# -- terminal -----------------------------------------------------------------------------------------
+TABLES = (FLAKY, MOST_FAILED, SLOWEST_TESTS, TIME_LOST)
 
 
 def print_test_tables(tests: TestsReport, console: Console) -> None:
-    for spec in table_specs(tests):
-        print_table(console, terminal(spec))
-
-
-def terminal(spec: TableSpec) -> Table:
-    columns = [c for c in spec.columns if not c.link]
-    numeric_from = next((i for i, c in enumerate(columns) if c.numeric), len(columns))
-    table = terminal_table(spec.title, *(c.header for c in columns), numeric_from=numeric_from)
-    for row in spec.rows[:SHOWN]:
-        table.add_row(*(Text(_shown(c, row)) for c in columns))
-    if not spec.rows:
-        table.caption = spec.empty
-    return table
-
-
-# -- HTML ---------------------------------------------------------------------------------------------
+    print_specs(console, TABLES, tests)
 
 
 def html_section(tests: TestsReport, specs: list[dict[str, Any]]) -> str:
     """The page's Tests section; chart specs are appended to `specs`."""
-    cards = []
-    for chart in section_charts(tests):
-        chart_id = f"chart-tests-{chart.key}"
-        specs.append({"id": chart_id, **chart.figure})
-        cards.append(_chart_card(chart, chart_id))
-    tables = "".join(_html_table(spec) for spec in table_specs(tests))
-    grid = f'<div class="grid">{"".join(cards)}</div>'
-    return f'<section class="project" id="tests"><h2>Tests</h2>{grid}{tables}</section>'
-
-
-def _html_table(spec: TableSpec) -> str:
-    numeric_from = next((i for i, c in enumerate(spec.columns) if c.numeric), len(spec.columns))
-    rows = [[_html_cell(c, row) for c in spec.columns] for row in spec.rows]
-    return _table(spec.title, spec.note, [c.header for c in spec.columns], rows, numeric_from)
-
-
-def _html_cell(column: Column, row: Any) -> str:
-    if column.link:
-        url = column.value(row)
-        return f'<a href="{e(url)}">job</a>' if url and url.startswith("https://") else e(fmt.DASH)
-    text = e(_shown(column, row))
-    return f"<code>{text}</code>" if column.code else text
+    cards = chart_cards(section_charts(tests), "tests", specs)
+    tables = "".join(spec_table(spec, tests) for spec in TABLES)
+    return f'<section class="project" id="tests"><h2>Tests</h2>{cards}{tables}</section>'
 
 
 # -- charts -------------------------------------------------------------------------------------------
@@ -208,8 +153,8 @@ def section_charts(tests: TestsReport) -> list[Chart]:
 def _bars(
     key: str, title: str, note: str, x_title: str, labels: list[str], series: list[tuple[str, list[float]]]
 ) -> Chart:
-    data = [_hbar(name, labels, values, PALETTE[i % len(PALETTE)]) for i, (name, values) in enumerate(series)]
-    layout = _layout(x_title, "", barmode="group", height=max(240, 80 + 34 * len(labels) * len(series)))
+    data = [hbar(name, labels, values, PALETTE[i % len(PALETTE)]) for i, (name, values) in enumerate(series)]
+    layout = base_layout(x_title, "", barmode="group", height=max(240, 80 + 34 * len(labels) * len(series)))
     layout["showlegend"] = len(series) > 1
     return Chart(key, title, note, {"data": data, "layout": layout})
 
@@ -271,7 +216,7 @@ def _counts_chart(points: list[TestCountPoint]) -> Chart | None:
         }
         for slug, job in biggest
     ]
-    layout = _layout("Day", "Tests per job")
+    layout = base_layout("Day", "Tests per job")
     return Chart(
         "counts",
         "Tests per job over time",
