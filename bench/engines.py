@@ -121,6 +121,15 @@ class FlowAgg:
     mttr_median: float | None
 
 
+@dataclass(frozen=True)
+class Computed:
+    """An engine's answer, and the seconds it spent reading rows out of the store (None: it did not)."""
+
+    jobs: list[JobMetrics]
+    workflows: list[WorkflowMetrics]
+    load_s: float | None
+
+
 def ratio(part: int, whole: int) -> float | None:
     return part / whole if whole else None
 
@@ -261,9 +270,9 @@ FLOW_TYPES = {
 # -- engine 1: the report's SQL --------------------------------------------------------------------------
 
 
-def by_sql(conn: Connection, scope: Scope) -> tuple[list[JobMetrics], list[WorkflowMetrics]]:
+def by_sql(conn: Connection, scope: Scope) -> Computed:
     groups = job_groups(conn, scope)
-    return job_metrics(conn, scope, groups), workflow_metrics(conn, scope, groups)
+    return Computed(job_metrics(conn, scope, groups), workflow_metrics(conn, scope, groups), None)
 
 
 # -- engine 2: DuckDB ----------------------------------------------------------------------------------
@@ -343,16 +352,18 @@ def duck_load(duck: Any, conn: Connection, table: str, query: Select[Any], types
     return count
 
 
-def by_duckdb(conn: Connection, scope: Scope) -> tuple[list[JobMetrics], list[WorkflowMetrics]]:
+def by_duckdb(conn: Connection, scope: Scope) -> Computed:
     import duckdb
 
     duck = duckdb.connect()
+    start = time.perf_counter()
     duck_load(duck, conn, "jobs", job_rows(scope), JOB_TYPES)
     duck_load(duck, conn, "flows", flow_rows(scope), FLOW_TYPES)
+    load_s = time.perf_counter() - start
     jobs = typed(JobAgg, duck.execute(DUCK_JOBS).fetchall())
     flows = typed(FlowAgg, duck.execute(DUCK_FLOWS).fetchall())
     duck.close()
-    return assemble(scope, jobs, flows)
+    return Computed(*assemble(scope, jobs, flows), load_s)
 
 
 # -- engine 3: Polars ----------------------------------------------------------------------------------
@@ -368,11 +379,13 @@ def polars_load(conn: Connection, query: Select[Any], types: dict[str, str]) -> 
     return pl.concat(frames) if frames else pl.DataFrame(schema=schema)
 
 
-def by_polars(conn: Connection, scope: Scope) -> tuple[list[JobMetrics], list[WorkflowMetrics]]:
+def by_polars(conn: Connection, scope: Scope) -> Computed:
     import polars as pl
 
+    start = time.perf_counter()
     jobs = polars_load(conn, job_rows(scope), JOB_TYPES)
     flows = polars_load(conn, flow_rows(scope), FLOW_TYPES)
+    load_s = time.perf_counter() - start
     c = pl.col
 
     def total(value: pl.Expr) -> pl.Expr:
@@ -445,12 +458,13 @@ def by_polars(conn: Connection, scope: Scope) -> tuple[list[JobMetrics], list[Wo
         .join(mttr, on=keys, how="left")
         .with_columns(c("recoveries").fill_null(0))
     )
-    return assemble(scope, typed(JobAgg, job_aggs.iter_rows()), typed(FlowAgg, table.iter_rows()))
+    job_list, flow_list = typed(JobAgg, job_aggs.iter_rows()), typed(FlowAgg, table.iter_rows())
+    return Computed(*assemble(scope, job_list, flow_list), load_s)
 
 
 # -- measuring, in a child process -------------------------------------------------------------------
 
-COMPUTE: dict[str, Callable[[Connection, Scope], tuple[list[JobMetrics], list[WorkflowMetrics]]]] = {
+COMPUTE: dict[str, Callable[[Connection, Scope], Computed]] = {
     "sql": by_sql,
     "duckdb": by_duckdb,
     "polars": by_polars,
@@ -475,15 +489,16 @@ def measure(engine: str, url: str, which: str) -> dict[str, Any]:
     store = Store.open(url, create=False)
     with store.snapshot() as conn:
         scope = scope_of(conn, which)
-        jobs, flows = COMPUTE[engine](conn, scope)
+        computed = COMPUTE[engine](conn, scope)
     store.close()
     return {
         "wall_s": round(time.perf_counter() - start, 2),
         "cpu_s": round(cpu_s() - cpu, 2),
         "peak_rss_mb": round(peak_mb(), 1),
         "rss_after_imports_mb": round(rss_before, 1),
-        "jobs": [asdict(j) for j in jobs],
-        "workflows": [asdict(w) for w in flows],
+        "load_s": None if computed.load_s is None else round(computed.load_s, 2),
+        "jobs": [asdict(j) for j in computed.jobs],
+        "workflows": [asdict(w) for w in computed.workflows],
     }
 
 
@@ -540,8 +555,9 @@ def bench(url: str, which: str, runs: int) -> tuple[list[dict[str, Any]], list[s
     lines = []
     for engine, got in samples.items():
         line: dict[str, Any] = {"store": url, "scope": which, "engine": engine}
-        for figure in ("wall_s", "cpu_s", "peak_rss_mb", "rss_after_imports_mb"):
-            line[figure] = statistics.median(r[figure] for r in got)
+        for figure in ("wall_s", "cpu_s", "load_s", "peak_rss_mb", "rss_after_imports_mb"):
+            values = [r[figure] for r in got if r[figure] is not None]
+            line[figure] = statistics.median(values) if values else None
         line["wall_s_runs"] = [r["wall_s"] for r in got]
         line["job_groups"], line["workflows"] = len(got[0]["jobs"]), len(got[0]["workflows"])
         line["window_runs"] = sum(w["runs"] for w in got[0]["workflows"])
@@ -565,12 +581,21 @@ def main() -> None:
     if not args.url:
         parser.error("give --url of at least one store")
     found: list[str] = []
+    table = [
+        "| store | scope | engine | wall s | CPU s | of which load s | peak RSS MB |",
+        "|" + " --- |" * 7,
+    ]
     for url in args.url:
         for which in args.scope:
             lines, wrong = bench(url, which, args.runs)
             for line in lines:
                 print(json.dumps(line), flush=True)
+                figures = [line[f] for f in ("wall_s", "cpu_s", "load_s", "peak_rss_mb")]
+                table.append(
+                    f"| {url} | {which} | {line['engine']} | " + " | ".join(map(str, figures)) + " |"
+                )
             found += wrong
+    print("\n".join(table))
     if found:
         print(f"DISAGREEMENT: {len(found)} difference(s)", file=sys.stderr)
         for difference in found[:40]:
