@@ -17,8 +17,8 @@ Engines:
   - polars: the same rows read with `pl.read_database` in batches, the same metrics as Polars expressions.
 Each measurement runs in a fresh child process (its peak RSS is its own; imports are done before the
 clock starts), the engines take turns, and each figure is the median of --runs runs. The three results
-must agree to a millionth (relative, or absolute below one): otherwise the differences are printed and
-the exit status is 1.
+must agree on every field, numbers within 1e-6 (relative, or absolute near zero): otherwise the
+differences are printed and the exit status is 1.
 """
 
 from __future__ import annotations
@@ -210,7 +210,8 @@ def scope_of(conn: Connection, which: str) -> Scope:
     since, until = window_bounds(conn, endpoints, None, None, time.time())
     branch = None
     if which == "history":
-        since, branch = conn.execute(select(func.min(W.c.created))).scalar() or since, ALL_BRANCHES
+        oldest = conn.execute(select(func.min(W.c.created))).scalar()
+        since, branch = (since if oldest is None else oldest), ALL_BRANCHES
     deploy = re.compile(definitions.DEFAULT_DEPLOY_PATTERN)  # unused here
     return Scope(since, until, branch, endpoints, default_branches(conn), "auto", deploy)
 
