@@ -18,7 +18,7 @@ Engines:
 Each measurement runs in a fresh child process (its peak RSS is its own; imports are done before the
 clock starts), the engines take turns, and each figure is the median of --runs runs. The three results
 must agree on every field, numbers within 1e-6 (relative, or absolute near zero): otherwise the
-differences are printed and the exit status is 1.
+differences are printed and the exit status is 1; 2 when a store cannot be read.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ from circleci_ds.metrics import (
     window_bounds,
     workflow_metrics,
 )
-from circleci_ds.store import Store
+from circleci_ds.store import Store, StoreError
 from circleci_ds.store import schema as s
 from circleci_ds.store.facts_store import default_branches
 from circleci_ds.times import iso
@@ -503,11 +503,15 @@ def measure(engine: str, url: str, which: str) -> dict[str, Any]:
     }
 
 
+class ChildFailed(Exception):
+    """A measurement could not run (its message is the child's error)."""
+
+
 def child(engine: str, url: str, which: str) -> dict[str, Any]:
     args = [sys.executable, __file__, "--child", engine, url, which]
     done = subprocess.run(args, capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        raise RuntimeError(f"{engine} over {url} ({which}) failed:\n{done.stderr[-3000:]}")
+        raise ChildFailed(f"{engine} over {url} ({which}): {done.stderr.strip()[-3000:]}")
     result: dict[str, Any] = json.loads(done.stdout)
     return result
 
@@ -577,7 +581,10 @@ def main() -> None:
     parser.add_argument("--child", nargs=3, metavar=("ENGINE", "URL", "SCOPE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(measure(*args.child)))
+        try:
+            print(json.dumps(measure(*args.child)))
+        except StoreError as exc:
+            sys.exit(str(exc))
         return
     if not args.url:
         parser.error("give --url of at least one store")
@@ -588,7 +595,11 @@ def main() -> None:
     ]
     for url in args.url:
         for which in args.scope:
-            lines, wrong = bench(url, which, args.runs)
+            try:
+                lines, wrong = bench(url, which, args.runs)
+            except ChildFailed as exc:
+                print(f"bench/engines.py: {exc}", file=sys.stderr)
+                sys.exit(2)
             for line in lines:
                 print(json.dumps(line), flush=True)
                 figures = [line[f] for f in ("wall_s", "cpu_s", "load_s", "peak_rss_mb")]
