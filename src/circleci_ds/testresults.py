@@ -7,7 +7,8 @@ Rules:
 - A 404 or an empty list means "no test results" and is remembered (marker `none`) like results.
 - Pages follow `next_page_token`; results are written in chunks of at most CHUNK results, so a job
   with tens of thousands of tests is never held whole in memory. A job that fits in one chunk (most
-  do) is written with its marker in one transaction; a larger one is written chunk by chunk under a
+  do) is written with its marker in one transaction, together with other such jobs (up to BATCH_JOBS
+  jobs or CHUNK results: all or none); a larger one is written chunk by chunk under a
   `reading` marker that hides it from every metric, and its last chunk flips the marker to `done` in
   the same transaction. A kill leaves at most a `reading` job, which the next run discards and reads
   again: nothing lost, nothing counted twice.
@@ -27,6 +28,7 @@ import asyncio
 import logging
 import math
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from circleci_ds.api import ApiError, NotFound, Unauthorized
@@ -35,10 +37,12 @@ from circleci_ds.times import parse_ts
 
 if TYPE_CHECKING:
     from circleci_ds.collect import Collector
+    from circleci_ds.store.testresults import CaseRefs
 
 log = logging.getLogger("circleci_ds.testresults")
 
 CHUNK = 5000  # results written per transaction at most
+BATCH_JOBS = 100  # whole jobs written per transaction at most
 STOP_AFTER = 5  # jobs failing in a row end the endpoint's test phase for this run
 MESSAGE_EXCERPT = 500
 TEXT_LIMIT = 1000
@@ -196,6 +200,9 @@ class TestPhase:
         # bounds memory (a page and a chunk per job at most).
         self.slots = asyncio.Semaphore(max(1, collector.options.trees_in_flight // 2))
         self.errors: list[str] = []
+        self.batch: list[tuple[TestJob, list[Any]]] = []  # whole jobs read, not written yet
+        self.batched = 0  # their results
+        self.known: CaseRefs = {}  # test ids already in the store, shared by the endpoint's jobs
         self.failures_in_a_row = 0
         self.stopped = False  # no more jobs are started this run
         # Writes go through the collector's one store thread: a second SQLite writer in the same
@@ -214,6 +221,7 @@ class TestPhase:
                     self.slots.release()
                     break
                 group.create_task(self._guarded(job))
+        await self.flush()
         return self.errors
 
     async def _guarded(self, job: TestJob) -> None:
@@ -240,7 +248,7 @@ class TestPhase:
     async def read(self, job: TestJob) -> None:
         from circleci_ds.store import testresults as db
 
-        store, counters = self.c.store, self.c.counters
+        save = partial(db.save_chunk, self.c.store, job, known=self.known)
         buffer: list[Any] = []
         seq = 0
         try:
@@ -248,12 +256,31 @@ class TestPhase:
                 buffer.extend(page)
                 while len(buffer) > CHUNK:  # keep one item back so the last chunk is always final
                     chunk, buffer = buffer[:CHUNK], buffer[CHUNK:]
-                    await self.db(db.save_chunk, store, job, chunk, seq=seq, final=False)
+                    await self.db(save, chunk, seq=seq, final=False)
                     seq += 1
         except NotFound:
             if seq:
                 raise  # gone half-way: read it all again next run
             buffer = []
-        await self.db(db.save_chunk, store, job, buffer, seq=seq, final=True)
-        counters.tests += 1
-        counters.test_results += seq * CHUNK + len(buffer)
+        if seq:  # a large job: its last chunk, with the marker that makes it visible
+            await self.db(save, buffer, seq=seq, final=True)
+            self._counted(seq * CHUNK + len(buffer))
+            return
+        self.batch.append((job, buffer))
+        self.batched += len(buffer)
+        if len(self.batch) >= BATCH_JOBS or self.batched >= CHUNK:
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Write the whole jobs read so far in one transaction (a kill before it loses only reads)."""
+        from circleci_ds.store import testresults as db
+
+        batch, self.batch, self.batched = self.batch, [], 0
+        if batch:
+            await self.db(db.save_jobs, self.c.store, batch, self.known)
+            for _, items in batch:
+                self._counted(len(items))
+
+    def _counted(self, results: int) -> None:
+        self.c.counters.tests += 1
+        self.c.counters.test_results += results

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import zlib
-from collections.abc import Iterator, Sequence
+from collections import ChainMap
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import Connection, and_, delete, exists, insert, select, tuple_, update
@@ -50,36 +51,71 @@ def jobs_needing_tests(store: Store, endpoint: str) -> list[TestJob]:
     return out
 
 
-def save_chunk(store: Store, job: TestJob, items: Sequence[Any], *, seq: int, final: bool) -> None:
+CaseRefs = dict[tuple[str, str, str, str], int]  # (endpoint, job name, classname, name) -> test_cases.ref
+Known = Mapping[tuple[str, str, str, str], int]
+
+
+def save_chunk(
+    store: Store, job: TestJob, items: Sequence[Any], *, seq: int, final: bool, known: CaseRefs | None = None
+) -> None:
     """Write one chunk of a job's results (raw and facts) with its marker, in one transaction.
 
     The first chunk (`seq` 0) discards what a killed run left of the job; a job already marked done
     or none is left alone. The final chunk marks the job done (none when it has no results at all).
+    `known` caches test ids across calls (most jobs of a name run the same tests): it is updated
+    only once the transaction has committed, so it never holds an id that was rolled back.
     """
-    facts = [fact(item) for item in items]
-    raw = zlib.compress(dumps(list(items)).encode(), _RAW_LEVEL) if items else None
+    added: CaseRefs = {}
     with store._write() as conn:
-        t = s.test_jobs.c
-        row = conn.execute(
-            select(t.ref, t.state, t.tests).where(t.endpoint == job.endpoint, t.job_number == job.job_number)
-        ).first()
-        if row is not None and row.state != Marker.READING:
-            return  # already read, by an earlier or a cooperating run
-        if row is not None and seq == 0:
-            _discard(conn, row.ref)
-            row = None
-        total = (row.tests if row is not None else 0) + len(facts)
-        state = Marker.READING if not final else (Marker.DONE if total else Marker.NONE)
-        if row is None:
-            ref = conn.execute(
-                insert(s.test_jobs).values(**_job_values(job), state=state, tests=total).returning(t.ref)
-            ).scalar_one()
-        else:
-            ref = row.ref
-            conn.execute(update(s.test_jobs).where(t.ref == ref).values(state=state, tests=total))
-        if facts:
-            _insert_facts(conn, ref, job, facts)
-            conn.execute(insert(s.test_raw).values(job_ref=ref, seq=seq, data=raw))
+        _write_chunk(conn, job, items, seq, final, known or {}, added)
+    if known is not None:
+        known.update(added)
+
+
+def save_jobs(
+    store: Store, jobs: Sequence[tuple[TestJob, Sequence[Any]]], known: CaseRefs | None = None
+) -> None:
+    """Write several whole jobs (each its only, final chunk) in one transaction: all or none."""
+    added: CaseRefs = {}
+    with store._write() as conn:
+        for job, items in jobs:
+            _write_chunk(conn, job, items, 0, True, ChainMap(added, known or {}), added)
+    if known is not None:
+        known.update(added)
+
+
+def _write_chunk(
+    conn: Connection,
+    job: TestJob,
+    items: Sequence[Any],
+    seq: int,
+    final: bool,
+    known: Known,
+    added: CaseRefs,
+) -> None:
+    facts = [fact(item) for item in items]
+    t = s.test_jobs.c
+    row = conn.execute(
+        select(t.ref, t.state, t.tests).where(t.endpoint == job.endpoint, t.job_number == job.job_number)
+    ).first()
+    if row is not None and row.state != Marker.READING:
+        return  # already read, by an earlier or a cooperating run
+    if row is not None and seq == 0:
+        _discard(conn, row.ref)
+        row = None
+    total = (row.tests if row is not None else 0) + len(facts)
+    state = Marker.READING if not final else (Marker.DONE if total else Marker.NONE)
+    if row is None:
+        ref = conn.execute(
+            insert(s.test_jobs).values(**_job_values(job), state=state, tests=total).returning(t.ref)
+        ).scalar_one()
+    else:
+        ref = row.ref
+        conn.execute(update(s.test_jobs).where(t.ref == ref).values(state=state, tests=total))
+    if facts:
+        _insert_facts(conn, ref, job, facts, known, added)
+        raw = zlib.compress(dumps(list(items)).encode(), _RAW_LEVEL)
+        conn.execute(insert(s.test_raw).values(job_ref=ref, seq=seq, data=raw))
 
 
 def _job_values(job: TestJob) -> dict[str, Any]:
@@ -108,8 +144,10 @@ def _discard(conn: Connection, ref: int) -> None:
     conn.execute(delete(s.test_jobs).where(s.test_jobs.c.ref == ref))
 
 
-def _insert_facts(conn: Connection, job_ref: int, job: TestJob, facts: list[Fact]) -> None:
-    refs = _case_refs(conn, job.endpoint, job.job_name or "", facts)
+def _insert_facts(
+    conn: Connection, job_ref: int, job: TestJob, facts: list[Fact], known: Known, added: CaseRefs
+) -> None:
+    refs = _case_refs(conn, job.endpoint, job.job_name or "", facts, known, added)
     conn.execute(
         insert(s.test_results),
         [
@@ -127,15 +165,21 @@ def _insert_facts(conn: Connection, job_ref: int, job: TestJob, facts: list[Fact
 
 
 def _case_refs(
-    conn: Connection, endpoint: str, job_name: str, facts: list[Fact]
+    conn: Connection, endpoint: str, job_name: str, facts: list[Fact], known: Known, added: CaseRefs
 ) -> dict[tuple[str, str], int]:
-    """Dictionary ids of the chunk's tests, adding the new ones (the first file seen is kept)."""
+    """Dictionary ids of the chunk's tests (from `known`, else the table), adding the new ones (the
+    first file seen is kept); every id found or added goes into `added`."""
     c = s.test_cases.c
     files: dict[tuple[str, str], str] = {}
-    for f in facts:
-        files.setdefault((f.classname, f.name), f.file)
-    keys = list(files)
     refs: dict[tuple[str, str], int] = {}
+    for f in facts:
+        key = (f.classname, f.name)
+        cached = known.get((endpoint, job_name, *key))
+        if cached is not None:
+            refs[key] = cached
+        else:
+            files.setdefault(key, f.file)
+    keys = list(files)
 
     def lookup(batch: list[tuple[str, str]]) -> None:
         query = select(c.classname, c.name, c.ref).where(
@@ -154,6 +198,7 @@ def _case_refs(
         conn.execute(insert(s.test_cases), rows)
         for start in range(0, len(missing), _KEYS_PER_QUERY):
             lookup(missing[start : start + _KEYS_PER_QUERY])
+    added.update({(endpoint, job_name, *key): refs[key] for key in keys})
     return refs
 
 
