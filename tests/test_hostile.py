@@ -42,7 +42,9 @@ from collect_helpers import (
     Run,
     assert_matches_truth,
     collect,
+    exported,
     peak_rss_mib,
+    quirky_server,
     run_cli_async,
     stored_state,
     write_fixture,
@@ -441,6 +443,21 @@ async def test_lone_surrogates_in_data_are_stored_replaced(scene: Scene) -> None
         assert store.project_infos()["gh/acme/api"]["name"] == "api \ufffd"
     finally:
         store.close()
+
+
+def _nul_in_branches(items: list[Any]) -> list[Any]:
+    return [{**item, "vcs": {**item.get("vcs", {}), "branch": "ma\x00in"}} for item in items]
+
+
+async def test_nul_characters_are_stored_replaced_on_every_backend(db_url: str) -> None:
+    """PostgreSQL text cannot hold NUL: one in a name must not stop the run there."""
+    sim = Simulator(SimConfig(seed=3, projects=[SimProject("gh/acme/api", pipelines=20)]))
+    async with sim.serve() as upstream, quirky_server(upstream, mangle=_nul_in_branches) as url:
+        results, _ = await collect(url, db_url, ["gh/acme/api"])
+    assert results[0].error is None
+    trees = exported(db_url)["gh/acme/api"]
+    assert len(trees) == len(sim.truth("gh/acme/api"))
+    assert {t["vcs"]["branch"] for t in trees.values()} == {"ma\ufffdin"}
 
 
 async def test_cli_token_echoed_by_the_server_is_masked(scene: Scene) -> None:

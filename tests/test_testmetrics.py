@@ -37,12 +37,14 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sqlalchemy import select
 
 from circleci_ds.simulator import SimConfig, SimProject, Simulator
 from circleci_ds.store import Store
-from circleci_ds.store.testresults import save_chunk
+from circleci_ds.store.schema import test_cases
+from circleci_ds.store.testresults import raw_items, save_chunk
 from circleci_ds.testmetrics import ALL_BRANCHES, Window, compute_tests, percentile
-from circleci_ds.testresults import TestJob, outcome
+from circleci_ds.testresults import TestJob, job_context, outcome
 from collect_helpers import store_test_truth
 
 T = datetime(2026, 11, 1, tzinfo=UTC).timestamp()
@@ -118,6 +120,25 @@ def test_hand_worked_table(db_url: str) -> None:
     assert (everywhere.slowest[0].run_time_p50, everywhere.slowest[0].run_time_p95) == (3.5, 76.25)
     assert [(x.project_slug, x.jobs, x.seconds) for x in report.time_lost] == [(SLUG, 1, 100.0)]
     assert [(p.day, p.jobs, p.tests_min, p.tests_max) for p in report.counts] == [("2026-11-01", 5, 3, 3)]
+
+
+def test_hostile_names_fit_the_columns_and_indexes_of_every_backend(db_url: str) -> None:
+    wide = "\U0001d54f" * 1000  # 4 bytes of UTF-8 each: far past PostgreSQL's index entry bound
+    job = job_context(
+        SLUG,
+        {"type": "build", "job_number": 9, "id": "j9", "name": "\u00fc" * 400, "status": "success"},
+        {"id": "w9", "name": "\u00e9" * 400, "created_at": "2026-11-01T00:00:00Z"},
+        {"id": "p9", "vcs": {"branch": "b" * 400, "revision": "c" * 100}},
+    )
+    items = [{"classname": wide, "name": wide + str(i), "file": wide, "result": "success"} for i in range(2)]
+    with opened(db_url) as store:
+        store.ensure_endpoint(SLUG, "acme", "https://circleci.com/gh/acme/x")
+        save_chunk(store, job, items, seq=0, final=True)
+        assert raw_items(store, SLUG, 9) == items  # kept as returned
+        with store.engine.connect() as conn:
+            cases = conn.execute(select(test_cases.c.job_name, test_cases.c.classname)).all()
+    assert len(cases) == 1  # both names cut to the same 500 bytes: one test
+    assert all(len(text.encode()) <= 500 for row in cases for text in row)
 
 
 def test_window_and_project_select_jobs_by_workflow_creation(db_url: str) -> None:

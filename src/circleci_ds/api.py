@@ -591,8 +591,8 @@ def _int64(text: str) -> int:
 
 
 def scrubbed(data: dict[str, Any], token: str | None, max_depth: int) -> dict[str, Any]:
-    """`data` (changed in place) with lone surrogates replaced and `token` masked in every string,
-    keys included; _Refused past `max_depth` levels of nesting."""
+    """`data` (changed in place) with lone surrogates and NUL characters replaced (U+FFFD) and
+    `token` masked in every string, keys included; _Refused past `max_depth` levels of nesting."""
     stack: list[tuple[dict[str, Any] | list[Any], int]] = [(data, 1)]
     while stack:
         node, depth = stack.pop()
@@ -613,11 +613,11 @@ def scrubbed(data: dict[str, Any], token: str | None, max_depth: int) -> dict[st
 
 
 def _unclean(text: str, token: str | None) -> bool:
-    return not text.isascii() or bool(token and token in text)
+    return not text.isascii() or "\x00" in text or bool(token and token in text)
 
 
 def _clean_str(text: str, token: str | None) -> str:
-    text = without_surrogates(text)
+    text = without_surrogates(text).replace("\x00", "\ufffd")  # PostgreSQL text cannot hold NUL
     return text.replace(token, "***") if token else text
 
 

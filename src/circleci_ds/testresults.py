@@ -12,7 +12,9 @@ Rules:
   `reading` marker that hides it from every metric, and its last chunk flips the marker to `done` in
   the same transaction. A kill leaves at most a `reading` job, which the next run discards and reads
   again: nothing lost, nothing counted twice.
-- Facts per result: classname, name, file (each cut to 1,000 characters), result as returned (cut to
+- Facts per result: classname and name (each cut to NAME_BYTES bytes of UTF-8: with the project
+  and the job name, cut to CONTEXT_BYTES, they are one index entry, which PostgreSQL bounds), file
+  (cut to 1,000 characters), result as returned (cut to
   40), outcome (passed / failed / neither), run_time in seconds (null when not a finite number >= 0),
   and an excerpt of the message (MESSAGE_EXCERPT characters). The raw items are kept as returned.
 - A test is identified by its classname and name within a project's job name.
@@ -32,6 +34,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from circleci_ds.api import ApiError, NotFound, Unauthorized
+from circleci_ds.facts import branch_of
 from circleci_ds.store import StoreError
 from circleci_ds.times import parse_ts
 
@@ -46,6 +49,9 @@ BATCH_JOBS = 100  # whole jobs written per transaction at most
 STOP_AFTER = 5  # jobs failing in a row end the endpoint's test phase for this run
 MESSAGE_EXCERPT = 500
 TEXT_LIMIT = 1000
+NAME_BYTES = 500  # classname and name: with the project and job name they are an index entry
+CONTEXT_BYTES = 300  # workflow, job name and branch in the test tables
+ID_BYTES = 64  # ids and the commit
 RESULT_LIMIT = 40
 PASSED_RESULTS = frozenset({"success", "passed", "pass", "ok"})
 FAILED_RESULTS = frozenset({"failure", "failed", "fail", "error"})
@@ -117,6 +123,16 @@ def _text(value: object, limit: int) -> str:
     return value[:limit] if isinstance(value, str) else ""
 
 
+def cut_utf8(value: object, max_bytes: int) -> str | None:
+    """Text cut to at most `max_bytes` of UTF-8 (whole characters); None for anything else. Column
+    sizes and PostgreSQL's index entries (at most about 2.7 kB) are bounds a server must not pass."""
+    if not isinstance(value, str):
+        return None
+    if len(value) * 4 <= max_bytes:
+        return value
+    return value.encode("utf-8", "replace")[:max_bytes].decode("utf-8", "ignore")
+
+
 def excerpt(message: object) -> str | None:
     if not isinstance(message, str) or not message:
         return None
@@ -135,8 +151,8 @@ def fact(item: object) -> Fact:
     data = item if isinstance(item, dict) else {}
     result = _text(data.get("result"), RESULT_LIMIT)
     return Fact(
-        classname=_text(data.get("classname"), TEXT_LIMIT),
-        name=_text(data.get("name"), TEXT_LIMIT),
+        classname=cut_utf8(data.get("classname"), NAME_BYTES) or "",
+        name=cut_utf8(data.get("name"), NAME_BYTES) or "",
         file=_text(data.get("file"), TEXT_LIMIT),
         result=result,
         outcome=outcome(result),
@@ -169,14 +185,14 @@ def job_context(
     return TestJob(
         endpoint=endpoint,
         job_number=int(job["job_number"]),
-        job_id=str(job.get("id")),
-        pipeline_id=_str(pipeline.get("id")),
-        workflow_id=_str(workflow.get("id")),
-        workflow=_str(workflow.get("name")),
-        job_name=_str(job.get("name")),
-        branch=_str(vcs.get("branch")),
-        commit=_str(vcs.get("revision")),
-        status=_str(job.get("status")),
+        job_id=cut_utf8(str(job.get("id")), ID_BYTES) or "",
+        pipeline_id=cut_utf8(pipeline.get("id"), ID_BYTES),
+        workflow_id=cut_utf8(workflow.get("id"), ID_BYTES),
+        workflow=cut_utf8(workflow.get("name"), CONTEXT_BYTES),
+        job_name=cut_utf8(job.get("name"), CONTEXT_BYTES),
+        branch=cut_utf8(branch_of(pipeline)[0], CONTEXT_BYTES),  # the facts' rule, as for jobs
+        commit=cut_utf8(vcs.get("revision"), ID_BYTES),
+        status=cut_utf8(job.get("status"), RESULT_LIMIT),
         created_at=parse_ts(workflow.get("created_at")),
         started_at=started,
         stopped_at=stopped,
