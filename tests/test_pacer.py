@@ -204,6 +204,20 @@ def test_a_429_soon_after_a_lone_one_pauses_every_request() -> None:
     assert pacer.pause_remaining == pytest.approx(1.0)
 
 
+def test_a_429_soon_after_a_pause_is_a_spent_limit_whatever_the_successes_before() -> None:
+    clock = FakeClock()
+    pacer = Pacer(clock=clock)
+    drive(pacer, clock, None, 2.0)  # slow start takes the pace far above START
+    clock.now += pacer.delay()
+    limited(pacer, "1")
+    clock.now += pacer.pause_remaining
+    resumed = clock.now
+    answered(pacer, clock, Pacer.RUN)  # a bucket's refill during the pause carries these
+    assert clock.now - resumed < Pacer.SUSTAIN
+    pacer.observe(send(pacer, clock), 429, {"Retry-After": "1"})
+    assert pacer.pause_remaining == pytest.approx(1.0)
+
+
 def test_a_429_in_flight_at_a_lone_one_is_the_same_refusal() -> None:
     clock = FakeClock()
     pacer = learned(clock, Pacer.RUN)

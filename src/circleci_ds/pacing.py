@@ -6,12 +6,13 @@ Rules (each a method below; the clock is injectable, so every rule runs in simul
    the first request after a pause is refused again. A 429 answering a request sent before the pause
    began is the same event: it only lengthens the pause if it asks for more.
 1a. **A lone 429 only slows the pace**: once the pace is learned, a 429 with a `Retry-After` of at most
-   `LONG` s (or none) that comes after `RUN` successes since the last 429 is arrival jitter against a
-   small bucket, not a spent limit: the others go on, and the pace drops to `SOFT_CUT` x itself unless
-   `QUIET` successes came since the last 429 (one refusal in that many fits the budget). 429s of
-   requests sent before a lone one was answered are the same refusal. A 429 after fewer than `RUN`
-   successes is a spent limit (rule 1). Either way **the refused request itself waits out its
-   `Retry-After`** (1 s without one) before it is sent again (`WaitBudget.not_before`, see `hold`).
+   `LONG` s (or none) that comes after `RUN` successes since the last 429 and `SUSTAIN` s since the
+   last pause is arrival jitter against a small bucket, not a spent limit: the others go on, and the
+   pace drops to `SOFT_CUT` x itself unless `QUIET` successes came since the last 429 (one refusal in
+   that many fits the budget). 429s of requests sent before a lone one was answered are the same
+   refusal. Any other 429 is a spent limit (rule 1). Either way **the refused request itself waits
+   out its `Retry-After`** (1 s without one) before it is sent again (`WaitBudget.not_before`, see
+   `hold`).
 2. **One request goes first after a pause**; the others wait for its answer, so a pause that ended too
    soon costs one 429, not one per request in flight.
 3. **Slow start**: the pace starts at `START` requests/s and grows x1.5 every `STEP` while it holds
@@ -371,17 +372,20 @@ class Pacer:
             if now + pause > self._paused_until:
                 self._pause(now, now + pause)
             return
-        if self._lone(ticket, pause):
+        if self._lone(ticket, pause, now):
             self._refuse_one(ticket, pause, now)
             return
         self._ok_at_429 = self._ok
         self._event(now, pause, refused=True)
 
-    def _lone(self, ticket: Ticket, pause: float) -> bool:
-        """Rule 1a: a 429 of a request in flight at the last lone one, or after `RUN` successes."""
+    def _lone(self, ticket: Ticket, pause: float, now: float) -> bool:
+        """Rule 1a: a 429 of a request in flight at the last lone one, or after `RUN` successes and
+        `SUSTAIN` s since the last pause (before that, the bucket's refill in the pause carried the pace)."""
         if self.estimate is None or pause > self.LONG:
             return False
-        return ticket.sent < self._soft_at or self._ok - self._ok_at_429 >= self.RUN
+        if ticket.sent < self._soft_at:
+            return True
+        return self._ok - self._ok_at_429 >= self.RUN and now - self._cycle_start >= self.SUSTAIN
 
     def _refuse_one(self, ticket: Ticket, pause: float, now: float) -> None:
         """Only the refused request waits; a new refusal slows the pace (rule 1a)."""
