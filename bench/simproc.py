@@ -97,8 +97,21 @@ def serving(args: list[str]) -> Iterator[Sim]:
             slugs = proc.stdout.readline().removeprefix("projects: ").strip().split(", ")
             yield Sim(proc, found.group(1), slugs)
         finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+            stop(proc)
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    """SIGTERM, repeated (one that lands while the simulator's event loop runs a callback is lost: asyncio
+    logs the exception it raises and goes on), then SIGKILL."""
+    for _ in range(6):
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+    proc.kill()
+    proc.wait()
 
 
 def write_fixture(path: Path, slugs: list[str]) -> Path:

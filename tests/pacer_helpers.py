@@ -2,7 +2,8 @@
 
 `drive` runs `workers` client loops (ask the pacer, send, get the answer `latency` later) against a
 `Limiter` that answers like the simulator: 429 with Retry-After in whole seconds rounded up (as a number,
-an HTTP date against the response's Date, or absent) and, if asked, quota headers.
+an HTTP date against the response's Date, or absent) and, if asked, quota headers. Each request carries
+its own `WaitBudget`, kept across its retries, as the client's do.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import random
 from dataclasses import dataclass, field
 from email.utils import formatdate
 
-from circleci_ds.pacing import Pacer, Ticket
+from circleci_ds.pacing import Pacer, Ticket, WaitBudget
 from circleci_ds.simulator.ratelimit import Limiter
 from circleci_ds.simulator.server import quota_headers
 
@@ -32,12 +33,22 @@ class FakeClock:
 class Outcome:
     sent: list[float] = field(default_factory=list)  # when each request went out
     pauses: list[tuple[float, float]] = field(default_factory=list)  # (429 received, Retry-After)
+    retries: list[tuple[float, float]] = field(default_factory=list)  # (429 received, sent again)
     rejected: int = 0
     succeeded: int = 0
     finished: float | None = None  # when the `requests`-th success came
 
     def count(self, start: float, end: float) -> int:
         return sum(1 for t in self.sent if start <= t < end)
+
+    def stops(self) -> int:
+        """How many times every request was paused (429s answered during a pause count once)."""
+        count, until = 0, -math.inf
+        for received, pause in self.pauses:
+            if pause > 0:
+                count += received >= until
+                until = max(until, received + pause)
+        return count
 
     def busiest(self, window: float = 1.0) -> int:
         """The most requests sent within any `window` seconds."""
@@ -67,7 +78,7 @@ def answer(limiter: Limiter | None, now: float, retry_after: str, headers: str) 
     return 429, out
 
 
-ANSWER, ASK = 0, 1
+ANSWER, ASK, ARRIVE = 0, 1, 2
 
 
 def drive(
@@ -83,12 +94,16 @@ def drive(
     retry_after: str = "seconds",
     headers: str = "none",
     late: float = 0.0,
+    jitter: float = 0.0,
 ) -> Outcome:
     """Run until `seconds` pass or `requests` requests succeeded (a 429'd request is asked again).
-    Each wake-up after a wait is up to `late` seconds late, as on a busy machine (seeded)."""
+    Each wake-up after a wait is up to `late` seconds late, as on a busy machine, and each request
+    reaches the server up to `jitter` seconds after it is sent (both seeded)."""
     out = Outcome()
-    lateness = random.Random(7)
+    rng = random.Random(7)
     end = clock.now + seconds
+    budgets = [WaitBudget(math.inf) for _ in range(workers)]  # the request each worker is making
+    refused_at: list[float | None] = [None] * workers
     queue: list[tuple[float, int, int, Ticket | None, int, dict[str, str]]] = [
         (clock.now, ASK, worker, None, 0, {}) for worker in range(workers)
     ]
@@ -99,26 +114,35 @@ def drive(
             break
         clock.now = when
         if kind == ASK:
-            got = pacer.try_acquire()
+            budget = budgets[worker]
+            got = pacer.try_acquire(budget)
             if got is None:
-                wake = when + max(pacer.delay(), 1e-4) + lateness.uniform(0.0, late)
-                heapq.heappush(queue, (wake, ASK, worker, None, 0, {}))
+                wait = max(pacer.delay(), budget.not_before - when, 1e-4)
+                heapq.heappush(queue, (when + wait + rng.uniform(0.0, late), ASK, worker, None, 0, {}))
                 continue
             out.sent.append(when)
-            status, reply = answer(limiter, when, retry_after, headers)
-            heapq.heappush(queue, (when + latency, ANSWER, worker, got, status, reply))
+            if (refused := refused_at[worker]) is not None:
+                out.retries.append((refused, when))
+                refused_at[worker] = None
+            heapq.heappush(queue, (when + rng.uniform(0.0, jitter), ARRIVE, worker, got, 0, {}))
             continue
         assert ticket is not None
+        if kind == ARRIVE:
+            status, reply = answer(limiter, when, retry_after, headers)
+            heapq.heappush(queue, (when + latency, ANSWER, worker, ticket, status, reply))
+            continue
         pacer.observe(ticket, status, sent_headers)
         if status == 429:
             out.rejected += 1
             out.pauses.append((when, pacer.pause_remaining))
+            refused_at[worker] = when
             heapq.heappush(queue, (when, ASK, worker, None, 0, {}))
             continue
         out.succeeded += 1
         if requests is not None and out.succeeded >= requests:
             out.finished = when
             break
+        budgets[worker] = WaitBudget(math.inf)
         heapq.heappush(queue, (when + think, ASK, worker, None, 0, {}))
     clock.now = min(end, clock.now) if out.finished is None and math.isfinite(end) else clock.now
     return out

@@ -8,6 +8,7 @@ the learned rate), never durations.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import math
 import os
@@ -20,7 +21,15 @@ from pathlib import Path
 import pytest
 
 from circleci_ds.api import CircleCIClient, RateLimitWait
-from circleci_ds.pacing import Pacer, Quota, WaitBudget, WaitTooLong, parse_quota, parse_retry_after
+from circleci_ds.pacing import (
+    Pacer,
+    Quota,
+    Ticket,
+    WaitBudget,
+    WaitTooLong,
+    parse_quota,
+    parse_retry_after,
+)
 from circleci_ds.simulator import SimConfig, SimProject, Simulator
 from circleci_ds.simulator.ratelimit import FixedWindow, Limiter, TokenBucket
 from pacer_helpers import EPOCH, FakeClock, drive
@@ -142,6 +151,123 @@ async def test_a_pause_beyond_max_wait_fails_at_once_per_request_and_per_run() -
         await pacer.wait(WaitBudget(300.0))
 
 
+# -- lone 429s (rule 1a) ---------------------------------------------------------------------------
+
+
+def learned(clock: FakeClock, successes: int) -> Pacer:
+    """A pacer past its first pause (the pace is learned), then `successes` requests answered 200."""
+    pacer = Pacer(clock=clock)
+    limited(pacer, "1")
+    clock.now += pacer.pause_remaining
+    answered(pacer, clock, successes)
+    assert pacer.estimate is not None
+    return pacer
+
+
+def answered(pacer: Pacer, clock: FakeClock, successes: int) -> None:
+    """`successes` requests sent at the pacer's pace, each answered 200."""
+    for _ in range(successes):
+        clock.now += pacer.delay()
+        ticket = pacer.try_acquire()
+        assert ticket is not None
+        pacer.observe(ticket, 200, {})
+
+
+def send(pacer: Pacer, clock: FakeClock, budget: WaitBudget | None = None) -> Ticket:
+    clock.now += pacer.delay()
+    ticket = pacer.try_acquire(budget)
+    assert ticket is not None
+    return ticket
+
+
+def test_a_lone_429_slows_the_pace_and_only_the_refused_request_waits_its_retry_after() -> None:
+    clock = FakeClock()
+    pacer = learned(clock, Pacer.RUN)
+    pace, budget = pacer.rate, WaitBudget(900.0)
+    pacer.observe(send(pacer, clock, budget), 429, {"Retry-After": "1"})
+    assert budget.not_before == pytest.approx(clock.now + 1.0)
+    assert pacer.paused_until is None  # the others go on
+    assert pacer.rate == pytest.approx(Pacer.SOFT_CUT * pace)
+    assert send(pacer, clock) is not None
+    clock.now = budget.not_before - 0.01
+    assert pacer.try_acquire(budget) is None  # never before its own Retry-After
+    clock.now = budget.not_before
+    assert pacer.try_acquire(budget) is not None
+
+
+def test_a_429_soon_after_a_lone_one_pauses_every_request() -> None:
+    clock = FakeClock()
+    pacer = learned(clock, Pacer.RUN)
+    pacer.observe(send(pacer, clock), 429, {"Retry-After": "1"})
+    answered(pacer, clock, Pacer.RUN - 1)  # refusals closer than RUN successes: the limit is spent
+    pacer.observe(send(pacer, clock), 429, {"Retry-After": "1"})
+    assert pacer.pause_remaining == pytest.approx(1.0)
+
+
+def test_a_429_soon_after_a_pause_is_a_spent_limit_whatever_the_successes_before() -> None:
+    clock = FakeClock()
+    pacer = Pacer(clock=clock)
+    drive(pacer, clock, None, 2.0)  # slow start takes the pace far above START
+    clock.now += pacer.delay()
+    limited(pacer, "1")
+    clock.now += pacer.pause_remaining
+    resumed = clock.now
+    answered(pacer, clock, Pacer.RUN)  # a bucket's refill during the pause carries these
+    assert clock.now - resumed < Pacer.SUSTAIN
+    pacer.observe(send(pacer, clock), 429, {"Retry-After": "1"})
+    assert pacer.pause_remaining == pytest.approx(1.0)
+
+
+def test_a_429_in_flight_at_a_lone_one_is_the_same_refusal() -> None:
+    clock = FakeClock()
+    pacer = learned(clock, Pacer.RUN)
+    first, in_flight = send(pacer, clock), send(pacer, clock)
+    clock.now += 0.025
+    pacer.observe(first, 429, {"Retry-After": "1"})
+    pace = pacer.rate
+    budget = WaitBudget(900.0)
+    late = Ticket(in_flight.seq, in_flight.sent, budget=budget)  # sent before the first was answered
+    pacer.observe(late, 429, {"Retry-After": "1"})
+    assert pacer.paused_until is None and pacer.rate == pace  # waits alone, no second cut
+    assert budget.not_before == pytest.approx(clock.now + 1.0)
+
+
+def test_a_lone_429_after_a_quiet_run_keeps_the_pace() -> None:
+    clock = FakeClock()
+    pacer = learned(clock, Pacer.QUIET)
+    pace = pacer.rate
+    pacer.observe(send(pacer, clock), 429, {"Retry-After": "1"})
+    assert pacer.paused_until is None and pacer.rate == pace  # one refusal in QUIET fits the budget
+
+
+def test_a_long_retry_after_pauses_every_request_even_alone() -> None:
+    clock = FakeClock()
+    pacer = learned(clock, Pacer.QUIET)
+    pacer.observe(send(pacer, clock), 429, {"Retry-After": "5"})  # a window spent, not jitter
+    assert pacer.pause_remaining == pytest.approx(5.0)
+
+
+def test_the_first_429_pauses_every_request() -> None:
+    clock = FakeClock()
+    pacer = Pacer(clock=clock)
+    answered(pacer, clock, Pacer.QUIET)
+    pacer.observe(send(pacer, clock), 429, {"Retry-After": "1"})  # the pace is not learned yet
+    assert pacer.pause_remaining == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("rate", [10.0, 150.0])
+def test_a_bucket_of_one_against_arrival_jitter_refuses_alone_and_never_early(rate: float) -> None:
+    clock = FakeClock()
+    pacer = Pacer(clock=clock)
+    # Each request reaches the server up to 2 ms late: pairs arrive closer than the bucket's interval.
+    out = drive(pacer, clock, TokenBucket(rate, 1, clock), 60, jitter=0.002)
+    assert out.rejected < 0.02 * len(out.sent)
+    assert out.retries and all(again - refused >= 1.0 for refused, again in out.retries)
+    assert any(pause == 0.0 for _, pause in out.pauses)  # some refused alone
+    assert out.stops() <= 3  # few stop every request
+    assert out.succeeded >= 0.6 * rate * 60  # the pace does not collapse
+
+
 # -- pace ------------------------------------------------------------------------------------------
 
 
@@ -170,6 +296,23 @@ def test_pace_grows_only_while_it_holds_requests_back() -> None:
     # One worker, one request a second: far under the pace, which must not creep up meanwhile.
     drive(pacer, clock, TokenBucket(100, 10, clock), 120, workers=1, think=1.0)
     assert pacer.rate == pace
+
+
+def test_the_pace_climbs_back_towards_a_refused_one_in_bounded_steps() -> None:
+    clock = FakeClock()
+    pacer = Pacer(clock=clock)
+    drive(pacer, clock, None, 0.2)  # requests held back by the starting pace
+    refused = pacer.rate
+    clock.now += pacer.delay()
+    limited(pacer, "1")  # refused: the estimate is half of it
+    paces = [pacer.rate]
+    clock.now += pacer.pause_remaining
+    for _ in range(60):  # 30 s of requests held back by the pace, none refused
+        drive(pacer, clock, None, 0.5)
+        paces.append(pacer.rate)
+    steps = [after / before for before, after in itertools.pairwise(paces) if after != before]
+    assert steps and max(steps) <= Pacer.CLIMB_MAX + 1e-9  # an overshoot costs one pause, not two
+    assert paces[-1] == pytest.approx(Pacer.MARGIN * refused, rel=0.02)  # just under the refused pace
 
 
 def shape(name: str, rate: float, clock: FakeClock) -> Limiter:

@@ -295,7 +295,7 @@ class CircleCIClient:
     def _wait(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
         if isinstance(exc, RateLimited):
-            return 0.0  # the pacer holds every request until Retry-After has passed
+            return 0.0  # the pacer holds the request (or every request) until Retry-After has passed
         ceiling = min(self._backoff_max, self._backoff_initial * 2 ** (state.attempt_number - 1))
         return random.uniform(ceiling / 2, ceiling)
 
@@ -306,6 +306,10 @@ class CircleCIClient:
         self, path: str, params: dict[str, str] | None, budget: WaitBudget | None = None
     ) -> dict[str, Any]:
         assert self._session is not None, "use the client as an async context manager"
+        try:
+            await self.pacer.hold(budget)  # a request refused alone waits without holding a slot
+        except WaitTooLong as exc:
+            raise RateLimitWait(f"{path}: {exc}; giving up", status=429, path=path) from None
         async with self._concurrency:
             try:
                 ticket = await self.pacer.wait(budget)

@@ -1,10 +1,18 @@
 """Client-side pacing against a server's rate limit of unknown shape (token bucket, fixed windows).
 
 Rules (each a method below; the clock is injectable, so every rule runs in simulated time in tests):
-1. **Every 429 pauses every request**, for its `Retry-After` (seconds, or an HTTP date measured against
-   the response's own `Date`); without one, for 1 s, doubling (up to 60 s) while the first request
-   after a pause is refused again. A 429 answering a request sent before the pause began is the same
-   event: it only lengthens the pause if it asks for more.
+1. **A 429 that shows the limit spent pauses every request**, for its `Retry-After` (seconds, or an HTTP
+   date measured against the response's own `Date`); without one, for 1 s, doubling (up to 60 s) while
+   the first request after a pause is refused again. A 429 answering a request sent before the pause
+   began is the same event: it only lengthens the pause if it asks for more.
+1a. **A lone 429 only slows the pace**: once the pace is learned, a 429 with a `Retry-After` of at most
+   `LONG` s (or none) that comes after `RUN` successes since the last 429 and `SUSTAIN` s since the
+   last pause is arrival jitter against a small bucket, not a spent limit: the others go on, and the
+   pace drops to `SOFT_CUT` x itself unless `QUIET` successes came since the last 429 (one refusal in
+   that many fits the budget). 429s of requests sent before a lone one was answered are the same
+   refusal. Any other 429 is a spent limit (rule 1). Either way **the refused request itself waits
+   out its `Retry-After`** (1 s without one) before it is sent again (`WaitBudget.not_before`, see
+   `hold`).
 2. **One request goes first after a pause**; the others wait for its answer, so a pause that ended too
    soon costs one 429, not one per request in flight.
 3. **Slow start**: the pace starts at `START` requests/s and grows x1.5 every `STEP` while it holds
@@ -17,9 +25,11 @@ Rules (each a method below; the clock is injectable, so every rule runs in simul
    pause (at most `HELD_CAP` x measured, as a burst can carry a pace the rate cannot), or `JITTER_CUT` x
    a refused pace that had been held or was under the estimate (arrival jitter); and `DECREASE` x the
    refused pace (`FIRST_CUT` at the first 429). The pace is `MARGIN` x the estimate; it climbs back
-   towards the refused pace by halves every `CLIMB_STEP` s, and `HOLD` s after the last pause probes
-   above it (x`PUSH` every `SUSTAIN` s) to follow a limit that rose. No two requests go much closer
-   than the pace's interval (`CATCH_UP`): a bucket of one refuses any pair closer than its own.
+   towards the refused pace by halves every `CLIMB_STEP` s, at most x`CLIMB_MAX` a step (so an
+   overshoot past a small bucket's rate is small and costs one pause), and `HOLD` s after the last
+   pause probes above it (x`PUSH` every `SUSTAIN` s) to follow a limit that rose. No two requests go
+   much closer than the pace's interval (`CATCH_UP`): a bucket of one refuses any pair closer than
+   its own.
 5. **Quota headers** (`RateLimit-*` or `X-RateLimit-*`, reset as seconds or as an epoch): the remaining
    quota, less the requests sent after the request that reported it, is spent down; at zero every
    request waits for the reset (about two slots for a quota seen refilling before its reset: a bucket),
@@ -58,6 +68,7 @@ class Ticket:
     seq: int
     sent: float
     probe: bool = False
+    budget: WaitBudget | None = None  # the request's, which a lone 429 makes wait (rule 1a)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,9 +82,11 @@ class Quota:
 
 @dataclass(slots=True)
 class WaitBudget:
-    """Seconds of pauses one request may still wait out."""
+    """Seconds of pauses one request may still wait out, and when (pacer clock) it may go again
+    after a 429 of its own."""
 
     left: float
+    not_before: float = -math.inf
 
 
 # -- pure parsing ------------------------------------------------------------------------------------
@@ -160,12 +173,16 @@ class Pacer:
     STEP = 0.25  # seconds between changes of pace
     SUSTAIN = 2.0  # seconds at a pace without a 429 that show the server takes it
     CLIMB_STEP = 2.0  # seconds between steps back up towards a refused pace
+    CLIMB_MAX = 1.1  # growth per climbing step at most
     HELD_CAP = 2.0  # a held pace counts for at most this many times the measured rate
     LONG = 2.0  # a pause this long is a window's end: the stretch between pauses measures the rate
     MARGIN = 0.94  # the pace kept under the estimate
     CATCH_UP = 0.03  # a late request keeps its slot if at most this share of an interval late
     JITTER_CUT = 0.9  # the pace after a 429 at a pace held SUSTAIN seconds
     FIRST_CUT, DECREASE = 0.5, 0.7  # at least this share of a refused pace is kept (first 429, later)
+    RUN = 20  # successes since the last 429 that make the next one lone (rule 1a)
+    SOFT_CUT = 0.95  # the pace after a lone 429
+    QUIET = 100  # successes since the last 429 that leave the pace as it is at a lone 429
     HOLD = 60.0  # seconds a pace under a refused one is held before probing above it
     PUSH = 1.05  # growth per SUSTAIN seconds when probing above
     LONG_PAUSE = 30.0  # pauses this long are announced
@@ -207,6 +224,9 @@ class Pacer:
         self._last_event = now
         self._retry_after_absent = False
         self._paused_total = 0.0
+        self._ok = 0  # 2xx answers in all
+        self._ok_at_429 = 0  # _ok when the last 429 came
+        self._soft_at = -math.inf  # when the pace was last cut for a lone 429
         self.rate_limited = 0  # 429s seen
 
     # -- read-only views -------------------------------------------------------------------------
@@ -235,8 +255,9 @@ class Pacer:
     async def wait(self, budget: WaitBudget | None = None) -> Ticket:
         """Return when this request may go, with its ticket. Raises WaitTooLong rather than wait out a
         pause beyond `budget` (this request's) or beyond the run's `max_wait`."""
+        await self.hold(budget)
         while True:
-            ticket = self.try_acquire()
+            ticket = self.try_acquire(budget)
             if ticket is not None:
                 return ticket
             pause = self.pause_remaining
@@ -246,6 +267,16 @@ class Pacer:
             await asyncio.sleep(delay)
             if pause > 0 and budget is not None:
                 budget.left -= min(delay, pause)
+
+    async def hold(self, budget: WaitBudget | None) -> None:
+        """Wait out this request's own `Retry-After` after a lone 429 (rule 1a), within its budget."""
+        if budget is None:
+            return
+        wait = budget.not_before - self._clock()
+        if wait > 0:
+            self._check_budget(wait, budget)
+            await asyncio.sleep(wait)
+            budget.left -= wait
 
     def _check_budget(self, pause: float, budget: WaitBudget | None) -> None:
         if budget is not None and pause > budget.left:
@@ -269,8 +300,11 @@ class Pacer:
             return self.POLL
         return max(0.0, self._next - now)
 
-    def try_acquire(self) -> Ticket | None:
-        """A ticket if a request may go now (it takes the slot), else None."""
+    def try_acquire(self, budget: WaitBudget | None = None) -> Ticket | None:
+        """A ticket if a request may go now (it takes the slot), else None. A request refused by a lone
+        429 waits for its `budget.not_before` (see `hold`) and takes no slot before."""
+        if budget is not None and budget.not_before > self._clock():
+            return None
         if self.delay() > 0:
             now = self._clock()
             if self._paused_until <= now and self._probe_out is None:
@@ -294,7 +328,7 @@ class Pacer:
             self._quota_left -= 1
         self._sent.append(now)
         self._trim_sent(now)
-        return Ticket(self._seq, now, probe)
+        return Ticket(self._seq, now, probe, budget)
 
     # -- answers ---------------------------------------------------------------------------------
     def observe(self, ticket: Ticket, status: int, headers: Mapping[str, str]) -> None:
@@ -312,8 +346,10 @@ class Pacer:
             if self._failed_probes:
                 self._reestimate(now)
             self._failed_probes = 0
-        if 200 <= status < 300 and ticket.sent >= self._cycle_start:
-            self._successes += 1
+        if 200 <= status < 300:
+            self._ok += 1
+            if ticket.sent >= self._cycle_start:
+                self._successes += 1
 
     def abandon(self, ticket: Ticket) -> None:
         """`ticket`'s request got no answer (timeout, connection error): let the others go."""
@@ -336,7 +372,34 @@ class Pacer:
             if now + pause > self._paused_until:
                 self._pause(now, now + pause)
             return
+        if self._lone(ticket, pause, now):
+            self._refuse_one(ticket, pause, now)
+            return
+        self._ok_at_429 = self._ok
         self._event(now, pause, refused=True)
+
+    def _lone(self, ticket: Ticket, pause: float, now: float) -> bool:
+        """Rule 1a: a 429 of a request in flight at the last lone one, or after `RUN` successes and
+        `SUSTAIN` s since the last pause (before that, the bucket's refill in the pause carried the pace)."""
+        if self.estimate is None or pause > self.LONG:
+            return False
+        if ticket.sent < self._soft_at:
+            return True
+        return self._ok - self._ok_at_429 >= self.RUN and now - self._cycle_start >= self.SUSTAIN
+
+    def _refuse_one(self, ticket: Ticket, pause: float, now: float) -> None:
+        """Only the refused request waits; a new refusal slows the pace (rule 1a)."""
+        if ticket.budget is not None:
+            ticket.budget.not_before = max(ticket.budget.not_before, now + pause)
+        if ticket.sent < self._soft_at:
+            return  # in flight at the last cut: the same refusal
+        run = self._ok - self._ok_at_429
+        if run < self.QUIET:
+            log.debug("HTTP 429 after %d successes: pace %.1f/s -> %.1f/s", run, self.rate,
+                      self.SOFT_CUT * self.rate)  # fmt: skip
+            self._set(self.SOFT_CUT * self.rate, now)
+            self._soft_at = self._last_event = now
+        self._ok_at_429 = self._ok
 
     def _note_quota(self, ticket: Ticket, quota: Quota, now: float) -> None:
         if ticket.seq <= self._quota_seq or ticket.sent < self._cycle_start:
@@ -437,7 +500,7 @@ class Pacer:
             self._set(self.rate * self.START_GROWTH, now)
         elif refused is not None and self.rate < 0.99 * self.MARGIN * refused:
             if held >= self.CLIMB_STEP:
-                self._set((self.rate + self.MARGIN * refused) / 2, now)
+                self._set(min((self.rate + self.MARGIN * refused) / 2, self.CLIMB_MAX * self.rate), now)
         elif refused is not None:
             self._refused = None  # reached just under the refused pace: hold it
         elif now - self._last_event >= self.HOLD and held >= self.SUSTAIN:
