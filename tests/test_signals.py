@@ -6,10 +6,13 @@ pipelines; a second run then completes the store to exactly the simulator's trut
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 import time
+import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -79,3 +82,25 @@ def test_a_signal_keeps_what_is_stored_and_releases_leases(
     again = run_cli("collect", str(fixture), "--db", db_url, "--api-url", api_url)
     assert again.returncode == 0, again.stderr[-3000:]
     assert_matches_truth(db_url, sim, SLUGS)
+
+
+def _ask(url: str) -> None:
+    with contextlib.suppress(OSError):
+        urllib.request.urlopen(url, timeout=20).read()
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_the_simulator_ends_on_a_signal_while_it_serves(signum: int, code: int) -> None:
+    proc = subprocess.Popen(
+        cli_args("simulate", "--port", "0", "--latency-ms", "50"), stdout=subprocess.PIPE, text=True
+    )
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        try:
+            url = (proc.stdout.readline() if proc.stdout else "").split()[3]
+            for _ in range(64):  # requests in flight: the signal lands while the loop is busy
+                pool.submit(_ask, f"{url}/project/gh/sim-org/project-0/pipeline")
+            time.sleep(0.2)
+            proc.send_signal(signum)
+            assert proc.wait(timeout=20) == code
+        finally:
+            proc.kill()

@@ -659,8 +659,15 @@ def simulate(
         print(f"simulator listening at {url}  (move its clock: POST {admin})")
         print("projects: " + ", ".join(p.slug for p in sim_projects), flush=True)
 
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run_standalone(cfg, port=port, on_ready=ready))
+    async def serve() -> list[int]:
+        # Signals through the loop: a handler raising inside an event-loop callback can be lost.
+        with _stop_on_signals() as caught, contextlib.suppress(asyncio.CancelledError):
+            await run_standalone(cfg, port=port, on_ready=ready)
+        return caught
+
+    caught = asyncio.run(serve())
+    if caught:
+        raise typer.Exit(128 + caught[0])
 
 
 @app.command()
