@@ -595,8 +595,9 @@ def _int64(text: str) -> int:
 
 
 def scrubbed(data: dict[str, Any], token: str | None, max_depth: int) -> dict[str, Any]:
-    """`data` (changed in place) with lone surrogates and NUL characters replaced (U+FFFD) and
-    `token` masked in every string, keys included; _Refused past `max_depth` levels of nesting."""
+    """`data` (changed in place) with lone surrogates and NUL characters replaced (U+FFFD; NUL is
+    kept in the page token, which goes back as sent) and `token` masked in every string, keys
+    included; _Refused past `max_depth` levels of nesting."""
     stack: list[tuple[dict[str, Any] | list[Any], int]] = [(data, 1)]
     while stack:
         node, depth = stack.pop()
@@ -610,7 +611,8 @@ def scrubbed(data: dict[str, Any], token: str | None, max_depth: int) -> dict[st
         for key, value in pairs:
             if isinstance(value, str):
                 if _unclean(value, token):
-                    node[key] = _clean_str(value, token)  # type: ignore[index]
+                    exact = depth == 1 and key == "next_page_token"  # goes back to the server as sent
+                    node[key] = _clean_str(value, token, keep_nul=exact)  # type: ignore[index]
             elif isinstance(value, dict | list):
                 stack.append((value, depth + 1))
     return data
@@ -620,8 +622,10 @@ def _unclean(text: str, token: str | None) -> bool:
     return not text.isascii() or "\x00" in text or bool(token and token in text)
 
 
-def _clean_str(text: str, token: str | None) -> str:
-    text = without_surrogates(text).replace("\x00", "\ufffd")  # PostgreSQL text cannot hold NUL
+def _clean_str(text: str, token: str | None, *, keep_nul: bool = False) -> str:
+    text = without_surrogates(text)
+    if not keep_nul:
+        text = text.replace("\x00", "\ufffd")  # PostgreSQL text cannot hold NUL
     return text.replace(token, "***") if token else text
 
 
