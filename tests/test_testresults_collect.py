@@ -85,7 +85,8 @@ async def test_tests_of_finished_jobs_equal_the_truth_and_404s_are_remembered(db
         assert sim.stats["by_endpoint"]["tests"] == 0, "an unchanged re-run reads no test results"
 
 
-async def test_running_jobs_are_read_once_finished(db_url: str) -> None:
+async def test_running_jobs_are_read_once_finished(db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(rules, "PAGE", 7)  # jobs needing tests are looked at 7 at a time
     sim = Simulator(config())
     async with sim.serve() as url:
         await collect(url, db_url, SLUGS)

@@ -46,6 +46,7 @@ log = logging.getLogger("circleci_ds.testresults")
 
 CHUNK = 5000  # results written per transaction at most
 BATCH_JOBS = 100  # whole jobs written per transaction at most
+PAGE = 2000  # jobs needing tests looked at per query
 STOP_AFTER = 5  # jobs failing in a row end the endpoint's test phase for this run
 MESSAGE_EXCERPT = 500
 TEXT_LIMIT = 1000
@@ -229,14 +230,17 @@ class TestPhase:
         """Read every unread job; the errors of the jobs that could not be read (read again next run)."""
         from circleci_ds.store import testresults as db
 
-        pending = await self.db(db.jobs_needing_tests, self.c.store, self.endpoint)
+        next_page = partial(db.jobs_needing_tests, self.c.store, self.endpoint)
+        after: int | None = -1
         async with asyncio.TaskGroup() as group:
-            for job in pending:
-                await self.slots.acquire()
-                if self.stopped:
-                    self.slots.release()
-                    break
-                group.create_task(self._guarded(job))
+            while after is not None and not self.stopped:  # a page of jobs at a time: bounded memory
+                pending, after = await self.db(next_page, after, PAGE)
+                for job in pending:
+                    await self.slots.acquire()
+                    if self.stopped:
+                        self.slots.release()
+                        break
+                    group.create_task(self._guarded(job))
         await self.flush()
         return self.errors
 

@@ -23,32 +23,41 @@ _KEYS_PER_QUERY = 400  # (classname, name) pairs per IN (...) lookup
 _RAW_LEVEL = 6
 
 
-def _unread_rows(store: Store, endpoint: str) -> Iterator[tuple[str, str | None, str, str]]:
-    """(job, details, workflow, pipeline) JSON of the endpoint's numbered build jobs without a marker."""
-    j, w, p, t = s.jobs.c, s.workflows.c, s.pipelines.c, s.test_jobs.c
+Unread = tuple[int, str, str | None, str, str]  # job number, job, details, workflow, pipeline JSON
+
+
+def _unread_rows(store: Store, endpoint: str, after: int, limit: int) -> list[Unread]:
+    """(job number, job, details, workflow, pipeline JSON) of the endpoint's next `limit` build jobs
+    numbered above `after` without a marker, by number."""
+    j, w, p, t = s.jobs_numbered.c, s.workflows.c, s.pipelines.c, s.test_jobs.c
     marked = exists().where(t.job_id == j.id, t.state != Marker.READING)
     query = (
-        select(j.data, j.details, w.data, p.data)
-        .join(s.workflows, w.id == j.workflow_id)
-        .join(s.pipelines, p.id == j.pipeline_id)
-        .where(p.endpoint == endpoint, ~marked)
-        .where(j.data.like('%"type":"build"%'), j.data.like('%"job_number":%'))
+        select(j.job_number, j.data, j.details, w.data, p.data)
+        .select_from(
+            s.jobs_numbered.join(s.workflows, w.id == j.workflow_id).join(s.pipelines, p.id == j.pipeline_id)
+        )
+        .where(p.endpoint == endpoint, j.job_number > after, ~marked, j.data.like('%"type":"build"%'))
+        .order_by(j.job_number)
+        .limit(limit)
     )
-    with store.engine.connect() as conn:
-        for row in conn.execute(query):
-            yield row[0], row[1], row[2], row[3]
+    with store._read() as conn:
+        return [(r[0], r[1], r[2], r[3], r[4]) for r in conn.execute(query)]
 
 
-def jobs_needing_tests(store: Store, endpoint: str) -> list[TestJob]:
-    """Stored finished build jobs with a number whose tests were never read (or only half-way)."""
+def jobs_needing_tests(
+    store: Store, endpoint: str, after: int, limit: int
+) -> tuple[list[TestJob], int | None]:
+    """The next page of stored finished build jobs numbered above `after` whose tests were never read
+    (or only half-way), and the highest number the page looked at (None: no job is left)."""
+    rows = _unread_rows(store, endpoint, after, limit)
     out = []
-    for job_json, details_json, workflow_json, pipeline_json in _unread_rows(store, endpoint):
+    for _, job_json, details_json, workflow_json, pipeline_json in rows:
         job = json.loads(job_json)
         if not wants_tests(job):
             continue
         job["details"] = json.loads(details_json) if details_json else None
         out.append(job_context(endpoint, job, json.loads(workflow_json), json.loads(pipeline_json)))
-    return out
+    return out, (rows[-1][0] if rows else None)
 
 
 CaseRefs = dict[tuple[str, str, str, str], int]  # (endpoint, job name, classname, name) -> test_cases.ref
