@@ -34,7 +34,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from circleci_ds.api import ApiError, NotFound, Unauthorized
-from circleci_ds.facts import branch_of
+from circleci_ds.facts import as_dict, branch_of, job_seconds
 from circleci_ds.store import StoreError
 from circleci_ds.times import parse_ts
 
@@ -166,23 +166,14 @@ def _str(value: object) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _dict(value: object) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
 def job_context(
     endpoint: str, job: dict[str, Any], workflow: dict[str, Any], pipeline: dict[str, Any]
 ) -> TestJob:
     """The context of a stored job (its details, when read, give the web URL and exact duration)."""
-    details = _dict(job.get("details"))
-    vcs = _dict(pipeline.get("vcs"))
+    details = as_dict(job.get("details"))
+    vcs = as_dict(pipeline.get("vcs"))
     started = parse_ts(job.get("started_at"))
     stopped = parse_ts(job.get("stopped_at"))
-    duration = details.get("duration")
-    if isinstance(duration, int | float) and not isinstance(duration, bool):
-        seconds: float | None = duration / 1000  # job details give milliseconds
-    else:
-        seconds = stopped - started if started is not None and stopped is not None else None
     return TestJob(
         endpoint=endpoint,
         job_number=int(job["job_number"]),
@@ -197,7 +188,7 @@ def job_context(
         created_at=parse_ts(workflow.get("created_at")),
         started_at=started,
         stopped_at=stopped,
-        duration=seconds,
+        duration=job_seconds(details.get("duration"), started, stopped),  # the facts' rule
         web_url=_str(details.get("web_url")),
     )
 
