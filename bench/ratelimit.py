@@ -9,11 +9,11 @@ in seconds rounded up, as an HTTP date, or absent (each at least once per limite
 quota headers. Per-minute windows use a small limit (600 a minute) and a collection spanning two windows
 or more; windows are aligned on the wall clock, so where a run starts within a minute is chance.
 
-Each cell is one collection into a fresh SQLite store. `requests` is what the simulator answered other
-than 429; `x ideal` is the active time (first request seen by the simulator to the collector's exit)
-over requests / limit; the target is at most 1.1 x (requests / limit) + 2 s with under 2% of requests
-answered 429. With --retry-failed a cell that misses is run once more and both runs are shown, to tell
-the machine's noise from a real miss.
+Each cell is one collection (test results included, at the default --concurrency) into a fresh SQLite
+store. `requests` is what the simulator answered other than 429; `x ideal` is the active time (first
+request seen by the simulator to the collector's exit) over requests / limit; the target is at most
+1.1 x (requests / limit) + 2 s with under 2% of requests answered 429. With --retry-failed a cell that
+misses is run once more and both runs are shown, to tell the machine's noise from a real miss.
 """
 
 from __future__ import annotations
@@ -26,8 +26,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from circleci_ds.collect import DEFAULT_CONCURRENCY
 from collect import Run, Workdir, collect, machine
 from simproc import simulator
+
+REQUESTS_PER_PIPELINE = 40  # a pipeline's workflows, jobs, details and test results in the simulator
 
 
 @dataclass(frozen=True)
@@ -38,7 +41,7 @@ class Cell:
     latency_ms: int
     retry_after: str  # seconds | date | none
     headers: str = "none"
-    pipelines: int = 10  # per project, 3 projects, about 20 requests each
+    pipelines: int = 10  # per project, 3 projects, about REQUESTS_PER_PIPELINE requests each
 
     @property
     def name(self) -> str:
@@ -54,10 +57,11 @@ class Cell:
 def sized(
     limiter: str, rate: float, burst: int, latency: int, retry_after: str, headers: str = "none"
 ) -> Cell:
-    """A collection of about max(30 s x rate, 600) requests: at least 30 s ideal, and 2% of 600 is 12."""
-    pipelines = max(10, round(max(30 * rate, 600) / 60))
+    """About max(30 s x rate, 600) requests over 3 projects: at least 30 s ideal; 2% of 600 is 12."""
+    per_round = 3 * REQUESTS_PER_PIPELINE  # a pipeline in each project
+    pipelines = max(5, round(max(30 * rate, 600) / per_round))
     if limiter == "minute":
-        pipelines = round(1300 / 60)  # about 1,300 requests: past two 600-request windows
+        pipelines = round(1300 / per_round)  # about 1,300 requests: past two 600-request windows
     return Cell(limiter, rate, burst, latency, retry_after, headers, pipelines)
 
 
@@ -106,7 +110,7 @@ def run_cell(cell: Cell, work: Workdir) -> dict[str, Any]:
             retry_after=cell.retry_after,
             rate_headers=cell.headers,
         )
-        return verdict(cell, collect(sim, work.fixture(sim), work.fresh_db()))
+        return verdict(cell, collect(sim, work.fixture(sim), work.fresh_db(), DEFAULT_CONCURRENCY))
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:

@@ -95,10 +95,13 @@ def drive(
     headers: str = "none",
     late: float = 0.0,
     jitter: float = 0.0,
+    stall: tuple[float, float] = (0.0, math.inf),
 ) -> Outcome:
     """Run until `seconds` pass or `requests` requests succeeded (a 429'd request is asked again).
     Each wake-up after a wait is up to `late` seconds late, as on a busy machine, and each request
-    reaches the server up to `jitter` seconds after it is sent (both seeded)."""
+    reaches the server up to `jitter` seconds after it is sent (both seeded). `stall` = (length, every):
+    the server stops reading for `length` seconds once every `every`, then takes the waiting requests
+    at once (a busy server process; its limiter sees them arrive together)."""
     out = Outcome()
     rng = random.Random(7)
     end = clock.now + seconds
@@ -124,7 +127,8 @@ def drive(
             if (refused := refused_at[worker]) is not None:
                 out.retries.append((refused, when))
                 refused_at[worker] = None
-            heapq.heappush(queue, (when + rng.uniform(0.0, jitter), ARRIVE, worker, got, 0, {}))
+            arrival = stalled(when + rng.uniform(0.0, jitter), *stall)
+            heapq.heappush(queue, (arrival, ARRIVE, worker, got, 0, {}))
             continue
         assert ticket is not None
         if kind == ARRIVE:
@@ -146,3 +150,9 @@ def drive(
         heapq.heappush(queue, (when + think, ASK, worker, None, 0, {}))
     clock.now = min(end, clock.now) if out.finished is None and math.isfinite(end) else clock.now
     return out
+
+
+def stalled(arrival: float, length: float, every: float) -> float:
+    """When the server reads a request reaching it at `arrival`, stalling `length` s every `every` s."""
+    into = arrival % every if math.isfinite(every) else math.inf
+    return arrival + (length - into) if into < length else arrival

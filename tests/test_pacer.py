@@ -155,11 +155,14 @@ async def test_a_pause_beyond_max_wait_fails_at_once_per_request_and_per_run() -
 
 
 def learned(clock: FakeClock, successes: int) -> Pacer:
-    """A pacer past its first pause (the pace is learned), then `successes` requests answered 200."""
+    """A pacer past its first pause (the pace is learned), then `successes` requests answered 200,
+    `SUSTAIN` s or more after the pause ended."""
     pacer = Pacer(clock=clock)
     limited(pacer, "1")
     clock.now += pacer.pause_remaining
+    resumed = clock.now
     answered(pacer, clock, successes)
+    clock.now = max(clock.now, resumed + Pacer.SUSTAIN)
     assert pacer.estimate is not None
     return pacer
 
@@ -240,6 +243,68 @@ def test_a_lone_429_after_a_quiet_run_keeps_the_pace() -> None:
     assert pacer.paused_until is None and pacer.rate == pace  # one refusal in QUIET fits the budget
 
 
+def test_a_429_in_flight_at_a_lone_one_is_the_same_refusal_also_when_the_pace_was_kept() -> None:
+    clock = FakeClock()
+    pacer = learned(clock, Pacer.QUIET)  # a quiet run: the lone 429 leaves the pace as it is
+    first, bunched = send(pacer, clock), send(pacer, clock)  # a stall let both reach the server together
+    clock.now += 0.025
+    pacer.observe(first, 429, {"Retry-After": "1"})
+    pacer.observe(bunched, 429, {"Retry-After": "1"})
+    assert pacer.paused_until is None
+
+
+def test_refusals_in_a_row_in_flight_at_a_lone_429_are_a_spent_limit() -> None:
+    clock = FakeClock()
+    pacer = learned(clock, Pacer.QUIET)
+    tickets = [send(pacer, clock) for _ in range(Pacer.STREAK)]  # all out before the first answer
+    clock.now += 0.1
+    for ticket in tickets[:-1]:
+        pacer.observe(ticket, 429, {"Retry-After": "1"})
+    assert pacer.paused_until is None  # a stall's bunch, so far
+    pacer.observe(tickets[-1], 429, {"Retry-After": "1"})  # none went through: a window is spent
+    assert pacer.pause_remaining == pytest.approx(1.0)
+
+
+def test_a_success_between_refusals_in_flight_keeps_them_lone() -> None:
+    clock = FakeClock()
+    pacer = learned(clock, Pacer.QUIET)
+    tickets = [send(pacer, clock) for _ in range(2 * Pacer.STREAK)]
+    clock.now += 0.1
+    for i, ticket in enumerate(tickets):  # a bucket of one, bunched arrivals: every third admitted
+        pacer.observe(ticket, 200 if i % 3 == 2 else 429, {"Retry-After": "1"})
+    assert pacer.paused_until is None
+
+
+def flood(pacer: Pacer, clock: FakeClock, answers: str) -> float:
+    """Send len(answers) requests, refuse the first, then answer the others in order during the pause
+    ('o' 200, 'x' 429); return the pace refused."""
+    pace = pacer.rate
+    tickets = [send(pacer, clock) for _ in answers]
+    clock.now += 0.1
+    for ticket, answer in zip(tickets, answers, strict=True):
+        pacer.observe(ticket, 200 if answer == "o" else 429, {"Retry-After": "1"})
+    clock.now += pacer.pause_remaining
+    assert send(pacer, clock).probe
+    return pace
+
+
+def test_most_requests_in_flight_refused_at_a_pause_set_the_estimate_from_the_share_admitted() -> None:
+    clock = FakeClock()
+    pacer = learned(clock, 10)  # the first pause was short: its estimate is half the refused pace
+    pace = flood(pacer, clock, "xxoxxoxxoxxoxxoxxoxxo")  # a drained bucket admits one in three
+    assert pacer.estimate == pytest.approx(pace / 3)  # far under the usual cut (DECREASE x pace)
+    assert pacer.rate == pytest.approx(Pacer.MARGIN * pace / 3)
+
+
+def test_a_window_refusing_all_in_flight_until_it_ends_sets_no_estimate_from_them() -> None:
+    clock = FakeClock()
+    pacer = learned(clock, 10)
+    estimate = pacer.estimate
+    flood(pacer, clock, "xxxxxxxxxxxxxxxxxooo")  # refused until the window ended, then all admitted
+    assert pacer.estimate is not None and pacer.estimate < estimate  # the usual cut, no more
+    assert pacer.estimate > 0.5 * estimate
+
+
 def test_a_long_retry_after_pauses_every_request_even_alone() -> None:
     clock = FakeClock()
     pacer = learned(clock, Pacer.QUIET)
@@ -266,6 +331,24 @@ def test_a_bucket_of_one_against_arrival_jitter_refuses_alone_and_never_early(ra
     assert any(pause == 0.0 for _, pause in out.pauses)  # some refused alone
     assert out.stops() <= 3  # few stop every request
     assert out.succeeded >= 0.6 * rate * 60  # the pace does not collapse
+
+
+def test_a_bucket_of_one_behind_a_stalling_server_keeps_its_pace() -> None:
+    clock = FakeClock()
+    pacer, rate = Pacer(clock=clock), 150.0
+    # The server stops reading for 30 ms every 3.1 s, then its limiter sees the waiting requests at once.
+    out = drive(pacer, clock, TokenBucket(rate, 1, clock), 60, jitter=0.001, stall=(0.03, 3.1))
+    assert out.rejected < 0.02 * len(out.sent)
+    assert out.stops() <= 3  # a stall's bunch is refused alone, not as a spent limit
+    assert out.succeeded >= 0.7 * rate * 60  # 0.35 when each bunch stopped every request
+
+
+def test_a_big_burst_drained_at_a_far_higher_pace_costs_few_429s() -> None:
+    clock = FakeClock()
+    pacer = Pacer(clock=clock)
+    out = drive(pacer, clock, TokenBucket(10, 100, clock), 60, workers=32, latency=0.1, retry_after="date")
+    assert out.rejected < 0.06 * len(out.sent)  # the share refused in flight shows the rate at once
+    assert 0.85 * 10 <= pacer.rate <= 10.5
 
 
 # -- pace ------------------------------------------------------------------------------------------
@@ -298,21 +381,52 @@ def test_pace_grows_only_while_it_holds_requests_back() -> None:
     assert pacer.rate == pace
 
 
+def test_the_pace_grows_no_further_than_the_requests_sent_follow() -> None:
+    clock = FakeClock()
+    pacer = Pacer(clock=clock)
+    # 8 in flight at 100 ms carry 80 requests/s at most; workers coming back together still wait now
+    # and then, but a pace far above what is sent would say nothing when it is refused.
+    out = drive(pacer, clock, None, 10, workers=8, latency=0.1)
+    assert pacer.rate <= 1.5 * len(out.sent) / 10
+
+
+def climb(pacer: Pacer, clock: FakeClock, seconds: float) -> list[float]:
+    """The paces every 0.5 s over `seconds` of requests held back by the pace, none refused."""
+    paces = [pacer.rate]
+    for _ in range(round(seconds / 0.5)):
+        drive(pacer, clock, None, 0.5)
+        paces.append(pacer.rate)
+    return paces
+
+
 def test_the_pace_climbs_back_towards_a_refused_one_in_bounded_steps() -> None:
     clock = FakeClock()
     pacer = Pacer(clock=clock)
-    drive(pacer, clock, None, 0.2)  # requests held back by the starting pace
+    limited(pacer, "1")  # the run's first 429
+    clock.now += pacer.pause_remaining
+    drive(pacer, clock, None, 0.2)  # requests held back by the pace
     refused = pacer.rate
     clock.now += pacer.delay()
-    limited(pacer, "1")  # refused: the estimate is half of it
-    paces = [pacer.rate]
+    limited(pacer, "1")  # soon after the pause: a spent limit
     clock.now += pacer.pause_remaining
-    for _ in range(60):  # 30 s of requests held back by the pace, none refused
-        drive(pacer, clock, None, 0.5)
-        paces.append(pacer.rate)
+    paces = climb(pacer, clock, 40.0)
     steps = [after / before for before, after in itertools.pairwise(paces) if after != before]
     assert steps and max(steps) <= Pacer.CLIMB_MAX + 1e-9  # an overshoot costs one pause, not two
     assert paces[-1] == pytest.approx(Pacer.MARGIN * refused, rel=0.02)  # just under the refused pace
+
+
+def test_a_pace_refused_only_by_the_runs_first_429_is_climbed_past() -> None:
+    clock = FakeClock()
+    pacer = Pacer(clock=clock)
+    drive(pacer, clock, None, 0.2)  # slow start holds requests back
+    refused = pacer.rate
+    clock.now += pacer.delay()
+    limited(pacer, "1")  # a stall, or slow start's overshoot: the estimate is half of it
+    clock.now += pacer.pause_remaining
+    paces = climb(pacer, clock, 40.0)
+    steps = [after / before for before, after in itertools.pairwise(paces) if after != before]
+    assert steps and max(steps) <= Pacer.CLIMB_MAX + 1e-9
+    assert paces[-1] == pytest.approx(Pacer.MARGIN * Pacer.START_GROWTH * refused, rel=0.02)
 
 
 def shape(name: str, rate: float, clock: FakeClock) -> Limiter:

@@ -10,31 +10,41 @@ Rules (each a method below; the clock is injectable, so every rule runs in simul
    last pause is arrival jitter against a small bucket, not a spent limit: the others go on, and the
    pace drops to `SOFT_CUT` x itself unless `QUIET` successes came since the last 429 (one refusal in
    that many fits the budget). 429s of requests sent before a lone one was answered are the same
-   refusal. Any other 429 is a spent limit (rule 1). Either way **the refused request itself waits
+   refusal (a server that stalled a moment sees a bunch of requests at once), unless `STREAK` of them
+   in a row, with no success of a request sent after the lone one between, show a spent limit after
+   all. Any other 429 is a spent limit (rule 1). Either way **the refused request itself waits
    out its `Retry-After`** (1 s without one) before it is sent again (`WaitBudget.not_before`, see
    `hold`).
 2. **One request goes first after a pause**; the others wait for its answer, so a pause that ended too
    soon costs one 429, not one per request in flight.
 3. **Slow start**: the pace starts at `START` requests/s and grows x1.5 every `STEP` while it holds
-   requests back, until the first 429 or spent quota; it only ever grows while it holds requests back.
+   requests back, until the first 429 or spent quota; it only ever grows while it holds requests back
+   and requests went at about the pace over the last `BINDING` s (not while the concurrency bounds
+   them: a pace far above what is sent says nothing when it is refused).
 4. **An estimate at each pause**: the successes of the requests sent since the previous pause ended,
    over the time from then to the end of the new pause ("measured"). That is the server's rate for a
    fixed window (pauses end at window starts) and for a token bucket whose burst covers the pause, and
    less otherwise. After a long pause (`LONG` s or more) it is trusted and held. After a short one the
    estimate is the highest of: measured; the highest pace held `SUSTAIN` s without a 429 since the last
    pause (at most `HELD_CAP` x measured, as a burst can carry a pace the rate cannot), or `JITTER_CUT` x
-   a refused pace that had been held or was under the estimate (arrival jitter); and `DECREASE` x the
-   refused pace (`FIRST_CUT` at the first 429). The pace is `MARGIN` x the estimate; it climbs back
-   towards the refused pace by halves every `CLIMB_STEP` s, at most x`CLIMB_MAX` a step (so an
-   overshoot past a small bucket's rate is small and costs one pause), and `HOLD` s after the last
-   pause probes above it (x`PUSH` every `SUSTAIN` s) to follow a limit that rose. No two requests go
+   a refused pace that had been held (or was under the estimate, after `RUN` successes: arrival
+   jitter); and `DECREASE` x the refused pace (see `_cut` for the first 429). The pace is `MARGIN` x
+   the estimate; it climbs back towards the refused pace by halves every `CLIMB_STEP` s, at most
+   x`CLIMB_MAX` a step (so an overshoot past a small bucket's rate is small and costs one pause), until
+   a lone 429 says where refusals begin; a pace refused only by the run's first 429 is climbed past
+   (x`START_GROWTH`), as a stall or slow start's overshoot may have caused it. `HOLD` s after the last
+   pause it probes above (x`PUSH` every `SUSTAIN` s) to follow a limit that rose. No two requests go
    much closer than the pace's interval (`CATCH_UP`): a bucket of one refuses any pair closer than
    its own.
+4a. **The flood**: when the requests in flight at a pause are answered, during it, mostly 429 (`FLOOD`
+   or more) with some admitted between the refused, the pace was far past a drained bucket's rate, which
+   admits about pace x the share admitted: the estimate drops to that (or to the measured rate if
+   higher) and is held. (A window refuses all until it ends and then admits all: no rate in that.)
 5. **Quota headers** (`RateLimit-*` or `X-RateLimit-*`, reset as seconds or as an epoch): the remaining
    quota, less the requests sent after the request that reported it, is spent down; at zero every
-   request waits for the reset (about two slots for a quota seen refilling before its reset: a bucket),
-   a pause without the 429, estimated like one. Quotas reported by requests sent before the last pause
-   ended are stale and ignored.
+   request waits for the reset, a pause without the 429, estimated like one; for a quota seen
+   refilling before its reset (a bucket) it waits about two slots, and the pace stays as it is. Quotas
+   reported by requests sent before the last pause ended are stale and ignored.
 6. `max_rps` is a hard cap: at most max_rps * W + 1 requests in any W seconds.
 7. **Bounded waits**: no request waits out pauses for longer than `max_wait` seconds in all, nor does the
    run (pauses overlapping many requests count once); a request that would is refused with
@@ -46,6 +56,7 @@ Read-only for displays: `paused_until` / `pause_remaining`, `requests_per_second
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import math
 import time
@@ -87,6 +98,27 @@ class WaitBudget:
 
     left: float
     not_before: float = -math.inf
+
+
+@dataclass(slots=True)
+class Flood:
+    """The answers, during a pause, to the requests in flight when it began (rule 4a)."""
+
+    at: float  # when the pause began
+    pace: float  # the pace refused
+    measured: float  # the rate measured at the pause
+    ok: int = 0
+    refused: int = 1  # the 429 that began it
+    first_ok: float = math.inf  # the seq of the first request admitted
+    last_refused: float = -math.inf  # the seq of the last request refused
+
+    def admitted_rate(self, least: int) -> float | None:
+        """The pace times the share admitted, when `least` or more were refused, most were, and
+        admitted ones came between them: the rate a drained bucket admits, whatever it refilled in the
+        pause. (A window refuses all until it ends, then admits all: no rate in that.)"""
+        share = self.ok / (self.ok + self.refused)
+        mixed = self.first_ok < self.last_refused
+        return self.pace * share if self.refused >= least and mixed and share < 0.5 else None
 
 
 # -- pure parsing ------------------------------------------------------------------------------------
@@ -171,6 +203,7 @@ class Pacer:
 
     START, START_GROWTH = 20.0, 1.5  # requests/s before anything is known; growth per STEP till then
     STEP = 0.25  # seconds between changes of pace
+    BINDING = 0.5  # seconds over which the pace must have been what sent requests, to grow
     SUSTAIN = 2.0  # seconds at a pace without a 429 that show the server takes it
     CLIMB_STEP = 2.0  # seconds between steps back up towards a refused pace
     CLIMB_MAX = 1.1  # growth per climbing step at most
@@ -183,6 +216,8 @@ class Pacer:
     RUN = 20  # successes since the last 429 that make the next one lone (rule 1a)
     SOFT_CUT = 0.95  # the pace after a lone 429
     QUIET = 100  # successes since the last 429 that leave the pace as it is at a lone 429
+    FLOOD = 4  # refusals of requests in flight at a pause that can show how far the pace was past the rate
+    STREAK = 5  # refusals in a row, in flight at a lone 429, that show a spent limit after all
     HOLD = 60.0  # seconds a pace under a refused one is held before probing above it
     PUSH = 1.05  # growth per SUSTAIN seconds when probing above
     LONG_PAUSE = 30.0  # pauses this long are announced
@@ -226,7 +261,11 @@ class Pacer:
         self._paused_total = 0.0
         self._ok = 0  # 2xx answers in all
         self._ok_at_429 = 0  # _ok when the last 429 came
-        self._soft_at = -math.inf  # when the pace was last cut for a lone 429
+        self._flood: Flood | None = None  # the answers to requests in flight at the last pause
+        self._doubt_first = False  # the climb is back towards the pace refused by the run's first 429
+        self._lone_at = -math.inf  # when the last lone 429 was answered
+        self._lone_seq = 0  # the seq of its request
+        self._streak = 0  # 429s since then of requests sent after it, with no 2xx of one between
         self.rate_limited = 0  # 429s seen
 
     # -- read-only views -------------------------------------------------------------------------
@@ -324,6 +363,7 @@ class Pacer:
         probe = self._need_probe
         if probe:
             self._need_probe, self._probe_out = False, self._seq
+            self._settle_flood(now)
         if self._quota_left is not None:
             self._quota_left -= 1
         self._sent.append(now)
@@ -348,6 +388,11 @@ class Pacer:
             self._failed_probes = 0
         if 200 <= status < 300:
             self._ok += 1
+            if self._flood is not None and ticket.sent < self._flood.at:
+                self._flood.ok += 1
+                self._flood.first_ok = min(self._flood.first_ok, ticket.seq)
+            if ticket.seq > self._lone_seq:
+                self._streak = 0
             if ticket.sent >= self._cycle_start:
                 self._successes += 1
 
@@ -368,7 +413,10 @@ class Pacer:
             pause = max(retry_after, 0.05 * 2.0**self._failed_probes)
         if ticket.probe or ticket.sent < self._cycle_start or self._paused_until > now:
             # The first request after a pause, one sent before that pause ended, or one answered
-            # during this pause: the same event, which says nothing new about the rate.
+            # during this pause: the same event, which says nothing new about the rate but the flood.
+            if self._flood is not None and ticket.sent < self._flood.at:
+                self._flood.refused += 1
+                self._flood.last_refused = max(self._flood.last_refused, ticket.seq)
             if now + pause > self._paused_until:
                 self._pause(now, now + pause)
             return
@@ -383,23 +431,25 @@ class Pacer:
         `SUSTAIN` s since the last pause (before that, the bucket's refill in the pause carried the pace)."""
         if self.estimate is None or pause > self.LONG:
             return False
-        if ticket.sent < self._soft_at:
-            return True
+        if ticket.sent < self._lone_at:  # in flight at the last lone 429: the same refusal, unless
+            self._streak += ticket.seq > self._lone_seq
+            return self._streak < self.STREAK  # no request sent since has gone through: a spent limit
         return self._ok - self._ok_at_429 >= self.RUN and now - self._cycle_start >= self.SUSTAIN
 
     def _refuse_one(self, ticket: Ticket, pause: float, now: float) -> None:
         """Only the refused request waits; a new refusal slows the pace (rule 1a)."""
         if ticket.budget is not None:
             ticket.budget.not_before = max(ticket.budget.not_before, now + pause)
-        if ticket.sent < self._soft_at:
-            return  # in flight at the last cut: the same refusal
+        if ticket.sent < self._lone_at:
+            return  # in flight at the last lone 429: the same refusal
         run = self._ok - self._ok_at_429
         if run < self.QUIET:
             log.debug("HTTP 429 after %d successes: pace %.1f/s -> %.1f/s", run, self.rate,
                       self.SOFT_CUT * self.rate)  # fmt: skip
             self._set(self.SOFT_CUT * self.rate, now)
-            self._soft_at = self._last_event = now
-        self._ok_at_429 = self._ok
+            self._last_event, self._refused = now, None  # the climb back ends where refusals begin
+            self._doubt_first = False
+        self._lone_at, self._lone_seq, self._streak, self._ok_at_429 = now, ticket.seq, 1, self._ok
 
     def _note_quota(self, ticket: Ticket, quota: Quota, now: float) -> None:
         if ticket.seq <= self._quota_seq or ticket.sent < self._cycle_start:
@@ -418,9 +468,13 @@ class Pacer:
         if now >= self._quota_reset:
             self._quota_left = None  # unknown until the next answer says
         elif self._quota_left <= 0 and self._paused_until <= now:
-            # A window is spent until its reset; a bucket refills: wait about two slots.
+            # A window is spent until its reset; a bucket refills: wait about two slots, which paces
+            # the requests to its refill without a new estimate (each would cut the pace further).
             wait = self._quota_reset - now
-            self._event(now, min(wait, 2.0 / self.rate) if self._quota_refills else wait, refused=False)
+            if self._quota_refills:
+                self._pause(now, now + min(wait, 2.0 / self.rate))
+            else:
+                self._event(now, wait, refused=False)
 
     # -- the estimate ----------------------------------------------------------------------------
     def _event(self, now: float, pause: float, *, refused: bool) -> None:
@@ -435,16 +489,17 @@ class Pacer:
         if trusted and measured is not None:
             target = measured
         else:
-            cut = self.FIRST_CUT if previous is None else self.DECREASE
-            target = max(measured or 0.0, held, cut * pace)
+            target = max(measured or 0.0, held, self._cut(previous, measured) * pace)
         if pressing:
             target = min(target, pace)
         self.estimate = target
+        self._doubt_first = previous is None
         # A trusted estimate is held; otherwise the pace climbs back towards the refused one by halves.
         self._refused = None if trusted else pace if pressing else self._refused
         self._sustained = 0.0
         self._set(self.MARGIN * target, now)
         self._last_cycle, self._last_event = (self._successes, self._cycle_start), now
+        self._flood = Flood(now, pace, measured or 0.0) if refused else None
         self._cycle_start = end
         self._successes = 0
         self._pause(now, end)
@@ -455,13 +510,34 @@ class Pacer:
             target, "-" if measured is None else f"{measured:.1f}", held, self.rate,
         )  # fmt: skip
 
+    def _cut(self, previous: float | None, measured: float | None) -> float:
+        """The least share of a refused pace kept: `DECREASE`; at the run's first 429 `FIRST_CUT`, as slow
+        start may have overshot, or `JITTER_CUT` when it came at once at the starting pace (nothing
+        measured: a pair too close, most likely)."""
+        if previous is not None:
+            return self.DECREASE
+        return self.FIRST_CUT if measured is not None else self.JITTER_CUT
+
+    def _settle_flood(self, now: float) -> None:
+        """Rule 4a: most requests in flight at the pause refused shows a pace far past the rate."""
+        flood, self._flood = self._flood, None
+        admitted = flood.admitted_rate(self.FLOOD) if flood is not None else None
+        if flood is None or admitted is None or self.estimate is None:
+            return
+        estimate = max(flood.measured, admitted)
+        if estimate < self.estimate:
+            log.debug("%d of %d in flight refused: server rate about %.1f/s", flood.refused,
+                      flood.refused + flood.ok, estimate)  # fmt: skip
+            self.estimate, self._refused = estimate, None
+            self._set(self.MARGIN * estimate, now)
+
     def _held_floor(self, pace: float, previous: float | None, measured: float | None) -> float:
         """The pace the server is known to take: the highest held SUSTAIN seconds without a 429."""
         # Refused at a pace held SUSTAIN seconds, or under the last estimate: arrival jitter, or a
         # limit that came down a little.
         held = self._sustained if self._sustained < pace else self.JITTER_CUT * pace
-        if previous is not None and pace <= previous:
-            held = max(held, self.JITTER_CUT * pace)
+        if previous is not None and pace <= previous and self._successes >= self.RUN:
+            held = max(held, self.JITTER_CUT * pace)  # (refused within a few requests: no jitter)
         if measured is not None:
             held = min(held, self.HELD_CAP * measured)  # a burst let a pace through that the rate cannot
         return held
@@ -492,6 +568,9 @@ class Pacer:
         """Raise a pace that holds requests back (rule 3; towards the refused pace after a 429)."""
         if now - self._last_change < self.STEP or now - self._waited_at > self.STEP:
             return
+        if not self._binding(now):
+            self._last_change = now  # requests held back now and then, fewer sent than the pace allows
+            return
         held = now - self._pace_since
         if held >= self.SUSTAIN:
             self._sustained = max(self._sustained, self.rate)
@@ -502,10 +581,21 @@ class Pacer:
             if held >= self.CLIMB_STEP:
                 self._set(min((self.rate + self.MARGIN * refused) / 2, self.CLIMB_MAX * self.rate), now)
         elif refused is not None:
-            self._refused = None  # reached just under the refused pace: hold it
+            # Reached just under the refused pace: hold it, unless only the run's first 429 refused it
+            # (a stall or slow start's overshoot): then climb on, until a 429 says where the limit is.
+            self._refused = refused * self.START_GROWTH if self._doubt_first else None
+            self._doubt_first = False
         elif now - self._last_event >= self.HOLD and held >= self.SUSTAIN:
             self._set(self.rate * self.PUSH, now)
         self._last_change = now
+
+    def _binding(self, now: float) -> bool:
+        """Requests went at about the pace since it was set (over the last `BINDING` s at most)."""
+        start = max(now - self.BINDING, self._pace_since)
+        if now - start < 0.1:
+            return True
+        sent = len(self._sent) - bisect.bisect_left(self._sent, start)
+        return sent >= 0.8 * self.rate * (now - start)
 
     def _set(self, rate: float, now: float) -> None:
         rate = max(0.5, rate)
