@@ -44,20 +44,22 @@ from circleci_ds.facts import JOB_FAILED, WORKFLOW_FAILED
 from circleci_ds.metrics import (
     ALL_BRANCHES,
     COMPLETED,
-    DurationStats,
     JobMetrics,
+    JobTotals,
     Scope,
     WorkflowMetrics,
-    _summed,
+    WorkflowTotals,
     job_groups,
     job_metrics,
+    job_row,
+    queue_totals,
     window_bounds,
     workflow_metrics,
+    workflow_row,
 )
 from circleci_ds.store import Store, StoreError
 from circleci_ds.store import schema as s
 from circleci_ds.store.facts_store import default_branches
-from circleci_ds.times import iso
 
 ENGINES = ("sql", "duckdb", "polars")
 SCOPES = ("window", "history")
@@ -68,57 +70,7 @@ J = s.job_runs
 FINISHED = ("success", *sorted(WORKFLOW_FAILED))
 
 
-# -- what every engine computes: typed aggregates, assembled into the report's dataclasses ------------
-
-
-@dataclass(frozen=True)
-class JobAgg:
-    """Per job (project, workflow, job), over its executed runs in the scope."""
-
-    endpoint: str
-    workflow: str
-    job: str
-    runs: int
-    ok: int
-    failed: int
-    queue_total: float | None
-    duration_p50: float | None
-    duration_p95: float | None
-    queue_p50: float | None
-    queue_p95: float | None
-
-
-@dataclass(frozen=True)
-class FlowAgg:
-    """Per workflow (project, workflow name), over its runs in the scope."""
-
-    endpoint: str
-    name: str
-    runs: int
-    ok: int
-    failed: int
-    canceled: int
-    reruns: int
-    executions: int
-    rerun_executions: int
-    first_ok: int
-    first_runs: int
-    lost_failed: float | None
-    lost_reruns: float | None
-    wait_total: float | None
-    timed: int
-    d_min: float | None
-    d_mean: float | None
-    d_max: float | None
-    d_stddev: float | None
-    d_p50: float | None
-    d_p95: float | None
-    active_p50: float | None
-    wait_p50: float | None
-    queue_p50: float | None
-    recoveries: int
-    mttr_mean: float | None
-    mttr_median: float | None
+# -- what every engine computes: the report's typed totals (metrics.JobTotals / WorkflowTotals) --------
 
 
 @dataclass(frozen=True)
@@ -130,63 +82,13 @@ class Computed:
     load_s: float | None
 
 
-def ratio(part: int, whole: int) -> float | None:
-    return part / whole if whole else None
-
-
 def assemble(
-    scope: Scope, jobs: Iterable[JobAgg], flows: Iterable[FlowAgg]
+    scope: Scope, jobs: list[JobTotals], flows: Iterable[WorkflowTotals]
 ) -> tuple[list[JobMetrics], list[WorkflowMetrics]]:
-    """The report's job and workflow rows from an engine's aggregates (the report's formulas)."""
-    job_rows = [
-        JobMetrics(
-            j.endpoint,
-            j.workflow,
-            j.job,
-            j.runs,
-            j.ok,
-            j.failed,
-            ratio(j.failed, j.ok + j.failed),
-            j.duration_p50,
-            j.duration_p95,
-            j.queue_p50,
-            j.queue_p95,
-        )
-        for j in jobs
-    ]
-    queue_totals = _summed(((j.endpoint, j.workflow), j.queue_total) for j in jobs)
-    flow_rows = [
-        WorkflowMetrics(
-            project=scope.endpoints.get(f.endpoint, ""),
-            project_slug=f.endpoint,
-            workflow=f.name,
-            branch=scope.measured_branch(f.endpoint),
-            window_start=iso(scope.since),
-            window_end=iso(scope.until),
-            days=round(scope.days, 4),
-            runs=f.runs,
-            successful_runs=f.ok,
-            failed_runs=f.failed,
-            canceled_runs=f.canceled,
-            success_rate=ratio(f.ok, f.runs - f.canceled),
-            throughput=f.runs / scope.days,
-            duration=DurationStats(f.timed, f.d_min, f.d_mean, f.d_p50, f.d_p95, f.d_max, f.d_stddev),
-            active_duration_median=f.active_p50,
-            recoveries=f.recoveries,
-            mttr_mean=f.mttr_mean,
-            mttr_median=f.mttr_median,
-            reruns=f.reruns,
-            rerun_rate=ratio(f.rerun_executions, f.executions),
-            first_pass_success_rate=ratio(f.first_ok, f.first_runs),
-            time_lost_failed=f.lost_failed,
-            time_lost_reruns=f.lost_reruns,
-            approval_wait_total=f.wait_total,
-            approval_wait_median=f.wait_p50,
-            queue_time_total=queue_totals.get((f.endpoint, f.name)),
-            queue_time_median=f.queue_p50,
-        )
-        for f in flows
-    ]
+    """The report's job and workflow rows from an engine's aggregates (the report's own formulas)."""
+    summed = queue_totals(jobs)
+    job_rows = [job_row(j) for j in jobs]
+    flow_rows = [workflow_row(scope, f, summed.get((f.endpoint, f.name))) for f in flows]
     return (
         sorted(job_rows, key=lambda j: (j.project_slug, j.workflow, j.job)),
         sorted(flow_rows, key=lambda w: (w.project_slug, w.workflow)),
@@ -361,8 +263,8 @@ def by_duckdb(conn: Connection, scope: Scope) -> Computed:
     duck_load(duck, conn, "jobs", job_rows(scope), JOB_TYPES)
     duck_load(duck, conn, "flows", flow_rows(scope), FLOW_TYPES)
     load_s = time.perf_counter() - start
-    jobs = typed(JobAgg, duck.execute(DUCK_JOBS).fetchall())
-    flows = typed(FlowAgg, duck.execute(DUCK_FLOWS).fetchall())
+    jobs = typed(JobTotals, duck.execute(DUCK_JOBS).fetchall())
+    flows = typed(WorkflowTotals, duck.execute(DUCK_FLOWS).fetchall())
     duck.close()
     return Computed(*assemble(scope, jobs, flows), load_s)
 
@@ -459,7 +361,7 @@ def by_polars(conn: Connection, scope: Scope) -> Computed:
         .join(mttr, on=keys, how="left")
         .with_columns(c("recoveries").fill_null(0))
     )
-    job_list, flow_list = typed(JobAgg, job_aggs.iter_rows()), typed(FlowAgg, table.iter_rows())
+    job_list, flow_list = typed(JobTotals, job_aggs.iter_rows()), typed(WorkflowTotals, table.iter_rows())
     return Computed(*assemble(scope, job_list, flow_list), load_s)
 
 

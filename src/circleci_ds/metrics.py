@@ -403,6 +403,113 @@ def warnings(conn: Connection, scope: Scope) -> list[str]:
 # -- workflow and project aggregates ---------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class JobTotals:
+    """One job's aggregates (project, workflow, job) over its executed runs in a scope, however they were
+    computed (SQL here; columnar engines in bench/engines.py): `job_row` applies the report's formulas."""
+
+    endpoint: str
+    workflow: str
+    job: str
+    runs: int
+    ok: int
+    failed: int
+    queue_total: float | None
+    duration_p50: float | None
+    duration_p95: float | None
+    queue_p50: float | None
+    queue_p95: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowTotals:
+    """One workflow's aggregates (project, workflow name) over its runs in a scope, however they were
+    computed: `workflow_row` applies the report's formulas."""
+
+    endpoint: str
+    name: str
+    runs: int
+    ok: int
+    failed: int
+    canceled: int
+    reruns: int
+    executions: int
+    rerun_executions: int
+    first_ok: int
+    first_runs: int
+    lost_failed: float | None
+    lost_reruns: float | None
+    wait_total: float | None
+    timed: int
+    d_min: float | None
+    d_mean: float | None
+    d_max: float | None
+    d_stddev: float | None
+    d_p50: float | None
+    d_p95: float | None
+    active_p50: float | None
+    wait_p50: float | None
+    queue_p50: float | None
+    recoveries: int
+    mttr_mean: float | None
+    mttr_median: float | None
+
+
+def job_row(t: JobTotals) -> JobMetrics:
+    """The report's row of one job."""
+    return JobMetrics(
+        project_slug=t.endpoint,
+        workflow=t.workflow,
+        job=t.job,
+        runs=t.runs,
+        successful_runs=t.ok,
+        failed_runs=t.failed,
+        failure_rate=_ratio(t.failed, t.ok + t.failed),
+        duration_p50=t.duration_p50,
+        duration_p95=t.duration_p95,
+        queue_time_p50=t.queue_p50,
+        queue_time_p95=t.queue_p95,
+    )
+
+
+def workflow_row(scope: Scope, t: WorkflowTotals, queue_total: float | None) -> WorkflowMetrics:
+    """The report's row of one workflow; `queue_total` is the sum of its jobs' queue times."""
+    return WorkflowMetrics(
+        project=scope.endpoints.get(t.endpoint, ""),
+        project_slug=t.endpoint,
+        workflow=t.name,
+        branch=scope.measured_branch(t.endpoint),
+        window_start=iso(scope.since),
+        window_end=iso(scope.until),
+        days=round(scope.days, 4),
+        runs=t.runs,
+        successful_runs=t.ok,
+        failed_runs=t.failed,
+        canceled_runs=t.canceled,
+        success_rate=_ratio(t.ok, t.runs - t.canceled),
+        throughput=t.runs / scope.days,
+        duration=DurationStats(t.timed, t.d_min, t.d_mean, t.d_p50, t.d_p95, t.d_max, t.d_stddev),
+        active_duration_median=t.active_p50,
+        recoveries=t.recoveries,
+        mttr_mean=t.mttr_mean,
+        mttr_median=t.mttr_median,
+        reruns=t.reruns,
+        rerun_rate=_ratio(t.rerun_executions, t.executions),
+        first_pass_success_rate=_ratio(t.first_ok, t.first_runs),
+        time_lost_failed=t.lost_failed,
+        time_lost_reruns=t.lost_reruns,
+        approval_wait_total=t.wait_total,
+        approval_wait_median=t.wait_p50,
+        queue_time_total=queue_total,
+        queue_time_median=t.queue_p50,
+    )
+
+
+def queue_totals(jobs: Iterable[JobGroup | JobTotals]) -> dict[tuple[str, str], float]:
+    """The queue time of each workflow (project, workflow name): the sum over its jobs."""
+    return _summed(((j.endpoint, j.workflow), j.queue_total) for j in jobs)
+
+
 def _run_columns() -> list[Any]:
     """Aggregates over workflow runs, the same for a workflow and for a whole project."""
     status, duration = W.c.status, W.c.duration
@@ -458,7 +565,7 @@ def workflow_metrics(conn: Connection, scope: Scope, groups: list[JobGroup]) -> 
         scope.where(J, J.c.workflow_created), J.c.executed.is_(True)
     )
     queue = percentiles(conn, queue_rows, ("endpoint", "name"), "queue_time", (0.5,))
-    queue_totals = _summed(((g.endpoint, g.workflow), g.queue_total) for g in groups)
+    summed = queue_totals(groups)
     recoveries = _grouped(mttr_recoveries(conn, scope))
     out = []
     for r in rows:
@@ -466,37 +573,14 @@ def workflow_metrics(conn: Connection, scope: Scope, groups: list[JobGroup]) -> 
         d = durations.get(key, {})
         mean, stddev = moments(r.timed, r.d_sum, r.d_squares)
         recovered = recoveries.get(key, [])
-        out.append(
-            WorkflowMetrics(
-                project=scope.endpoints.get(r.endpoint, ""),
-                project_slug=r.endpoint,
-                workflow=r.name,
-                branch=scope.measured_branch(r.endpoint),
-                window_start=iso(scope.since),
-                window_end=iso(scope.until),
-                days=round(scope.days, 4),
-                runs=r.runs,
-                successful_runs=r.ok,
-                failed_runs=r.failed,
-                canceled_runs=r.canceled,
-                success_rate=_ratio(r.ok, r.runs - r.canceled),
-                throughput=r.runs / scope.days,
-                duration=DurationStats(r.timed, r.d_min, mean, d.get(0.5), d.get(0.95), r.d_max, stddev),
-                active_duration_median=active.get(key, {}).get(0.5),
-                recoveries=len(recovered),
-                mttr_mean=_mean(recovered),
-                mttr_median=percentile(sorted(recovered), 0.5),
-                reruns=r.reruns,
-                rerun_rate=_ratio(r.rerun_executions, r.executions),
-                first_pass_success_rate=_ratio(r.first_ok, r.first_runs),
-                time_lost_failed=r.lost_failed,
-                time_lost_reruns=r.lost_reruns,
-                approval_wait_total=r.wait_total,
-                approval_wait_median=waits.get(key, {}).get(0.5),
-                queue_time_total=queue_totals.get(key),
-                queue_time_median=queue.get(key, {}).get(0.5),
-            )
-        )
+        totals = WorkflowTotals(
+            r.endpoint, r.name, r.runs, r.ok, r.failed, r.canceled, r.reruns, r.executions,
+            r.rerun_executions, r.first_ok, r.first_runs, r.lost_failed, r.lost_reruns, r.wait_total,
+            r.timed, r.d_min, mean, r.d_max, stddev, d.get(0.5), d.get(0.95),
+            active.get(key, {}).get(0.5), waits.get(key, {}).get(0.5), queue.get(key, {}).get(0.5),
+            len(recovered), _mean(recovered), percentile(sorted(recovered), 0.5),
+        )  # fmt: skip
+        out.append(workflow_row(scope, totals, summed.get(key)))
     return sorted(out, key=lambda w: (w.project_slug, w.workflow))
 
 
@@ -726,21 +810,11 @@ def job_metrics(conn: Connection, scope: Scope, groups: list[JobGroup]) -> list[
     for g in groups:
         key = (g.endpoint, g.workflow, g.job)
         d, q = durations.get(key, {}), queue.get(key, {})
-        out.append(
-            JobMetrics(
-                project_slug=g.endpoint,
-                workflow=g.workflow,
-                job=g.job,
-                runs=g.runs,
-                successful_runs=g.ok,
-                failed_runs=g.failed,
-                failure_rate=_ratio(g.failed, g.ok + g.failed),
-                duration_p50=d.get(0.5),
-                duration_p95=d.get(0.95),
-                queue_time_p50=q.get(0.5),
-                queue_time_p95=q.get(0.95),
-            )
-        )
+        totals = JobTotals(
+            g.endpoint, g.workflow, g.job, g.runs, g.ok, g.failed, g.queue_total,
+            d.get(0.5), d.get(0.95), q.get(0.5), q.get(0.95),
+        )  # fmt: skip
+        out.append(job_row(totals))
     return sorted(out, key=lambda j: (j.project_slug, j.workflow, j.job))
 
 
