@@ -381,15 +381,6 @@ def test_pace_grows_only_while_it_holds_requests_back() -> None:
     assert pacer.rate == pace
 
 
-def test_the_pace_grows_no_further_than_the_requests_sent_follow() -> None:
-    clock = FakeClock()
-    pacer = Pacer(clock=clock)
-    # 8 in flight at 100 ms carry 80 requests/s at most; workers coming back together still wait now
-    # and then, but a pace far above what is sent would say nothing when it is refused.
-    out = drive(pacer, clock, None, 10, workers=8, latency=0.1)
-    assert pacer.rate <= 1.5 * len(out.sent) / 10
-
-
 def climb(pacer: Pacer, clock: FakeClock, seconds: float) -> list[float]:
     """The paces every 0.5 s over `seconds` of requests held back by the pace, none refused."""
     paces = [pacer.rate]

@@ -18,9 +18,7 @@ Rules (each a method below; the clock is injectable, so every rule runs in simul
 2. **One request goes first after a pause**; the others wait for its answer, so a pause that ended too
    soon costs one 429, not one per request in flight.
 3. **Slow start**: the pace starts at `START` requests/s and grows x1.5 every `STEP` while it holds
-   requests back, until the first 429 or spent quota; it only ever grows while it holds requests back
-   and requests went at about the pace over the last `BINDING` s (not while the concurrency bounds
-   them: a pace far above what is sent says nothing when it is refused).
+   requests back, until the first 429 or spent quota; it only ever grows while it holds requests back.
 4. **An estimate at each pause**: the successes of the requests sent since the previous pause ended,
    over the time from then to the end of the new pause ("measured"). That is the server's rate for a
    fixed window (pauses end at window starts) and for a token bucket whose burst covers the pause, and
@@ -56,7 +54,6 @@ Read-only for displays: `paused_until` / `pause_remaining`, `requests_per_second
 from __future__ import annotations
 
 import asyncio
-import bisect
 import logging
 import math
 import time
@@ -203,7 +200,6 @@ class Pacer:
 
     START, START_GROWTH = 20.0, 1.5  # requests/s before anything is known; growth per STEP till then
     STEP = 0.25  # seconds between changes of pace
-    BINDING = 0.5  # seconds over which the pace must have been what sent requests, to grow
     SUSTAIN = 2.0  # seconds at a pace without a 429 that show the server takes it
     CLIMB_STEP = 2.0  # seconds between steps back up towards a refused pace
     CLIMB_MAX = 1.1  # growth per climbing step at most
@@ -568,9 +564,6 @@ class Pacer:
         """Raise a pace that holds requests back (rule 3; towards the refused pace after a 429)."""
         if now - self._last_change < self.STEP or now - self._waited_at > self.STEP:
             return
-        if not self._binding(now):
-            self._last_change = now  # requests held back now and then, fewer sent than the pace allows
-            return
         held = now - self._pace_since
         if held >= self.SUSTAIN:
             self._sustained = max(self._sustained, self.rate)
@@ -588,14 +581,6 @@ class Pacer:
         elif now - self._last_event >= self.HOLD and held >= self.SUSTAIN:
             self._set(self.rate * self.PUSH, now)
         self._last_change = now
-
-    def _binding(self, now: float) -> bool:
-        """Requests went at about the pace since it was set (over the last `BINDING` s at most)."""
-        start = max(now - self.BINDING, self._pace_since)
-        if now - start < 0.1:
-            return True
-        sent = len(self._sent) - bisect.bisect_left(self._sent, start)
-        return sent >= 0.8 * self.rate * (now - start)
 
     def _set(self, rate: float, now: float) -> None:
         rate = max(0.5, rate)
