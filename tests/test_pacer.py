@@ -406,6 +406,22 @@ def test_the_pace_climbs_back_towards_a_refused_one_in_bounded_steps() -> None:
     assert paces[-1] == pytest.approx(Pacer.MARGIN * refused, rel=0.02)  # just under the refused pace
 
 
+def test_a_lone_429_ends_the_climb_back() -> None:
+    clock = FakeClock()
+    pacer = Pacer(clock=clock)
+    limited(pacer, "1")  # the run's first 429
+    clock.now += pacer.pause_remaining
+    drive(pacer, clock, None, 0.2)
+    clock.now += pacer.delay()
+    limited(pacer, "1")  # a spent limit: the pace climbs back towards this one
+    clock.now += pacer.pause_remaining
+    assert len(set(climb(pacer, clock, 6.0))) > 1  # partway up
+    answered(pacer, clock, Pacer.RUN)
+    pacer.observe(send(pacer, clock), 429, {"Retry-After": "1"})  # lone: refusals begin here
+    assert pacer.paused_until is None
+    assert set(climb(pacer, clock, 20.0)) == {pacer.rate}  # held, until a minute has passed
+
+
 def test_a_pace_refused_only_by_the_runs_first_429_is_climbed_past() -> None:
     clock = FakeClock()
     pacer = Pacer(clock=clock)
