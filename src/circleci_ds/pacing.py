@@ -423,8 +423,9 @@ class Pacer:
         self._event(now, pause, refused=True)
 
     def _lone(self, ticket: Ticket, pause: float, now: float) -> bool:
-        """Rule 1a: a 429 of a request in flight at the last lone one, or after `RUN` successes and
-        `SUSTAIN` s since the last pause (before that, the bucket's refill in the pause carried the pace)."""
+        """Rule 1a: a 429 of a request in flight at the last lone one (counted in the streak, which ends
+        it), or after `RUN` successes and `SUSTAIN` s since the last pause (before that, the bucket's
+        refill in the pause carried the pace)."""
         if self.estimate is None or pause > self.LONG:
             return False
         if ticket.sent < self._lone_at:  # in flight at the last lone 429: the same refusal, unless
