@@ -29,11 +29,11 @@ Rules (each a method below; the clock is injectable, so every rule runs in simul
    jitter); and `DECREASE` x the refused pace (see `_cut` for the first 429). The pace is `MARGIN` x
    the estimate; it climbs back towards the refused pace by halves every `CLIMB_STEP` s, at most
    x`CLIMB_MAX` a step (so an overshoot past a small bucket's rate is small and costs one pause), until
-   a lone 429 says where refusals begin; a pace refused only by the run's first 429 is climbed past
-   (x`START_GROWTH`), as a stall or slow start's overshoot may have caused it. `HOLD` s after the last
-   pause it probes above (x`PUSH` every `SUSTAIN` s) to follow a limit that rose. No two requests go
-   much closer than the pace's interval (`CATCH_UP`): a bucket of one refuses any pair closer than
-   its own.
+   a lone 429 that cuts the pace says where refusals begin; a pace refused only by the run's first
+   429 is climbed past (x`START_GROWTH`), as a stall or slow start's overshoot may have caused it.
+   `HOLD` s after the last pause it probes above (x`PUSH` every `SUSTAIN` s) to follow a limit that
+   rose. No two requests go much closer than the pace's interval (`CATCH_UP`): a bucket of one refuses
+   any pair closer than its own.
 4a. **The flood**: when the requests in flight at a pause are answered, during it, mostly 429 (`FLOOD`
    or more) with some admitted between the refused, the pace was far past a drained bucket's rate, which
    admits about pace x the share admitted: the estimate drops to that (or to the measured rate if
@@ -108,6 +108,17 @@ class Flood:
     refused: int = 1  # the 429 that began it
     first_ok: float = math.inf  # the seq of the first request admitted
     last_refused: float = -math.inf  # the seq of the last request refused
+
+    def answer(self, ticket: Ticket, admitted: bool) -> None:
+        """Count `ticket`'s answer if its request was in flight when the pause began."""
+        if ticket.sent >= self.at:
+            return
+        if admitted:
+            self.ok += 1
+            self.first_ok = min(self.first_ok, ticket.seq)
+        else:
+            self.refused += 1
+            self.last_refused = max(self.last_refused, ticket.seq)
 
     def admitted_rate(self, least: int) -> float | None:
         """The pace times the share admitted, when `least` or more were refused, most were, and
@@ -384,9 +395,8 @@ class Pacer:
             self._failed_probes = 0
         if 200 <= status < 300:
             self._ok += 1
-            if self._flood is not None and ticket.sent < self._flood.at:
-                self._flood.ok += 1
-                self._flood.first_ok = min(self._flood.first_ok, ticket.seq)
+            if self._flood is not None:
+                self._flood.answer(ticket, admitted=True)
             if ticket.seq > self._lone_seq:
                 self._streak = 0
             if ticket.sent >= self._cycle_start:
@@ -410,9 +420,8 @@ class Pacer:
         if ticket.probe or ticket.sent < self._cycle_start or self._paused_until > now:
             # The first request after a pause, one sent before that pause ended, or one answered
             # during this pause: the same event, which says nothing new about the rate but the flood.
-            if self._flood is not None and ticket.sent < self._flood.at:
-                self._flood.refused += 1
-                self._flood.last_refused = max(self._flood.last_refused, ticket.seq)
+            if self._flood is not None:
+                self._flood.answer(ticket, admitted=False)
             if now + pause > self._paused_until:
                 self._pause(now, now + pause)
             return
