@@ -105,28 +105,37 @@ class Flood:
     pace: float  # the pace refused
     measured: float  # the rate measured at the pause
     ok: int = 0
-    refused: int = 1  # the 429 that began it
+    refused: int = 1  # the 429 that began it, and those answered apart from the one before (a server
+    # that stalled a moment answers its bunch at once, admitted or not, whatever the pace)
     first_ok: float = math.inf  # the seq of the first request admitted
     last_refused: float = -math.inf  # the seq of the last request refused
+    last_refusal: float = -math.inf  # when it was answered
 
-    def answer(self, ticket: Ticket, admitted: bool) -> None:
+    def answer(self, ticket: Ticket, admitted: bool, now: float) -> None:
         """Count `ticket`'s answer if its request was in flight when the pause began."""
         if ticket.sent >= self.at:
             return
         if admitted:
             self.ok += 1
             self.first_ok = min(self.first_ok, ticket.seq)
-        else:
+            return
+        self.last_refused = max(self.last_refused, ticket.seq)
+        if now - max(self.at, self.last_refusal) >= 0.5 / self.pace:
             self.refused += 1
-            self.last_refused = max(self.last_refused, ticket.seq)
+            self.last_refusal = now
 
     def admitted_rate(self, least: int) -> float | None:
-        """The pace times the share admitted, when `least` or more were refused, most were, and
-        admitted ones came between them: the rate a drained bucket admits, whatever it refilled in the
-        pause. (A window refuses all until it ends, then admits all: no rate in that.)"""
-        share = self.ok / (self.ok + self.refused)
+        """The pace times the share admitted, when `least` or more were refused and admitted ones came
+        between them: the rate a drained bucket admits, whatever it refilled in the pause. (A window
+        refuses all until it ends, then admits all: no rate in that.)"""
         mixed = self.first_ok < self.last_refused
-        return self.pace * share if self.refused >= least and mixed and share < 0.5 else None
+        return self.pace * self.ok / (self.ok + self.refused) if self.refused >= least and mixed else None
+
+    @property
+    def far_past(self) -> bool:
+        """Two in three or more refused. (A bucket of one admits every other request at up to twice its
+        rate: a share of a half says little.)"""
+        return self.refused >= 2 * self.ok
 
 
 # -- pure parsing ------------------------------------------------------------------------------------
@@ -217,13 +226,16 @@ class Pacer:
     HELD_CAP = 2.0  # a held pace counts for at most this many times the measured rate
     LONG = 2.0  # a pause this long is a window's end: the stretch between pauses measures the rate
     MARGIN = 0.94  # the pace kept under the estimate
-    CATCH_UP = 0.03  # a late request keeps its slot if at most this share of an interval late
+    CATCH_UP = 0.03  # two requests go at least (1 - this) intervals apart
+    CREDIT = 1.0  # a late request keeps its slot if at most this many intervals late
     JITTER_CUT = 0.9  # the pace after a 429 at a pace held SUSTAIN seconds
     FIRST_CUT, DECREASE = 0.5, 0.7  # at least this share of a refused pace is kept (first 429, later)
     RUN = 20  # successes since the last 429 that make the next one lone (rule 1a)
     SOFT_CUT = 0.95  # the pace after a lone 429
     QUIET = 100  # successes since the last 429 that leave the pace as it is at a lone 429
+    AGAIN = 2  # successes since a lone 429 that make the next 429 lone too
     FLOOD = 4  # refusals of requests in flight at a pause that can show how far the pace was past the rate
+    BUNCH = 3  # refusals in a row, in flight at a lone 429 and answered apart, that show a pace past a limit
     STREAK = 5  # refusals in a row, in flight at a lone 429, that show a spent limit after all
     HOLD = 60.0  # seconds a pace under a refused one is held before probing above it
     PUSH = 1.05  # growth per SUSTAIN seconds when probing above
@@ -247,6 +259,7 @@ class Pacer:
         self._sustained = 0.0  # the highest pace held SUSTAIN seconds without a 429
         self._pace_since = now  # when the pace last changed
         self._next = 0.0  # the next free slot
+        self._gap_until = -math.inf  # no request before: the last one's send + (1 - CATCH_UP) intervals
         self._paused_until = -math.inf
         self._cycle_start = now  # when the last pause ended (or the first request)
         self._started = False
@@ -273,6 +286,8 @@ class Pacer:
         self._lone_at = -math.inf  # when the last lone 429 was answered
         self._lone_seq = 0  # the seq of its request
         self._streak = 0  # 429s since then of requests sent after it, with no 2xx of one between
+        self._lone_cut = False  # whether the pace was cut for it
+        self._spaced, self._refusal_at = 0, -math.inf  # refusals since then answered apart, the last's time
         self.rate_limited = 0  # 429s seen
 
     # -- read-only views -------------------------------------------------------------------------
@@ -344,7 +359,7 @@ class Pacer:
             return self._paused_until - now
         if self._probe_out is not None:
             return self.POLL
-        return max(0.0, self._next - now)
+        return max(0.0, self._next - now, self._gap_until - now)
 
     def try_acquire(self, budget: WaitBudget | None = None) -> Ticket | None:
         """A ticket if a request may go now (it takes the slot), else None. A request refused by a lone
@@ -364,8 +379,10 @@ class Pacer:
         interval = 1.0 / self.rate
         # A slightly late wake-up keeps its place in the schedule; no two requests go much closer than
         # the interval (a bucket of one refuses any pair closer than its own). Idle time earns no burst.
-        slot = max(self._next, now - self.CATCH_UP * interval)
+        credit = self.CATCH_UP if self.rate == self.max_rps else self.CREDIT
+        slot = max(self._next, now - credit * interval)
         self._next = slot + interval
+        self._gap_until = now + (1.0 - self.CATCH_UP) * interval
         self._seq += 1
         probe = self._need_probe
         if probe:
@@ -396,7 +413,7 @@ class Pacer:
         if 200 <= status < 300:
             self._ok += 1
             if self._flood is not None:
-                self._flood.answer(ticket, admitted=True)
+                self._flood.answer(ticket, True, now)
             if ticket.seq > self._lone_seq:
                 self._streak = 0
             if ticket.sent >= self._cycle_start:
@@ -421,8 +438,9 @@ class Pacer:
             # The first request after a pause, one sent before that pause ended, or one answered
             # during this pause: the same event, which says nothing new about the rate but the flood.
             if self._flood is not None:
-                self._flood.answer(ticket, admitted=False)
-            if now + pause > self._paused_until:
+                self._flood.answer(ticket, False, now)
+            asked = retry_after is not None or ticket.probe  # else the pause in force is our own guess
+            if now + pause > self._paused_until and (asked or self._paused_until <= now):
                 self._pause(now, now + pause)
             return
         if self._lone(ticket, pause, now):
@@ -440,22 +458,32 @@ class Pacer:
         if ticket.sent < self._lone_at:  # in flight at the last lone 429: the same refusal, unless
             self._streak += ticket.seq > self._lone_seq
             return self._streak < self.STREAK  # no request sent since has gone through: a spent limit
-        return self._ok - self._ok_at_429 >= self.RUN and now - self._cycle_start >= self.SUSTAIN
+        run = self._ok - self._ok_at_429
+        again = self._lone_at > self._cycle_start and run >= self.AGAIN  # the pace still past the rate
+        return (run >= self.RUN or again) and now - self._cycle_start >= self.SUSTAIN
 
     def _refuse_one(self, ticket: Ticket, pause: float, now: float) -> None:
         """Only the refused request waits; a new refusal slows the pace (rule 1a)."""
         if ticket.budget is not None:
             ticket.budget.not_before = max(ticket.budget.not_before, now + pause)
-        if ticket.sent < self._lone_at:
-            return  # in flight at the last lone 429: the same refusal
-        run = self._ok - self._ok_at_429
-        if run < self.QUIET:
-            log.debug("HTTP 429 after %d successes: pace %.1f/s -> %.1f/s", run, self.rate,
-                      self.SOFT_CUT * self.rate)  # fmt: skip
-            self._set(self.SOFT_CUT * self.rate, now)
-            self._last_event, self._refused = now, None  # the climb back ends where refusals begin
-            self._doubt_first = False
-        self._lone_at, self._lone_seq, self._streak, self._ok_at_429 = now, ticket.seq, 1, self._ok
+        if ticket.sent >= self._lone_at:
+            run = self._ok - self._ok_at_429
+            self._lone_at, self._lone_seq, self._streak, self._ok_at_429 = now, ticket.seq, 1, self._ok
+            self._spaced, self._refusal_at = 1, now
+            self._lone_cut = run < self.QUIET  # else one refusal in that many fits the budget
+            if not self._lone_cut:
+                return
+        else:  # in flight at the last lone 429: the same refusal, answered with it if a stall's bunch
+            if now - self._refusal_at >= 0.5 / self.rate:
+                self._spaced, self._refusal_at = self._spaced + 1, now
+            if self._spaced < self.BUNCH or self._lone_cut:
+                return
+            self._lone_cut = True  # refusals in a row, as they were sent: the pace is past a limit
+        log.debug("HTTP 429 (%d in a row): pace %.1f/s -> %.1f/s", self._streak, self.rate,
+                  self.SOFT_CUT * self.rate)  # fmt: skip
+        self._set(self.SOFT_CUT * self.rate, now)
+        self._last_event, self._refused = now, None  # the climb back ends where refusals begin
+        self._doubt_first = False
 
     def _note_quota(self, ticket: Ticket, quota: Quota, now: float) -> None:
         if ticket.seq <= self._quota_seq or ticket.sent < self._cycle_start:
@@ -525,17 +553,24 @@ class Pacer:
         return self.FIRST_CUT if measured is not None else self.JITTER_CUT
 
     def _settle_flood(self, now: float) -> None:
-        """Rule 4a: most requests in flight at the pause refused shows a pace far past the rate."""
+        """Rule 4a: the share of the requests in flight at the pause admitted shows the bucket's rate."""
         flood, self._flood = self._flood, None
         admitted = flood.admitted_rate(self.FLOOD) if flood is not None else None
         if flood is None or admitted is None or self.estimate is None:
             return
-        estimate = max(flood.measured, admitted)
-        if estimate < self.estimate:
-            log.debug("%d of %d in flight refused: server rate about %.1f/s", flood.refused,
-                      flood.refused + flood.ok, estimate)  # fmt: skip
-            self.estimate, self._refused = estimate, None
-            self._set(self.MARGIN * estimate, now)
+        if flood.far_past:  # far past the rate: drop there at once and hold it
+            estimate = max(flood.measured, admitted)
+            if estimate >= self.estimate:
+                return
+            self._refused = None
+        elif self._doubt_first and admitted > self.estimate:  # the first 429's cut was a guess
+            estimate, self._doubt_first = admitted, False  # (the climb goes on to the next lone 429)
+        else:
+            return
+        log.debug("%d of %d in flight refused: server rate about %.1f/s", flood.refused,
+                  flood.refused + flood.ok, estimate)  # fmt: skip
+        self.estimate = estimate
+        self._set(self.MARGIN * estimate, now)
 
     def _held_floor(self, pace: float, previous: float | None, measured: float | None) -> float:
         """The pace the server is known to take: the highest held SUSTAIN seconds without a 429."""
@@ -581,7 +616,7 @@ class Pacer:
         if self.estimate is None:
             self._set(self.rate * self.START_GROWTH, now)
         elif refused is not None and self.rate < 0.99 * self.MARGIN * refused:
-            if held >= self.CLIMB_STEP:
+            if held >= self.CLIMB_STEP / (2 if self._doubt_first else 1):
                 self._set(min((self.rate + self.MARGIN * refused) / 2, self.CLIMB_MAX * self.rate), now)
         elif refused is not None:
             # Reached just under the refused pace: hold it, unless only the run's first 429 refused it
