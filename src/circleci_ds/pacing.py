@@ -553,24 +553,17 @@ class Pacer:
         return self.FIRST_CUT if measured is not None else self.JITTER_CUT
 
     def _settle_flood(self, now: float) -> None:
-        """Rule 4a: the share of the requests in flight at the pause admitted shows the bucket's rate."""
+        """Rule 4a: most requests in flight at the pause refused shows a pace far past the rate."""
         flood, self._flood = self._flood, None
-        admitted = flood.admitted_rate(self.FLOOD) if flood is not None else None
+        admitted = flood.admitted_rate(self.FLOOD) if flood is not None and flood.far_past else None
         if flood is None or admitted is None or self.estimate is None:
             return
-        if flood.far_past:  # far past the rate: drop there at once and hold it
-            estimate = max(flood.measured, admitted)
-            if estimate >= self.estimate:
-                return
-            self._refused = None
-        elif self._doubt_first and admitted > self.estimate:  # the first 429's cut was a guess
-            estimate, self._doubt_first = admitted, False  # (the climb goes on to the next lone 429)
-        else:
-            return
-        log.debug("%d of %d in flight refused: server rate about %.1f/s", flood.refused,
-                  flood.refused + flood.ok, estimate)  # fmt: skip
-        self.estimate = estimate
-        self._set(self.MARGIN * estimate, now)
+        estimate = max(flood.measured, admitted)
+        if estimate < self.estimate:
+            log.debug("%d of %d in flight refused: server rate about %.1f/s", flood.refused,
+                      flood.refused + flood.ok, estimate)  # fmt: skip
+            self.estimate, self._refused = estimate, None
+            self._set(self.MARGIN * estimate, now)
 
     def _held_floor(self, pace: float, previous: float | None, measured: float | None) -> float:
         """The pace the server is known to take: the highest held SUSTAIN seconds without a 429."""
