@@ -609,7 +609,7 @@ class Pacer:
         if self.estimate is None:
             self._set(self.rate * self.START_GROWTH, now)
         elif refused is not None and self.rate < 0.99 * self.MARGIN * refused:
-            if held >= self.CLIMB_STEP / (2 if self._doubt_first else 1):
+            if held >= self.CLIMB_STEP:
                 self._set(min((self.rate + self.MARGIN * refused) / 2, self.CLIMB_MAX * self.rate), now)
         elif refused is not None:
             # Reached just under the refused pace: hold it, unless only the run's first 429 refused it
