@@ -263,6 +263,20 @@ def test_a_429_in_flight_at_a_lone_one_is_the_same_refusal_also_when_the_pace_wa
     assert pacer.paused_until is None
 
 
+@pytest.mark.parametrize("apart", [True, False])
+def test_refusals_in_flight_at_a_quiet_lone_429_answered_apart_slow_the_pace(apart: bool) -> None:
+    clock = FakeClock()
+    pacer = learned(clock, Pacer.QUIET)  # a quiet run: the lone 429 leaves the pace as it is
+    pace = pacer.rate
+    tickets = [send(pacer, clock) for _ in range(Pacer.BUNCH)]  # all out before the first answer
+    clock.now += 0.1
+    for ticket in tickets:  # a window refusing the end of its second, or a stalled server's bunch
+        clock.now += 1.0 / pace if apart else 0.0
+        pacer.observe(ticket, 429, {"Retry-After": "1"})
+    assert pacer.paused_until is None
+    assert pacer.rate == pytest.approx(Pacer.SOFT_CUT * pace if apart else pace)
+
+
 def test_refusals_in_a_row_in_flight_at_a_lone_429_are_a_spent_limit() -> None:
     clock = FakeClock()
     pacer = learned(clock, Pacer.QUIET)

@@ -4,15 +4,18 @@ Rules (each a method below; the clock is injectable, so every rule runs in simul
 1. **A 429 that shows the limit spent pauses every request**, for its `Retry-After` (seconds, or an HTTP
    date measured against the response's own `Date`); without one, for 1 s, doubling (up to 60 s) while
    the first request after a pause is refused again. A 429 answering a request sent before the pause
-   began is the same event: it only lengthens the pause if it asks for more.
+   began is the same event: it only lengthens the pause if its own `Retry-After` asks for more.
 1a. **A lone 429 only slows the pace**: once the pace is learned, a 429 with a `Retry-After` of at most
-   `LONG` s (or none) that comes after `RUN` successes since the last 429 and `SUSTAIN` s since the
-   last pause is arrival jitter against a small bucket, not a spent limit: the others go on, and the
-   pace drops to `SOFT_CUT` x itself unless `QUIET` successes came since the last 429 (one refusal in
-   that many fits the budget). 429s of requests sent before a lone one was answered are the same
-   refusal (a server that stalled a moment sees a bunch of requests at once), unless `STREAK` of them
-   in a row, with no success of a request sent after the lone one between, show a spent limit after
-   all. Any other 429 is a spent limit (rule 1). Either way **the refused request itself waits
+   `LONG` s (or none) that comes after `RUN` successes since the last 429 (or `AGAIN` since a lone
+   one: a bucket refusing one request in a few) and `SUSTAIN` s since the last pause is arrival
+   jitter or a pace a little past a bucket's rate, not a spent limit: the others go on, and the pace
+   drops to `SOFT_CUT` x itself unless `QUIET` successes came since the last 429 (one refusal in that
+   many fits the budget). 429s of requests sent before a lone one was answered are the same refusal
+   (a server that stalled a moment sees a bunch of requests at once and answers them together),
+   unless `BUNCH` of them answered apart show the pace past a limit (a window refusing the end of
+   each second): then the pace drops as above even after `QUIET` successes; or `STREAK` of them in a
+   row, with no success of a request sent after the lone one between, show a spent limit after all.
+   Any other 429 is a spent limit (rule 1). Either way **the refused request itself waits
    out its `Retry-After`** (1 s without one) before it is sent again (`WaitBudget.not_before`, see
    `hold`).
 2. **One request goes first after a pause**; the others wait for its answer, so a pause that ended too
@@ -34,10 +37,11 @@ Rules (each a method below; the clock is injectable, so every rule runs in simul
    `HOLD` s after the last pause it probes above (x`PUSH` every `SUSTAIN` s) to follow a limit that
    rose. No two requests go much closer than the pace's interval (`CATCH_UP`): a bucket of one refuses
    any pair closer than its own.
-4a. **The flood**: when the requests in flight at a pause are answered, during it, mostly 429 (`FLOOD`
-   or more) with some admitted between the refused, the pace was far past a drained bucket's rate, which
-   admits about pace x the share admitted: the estimate drops to that (or to the measured rate if
-   higher) and is held. (A window refuses all until it ends and then admits all: no rate in that.)
+4a. **The flood**: when the requests in flight at a pause are answered, during it, two in three or
+   more 429 (`FLOOD` or more, those answered together counting once) with some admitted between the
+   refused, the pace was far past a drained bucket's rate, which admits about pace x the share
+   admitted: the estimate drops to that (or to the measured rate if higher) and is held. (A window
+   refuses all until it ends and then admits all: no rate in that; nor in a stalled server's bunch.)
 5. **Quota headers** (`RateLimit-*` or `X-RateLimit-*`, reset as seconds or as an epoch): the remaining
    quota, less the requests sent after the request that reported it, is spent down; at zero every
    request waits for the reset, a pause without the 429, estimated like one; for a quota seen
@@ -226,8 +230,7 @@ class Pacer:
     HELD_CAP = 2.0  # a held pace counts for at most this many times the measured rate
     LONG = 2.0  # a pause this long is a window's end: the stretch between pauses measures the rate
     MARGIN = 0.94  # the pace kept under the estimate
-    CATCH_UP = 0.03  # two requests go at least (1 - this) intervals apart
-    CREDIT = 1.0  # a late request keeps its slot if at most this many intervals late
+    CATCH_UP = 0.03  # a late request keeps its slot if at most this share of an interval late
     JITTER_CUT = 0.9  # the pace after a 429 at a pace held SUSTAIN seconds
     FIRST_CUT, DECREASE = 0.5, 0.7  # at least this share of a refused pace is kept (first 429, later)
     RUN = 20  # successes since the last 429 that make the next one lone (rule 1a)
@@ -235,7 +238,7 @@ class Pacer:
     QUIET = 100  # successes since the last 429 that leave the pace as it is at a lone 429
     AGAIN = 2  # successes since a lone 429 that make the next 429 lone too
     FLOOD = 4  # refusals of requests in flight at a pause that can show how far the pace was past the rate
-    BUNCH = 3  # refusals in a row, in flight at a lone 429 and answered apart, that show a pace past a limit
+    BUNCH = 3  # refusals in flight at a lone 429, answered apart, that show the pace past a limit
     STREAK = 5  # refusals in a row, in flight at a lone 429, that show a spent limit after all
     HOLD = 60.0  # seconds a pace under a refused one is held before probing above it
     PUSH = 1.05  # growth per SUSTAIN seconds when probing above
@@ -259,7 +262,6 @@ class Pacer:
         self._sustained = 0.0  # the highest pace held SUSTAIN seconds without a 429
         self._pace_since = now  # when the pace last changed
         self._next = 0.0  # the next free slot
-        self._gap_until = -math.inf  # no request before: the last one's send + (1 - CATCH_UP) intervals
         self._paused_until = -math.inf
         self._cycle_start = now  # when the last pause ended (or the first request)
         self._started = False
@@ -359,7 +361,7 @@ class Pacer:
             return self._paused_until - now
         if self._probe_out is not None:
             return self.POLL
-        return max(0.0, self._next - now, self._gap_until - now)
+        return max(0.0, self._next - now)
 
     def try_acquire(self, budget: WaitBudget | None = None) -> Ticket | None:
         """A ticket if a request may go now (it takes the slot), else None. A request refused by a lone
@@ -379,10 +381,8 @@ class Pacer:
         interval = 1.0 / self.rate
         # A slightly late wake-up keeps its place in the schedule; no two requests go much closer than
         # the interval (a bucket of one refuses any pair closer than its own). Idle time earns no burst.
-        credit = self.CATCH_UP if self.rate == self.max_rps else self.CREDIT
-        slot = max(self._next, now - credit * interval)
+        slot = max(self._next, now - self.CATCH_UP * interval)
         self._next = slot + interval
-        self._gap_until = now + (1.0 - self.CATCH_UP) * interval
         self._seq += 1
         probe = self._need_probe
         if probe:
