@@ -124,22 +124,24 @@ class Flood:
             self.first_ok = min(self.first_ok, ticket.seq)
             return
         self.last_refused = max(self.last_refused, ticket.seq)
-        if now - max(self.at, self.last_refusal) >= 0.5 / self.pace:
+        if answered_apart(now, max(self.at, self.last_refusal), self.pace):
             self.refused += 1
             self.last_refusal = now
 
     def admitted_rate(self, least: int) -> float | None:
-        """The pace times the share admitted, when `least` or more were refused and admitted ones came
-        between them: the rate a drained bucket admits, whatever it refilled in the pause. (A window
-        refuses all until it ends, then admits all: no rate in that.)"""
+        """The pace times the share admitted, when `least` or more and two in three or more were
+        refused, and admitted ones came between them: the rate a drained bucket admits, whatever it
+        refilled in the pause. (A window refuses all until it ends, then admits all: no rate in that. A
+        bucket of one admits every other request at up to twice its rate: a half says little.)"""
         mixed = self.first_ok < self.last_refused
-        return self.pace * self.ok / (self.ok + self.refused) if self.refused >= least and mixed else None
+        far_past = self.refused >= least and self.refused >= 2 * self.ok
+        return self.pace * self.ok / (self.ok + self.refused) if far_past and mixed else None
 
-    @property
-    def far_past(self) -> bool:
-        """Two in three or more refused. (A bucket of one admits every other request at up to twice its
-        rate: a share of a half says little.)"""
-        return self.refused >= 2 * self.ok
+
+def answered_apart(now: float, last: float, pace: float) -> bool:
+    """Whether an answer at `now` came apart from the one at `last`, as requests sent at `pace` are
+    answered, rather than with it, as a server that stalled a moment answers the bunch it then read."""
+    return now - last >= 0.5 / pace
 
 
 # -- pure parsing ------------------------------------------------------------------------------------
@@ -474,13 +476,12 @@ class Pacer:
             if not self._lone_cut:
                 return
         else:  # in flight at the last lone 429: the same refusal, answered with it if a stall's bunch
-            if now - self._refusal_at >= 0.5 / self.rate:
+            if answered_apart(now, self._refusal_at, self.rate):
                 self._spaced, self._refusal_at = self._spaced + 1, now
             if self._spaced < self.BUNCH or self._lone_cut:
                 return
             self._lone_cut = True  # refusals in a row, as they were sent: the pace is past a limit
-        log.debug("HTTP 429 (%d in a row): pace %.1f/s -> %.1f/s", self._streak, self.rate,
-                  self.SOFT_CUT * self.rate)  # fmt: skip
+        log.debug("HTTP 429, alone: pace %.1f/s -> %.1f/s", self.rate, self.SOFT_CUT * self.rate)
         self._set(self.SOFT_CUT * self.rate, now)
         self._last_event, self._refused = now, None  # the climb back ends where refusals begin
         self._doubt_first = False
@@ -555,7 +556,7 @@ class Pacer:
     def _settle_flood(self, now: float) -> None:
         """Rule 4a: most requests in flight at the pause refused shows a pace far past the rate."""
         flood, self._flood = self._flood, None
-        admitted = flood.admitted_rate(self.FLOOD) if flood is not None and flood.far_past else None
+        admitted = flood.admitted_rate(self.FLOOD) if flood is not None else None
         if flood is None or admitted is None or self.estimate is None:
             return
         estimate = max(flood.measured, admitted)
