@@ -305,9 +305,9 @@ def flood(pacer: Pacer, clock: FakeClock, answers: str, *, at_once: bool = False
     a moment); return the pace refused."""
     pace = pacer.rate
     tickets = [send(pacer, clock) for _ in answers]
-    latency = clock.now - tickets[0].sent + 0.1  # all are in flight when the first is answered
+    first = clock.now + 0.1  # all are in flight when the first is answered
     for ticket, answer in zip(tickets, answers, strict=True):
-        clock.now = max(clock.now, clock.now if at_once else ticket.sent + latency)
+        clock.now = first if at_once else ticket.sent - tickets[0].sent + first
         pacer.observe(ticket, 200 if answer == "o" else 429, {"Retry-After": "1"})
     clock.now += pacer.pause_remaining
     assert send(pacer, clock).probe
