@@ -63,7 +63,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 
 log = logging.getLogger("circleci_ds.api")
@@ -102,6 +102,20 @@ class WaitBudget:
 
 
 @dataclass(slots=True)
+class Bunches:
+    """429s counted once per bunch: one answered within half the pace's interval of the last counted
+    is the same bunch (a server that stalled a moment answers what it then read at once, admitted or
+    not, whatever the pace); requests sent at the pace are answered as far apart."""
+
+    last: float  # when the last one counted was answered
+    count: int = 1
+
+    def note(self, now: float, pace: float) -> None:
+        if now - self.last >= 0.5 / pace:
+            self.count, self.last = self.count + 1, now
+
+
+@dataclass(slots=True)
 class Flood:
     """The answers, during a pause, to the requests in flight when it began (rule 4a)."""
 
@@ -109,11 +123,12 @@ class Flood:
     pace: float  # the pace refused
     measured: float  # the rate measured at the pause
     ok: int = 0
-    refused: int = 1  # the 429 that began it, and those answered apart from the one before (a server
-    # that stalled a moment answers its bunch at once, admitted or not, whatever the pace)
+    refused: Bunches = field(init=False)  # the 429 that began it and those since, a bunch counted once
     first_ok: float = math.inf  # the seq of the first request admitted
     last_refused: float = -math.inf  # the seq of the last request refused
-    last_refusal: float = -math.inf  # when it was answered
+
+    def __post_init__(self) -> None:
+        self.refused = Bunches(self.at)
 
     def answer(self, ticket: Ticket, admitted: bool, now: float) -> None:
         """Count `ticket`'s answer if its request was in flight when the pause began."""
@@ -124,24 +139,16 @@ class Flood:
             self.first_ok = min(self.first_ok, ticket.seq)
             return
         self.last_refused = max(self.last_refused, ticket.seq)
-        if answered_apart(now, max(self.at, self.last_refusal), self.pace):
-            self.refused += 1
-            self.last_refusal = now
+        self.refused.note(now, self.pace)
 
     def admitted_rate(self, least: int) -> float | None:
         """The pace times the share admitted, when `least` or more and two in three or more were
         refused, and admitted ones came between them: the rate a drained bucket admits, whatever it
         refilled in the pause. (A window refuses all until it ends, then admits all: no rate in that. A
         bucket of one admits every other request at up to twice its rate: a half says little.)"""
-        mixed = self.first_ok < self.last_refused
-        far_past = self.refused >= least and self.refused >= 2 * self.ok
-        return self.pace * self.ok / (self.ok + self.refused) if far_past and mixed else None
-
-
-def answered_apart(now: float, last: float, pace: float) -> bool:
-    """Whether an answer at `now` came apart from the one at `last`, as requests sent at `pace` are
-    answered, rather than with it, as a server that stalled a moment answers the bunch it then read."""
-    return now - last >= 0.5 / pace
+        refused, mixed = self.refused.count, self.first_ok < self.last_refused
+        far_past = refused >= least and refused >= 2 * self.ok
+        return self.pace * self.ok / (self.ok + refused) if far_past and mixed else None
 
 
 # -- pure parsing ------------------------------------------------------------------------------------
@@ -291,7 +298,7 @@ class Pacer:
         self._lone_seq = 0  # the seq of its request
         self._streak = 0  # 429s since then of requests sent after it, with no 2xx of one between
         self._lone_cut = False  # whether the pace was cut for it
-        self._spaced, self._refusal_at = 0, -math.inf  # refusals since then answered apart, the last's time
+        self._lone_bunches = Bunches(-math.inf, 0)  # it and the refusals in flight since, per bunch
         self.rate_limited = 0  # 429s seen
 
     # -- read-only views -------------------------------------------------------------------------
@@ -471,14 +478,13 @@ class Pacer:
         if ticket.sent >= self._lone_at:
             run = self._ok - self._ok_at_429
             self._lone_at, self._lone_seq, self._streak, self._ok_at_429 = now, ticket.seq, 1, self._ok
-            self._spaced, self._refusal_at = 1, now
+            self._lone_bunches = Bunches(now)
             self._lone_cut = run < self.QUIET  # else one refusal in that many fits the budget
             if not self._lone_cut:
                 return
         else:  # in flight at the last lone 429: the same refusal, answered with it if a stall's bunch
-            if answered_apart(now, self._refusal_at, self.rate):
-                self._spaced, self._refusal_at = self._spaced + 1, now
-            if self._spaced < self.BUNCH or self._lone_cut:
+            self._lone_bunches.note(now, self.rate)
+            if self._lone_bunches.count < self.BUNCH or self._lone_cut:
                 return
             self._lone_cut = True  # refusals in a row, as they were sent: the pace is past a limit
         log.debug("HTTP 429, alone: pace %.1f/s -> %.1f/s", self.rate, self.SOFT_CUT * self.rate)
@@ -561,8 +567,8 @@ class Pacer:
             return
         estimate = max(flood.measured, admitted)
         if estimate < self.estimate:
-            log.debug("%d of %d in flight refused: server rate about %.1f/s", flood.refused,
-                      flood.refused + flood.ok, estimate)  # fmt: skip
+            log.debug("%d of %d in flight refused: server rate about %.1f/s", flood.refused.count,
+                      flood.refused.count + flood.ok, estimate)  # fmt: skip
             self.estimate, self._refused = estimate, None
             self._set(self.MARGIN * estimate, now)
 
