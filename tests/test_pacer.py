@@ -507,6 +507,49 @@ def test_quota_headers_spare_the_429s(headers: str, name: str, rate: float) -> N
     assert out.succeeded >= 0.85 * rate * 200.0
 
 
+def test_a_bucket_reporting_whole_second_resets_is_paced_at_its_refill_rate() -> None:
+    # A bucket of 10 at 60/s says `RateLimit-Reset: 1` whatever it holds: waiting for that reset at
+    # every spent quota costs most of a second; its refill, read from the quota, is its rate.
+    clock = FakeClock()
+    pacer = Pacer(clock=clock)
+    bucket = TokenBucket(60, 10, clock)
+    out = drive(pacer, clock, bucket, 60.0, latency=0.005, workers=32, headers="ratelimit")
+    assert out.rejected <= 1  # slow start's pace, taken for the refill until one is measured
+    assert pacer.estimate == pytest.approx(60, rel=0.05)
+    assert out.succeeded >= 0.95 * 60 * 60  # a second's wait at each spent quota would cost more
+
+
+@pytest.mark.parametrize("burst", [2, 5, 20])
+@pytest.mark.parametrize("rate", [60.0, 150.0])
+def test_quota_headers_of_a_bucket_smaller_than_the_requests_in_flight_keep_its_rate(
+    burst: int, rate: float
+) -> None:
+    # At 100 ms, 6 to 15 requests are in flight: more than such a bucket holds, though it refills them
+    # on their way; counting each as spent would stop every request at each reading.
+    clock = FakeClock()
+    pacer = Pacer(clock=clock)
+    bucket = TokenBucket(rate, burst, clock)
+    out = drive(pacer, clock, bucket, 60.0, latency=0.1, workers=32, headers="ratelimit", jitter=0.001)
+    assert out.rejected < 0.02 * len(out.sent)
+    assert out.succeeded >= 0.85 * rate * 60  # slow start and the first spent quota included
+
+
+@pytest.mark.parametrize("latency", [0.005, 0.1])
+def test_a_spent_window_with_a_short_reset_costs_at_most_one_429_to_tell_from_a_bucket(
+    latency: float,
+) -> None:
+    # A window of 30 a second also says `RateLimit-Reset: 1`: the request sent to tell it from a
+    # bucket is refused once (or admitted, if the window had just reset), and the window is then
+    # waited out at each spent quota, never given up on. (The whole-second reset makes each such
+    # wait up to a second too long: about 0.8 of the rate at 100 ms.)
+    clock = FakeClock()
+    pacer = Pacer(clock=clock)
+    window = FixedWindow(30, 1.0, lambda: clock.now + 0.3 - 1000.0)
+    out = drive(pacer, clock, window, 60.0, latency=latency, workers=32, headers="ratelimit", jitter=0.001)
+    assert out.rejected <= 1
+    assert out.succeeded >= 0.75 * 30 * 60
+
+
 def test_pace_follows_a_limit_that_drops_and_rises() -> None:
     clock = FakeClock()
     pacer = Pacer(clock=clock)

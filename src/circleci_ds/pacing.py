@@ -44,9 +44,12 @@ Rules (each a method below; the clock is injectable, so every rule runs in simul
    refuses all until it ends and then admits all: no rate in that; nor in a stalled server's bunch.)
 5. **Quota headers** (`RateLimit-*` or `X-RateLimit-*`, reset as seconds or as an epoch): the remaining
    quota, less the requests sent after the request that reported it, is spent down; at zero every
-   request waits for the reset, a pause without the 429, estimated like one; for a quota seen
-   refilling before its reset (a bucket) it waits about two slots, and the pace stays as it is. Quotas
-   reported by requests sent before the last pause ended are stale and ignored.
+   request waits, a pause without the 429. A window waits for its reset, estimated like a pause. A
+   bucket (told by its refill, `_note_refill`, or, for a quota spent first with a reset under `LONG`
+   s, by the next request going alone at once: admitted, a bucket; refused, a window) has its refill
+   over the flight of the requests sent since counted back in; at zero it waits a slot or two, and
+   once its refill rate is measured the pace is `REFILL_MARGIN` x that rate, held. Quotas reported
+   by requests sent before the last pause ended are stale and ignored.
 6. `max_rps` is a hard cap: at most max_rps * W + 1 requests in any W seconds.
 7. **Bounded waits**: no request waits out pauses for longer than `max_wait` seconds in all, nor does the
    run (pauses overlapping many requests count once); a request that would is refused with
@@ -239,6 +242,7 @@ class Pacer:
     HELD_CAP = 2.0  # a held pace counts for at most this many times the measured rate
     LONG = 2.0  # a pause this long is a window's end: the stretch between pauses measures the rate
     MARGIN = 0.94  # the pace kept under the estimate
+    REFILL_MARGIN = 0.98  # ... under a bucket's refill rate read from its quota (spent, it waits a slot)
     CATCH_UP = 0.03  # a late request keeps its slot if at most this share of an interval late
     JITTER_CUT = 0.9  # the pace after a 429 at a pace held SUSTAIN seconds
     FIRST_CUT, DECREASE = 0.5, 0.7  # at least this share of a refused pace is kept (first 429, later)
@@ -251,6 +255,7 @@ class Pacer:
     STREAK = 5  # refusals in a row, in flight at a lone 429, that show a spent limit after all
     HOLD = 60.0  # seconds a pace under a refused one is held before probing above it
     PUSH = 1.05  # growth per SUSTAIN seconds when probing above
+    REFILL = 3  # tokens seen added to a quota, past those in flight, that show a bucket (rule 5)
     LONG_PAUSE = 30.0  # pauses this long are announced
     POLL = 0.005  # how often waiting requests look again while the first one after a pause is out
 
@@ -283,9 +288,14 @@ class Pacer:
         self._successes = 0  # answered 2xx, of requests sent since the last pause ended
         self._sent: deque[float] = deque()  # send times over the last RECENT seconds
         self._quota_seq = -1
-        self._quota_left: int | None = None
+        self._quota_left: float | None = None  # what is left of it at _quota_at, less requests sent since
+        self._quota_at = -math.inf
         self._quota_reset = -math.inf
-        self._quota_refills = False  # the quota grew before its reset: a bucket, not a window
+        self._quota_refills = False  # a request sent when the quota was spent was admitted: a bucket
+        self._quota_window = False  # ... was refused: a window
+        self._quota_test: int | None = None  # the seq of that request, while it is out
+        self._draining: deque[tuple[float, int, int]] = deque()  # (when, remaining + seq, sent since)
+        self._refill: float | None = None  # a bucket's refill rate, as last measured
         self._last_cycle = (0, now)  # successes and start of the cycle the last pause ended
         self._last_event = now
         self._retry_after_absent = False
@@ -410,7 +420,8 @@ class Pacer:
         date = headers.get("Date")
         quota = parse_quota(headers, date)
         if quota is not None:
-            self._note_quota(ticket, quota, now)
+            self._note_quota(ticket, quota, now, admitted=status != 429)
+        self._note_quota_test(ticket, status)
         if status == 429:
             self._rate_limited(ticket, parse_retry_after(headers.get("Retry-After"), date), now)
             return
@@ -432,6 +443,8 @@ class Pacer:
         """`ticket`'s request got no answer (timeout, connection error): let the others go."""
         if ticket.seq == self._probe_out:
             self._probe_out = None
+        if ticket.seq == self._quota_test:
+            self._quota_test = None
 
     def _rate_limited(self, ticket: Ticket, retry_after: float | None, now: float) -> None:
         self.rate_limited += 1
@@ -492,40 +505,87 @@ class Pacer:
         self._last_event, self._refused = now, None  # the climb back ends where refusals begin
         self._doubt_first = False
 
-    def _note_quota(self, ticket: Ticket, quota: Quota, now: float) -> None:
+    def _note_quota(self, ticket: Ticket, quota: Quota, now: float, *, admitted: bool) -> None:
         if ticket.seq <= self._quota_seq or ticket.sent < self._cycle_start:
             return  # older than what was read already, or from before the last pause
         self._quota_seq = ticket.seq
-        left = quota.remaining - (self._seq - ticket.seq)
-        expected = self._quota_left
-        if expected is not None and left > expected + 1 and now < self._quota_reset - 1.5:
-            self._quota_refills = True
-        self._quota_left = left
+        after = self._seq - ticket.seq  # requests sent since: each will take one
+        left: float = quota.remaining - after
+        if admitted:
+            self._note_refill(quota, ticket.seq, now, after)
+        if self._quota_refills:  # a bucket refills while they are on their way
+            left = min(left + self._refilling() * (now - ticket.sent), quota.limit or math.inf)
+        self._quota_left, self._quota_at = left, now
         self._quota_reset = now + quota.reset
+
+    def _note_refill(self, quota: Quota, seq: int, now: float, after: int) -> None:
+        """Rule 5's refill rate. Each admitted request takes one from the quota and adds one to the seq,
+        so remaining + seq stays put in a window until it resets, and rises with a bucket's refill,
+        whatever its `Reset` says (a bucket of 10 at 60/s reports a whole second). Read while the
+        bucket is not full (the limit less 2 left or fewer: it was not full when this request came),
+        that rise is the refill rate. Requests reaching the server out of order move it by up to
+        those in flight, about the `after` sent since this one: a rise past that shows a bucket."""
+        limit = quota.limit
+        if limit is None or quota.remaining > limit - 2:  # full, or may have been: what overflowed is lost
+            self._draining.clear()
+            return
+        self._draining.append((now, quota.remaining + seq, after))
+        while now - self._draining[0][0] > self.SUSTAIN:
+            self._draining.popleft()
+        (start, low, low_after), (end, high, high_after) = self._draining[0], self._draining[-1]
+        if end - start >= 1.0 and high - high_after - (low + low_after) >= self.REFILL:
+            self._refill, self._quota_refills = (high - low) / (end - start), True
 
     def _spend_quota_check(self, now: float) -> None:
         if self._quota_left is None:
             return
+        gain = self._refilling() * (now - self._quota_at) if self._quota_refills else 0.0
         if now >= self._quota_reset:
             self._quota_left = None  # unknown until the next answer says
-        elif self._quota_left <= 0 and self._paused_until <= now:
-            # A window is spent until its reset; a bucket refills: wait about two slots, which paces
-            # the requests to its refill without a new estimate (each would cut the pace further).
-            wait = self._quota_reset - now
-            if self._quota_refills:
-                self._pause(now, now + min(wait, 2.0 / self.rate))
-            else:
-                self._event(now, wait, refused=False)
+        elif self._quota_left + gain <= 0 and self._paused_until <= now:
+            self._quota_spent(now, self._quota_reset - now)
+
+    def _quota_spent(self, now: float, wait: float) -> None:
+        """A window is spent until its reset: a pause, estimated like one. A bucket refills: its refill
+        rate, once measured, is the server's rate; else wait a slot or two. Either way the quota is
+        read again. Not known which: a short reset is tested (the next request goes alone, at once),
+        a long one waited out unless a refill shows first."""
+        if self._quota_window or (not self._quota_refills and wait >= self.LONG):
+            self._event(now, wait, refused=False)
+            return
+        self._quota_left, short = None, min(wait, 2.0 / self.rate)
+        if not self._quota_refills:
+            self._quota_test = self._seq + 1
+            self._pause(now, now + short)
+        elif self._refill is None:
+            self._next = max(self._next, now + short)
+        else:
+            self._event(now, min(wait, 2.0 / self._refill), refused=False, refill=self._refill)
+
+    def _refilling(self) -> float:
+        """A bucket's refill rate as measured, or else the pace (until a spent quota says otherwise)."""
+        return self._refill if self._refill is not None else self.rate
+
+    def _note_quota_test(self, ticket: Ticket, status: int) -> None:
+        """The request sent when the quota was spent, before a short reset: refused, a window (one 429
+        in the run); admitted, a bucket (or a window that reset sooner than its whole-second `Reset`
+        said, which then refuses the ends of its windows, rule 1a)."""
+        if ticket.seq == self._quota_test:
+            self._quota_test = None
+            self._quota_refills, self._quota_window = status != 429, status == 429
 
     # -- the estimate ----------------------------------------------------------------------------
-    def _event(self, now: float, pause: float, *, refused: bool) -> None:
-        """A new pause: estimate the server's rate (rule 4) and set the pace under it."""
+    def _event(self, now: float, pause: float, *, refused: bool, refill: float | None = None) -> None:
+        """A new pause: estimate the server's rate (rule 4, or a bucket's `refill` rate, rule 5) and set
+        the pace under it."""
         pace, previous = self.rate, self.estimate
         end = now + pause
         cycle = end - self._cycle_start
         measured = self._successes / cycle if cycle >= 0.2 and self._successes >= 3 else None
         pressing = now - self._waited_at <= self.STEP
         trusted = measured is not None and pause >= self.LONG
+        if refill is not None:
+            measured, trusted = refill, True
         held = self._held_floor(pace, previous, measured)
         if trusted and measured is not None:
             target = measured
@@ -538,7 +598,7 @@ class Pacer:
         # A trusted estimate is held; otherwise the pace climbs back towards the refused one by halves.
         self._refused = None if trusted else pace if pressing else self._refused
         self._sustained = 0.0
-        self._set(self.MARGIN * target, now)
+        self._set((self.MARGIN if refill is None else self.REFILL_MARGIN) * target, now)
         self._last_cycle, self._last_event = (self._successes, self._cycle_start), now
         self._flood = Flood(now, pace, measured or 0.0) if refused else None
         self._cycle_start = end
