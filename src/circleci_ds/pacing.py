@@ -36,7 +36,9 @@ Rules (each a method below; the clock is injectable, so every rule runs in simul
    429 is climbed past (x`START_GROWTH`), as a stall or slow start's overshoot may have caused it.
    `HOLD` s after the last pause it probes above (x`PUSH` every `SUSTAIN` s) to follow a limit that
    rose. No two requests go much closer than the pace's interval (`CATCH_UP`): a bucket of one refuses
-   any pair closer than its own.
+   any pair closer than its own. Timers fire late (a busy event loop wakes every waiter late alike):
+   a request waiting for a slot is woken early by the lateness measured (`_note_lateness`, at most
+   `EARLY` of an interval, none at `max_rps`), so that requests go at the pace on average.
 4a. **The flood**: when the requests in flight at a pause are answered, during it, two in three or
    more 429 (`FLOOD` or more, those answered together counting once) with some admitted between the
    refused, the pace was far past a drained bucket's rate, which admits about pace x the share
@@ -244,6 +246,7 @@ class Pacer:
     MARGIN = 0.94  # the pace kept under the estimate
     REFILL_MARGIN = 0.98  # ... under a bucket's refill rate read from its quota (spent, it waits a slot)
     CATCH_UP = 0.03  # a late request keeps its slot if at most this share of an interval late
+    EARLY = 0.25  # wake-ups for a slot are asked this share of an interval early at most (timers run late)
     JITTER_CUT = 0.9  # the pace after a 429 at a pace held SUSTAIN seconds
     FIRST_CUT, DECREASE = 0.5, 0.7  # at least this share of a refused pace is kept (first 429, later)
     RUN = 20  # successes since the last 429 that make the next one lone (rule 1a)
@@ -276,6 +279,7 @@ class Pacer:
         self._sustained = 0.0  # the highest pace held SUSTAIN seconds without a 429
         self._pace_since = now  # when the pace last changed
         self._next = 0.0  # the next free slot
+        self._late = 0.0  # how late wake-ups for a slot come, as measured; they are asked that early
         self._paused_until = -math.inf
         self._cycle_start = now  # when the last pause ended (or the first request)
         self._started = False
@@ -380,7 +384,7 @@ class Pacer:
             return self._paused_until - now
         if self._probe_out is not None:
             return self.POLL
-        return max(0.0, self._next - now)
+        return max(0.0, self._next - self._late - now)
 
     def try_acquire(self, budget: WaitBudget | None = None) -> Ticket | None:
         """A ticket if a request may go now (it takes the slot), else None. A request refused by a lone
@@ -398,6 +402,7 @@ class Pacer:
         if not self._started:
             self._started, self._cycle_start = True, now
         interval = 1.0 / self.rate
+        self._note_lateness(now, interval)
         # A slightly late wake-up keeps its place in the schedule; no two requests go much closer than
         # the interval (a bucket of one refuses any pair closer than its own). Idle time earns no burst.
         slot = max(self._next, now - self.CATCH_UP * interval)
@@ -412,6 +417,18 @@ class Pacer:
         self._sent.append(now)
         self._trim_sent(now)
         return Ticket(self._seq, now, probe, budget)
+
+    def _note_lateness(self, now: float, interval: float) -> None:
+        """Timers fire late, more on a busy machine (a millisecond or two: 7% of a 60/s interval), and
+        every request late for its slot is a slot lost: a request asking for the slot at `_next` is
+        woken `_late` early, the lateness measured here (a moving average of how late against the
+        wake-up asked for, counting requests up to an interval late), so that on average it goes on
+        time. At most `EARLY` of an interval, and never past `max_rps`, which is a hard cap."""
+        woke = now - (self._next - self._late)
+        if not 0.0 <= woke <= interval:
+            return  # not woken for this slot: idle, or held back by something else
+        capped = self.max_rps is not None and self.rate >= self.max_rps
+        self._late = 0.0 if capped else min(self.EARLY * interval, 0.9 * self._late + 0.1 * woke)
 
     # -- answers ---------------------------------------------------------------------------------
     def observe(self, ticket: Ticket, status: int, headers: Mapping[str, str]) -> None:
