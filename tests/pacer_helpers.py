@@ -94,13 +94,11 @@ def drive(
     retry_after: str = "seconds",
     headers: str = "none",
     late: float = 0.0,
-    always_late: float = 0.0,
     jitter: float = 0.0,
     stall: tuple[float, float] = (0.0, math.inf),
 ) -> Outcome:
     """Run until `seconds` pass or `requests` requests succeeded (a 429'd request is asked again).
-    Each wake-up after a wait is up to `late` seconds late, as on a busy machine (and `always_late` more:
-    an event loop busy with other work wakes every waiting request late alike), and each request
+    Each wake-up after a wait is up to `late` seconds late, as on a busy machine, and each request
     reaches the server up to `jitter` seconds after it is sent (both seeded). `stall` = (length, every):
     the server stops reading for `length` seconds once every `every`, then takes the waiting requests
     at once (a busy server process; its limiter sees them arrive together)."""
@@ -123,8 +121,7 @@ def drive(
             got = pacer.try_acquire(budget)
             if got is None:
                 wait = max(pacer.delay(), budget.not_before - when, 1e-4)
-                woken = when + wait + always_late + rng.uniform(0.0, late)
-                heapq.heappush(queue, (woken, ASK, worker, None, 0, {}))
+                heapq.heappush(queue, (when + wait + rng.uniform(0.0, late), ASK, worker, None, 0, {}))
                 continue
             out.sent.append(when)
             if (refused := refused_at[worker]) is not None:

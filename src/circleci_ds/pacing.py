@@ -36,9 +36,7 @@ Rules (each a method below; the clock is injectable, so every rule runs in simul
    429 is climbed past (x`START_GROWTH`), as a stall or slow start's overshoot may have caused it.
    `HOLD` s after the last pause it probes above (x`PUSH` every `SUSTAIN` s) to follow a limit that
    rose. No two requests go much closer than the pace's interval (`CATCH_UP`): a bucket of one refuses
-   any pair closer than its own. Timers fire late (a busy event loop wakes every waiter late alike):
-   a request waiting for a slot is woken early by the lateness measured (`_note_lateness`, at most
-   `EARLY` of an interval, none at `max_rps`), so that requests go at the pace on average.
+   any pair closer than its own.
 4a. **The flood**: when the requests in flight at a pause are answered, during it, two in three or
    more 429 (`FLOOD` or more, those answered together counting once) with some admitted between the
    refused, the pace was far past a drained bucket's rate, which admits about pace x the share
@@ -47,8 +45,8 @@ Rules (each a method below; the clock is injectable, so every rule runs in simul
 5. **Quota headers** (`RateLimit-*` or `X-RateLimit-*`, reset as seconds or as an epoch): the remaining
    quota, less the requests sent after the request that reported it, is spent down; at zero every
    request waits, a pause without the 429. A window waits for its reset, estimated like a pause. A
-   bucket (told by its refill, `_note_refill`, or, for a quota spent first with a reset under `LONG`
-   s, by the next request going alone at once: admitted, a bucket; refused, a window) has its refill
+   bucket (told by its refill, `QuotaTracker`, or, for a quota spent first with a reset under `LONG`
+   s, by the next request going alone two slots on: admitted, a bucket; refused, a window) has its refill
    over the flight of the requests sent since counted back in; at zero it waits a slot or two, and
    once its refill rate is measured the pace is `REFILL_MARGIN` x that rate, held. Quotas reported
    by requests sent before the last pause ended are stale and ignored.
@@ -156,6 +154,87 @@ class Flood:
         return self.pace * self.ok / (self.ok + refused) if far_past and mixed else None
 
 
+@dataclass(slots=True)
+class LoneRefusal:
+    """The last lone 429 (rule 1a), and the refusals since of requests in flight when it came."""
+
+    at: float = -math.inf  # when it was answered
+    seq: int = 0  # the seq of its request
+    cut: bool = False  # whether the pace was cut for it
+    streak: int = 0  # 429s since of requests sent after it, with no 2xx of one between
+    bunches: Bunches = field(default_factory=lambda: Bunches(-math.inf, 0))  # it and those since
+
+
+@dataclass(slots=True)
+class QuotaTracker:
+    """What quota headers said (rule 5): what is left, until when, and whether the quota refills (a
+    bucket, at a rate measured from the readings) or waits for its reset (a window)."""
+
+    REFILL = 3  # tokens seen added to a quota, past those in flight, that show a bucket
+    SPAN = 2.0  # seconds of readings a refill rate is measured over (at least half)
+
+    seq: int = -1  # the request whose reading is held
+    left: float | None = None  # what is left at `at`, less the requests sent since; None: unknown
+    at: float = -math.inf
+    reset: float = -math.inf
+    refills: bool = False  # a bucket
+    window: bool = False  # a window
+    test: int | None = None  # the request sent to tell which, while it is out
+    refill: float | None = None  # a bucket's refill rate, as last measured
+    draining: deque[tuple[float, int, int]] = field(default_factory=deque)  # (when, remaining + seq, after)
+
+    def read(
+        self, ticket: Ticket, quota: Quota, now: float, *, after: int, pace: float, admitted: bool
+    ) -> None:
+        """`ticket`'s answer said `quota`; `after` requests were sent since it, each to take one."""
+        if ticket.seq <= self.seq:
+            return  # older than what was read already
+        self.seq = ticket.seq
+        left: float = quota.remaining - after
+        if admitted:
+            self._note_refill(quota, ticket.seq, now, after)
+        if self.refills:  # a bucket refills while they are on their way
+            left = min(left + self.refilling(pace) * (now - ticket.sent), quota.limit or math.inf)
+        self.left, self.at, self.reset = left, now, now + quota.reset
+
+    def _note_refill(self, quota: Quota, seq: int, now: float, after: int) -> None:
+        """Each admitted request takes one from the quota and adds one to the seq, so remaining + seq
+        stays put in a window until it resets, and rises with a bucket's refill, whatever its `Reset`
+        says (a bucket of 10 at 60/s reports a whole second). Read while the bucket is not full (the
+        limit less 2 left or fewer: it was not full when this request came), that rise is the refill
+        rate. Requests reaching the server out of order move it by up to those in flight, about the
+        `after` sent since this one: a rise past that shows a bucket."""
+        limit = quota.limit
+        if limit is None or quota.remaining > limit - 2:  # full, or may have been: what overflowed is lost
+            self.draining.clear()
+            return
+        self.draining.append((now, quota.remaining + seq, after))
+        while now - self.draining[0][0] > self.SPAN:
+            self.draining.popleft()
+        (start, low, low_after), (end, high, high_after) = self.draining[0], self.draining[-1]
+        if end - start >= self.SPAN / 2 and high - high_after - (low + low_after) >= self.REFILL:
+            self.refill, self.refills = (high - low) / (end - start), True
+
+    def refilling(self, pace: float) -> float:
+        """A bucket's refill rate as measured, or else the pace (until a spent quota says otherwise)."""
+        return self.refill if self.refill is not None else pace
+
+    def left_now(self, now: float, pace: float) -> float | None:
+        """What is left now, None if unknown (nothing read, or its reset passed)."""
+        if self.left is None or now >= self.reset:
+            self.left = None
+            return None
+        return self.left + (self.refilling(pace) * (now - self.at) if self.refills else 0.0)
+
+    def tested(self, ticket: Ticket, status: int) -> None:
+        """The request sent when the quota was spent, before a short reset: refused, a window (one 429
+        in the run); admitted, a bucket (or a window that reset sooner than its whole-second `Reset`
+        said, which then refuses the ends of its windows, rule 1a)."""
+        if ticket.seq == self.test:
+            self.test = None
+            self.refills, self.window = status != 429, status == 429
+
+
 # -- pure parsing ------------------------------------------------------------------------------------
 
 
@@ -246,7 +325,6 @@ class Pacer:
     MARGIN = 0.94  # the pace kept under the estimate
     REFILL_MARGIN = 0.98  # ... under a bucket's refill rate read from its quota (spent, it waits a slot)
     CATCH_UP = 0.03  # a late request keeps its slot if at most this share of an interval late
-    EARLY = 0.25  # wake-ups for a slot are asked this share of an interval early at most (timers run late)
     JITTER_CUT = 0.9  # the pace after a 429 at a pace held SUSTAIN seconds
     FIRST_CUT, DECREASE = 0.5, 0.7  # at least this share of a refused pace is kept (first 429, later)
     RUN = 20  # successes since the last 429 that make the next one lone (rule 1a)
@@ -258,7 +336,6 @@ class Pacer:
     STREAK = 5  # refusals in a row, in flight at a lone 429, that show a spent limit after all
     HOLD = 60.0  # seconds a pace under a refused one is held before probing above it
     PUSH = 1.05  # growth per SUSTAIN seconds when probing above
-    REFILL = 3  # tokens seen added to a quota, past those in flight, that show a bucket (rule 5)
     LONG_PAUSE = 30.0  # pauses this long are announced
     POLL = 0.005  # how often waiting requests look again while the first one after a pause is out
 
@@ -279,7 +356,6 @@ class Pacer:
         self._sustained = 0.0  # the highest pace held SUSTAIN seconds without a 429
         self._pace_since = now  # when the pace last changed
         self._next = 0.0  # the next free slot
-        self._late = 0.0  # how late wake-ups for a slot come, as measured; they are asked that early
         self._paused_until = -math.inf
         self._cycle_start = now  # when the last pause ended (or the first request)
         self._started = False
@@ -291,15 +367,7 @@ class Pacer:
         self._seq = 0
         self._successes = 0  # answered 2xx, of requests sent since the last pause ended
         self._sent: deque[float] = deque()  # send times over the last RECENT seconds
-        self._quota_seq = -1
-        self._quota_left: float | None = None  # what is left of it at _quota_at, less requests sent since
-        self._quota_at = -math.inf
-        self._quota_reset = -math.inf
-        self._quota_refills = False  # a request sent when the quota was spent was admitted: a bucket
-        self._quota_window = False  # ... was refused: a window
-        self._quota_test: int | None = None  # the seq of that request, while it is out
-        self._draining: deque[tuple[float, int, int]] = deque()  # (when, remaining + seq, sent since)
-        self._refill: float | None = None  # a bucket's refill rate, as last measured
+        self._quota = QuotaTracker()
         self._last_cycle = (0, now)  # successes and start of the cycle the last pause ended
         self._last_event = now
         self._retry_after_absent = False
@@ -308,11 +376,7 @@ class Pacer:
         self._ok_at_429 = 0  # _ok when the last 429 came
         self._flood: Flood | None = None  # the answers to requests in flight at the last pause
         self._doubt_first = False  # the climb is back towards the pace refused by the run's first 429
-        self._lone_at = -math.inf  # when the last lone 429 was answered
-        self._lone_seq = 0  # the seq of its request
-        self._streak = 0  # 429s since then of requests sent after it, with no 2xx of one between
-        self._lone_cut = False  # whether the pace was cut for it
-        self._lone_bunches = Bunches(-math.inf, 0)  # it and the refusals in flight since, per bunch
+        self._last_lone = LoneRefusal()
         self.rate_limited = 0  # 429s seen
 
     # -- read-only views -------------------------------------------------------------------------
@@ -384,7 +448,7 @@ class Pacer:
             return self._paused_until - now
         if self._probe_out is not None:
             return self.POLL
-        return max(0.0, self._next - self._late - now)
+        return max(0.0, self._next - now)
 
     def try_acquire(self, budget: WaitBudget | None = None) -> Ticket | None:
         """A ticket if a request may go now (it takes the slot), else None. A request refused by a lone
@@ -402,7 +466,6 @@ class Pacer:
         if not self._started:
             self._started, self._cycle_start = True, now
         interval = 1.0 / self.rate
-        self._note_lateness(now, interval)
         # A slightly late wake-up keeps its place in the schedule; no two requests go much closer than
         # the interval (a bucket of one refuses any pair closer than its own). Idle time earns no burst.
         slot = max(self._next, now - self.CATCH_UP * interval)
@@ -412,23 +475,11 @@ class Pacer:
         if probe:
             self._need_probe, self._probe_out = False, self._seq
             self._settle_flood(now)
-        if self._quota_left is not None:
-            self._quota_left -= 1
+        if self._quota.left is not None:
+            self._quota.left -= 1
         self._sent.append(now)
         self._trim_sent(now)
         return Ticket(self._seq, now, probe, budget)
-
-    def _note_lateness(self, now: float, interval: float) -> None:
-        """Timers fire late, more on a busy machine (a millisecond or two: 7% of a 60/s interval), and
-        every request late for its slot is a slot lost: a request asking for the slot at `_next` is
-        woken `_late` early, the lateness measured here (a moving average of how late against the
-        wake-up asked for, counting requests up to an interval late), so that on average it goes on
-        time. At most `EARLY` of an interval, and never past `max_rps`, which is a hard cap."""
-        woke = now - (self._next - self._late)
-        if not 0.0 <= woke <= interval:
-            return  # not woken for this slot: idle, or held back by something else
-        capped = self.max_rps is not None and self.rate >= self.max_rps
-        self._late = 0.0 if capped else min(self.EARLY * interval, 0.9 * self._late + 0.1 * woke)
 
     # -- answers ---------------------------------------------------------------------------------
     def observe(self, ticket: Ticket, status: int, headers: Mapping[str, str]) -> None:
@@ -438,7 +489,7 @@ class Pacer:
         quota = parse_quota(headers, date)
         if quota is not None:
             self._note_quota(ticket, quota, now, admitted=status != 429)
-        self._note_quota_test(ticket, status)
+        self._quota.tested(ticket, status)
         if status == 429:
             self._rate_limited(ticket, parse_retry_after(headers.get("Retry-After"), date), now)
             return
@@ -451,8 +502,8 @@ class Pacer:
             self._ok += 1
             if self._flood is not None:
                 self._flood.answer(ticket, True, now)
-            if ticket.seq > self._lone_seq:
-                self._streak = 0
+            if ticket.seq > self._last_lone.seq:
+                self._last_lone.streak = 0
             if ticket.sent >= self._cycle_start:
                 self._successes += 1
 
@@ -460,8 +511,8 @@ class Pacer:
         """`ticket`'s request got no answer (timeout, connection error): let the others go."""
         if ticket.seq == self._probe_out:
             self._probe_out = None
-        if ticket.seq == self._quota_test:
-            self._quota_test = None
+        if ticket.seq == self._quota.test:
+            self._quota.test = None
 
     def _rate_limited(self, ticket: Ticket, retry_after: float | None, now: float) -> None:
         self.rate_limited += 1
@@ -494,102 +545,62 @@ class Pacer:
         refill in the pause carried the pace)."""
         if self.estimate is None or pause > self.LONG:
             return False
-        if ticket.sent < self._lone_at:  # in flight at the last lone 429: the same refusal, unless
-            self._streak += ticket.seq > self._lone_seq
-            return self._streak < self.STREAK  # no request sent since has gone through: a spent limit
+        last = self._last_lone
+        if ticket.sent < last.at:  # in flight at the last lone 429: the same refusal, unless
+            last.streak += ticket.seq > last.seq
+            return last.streak < self.STREAK  # no request sent since has gone through: a spent limit
         run = self._ok - self._ok_at_429
-        again = self._lone_at > self._cycle_start and run >= self.AGAIN  # the pace still past the rate
+        again = last.at > self._cycle_start and run >= self.AGAIN  # the pace still past the rate
         return (run >= self.RUN or again) and now - self._cycle_start >= self.SUSTAIN
 
     def _refuse_one(self, ticket: Ticket, pause: float, now: float) -> None:
         """Only the refused request waits; a new refusal slows the pace (rule 1a)."""
         if ticket.budget is not None:
             ticket.budget.not_before = max(ticket.budget.not_before, now + pause)
-        if ticket.sent >= self._lone_at:
-            run = self._ok - self._ok_at_429
-            self._lone_at, self._lone_seq, self._streak, self._ok_at_429 = now, ticket.seq, 1, self._ok
-            self._lone_bunches = Bunches(now)
-            self._lone_cut = run < self.QUIET  # else one refusal in that many fits the budget
-            if not self._lone_cut:
+        last = self._last_lone
+        if ticket.sent >= last.at:
+            # A new one; after QUIET successes, one refusal in that many fits the budget: no cut.
+            cut = self._ok - self._ok_at_429 < self.QUIET
+            self._last_lone, self._ok_at_429 = LoneRefusal(now, ticket.seq, cut, 1, Bunches(now)), self._ok
+            if not cut:
                 return
         else:  # in flight at the last lone 429: the same refusal, answered with it if a stall's bunch
-            self._lone_bunches.note(now, self.rate)
-            if self._lone_bunches.count < self.BUNCH or self._lone_cut:
+            last.bunches.note(now, self.rate)
+            if last.bunches.count < self.BUNCH or last.cut:
                 return
-            self._lone_cut = True  # refusals in a row, as they were sent: the pace is past a limit
+            last.cut = True  # refusals in a row, as they were sent: the pace is past a limit
         log.debug("HTTP 429, alone: pace %.1f/s -> %.1f/s", self.rate, self.SOFT_CUT * self.rate)
         self._set(self.SOFT_CUT * self.rate, now)
         self._last_event, self._refused = now, None  # the climb back ends where refusals begin
         self._doubt_first = False
 
     def _note_quota(self, ticket: Ticket, quota: Quota, now: float, *, admitted: bool) -> None:
-        if ticket.seq <= self._quota_seq or ticket.sent < self._cycle_start:
-            return  # older than what was read already, or from before the last pause
-        self._quota_seq = ticket.seq
-        after = self._seq - ticket.seq  # requests sent since: each will take one
-        left: float = quota.remaining - after
-        if admitted:
-            self._note_refill(quota, ticket.seq, now, after)
-        if self._quota_refills:  # a bucket refills while they are on their way
-            left = min(left + self._refilling() * (now - ticket.sent), quota.limit or math.inf)
-        self._quota_left, self._quota_at = left, now
-        self._quota_reset = now + quota.reset
-
-    def _note_refill(self, quota: Quota, seq: int, now: float, after: int) -> None:
-        """Rule 5's refill rate. Each admitted request takes one from the quota and adds one to the seq,
-        so remaining + seq stays put in a window until it resets, and rises with a bucket's refill,
-        whatever its `Reset` says (a bucket of 10 at 60/s reports a whole second). Read while the
-        bucket is not full (the limit less 2 left or fewer: it was not full when this request came),
-        that rise is the refill rate. Requests reaching the server out of order move it by up to
-        those in flight, about the `after` sent since this one: a rise past that shows a bucket."""
-        limit = quota.limit
-        if limit is None or quota.remaining > limit - 2:  # full, or may have been: what overflowed is lost
-            self._draining.clear()
-            return
-        self._draining.append((now, quota.remaining + seq, after))
-        while now - self._draining[0][0] > self.SUSTAIN:
-            self._draining.popleft()
-        (start, low, low_after), (end, high, high_after) = self._draining[0], self._draining[-1]
-        if end - start >= 1.0 and high - high_after - (low + low_after) >= self.REFILL:
-            self._refill, self._quota_refills = (high - low) / (end - start), True
+        if ticket.sent >= self._cycle_start:  # else from before the last pause: stale
+            after = self._seq - ticket.seq
+            self._quota.read(ticket, quota, now, after=after, pace=self.rate, admitted=admitted)
 
     def _spend_quota_check(self, now: float) -> None:
-        if self._quota_left is None:
-            return
-        gain = self._refilling() * (now - self._quota_at) if self._quota_refills else 0.0
-        if now >= self._quota_reset:
-            self._quota_left = None  # unknown until the next answer says
-        elif self._quota_left + gain <= 0 and self._paused_until <= now:
-            self._quota_spent(now, self._quota_reset - now)
+        left = self._quota.left_now(now, self.rate)
+        if left is not None and left <= 0 and self._paused_until <= now:
+            self._quota_spent(now, self._quota.reset - now)
 
     def _quota_spent(self, now: float, wait: float) -> None:
         """A window is spent until its reset: a pause, estimated like one. A bucket refills: its refill
         rate, once measured, is the server's rate; else wait a slot or two. Either way the quota is
-        read again. Not known which: a short reset is tested (the next request goes alone, at once),
+        read again. Not known which: a short reset is tested (the next request goes alone, two slots on),
         a long one waited out unless a refill shows first."""
-        if self._quota_window or (not self._quota_refills and wait >= self.LONG):
+        quota = self._quota
+        if quota.window or (not quota.refills and wait >= self.LONG):
             self._event(now, wait, refused=False)
             return
-        self._quota_left, short = None, min(wait, 2.0 / self.rate)
-        if not self._quota_refills:
-            self._quota_test = self._seq + 1
+        quota.left, short = None, min(wait, 2.0 / self.rate)
+        if not quota.refills:
+            quota.test = self._seq + 1
             self._pause(now, now + short)
-        elif self._refill is None:
+        elif quota.refill is None:
             self._next = max(self._next, now + short)
         else:
-            self._event(now, min(wait, 2.0 / self._refill), refused=False, refill=self._refill)
-
-    def _refilling(self) -> float:
-        """A bucket's refill rate as measured, or else the pace (until a spent quota says otherwise)."""
-        return self._refill if self._refill is not None else self.rate
-
-    def _note_quota_test(self, ticket: Ticket, status: int) -> None:
-        """The request sent when the quota was spent, before a short reset: refused, a window (one 429
-        in the run); admitted, a bucket (or a window that reset sooner than its whole-second `Reset`
-        said, which then refuses the ends of its windows, rule 1a)."""
-        if ticket.seq == self._quota_test:
-            self._quota_test = None
-            self._quota_refills, self._quota_window = status != 429, status == 429
+            self._event(now, min(wait, 2.0 / quota.refill), refused=False, refill=quota.refill)
 
     # -- the estimate ----------------------------------------------------------------------------
     def _event(self, now: float, pause: float, *, refused: bool, refill: float | None = None) -> None:
