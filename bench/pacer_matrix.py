@@ -1,6 +1,6 @@
 """Benchmark: the rate-limit matrix's cells in simulated time, each under several machine shapes.
 
-    python bench/pacer_matrix.py [--only SUBSTRING]
+    python bench/pacer_matrix.py [--only SUBSTRING] [--quota]
 
 The pacer alone (no HTTP, no collector) against the simulator's limiters, driven on a fake clock by
 `tests/pacer_helpers.drive`: deterministic and a few seconds for the whole matrix, so a change to a
@@ -12,6 +12,12 @@ moment (then its limiter sees the waiting requests at once), and how many reques
 most. Same target as the matrix of record: at most 1.1 x (requests / limit) + 2 s, under 2% of
 requests answered 429. Prints a row per cell (x ideal and share answered 429 per shape, `!` where it
 misses), then how many runs meet and the slowest.
+
+With --quota, instead: servers sending `RateLimit-*` quota headers (rule 5), one run each under shape 1
+(jitter 1 ms, late wake-ups, 32 in flight): token buckets with bursts of 1, 2, 5, 20 and 100 at 10, 60
+and 150/s, and windows per second at 10, 60 and 150/s and per minute at 600, at 5 and 100 ms. A bucket's
+`Reset` is the time until it is full, in whole seconds, so small buckets say 1 whatever they hold, and
+at 100 ms more requests are in flight than a small bucket holds.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from circleci_ds.pacing import Pacer
 from circleci_ds.simulator.ratelimit import FixedWindow, Limiter, TokenBucket
 from pacer_helpers import FakeClock, drive
-from ratelimit import CELLS, REQUESTS_PER_PIPELINE, Cell
+from ratelimit import CELLS, REQUESTS_PER_PIPELINE, Cell, sized
 
 
 @dataclass(frozen=True)
@@ -89,13 +95,39 @@ def meets(cell: Cell, x_ideal: float, share: float) -> bool:
     return x_ideal * ideal <= 1.1 * ideal + 2.0 and share < 0.02
 
 
+QUOTA_CELLS = [
+    *(sized("bucket", rate, burst, latency, "seconds", "ratelimit")
+      for latency in (5, 100) for burst in (1, 2, 5, 20, 100) for rate in (10, 60, 150)),
+    *(sized(kind, rate, 1, latency, "seconds", "ratelimit")
+      for latency in (5, 100)
+      for kind, rate in (("second", 10), ("second", 60), ("second", 150), ("minute", 10))),
+]  # fmt: skip
+
+
+def quota_sweep() -> int:
+    shape = SHAPES[1]
+    print(f"quota headers, shape 1: {shape.name}\n")
+    misses, worst = 0, (-math.inf, "")
+    for cell in QUOTA_CELLS:
+        x_ideal, share = run(cell, shape)
+        ok = meets(cell, x_ideal, share)
+        misses += not ok
+        worst = max(worst, (x_ideal, f"{cell.name}: {x_ideal:.3f} x, {100 * share:.2f}% answered 429"))
+        print(f"{cell.name:78s} | {x_ideal:.3f} x {100 * share:5.2f}%{'' if ok else ' !'}")
+    print(f"\n{len(QUOTA_CELLS) - misses} of {len(QUOTA_CELLS)} runs meet the target; slowest: {worst[1]}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--only", default="", help="run the cells whose name contains this")
+    parser.add_argument("--quota", action="store_true", help="servers sending quota headers instead")
     args = parser.parse_args()
     logging.disable(logging.WARNING)  # long pauses are announced; not here
+    if args.quota:
+        return quota_sweep()
     print("shapes: " + "; ".join(f"{i}: {shape.name}" for i, shape in enumerate(SHAPES)) + "\n")
     misses, runs, worst = 0, 0, (-math.inf, "")
     for cell in CELLS:
