@@ -28,7 +28,9 @@ from circleci_ds.simulator import SimConfig, SimProject, Simulator
 from circleci_ds.store import LeaseInfo, Store
 
 PROJECTS = [f"gh/coop/project-{i:02d}" for i in range(20)]
-LEASE_TTL = 3.0
+# Renewed every 2 s: only a collector stalled 4 s loses it (three collectors, the simulator and
+# PostgreSQL share 2 cores; on a slow machine 3 s, renewed every second, lapsed).
+LEASE_TTL = 6.0
 POLL = 0.02  # seconds between two looks at the leases table
 RUN_TIMEOUT = 180.0
 
