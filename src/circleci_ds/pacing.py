@@ -226,13 +226,19 @@ class QuotaTracker:
             return None
         return self.left + (self.refilling(pace) * (now - self.at) if self.refills else 0.0)
 
-    def tested(self, ticket: Ticket, status: int) -> None:
+    def sent(self) -> None:
+        """A request went: it takes one from what is left."""
+        if self.left is not None:
+            self.left -= 1
+
+    def tested(self, ticket: Ticket, status: int | None) -> None:
         """The request sent when the quota was spent, before a short reset: refused, a window (one 429
         in the run); admitted, a bucket (or a window that reset sooner than its whole-second `Reset`
-        said, which then refuses the ends of its windows, rule 1a)."""
+        said, which then refuses the ends of its windows, rule 1a). No answer (None): still unknown."""
         if ticket.seq == self.test:
             self.test = None
-            self.refills, self.window = status != 429, status == 429
+            if status is not None:
+                self.refills, self.window = status != 429, status == 429
 
 
 # -- pure parsing ------------------------------------------------------------------------------------
@@ -475,8 +481,7 @@ class Pacer:
         if probe:
             self._need_probe, self._probe_out = False, self._seq
             self._settle_flood(now)
-        if self._quota.left is not None:
-            self._quota.left -= 1
+        self._quota.sent()
         self._sent.append(now)
         self._trim_sent(now)
         return Ticket(self._seq, now, probe, budget)
@@ -511,8 +516,7 @@ class Pacer:
         """`ticket`'s request got no answer (timeout, connection error): let the others go."""
         if ticket.seq == self._probe_out:
             self._probe_out = None
-        if ticket.seq == self._quota.test:
-            self._quota.test = None
+        self._quota.tested(ticket, None)
 
     def _rate_limited(self, ticket: Ticket, retry_after: float | None, now: float) -> None:
         self.rate_limited += 1
