@@ -253,6 +253,21 @@ def test_a_lone_429_after_a_quiet_run_keeps_the_pace() -> None:
     assert pacer.paused_until is None and pacer.rate == pace  # one refusal in QUIET fits the budget
 
 
+@pytest.mark.parametrize("together", [True, False])
+def test_a_lone_429_answered_with_the_answer_before_it_keeps_the_pace(together: bool) -> None:
+    clock = FakeClock()
+    pacer = learned(clock, Pacer.RUN)  # not a quiet run: a lone 429 apart slows the pace
+    pace = pacer.rate
+    admitted, refused = send(pacer, clock), send(pacer, clock)
+    clock.now += 0.025
+    pacer.observe(admitted, 200, {})
+    if not together:  # answered at the pace: the pace's doing
+        clock.now += 1.0 / pace
+    pacer.observe(refused, 429, {"Retry-After": "1"})  # together: a stall let both reach the server at once
+    assert pacer.paused_until is None
+    assert pacer.rate == (pace if together else pytest.approx(Pacer.SOFT_CUT * pace))
+
+
 def test_a_429_in_flight_at_a_lone_one_is_the_same_refusal_also_when_the_pace_was_kept() -> None:
     clock = FakeClock()
     pacer = learned(clock, Pacer.QUIET)  # a quiet run: the lone 429 leaves the pace as it is
@@ -367,14 +382,23 @@ def test_a_bucket_of_one_against_arrival_jitter_refuses_alone_and_never_early(ra
     assert out.succeeded >= 0.6 * rate * 60  # the pace does not collapse
 
 
-def test_a_bucket_of_one_behind_a_stalling_server_keeps_its_pace() -> None:
+@pytest.mark.parametrize(
+    ("stall", "least"),
+    [
+        ((0.03, 3.1), 0.7),  # 0.35 when each bunch stopped every request
+        ((0.015, 1.3), 0.5),  # 0.39 when each bunch answered with an admitted one cut the pace
+    ],
+)
+def test_a_bucket_of_one_behind_a_stalling_server_keeps_its_pace(
+    stall: tuple[float, float], least: float
+) -> None:
     clock = FakeClock()
     pacer, rate = Pacer(clock=clock), 150.0
-    # The server stops reading for 30 ms every 3.1 s, then its limiter sees the waiting requests at once.
-    out = drive(pacer, clock, TokenBucket(rate, 1, clock), 60, jitter=0.001, stall=(0.03, 3.1))
+    # The server stops reading now and then, and then its limiter sees the waiting requests at once.
+    out = drive(pacer, clock, TokenBucket(rate, 1, clock), 60, jitter=0.0005, stall=stall, workers=32)
     assert out.rejected < 0.02 * len(out.sent)
     assert out.stops() <= 3  # a stall's bunch is refused alone, not as a spent limit
-    assert out.succeeded >= 0.7 * rate * 60  # 0.35 when each bunch stopped every request
+    assert out.succeeded >= least * rate * 60
 
 
 def test_a_big_burst_drained_at_a_far_higher_pace_costs_few_429s() -> None:
@@ -456,7 +480,7 @@ def test_a_lone_429_ends_the_climb_back() -> None:
     assert set(climb(pacer, clock, 20.0)) == {pacer.rate}  # held, until a minute has passed
 
 
-def test_a_pace_refused_only_by_the_runs_first_429_is_climbed_past() -> None:
+def test_a_pace_refused_only_by_the_runs_first_429_is_climbed_back_to_faster_and_past() -> None:
     clock = FakeClock()
     pacer = Pacer(clock=clock)
     drive(pacer, clock, None, 0.2)  # slow start holds requests back
@@ -465,8 +489,13 @@ def test_a_pace_refused_only_by_the_runs_first_429_is_climbed_past() -> None:
     limited(pacer, "1")  # a stall, or slow start's overshoot: the estimate is half of it
     clock.now += pacer.pause_remaining
     paces = climb(pacer, clock, 40.0)
-    steps = [after / before for before, after in itertools.pairwise(paces) if after != before]
-    assert steps and max(steps) <= Pacer.CLIMB_MAX + 1e-9
+    back = Pacer.MARGIN * refused * 0.99
+    reached = next(i for i, pace in enumerate(paces) if pace >= back)
+    assert reached * 0.5 <= 10.0  # a step a second: back in 9 s, not the 20 s of steps every 2 s
+    pairs = enumerate(itertools.pairwise(paces))
+    steps = [(i, after / before) for i, (before, after) in pairs if after != before]
+    assert max(step for i, step in steps if i < reached) <= Pacer.FIRST_MAX + 1e-9
+    assert max(step for i, step in steps if i >= reached) <= Pacer.CLIMB_MAX + 1e-9  # past it: any 429's
     assert paces[-1] == pytest.approx(Pacer.MARGIN * Pacer.START_GROWTH * refused, rel=0.02)
 
 

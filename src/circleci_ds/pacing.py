@@ -10,7 +10,9 @@ Rules (each a method below; the clock is injectable, so every rule runs in simul
    one: a bucket refusing one request in a few) and `SUSTAIN` s since the last pause is arrival
    jitter or a pace a little past a bucket's rate, not a spent limit: the others go on, and the pace
    drops to `SOFT_CUT` x itself unless `QUIET` successes came since the last 429 (one refusal in that
-   many fits the budget). 429s of requests sent before a lone one was answered are the same refusal
+   many fits the budget) or it came with the answer before it (within half the pace's interval: a
+   server that stalled a moment read them at once, whatever the pace, and a bucket of one refuses all
+   but one of such a bunch). 429s of requests sent before a lone one was answered are the same refusal
    (a server that stalled a moment sees a bunch of requests at once and answers them together),
    unless `BUNCH` of them answered apart show the pace past a limit (a window refusing the end of
    each second): then the pace drops as above even after `QUIET` successes; or `STREAK` of them in a
@@ -33,7 +35,8 @@ Rules (each a method below; the clock is injectable, so every rule runs in simul
    the estimate; it climbs back towards the refused pace by halves every `CLIMB_STEP` s, at most
    x`CLIMB_MAX` a step (so an overshoot past a small bucket's rate is small and costs one pause), until
    a lone 429 that cuts the pace says where refusals begin; a pace refused only by the run's first
-   429 is climbed past (x`START_GROWTH`), as a stall or slow start's overshoot may have caused it.
+   429 is climbed back to faster (every `FIRST_STEP` s, at most x`FIRST_MAX`) and past (x`START_GROWTH`),
+   as a stall or slow start's overshoot may have caused it.
    `HOLD` s after the last pause it probes above (x`PUSH` every `SUSTAIN` s) to follow a limit that
    rose. No two requests go much closer than the pace's interval (`CATCH_UP`): a bucket of one refuses
    any pair closer than its own.
@@ -231,6 +234,13 @@ class QuotaTracker:
         if self.left is not None:
             self.left -= 1
 
+    def spent(self, *, test: int) -> None:
+        """Spent, and not known as a window: what is left is read again, and unless it is known as a
+        bucket, request `test` goes alone to tell which."""
+        self.left = None
+        if not self.refills:
+            self.test = test
+
     def tested(self, ticket: Ticket, status: int | None) -> None:
         """The request sent when the quota was spent, before a short reset: refused, a window (one 429
         in the run); admitted, a bucket (or a window that reset sooner than its whole-second `Reset`
@@ -326,6 +336,7 @@ class Pacer:
     SUSTAIN = 2.0  # seconds at a pace without a 429 that show the server takes it
     CLIMB_STEP = 2.0  # seconds between steps back up towards a refused pace
     CLIMB_MAX = 1.1  # growth per climbing step at most
+    FIRST_STEP, FIRST_MAX = 1.0, 1.2  # the same, back towards the pace the run's first 429 refused
     HELD_CAP = 2.0  # a held pace counts for at most this many times the measured rate
     LONG = 2.0  # a pause this long is a window's end: the stretch between pauses measures the rate
     MARGIN = 0.94  # the pace kept under the estimate
@@ -383,6 +394,7 @@ class Pacer:
         self._flood: Flood | None = None  # the answers to requests in flight at the last pause
         self._doubt_first = False  # the climb is back towards the pace refused by the run's first 429
         self._last_lone = LoneRefusal()
+        self._answered = -math.inf  # when the last answer came
         self.rate_limited = 0  # 429s seen
 
     # -- read-only views -------------------------------------------------------------------------
@@ -495,8 +507,9 @@ class Pacer:
         if quota is not None:
             self._note_quota(ticket, quota, now, admitted=status != 429)
         self._quota.tested(ticket, status)
+        bunched, self._answered = now - self._answered < 0.5 / self.rate, now
         if status == 429:
-            self._rate_limited(ticket, parse_retry_after(headers.get("Retry-After"), date), now)
+            self._rate_limited(ticket, parse_retry_after(headers.get("Retry-After"), date), now, bunched)
             return
         if ticket.seq == self._probe_out:
             self._probe_out = None
@@ -518,7 +531,7 @@ class Pacer:
             self._probe_out = None
         self._quota.tested(ticket, None)
 
-    def _rate_limited(self, ticket: Ticket, retry_after: float | None, now: float) -> None:
+    def _rate_limited(self, ticket: Ticket, retry_after: float | None, now: float, bunched: bool) -> None:
         self.rate_limited += 1
         if ticket.seq == self._probe_out:
             self._probe_out = None
@@ -538,7 +551,7 @@ class Pacer:
                 self._pause(now, now + pause)
             return
         if self._lone(ticket, pause, now):
-            self._refuse_one(ticket, pause, now)
+            self._refuse_one(ticket, pause, now, bunched)
             return
         self._ok_at_429 = self._ok
         self._event(now, pause, refused=True)
@@ -557,14 +570,15 @@ class Pacer:
         again = last.at > self._cycle_start and run >= self.AGAIN  # the pace still past the rate
         return (run >= self.RUN or again) and now - self._cycle_start >= self.SUSTAIN
 
-    def _refuse_one(self, ticket: Ticket, pause: float, now: float) -> None:
-        """Only the refused request waits; a new refusal slows the pace (rule 1a)."""
+    def _refuse_one(self, ticket: Ticket, pause: float, now: float, bunched: bool) -> None:
+        """Only the refused request waits; a new refusal slows the pace (rule 1a), unless `bunched` with
+        the answer before it (a stall's bunch, not the pace's doing)."""
         if ticket.budget is not None:
             ticket.budget.not_before = max(ticket.budget.not_before, now + pause)
         last = self._last_lone
         if ticket.sent >= last.at:
             # A new one; after QUIET successes, one refusal in that many fits the budget: no cut.
-            cut = self._ok - self._ok_at_429 < self.QUIET
+            cut = self._ok - self._ok_at_429 < self.QUIET and not bunched
             self._last_lone, self._ok_at_429 = LoneRefusal(now, ticket.seq, cut, 1, Bunches(now)), self._ok
             if not cut:
                 return
@@ -597,9 +611,9 @@ class Pacer:
         if quota.window or (not quota.refills and wait >= self.LONG):
             self._event(now, wait, refused=False)
             return
-        quota.left, short = None, min(wait, 2.0 / self.rate)
+        short = min(wait, 2.0 / self.rate)
+        quota.spent(test=self._seq + 1)
         if not quota.refills:
-            quota.test = self._seq + 1
             self._pause(now, now + short)
         elif quota.refill is None:
             self._next = max(self._next, now + short)
@@ -708,8 +722,10 @@ class Pacer:
         if self.estimate is None:
             self._set(self.rate * self.START_GROWTH, now)
         elif refused is not None and self.rate < 0.99 * self.MARGIN * refused:
-            if held >= self.CLIMB_STEP:
-                self._set(min((self.rate + self.MARGIN * refused) / 2, self.CLIMB_MAX * self.rate), now)
+            first = self._doubt_first  # back towards the first 429's pace: faster
+            step, most = (self.FIRST_STEP, self.FIRST_MAX) if first else (self.CLIMB_STEP, self.CLIMB_MAX)
+            if held >= step:
+                self._set(min((self.rate + self.MARGIN * refused) / 2, most * self.rate), now)
         elif refused is not None:
             # Reached just under the refused pace: hold it, unless only the run's first 429 refused it
             # (a stall or slow start's overshoot): then climb on, until a 429 says where the limit is.
