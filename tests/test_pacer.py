@@ -256,7 +256,7 @@ def test_a_lone_429_after_a_quiet_run_keeps_the_pace() -> None:
 @pytest.mark.parametrize("together", [True, False])
 def test_a_lone_429_answered_with_the_answer_before_it_keeps_the_pace(together: bool) -> None:
     clock = FakeClock()
-    pacer = learned(clock, Pacer.RUN)  # not a quiet run: a lone 429 apart slows the pace
+    pacer = learned(clock, Pacer.BUNCHED)  # not a quiet run: a lone 429 apart slows the pace
     pace = pacer.rate
     admitted, refused = send(pacer, clock), send(pacer, clock)
     clock.now += 0.025
@@ -266,6 +266,20 @@ def test_a_lone_429_answered_with_the_answer_before_it_keeps_the_pace(together: 
     pacer.observe(refused, 429, {"Retry-After": "1"})  # together: a stall let both reach the server at once
     assert pacer.paused_until is None
     assert pacer.rate == (pace if together else pytest.approx(Pacer.SOFT_CUT * pace))
+
+
+def test_lone_429s_answered_in_bunches_time_after_time_still_slow_the_pace() -> None:
+    clock = FakeClock()
+    pacer = learned(clock, Pacer.QUIET)
+    pace = pacer.rate
+    for _ in range(3):  # a proxy passing answers on in bunches makes every 429 look like a stall's
+        admitted, refused = send(pacer, clock), send(pacer, clock)
+        clock.now += 0.025
+        pacer.observe(admitted, 200, {})
+        pacer.observe(refused, 429, {"Retry-After": "1"})
+        answered(pacer, clock, 10)
+    # The first came after a quiet run; the next two, fewer than BUNCHED successes apart, each cut.
+    assert pacer.rate == pytest.approx(Pacer.SOFT_CUT**2 * pace)
 
 
 def test_a_429_in_flight_at_a_lone_one_is_the_same_refusal_also_when_the_pace_was_kept() -> None:
@@ -386,7 +400,7 @@ def test_a_bucket_of_one_against_arrival_jitter_refuses_alone_and_never_early(ra
     ("stall", "least"),
     [
         ((0.03, 3.1), 0.7),  # 0.35 when each bunch stopped every request
-        ((0.015, 1.3), 0.5),  # 0.39 when each bunch answered with an admitted one cut the pace
+        ((0.015, 1.3), 0.5),  # 0.39 when each bunch's 429 cut the pace and the climb back was slower
     ],
 )
 def test_a_bucket_of_one_behind_a_stalling_server_keeps_its_pace(

@@ -6,20 +6,21 @@ Rules (each a method below; the clock is injectable, so every rule runs in simul
    the first request after a pause is refused again. A 429 answering a request sent before the pause
    began is the same event: it only lengthens the pause if its own `Retry-After` asks for more.
 1a. **A lone 429 only slows the pace**: once the pace is learned, a 429 with a `Retry-After` of at most
-   `LONG` s (or none) that comes after `RUN` successes since the last 429 (or `AGAIN` since a lone
-   one: a bucket refusing one request in a few) and `SUSTAIN` s since the last pause is arrival
-   jitter or a pace a little past a bucket's rate, not a spent limit: the others go on, and the pace
-   drops to `SOFT_CUT` x itself unless `QUIET` successes came since the last 429 (one refusal in that
-   many fits the budget) or it came with the answer before it (within half the pace's interval: a
-   server that stalled a moment read them at once, whatever the pace, and a bucket of one refuses all
-   but one of such a bunch). 429s of requests sent before a lone one was answered are the same refusal
-   (a server that stalled a moment sees a bunch of requests at once and answers them together),
-   unless `BUNCH` of them answered apart show the pace past a limit (a window refusing the end of
-   each second): then the pace drops as above even after `QUIET` successes; or `STREAK` of them in a
-   row, with no success of a request sent after the lone one between, show a spent limit after all.
-   Any other 429 is a spent limit (rule 1). Either way **the refused request itself waits
-   out its `Retry-After`** (1 s without one) before it is sent again (`WaitBudget.not_before`, see
-   `hold`).
+   `LONG` s (or none) that comes after `RUN` successes since the last 429 (or `AGAIN` since a lone one:
+   a bucket refusing one request in a few) and `SUSTAIN` s since the last pause is arrival jitter or a
+   pace a little past a bucket's rate, not a spent limit: the others go on, and the pace drops to
+   `SOFT_CUT` x itself unless `QUIET` successes came since the last 429 (one refusal in that many fits
+   the budget) or it came with the answer before it (within half the pace's interval: a server that
+   stalled a moment read them at once, whatever the pace, and a bucket of one refuses all but one of
+   such a bunch) after `BUNCHED` successes since the last 429 (more often is the pace's doing all the
+   same, as behind a proxy that passes answers on in bunches). 429s of requests sent before a lone one
+   was answered are the same refusal (a server that stalled a moment sees a bunch of requests at once
+   and answers them together), unless `BUNCH` of them answered apart show the pace past a limit (a
+   window refusing the end of each second): then the pace drops as above even after `QUIET` successes;
+   or `STREAK` of them in a row, with no success of a request sent after the lone one between, show a
+   spent limit after all. Any other 429 is a spent limit (rule 1). Either way **the refused request
+   itself waits out its `Retry-After`** (1 s without one) before it is sent again
+   (`WaitBudget.not_before`, see `hold`).
 2. **One request goes first after a pause**; the others wait for its answer, so a pause that ended too
    soon costs one 429, not one per request in flight.
 3. **Slow start**: the pace starts at `START` requests/s and grows x1.5 every `STEP` while it holds
@@ -347,6 +348,7 @@ class Pacer:
     RUN = 20  # successes since the last 429 that make the next one lone (rule 1a)
     SOFT_CUT = 0.95  # the pace after a lone 429
     QUIET = 100  # successes since the last 429 that leave the pace as it is at a lone 429
+    BUNCHED = 50  # ... at a lone 429 answered with the answer before it (a stall's bunch)
     AGAIN = 2  # successes since a lone 429 that make the next 429 lone too
     FLOOD = 4  # refusals of requests in flight at a pause that can show how far the pace was past the rate
     BUNCH = 3  # refusals in flight at a lone 429, answered apart, that show the pace past a limit
@@ -578,7 +580,8 @@ class Pacer:
         last = self._last_lone
         if ticket.sent >= last.at:
             # A new one; after QUIET successes, one refusal in that many fits the budget: no cut.
-            cut = self._ok - self._ok_at_429 < self.QUIET and not bunched
+            run = self._ok - self._ok_at_429
+            cut = run < (self.BUNCHED if bunched else self.QUIET)
             self._last_lone, self._ok_at_429 = LoneRefusal(now, ticket.seq, cut, 1, Bunches(now)), self._ok
             if not cut:
                 return
