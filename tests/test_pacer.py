@@ -503,6 +503,7 @@ def test_a_pace_refused_only_by_the_runs_first_429_is_climbed_back_to_faster_and
     limited(pacer, "1")  # a stall, or slow start's overshoot: the estimate is half of it
     clock.now += pacer.pause_remaining
     paces = climb(pacer, clock, 40.0)
+    assert set(paces[: round(Pacer.SUSTAIN / 0.5)]) == {paces[0]}  # no step before a 429 would be lone
     back = Pacer.MARGIN * refused * 0.99
     reached = next(i for i, pace in enumerate(paces) if pace >= back)
     assert reached * 0.5 <= 10.0  # a step a second: back in 9 s, not the 20 s of steps every 2 s

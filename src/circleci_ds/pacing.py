@@ -37,7 +37,8 @@ Rules (each a method below; the clock is injectable, so every rule runs in simul
    x`CLIMB_MAX` a step (so an overshoot past a small bucket's rate is small and costs one pause), until
    a lone 429 that cuts the pace says where refusals begin; a pace refused only by the run's first
    429 is climbed back to faster (every `FIRST_STEP` s, at most x`FIRST_MAX`) and past (x`START_GROWTH`),
-   as a stall or slow start's overshoot may have caused it.
+   as a stall or slow start's overshoot may have caused it. No step comes sooner than `SUSTAIN` s after
+   a pause, so a 429 a step brings is lone.
    `HOLD` s after the last pause it probes above (x`PUSH` every `SUSTAIN` s) to follow a limit that
    rose. No two requests go much closer than the pace's interval (`CATCH_UP`): a bucket of one refuses
    any pair closer than its own.
@@ -727,7 +728,9 @@ class Pacer:
         elif refused is not None and self.rate < 0.99 * self.MARGIN * refused:
             first = self._doubt_first  # back towards the first 429's pace: faster
             step, most = (self.FIRST_STEP, self.FIRST_MAX) if first else (self.CLIMB_STEP, self.CLIMB_MAX)
-            if held >= step:
+            # Not before SUSTAIN s after the pause: a 429 the step brings is then lone (rule 1a), not a
+            # spent limit that cuts the estimate again.
+            if held >= step and now - self._cycle_start >= self.SUSTAIN:
                 self._set(min((self.rate + self.MARGIN * refused) / 2, most * self.rate), now)
         elif refused is not None:
             # Reached just under the refused pace: hold it, unless only the run's first 429 refused it
