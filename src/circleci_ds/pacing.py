@@ -109,17 +109,23 @@ class WaitBudget:
     not_before: float = -math.inf
 
 
+def together(now: float, before: float, pace: float) -> bool:
+    """Whether an answer at `now` came with one at `before`: within half the pace's interval (a server
+    that stalled a moment answers what it then read at once; requests sent at the pace are answered as
+    far apart)."""
+    return now - before < 0.5 / pace
+
+
 @dataclass(slots=True)
 class Bunches:
-    """429s counted once per bunch: one answered within half the pace's interval of the last counted
-    is the same bunch (a server that stalled a moment answers what it then read at once, admitted or
-    not, whatever the pace); requests sent at the pace are answered as far apart."""
+    """429s counted once per bunch: one answered `together` with the last counted is the same bunch,
+    whatever the pace."""
 
     last: float  # when the last one counted was answered
     count: int = 1
 
     def note(self, now: float, pace: float) -> None:
-        if now - self.last >= 0.5 / pace:
+        if not together(now, self.last, pace):
             self.count, self.last = self.count + 1, now
 
 
@@ -510,7 +516,7 @@ class Pacer:
         if quota is not None:
             self._note_quota(ticket, quota, now, admitted=status != 429)
         self._quota.tested(ticket, status)
-        bunched, self._answered = now - self._answered < 0.5 / self.rate, now
+        bunched, self._answered = together(now, self._answered, self.rate), now
         if status == 429:
             self._rate_limited(ticket, parse_retry_after(headers.get("Retry-After"), date), now, bunched)
             return
