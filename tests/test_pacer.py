@@ -579,19 +579,24 @@ def test_quota_headers_of_a_bucket_smaller_than_the_requests_in_flight_keep_its_
 
 
 @pytest.mark.parametrize("latency", [0.005, 0.1])
-def test_a_spent_window_with_a_short_reset_costs_at_most_one_429_to_tell_from_a_bucket(
-    latency: float,
+@pytest.mark.parametrize("phase", [0.3, 0.85])
+@pytest.mark.parametrize("limit", [30, 60])
+def test_a_window_per_second_known_from_its_quota_is_paced_just_under_its_limit(
+    limit: int, phase: float, latency: float
 ) -> None:
-    # A window of 30 a second also says `RateLimit-Reset: 1`: the request sent to tell it from a
-    # bucket is refused once (or admitted, if the window had just reset), and the window is then
-    # waited out at each spent quota, never given up on. (The whole-second reset makes each such
-    # wait up to a second too long: about 0.8 of the rate at 100 ms.)
+    # A window of 30 a second says `RateLimit-Reset: 1` whatever is left of it: waiting that second
+    # out at each spent quota cost 0.78-0.89 of the rate. Known as a window (the request sent to tell
+    # it from a bucket refused, or its quota seen jumping back to the limit at a reset; at phase 0.85
+    # and 100 ms that request reaches a window that has just reset), its rate is its limit a second.
     clock = FakeClock()
     pacer = Pacer(clock=clock)
-    window = FixedWindow(30, 1.0, lambda: clock.now + 0.3 - 1000.0)
-    out = drive(pacer, clock, window, 60.0, latency=latency, workers=32, headers="ratelimit", jitter=0.001)
-    assert out.rejected <= 1
-    assert out.succeeded >= 0.75 * 30 * 60
+    window = FixedWindow(limit, 1.0, lambda: clock.now + phase - 1000.0)
+    out = drive(
+        pacer, clock, window, 60.0, latency=latency, workers=20, headers="ratelimit", jitter=0.002, late=0.004
+    )
+    assert out.rejected <= 2
+    assert pacer.estimate == limit
+    assert out.succeeded >= 0.94 * limit * 60
 
 
 def test_pace_follows_a_limit_that_drops_and_rises() -> None:

@@ -53,8 +53,13 @@ Rules (each a method below; the clock is injectable, so every rule runs in simul
    bucket (told by its refill, `QuotaTracker`, or, for a quota spent first with a reset under `LONG`
    s, by the next request going alone two slots on: admitted, a bucket; refused, a window) has its refill
    over the flight of the requests sent since counted back in; at zero it waits a slot or two, and
-   once its refill rate is measured the pace is `REFILL_MARGIN` x that rate, held. Quotas reported
-   by requests sent before the last pause ended are stale and ignored.
+   once its refill rate is measured the pace is `REFILL_MARGIN` x that rate, held. A window's quota
+   jumping back (half its limit or more between two readings, faster than a bucket refills) also shows
+   a window, whatever the request sent to tell said. A short window (`Reset` never past `SHORT` s; one
+   per second says 1 whatever is left of it) is paced at `REFILL_MARGIN` x its limit over that length:
+   spent at that pace it was spent at its end and nothing is waited; spent faster, it waits for the
+   reset. Quotas reported by requests sent before the last pause ended, or before a short window was
+   spent, are stale and ignored.
 6. `max_rps` is a hard cap: at most max_rps * W + 1 requests in any W seconds.
 7. **Bounded waits**: no request waits out pauses for longer than `max_wait` seconds in all, nor does the
    run (pauses overlapping many requests count once); a request that would is refused with
@@ -183,6 +188,7 @@ class QuotaTracker:
 
     REFILL = 3  # tokens seen added to a quota, past those in flight, that show a bucket
     SPAN = 2.0  # seconds of readings a refill rate is measured over (at least half)
+    SHORT = 2.0  # a window this long at most is paced at its rate (a longer one's Reset is exact enough)
 
     seq: int = -1  # the request whose reading is held
     left: float | None = None  # what is left at `at`, less the requests sent since; None: unknown
@@ -192,7 +198,11 @@ class QuotaTracker:
     window: bool = False  # a window
     test: int | None = None  # the request sent to tell which, while it is out
     refill: float | None = None  # a bucket's refill rate, as last measured
-    draining: deque[tuple[float, int, int]] = field(default_factory=deque)  # (when, remaining + seq, after)
+    limit: int | None = None  # the quota's limit, as last read
+    span: float = 0.0  # the longest reset read: a window's length, its `Reset` rounded up
+    since: float = -math.inf  # readings of requests sent before are of a window spent since
+    # (when read, remaining + seq, requests sent after it, when it was sent), while not full
+    draining: deque[tuple[float, int, int, float]] = field(default_factory=deque)
 
     def read(
         self, ticket: Ticket, quota: Quota, now: float, *, after: int, pace: float, admitted: bool
@@ -202,27 +212,46 @@ class QuotaTracker:
             return  # older than what was read already
         self.seq = ticket.seq
         left: float = quota.remaining - after
-        if admitted:
-            self._note_refill(quota, ticket.seq, now, after)
+        if admitted and not self.window:  # a window's reset is no refill
+            self._note_refill(quota, ticket, now, after, pace)
         if self.refills:  # a bucket refills while they are on their way
             left = min(left + self.refilling(pace) * (now - ticket.sent), quota.limit or math.inf)
         self.left, self.at, self.reset = left, now, now + quota.reset
+        self.limit, self.span = quota.limit, max(self.span, quota.reset)
 
-    def _note_refill(self, quota: Quota, seq: int, now: float, after: int) -> None:
+    def window_rate(self) -> float | None:
+        """A short window's rate, its limit over its length; None if not a window known as such."""
+        if not self.window or not self.limit or not 0.5 <= self.span <= self.SHORT:
+            return None
+        return self.limit / self.span
+
+    def _note_refill(self, quota: Quota, ticket: Ticket, now: float, after: int, pace: float) -> None:
         """Each admitted request takes one from the quota and adds one to the seq, so remaining + seq
         stays put in a window until it resets, and rises with a bucket's refill, whatever its `Reset`
         says (a bucket of 10 at 60/s reports a whole second). Read while the bucket is not full (the
         limit less 2 left or fewer: it was not full when this request came), that rise is the refill
         rate. Requests reaching the server out of order move it by up to those in flight, about the
-        `after` sent since this one: a rise past that shows a bucket."""
+        `after` sent since this one: a rise past that shows a bucket. A rise of half the limit (and
+        `REFILL`) or more from one reading to the next, and more than twice the pace over the time
+        between their requests, is a window's reset, not a refill (the pace is kept under a bucket's
+        rate): the readings start over."""
         limit = quota.limit
-        if limit is None or quota.remaining > limit - 2:  # full, or may have been: what overflowed is lost
+        if limit is None:
+            return
+        value = quota.remaining + ticket.seq
+        if self.draining:
+            _, before, _, sent = self.draining[-1]
+            if value - after - before >= max(self.REFILL, limit / 2, 2 * pace * (ticket.sent - sent)):
+                if self.refill is None:  # a window, whatever a test request said
+                    self.window, self.refills = True, False
+                self.draining.clear()
+        if quota.remaining > limit - 2:  # full, or may have been: what overflowed is lost
             self.draining.clear()
             return
-        self.draining.append((now, quota.remaining + seq, after))
+        self.draining.append((now, value, after, ticket.sent))
         while now - self.draining[0][0] > self.SPAN:
             self.draining.popleft()
-        (start, low, low_after), (end, high, high_after) = self.draining[0], self.draining[-1]
+        (start, low, low_after, _), (end, high, high_after, _) = self.draining[0], self.draining[-1]
         if end - start >= self.SPAN / 2 and high - high_after - (low + low_after) >= self.REFILL:
             self.refill, self.refills = (high - low) / (end - start), True
 
@@ -249,13 +278,18 @@ class QuotaTracker:
         if not self.refills:
             self.test = test
 
+    def window_spent(self, now: float) -> None:
+        """A short window spent: the answers still to come from it say so again; read from the next."""
+        self.left, self.since = None, now
+
     def tested(self, ticket: Ticket, status: int | None) -> None:
         """The request sent when the quota was spent, before a short reset: refused, a window (one 429
         in the run); admitted, a bucket (or a window that reset sooner than its whole-second `Reset`
-        said, which then refuses the ends of its windows, rule 1a). No answer (None): still unknown."""
+        said, which then refuses the ends of its windows, rule 1a, unless its quota jumped back, see
+        `_note_refill`). No answer (None): still unknown."""
         if ticket.seq == self.test:
             self.test = None
-            if status is not None:
+            if status is not None and not self.window:
                 self.refills, self.window = status != 429, status == 429
 
 
@@ -603,7 +637,7 @@ class Pacer:
         self._doubt_first = False
 
     def _note_quota(self, ticket: Ticket, quota: Quota, now: float, *, admitted: bool) -> None:
-        if ticket.sent >= self._cycle_start:  # else from before the last pause: stale
+        if ticket.sent >= max(self._cycle_start, self._quota.since):  # else of a pause or window gone: stale
             after = self._seq - ticket.seq
             self._quota.read(ticket, quota, now, after=after, pace=self.rate, admitted=admitted)
 
@@ -618,6 +652,9 @@ class Pacer:
         read again. Not known which: a short reset is tested (the next request goes alone, two slots on),
         a long one waited out unless a refill shows first."""
         quota = self._quota
+        if (rate := quota.window_rate()) is not None:
+            self._window_spent(now, wait, rate)
+            return
         if quota.window or (not quota.refills and wait >= self.LONG):
             self._event(now, wait, refused=False)
             return
@@ -629,6 +666,17 @@ class Pacer:
             self._next = max(self._next, now + short)
         else:
             self._event(now, min(wait, 2.0 / quota.refill), refused=False, refill=quota.refill)
+
+    def _window_spent(self, now: float, wait: float, rate: float) -> None:
+        """A short window's rate is its limit over its length, and the pace is set just under it. Spent
+        at that pace, it was spent at its end: nothing is waited, not its whole-second `Reset` (a 429 if
+        it was not quite over is lone, rule 1a). Spent faster, it is waited out."""
+        early = self.rate > rate
+        self.estimate, self._refused, self._last_event = rate, None, now
+        self._set(self.REFILL_MARGIN * rate, now)
+        self._quota.window_spent(now)
+        if early:
+            self._pause(now, now + wait)
 
     # -- the estimate ----------------------------------------------------------------------------
     def _event(self, now: float, pause: float, *, refused: bool, refill: float | None = None) -> None:
