@@ -9,6 +9,7 @@ with another host name) only through its leases expiring.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -209,7 +210,8 @@ DONE_LINE = re.compile(r" INFO (\S+): done, \d+ pipeline\(s\) stored")
 class Run:
     collectors: list[Collector]
     watcher: LeaseWatcher
-    held_at_kill: list[str]  # the victim's endpoints when it died
+    held_at_kill: list[str]  # the victim's unfinished endpoints when it died
+    left_finished: list[str]  # ... and those it had finished but not yet released
     kill_time: float
     status_during: subprocess.CompletedProcess[str]
 
@@ -238,7 +240,7 @@ def run_with_a_kill(simulator: tuple[Simulator, str], tmp_path: Path) -> Iterato
             start_collector(f"c{i}", fixture, db_url, api_url, tmp_path, host) for i, host in enumerate(hosts)
         ]
         try:
-            held, kill_time = kill_mid_run(watcher, collectors[0])
+            (held, left), kill_time = kill_mid_run(watcher, collectors[0])
             status = subprocess.run(cli("status", "--db", db_url), capture_output=True, text=True, timeout=60)
             for c in collectors[1:]:
                 c.proc.wait(timeout=RUN_TIMEOUT)
@@ -248,15 +250,17 @@ def run_with_a_kill(simulator: tuple[Simulator, str], tmp_path: Path) -> Iterato
                     c.proc.kill()
                     c.proc.wait()
             watcher.stop()
-        return Run(collectors, watcher, held, kill_time, status)
+        return Run(collectors, watcher, held, left, kill_time, status)
 
     yield run
     for store in stores:
         store.close()
 
 
-def kill_mid_run(watcher: LeaseWatcher, victim: Collector) -> tuple[list[str], float]:
-    """SIGKILL the victim once some endpoints are done and it has just taken another one."""
+def kill_mid_run(watcher: LeaseWatcher, victim: Collector) -> tuple[tuple[list[str], list[str]], float]:
+    """SIGKILL the victim once some endpoints are done and it has just taken another one. Returns the
+    endpoints it held unfinished, and those it held finished (killed between storing an endpoint's end
+    and releasing its lease: the survivors see it collected and leave that lease to expire)."""
 
     def victim_busy() -> bool:
         if victim.proc.poll() is not None:
@@ -269,9 +273,12 @@ def kill_mid_run(watcher: LeaseWatcher, victim: Collector) -> tuple[list[str], f
     os.kill(victim.pid, signal.SIGKILL)
     kill_time = time.time()
     victim.proc.wait()
-    held = [x.endpoint for x in watcher.store.leases() if owner_pid(x.owner) == victim.pid]
-    assert held, "the victim held no lease when it was killed"
-    return held, kill_time
+    leases = [x for x in watcher.store.leases() if owner_pid(x.owner) == victim.pid]
+    finished = {s.slug: s.last_finished for s in watcher.store.endpoint_statuses()}
+    done = {x.endpoint for x in leases if (finished.get(x.endpoint) or -math.inf) >= x.acquired_at}
+    held = [x.endpoint for x in leases if x.endpoint not in done]
+    assert held, "the victim held no unfinished endpoint when it was killed"
+    return (held, sorted(done)), kill_time
 
 
 def check_run(run: Run, db_url: str, sim: Simulator) -> None:
@@ -283,7 +290,10 @@ def check_run(run: Run, db_url: str, sim: Simulator) -> None:
     check_taken_over_after_death(run)
     check_no_lapse(run)
     check_every_endpoint_done(run)
-    assert run.watcher.store.leases() == []  # every lease released, the dead one's taken over first
+    # Every lease released, the dead one's taken over first (or left on an endpoint it had finished).
+    assert sorted((x.endpoint, owner_pid(x.owner)) for x in run.watcher.store.leases()) == [
+        (endpoint, run.victim.pid) for endpoint in run.left_finished
+    ]
     check_union_is_the_truth(db_url, sim)
 
 
