@@ -586,8 +586,9 @@ def test_a_window_per_second_known_from_its_quota_is_paced_just_under_its_limit(
 ) -> None:
     # A window of 30 a second says `RateLimit-Reset: 1` whatever is left of it: waiting that second
     # out at each spent quota cost 0.78-0.89 of the rate. Known as a window (the request sent to tell
-    # it from a bucket refused, or its quota seen jumping back to the limit at a reset; at phase 0.85
-    # and 100 ms that request reaches a window that has just reset), its rate is its limit a second.
+    # it from a bucket refused, or its quota seen jumping back to the limit at a reset: at 60 a second,
+    # phase 0.85 and 100 ms that request reaches a window that has just reset), its rate is its limit
+    # a second.
     clock = FakeClock()
     pacer = Pacer(clock=clock)
     window = FixedWindow(limit, 1.0, lambda: clock.now + phase - 1000.0)
