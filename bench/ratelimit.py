@@ -5,8 +5,9 @@
 A covering design of the matrix, not its Cartesian product (listed in CELLS): token bucket at 10, 20,
 60 and 150 req/s with bursts 1, 10 and 100 (every rate and every burst at least once), a fixed window
 per second and per minute; latency 5, 25 and 100 ms (each at least once per limiter kind); Retry-After
-in seconds rounded up, as an HTTP date, or absent (each at least once per limiter kind); three cells
-with quota headers (a bucket, a window per minute, a window per second). Per-minute windows use a
+in seconds rounded up, as an HTTP date, or absent (each at least once per limiter kind); four cells
+with quota headers (a bucket, a window per minute, a window per second, each form of header at least
+once: `RateLimit-*`, `X-RateLimit-*`, and the IETF draft's structured `RateLimit` field). Per-minute windows use a
 small limit (600 a minute) and a collection spanning two windows or more; windows are aligned on the
 wall clock, so where a run starts within a minute is chance.
 
@@ -86,6 +87,7 @@ CELLS = [
     sized("bucket", 60, 10, 5, "seconds", "ratelimit"),
     sized("minute", 10, 1, 25, "seconds", "x-ratelimit"),
     sized("second", 60, 1, 100, "seconds", "ratelimit"),
+    sized("bucket", 20, 10, 25, "seconds", "structured"),
 ]
 
 

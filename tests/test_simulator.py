@@ -507,7 +507,7 @@ def test_token_bucket_reports_its_quota() -> None:
     assert not refused.admitted and refused.wait == pytest.approx(0.1) and refused.remaining == 0
 
 
-@pytest.mark.parametrize("headers", ["ratelimit", "x-ratelimit", "both"])
+@pytest.mark.parametrize("headers", ["ratelimit", "x-ratelimit", "both", "structured"])
 async def test_quota_headers_and_a_429_without_retry_after(
     session: aiohttp.ClientSession, headers: str
 ) -> None:
@@ -533,6 +533,13 @@ async def test_quota_headers_and_a_429_without_retry_after(
         if github:
             date = parsedate_to_datetime(reply.headers["Date"]).timestamp()
             assert 1 <= int(reply.headers["X-RateLimit-Reset"]) - date <= 60  # an epoch on the server's clock
+        if headers == "structured":  # the IETF draft's fields, and nothing of the older forms
+            assert reply.headers["RateLimit-Policy"] == '"default";q=30;w=60'
+            remaining, reset = re.fullmatch(r'"default";r=(\d+);t=(\d+)', reply.headers["RateLimit"]).groups()
+            assert int(remaining) <= 29 and 1 <= int(reset) <= 60
+    if headers == "structured":
+        assert refused[0].headers["RateLimit"].startswith('"default";r=0;')
+        return
     remaining = {k: v for k, v in refused[0].headers.items() if k.endswith("RateLimit-Remaining")}
     assert set(remaining.values()) == {"0"}
 

@@ -622,7 +622,11 @@ def simulate(
         str, typer.Option(help="Retry-After on 429s: seconds, date, both (alternating) or none.")
     ] = "seconds",
     rate_headers: Annotated[
-        str, typer.Option(help="Quota headers: none, ratelimit (RateLimit-*), x-ratelimit or both.")
+        str,
+        typer.Option(
+            help="Quota headers: none, ratelimit (RateLimit-*), x-ratelimit (X-RateLimit-*), both, or "
+            "structured (the IETF draft's RateLimit and RateLimit-Policy fields).",
+        ),
     ] = "none",
     limit_body: Annotated[str, typer.Option(help="429 bodies: json, text or both (alternating).")] = "both",
     fault_rate: Annotated[float, typer.Option(help="Share of requests answered 5xx.")] = 0.0,

@@ -47,7 +47,8 @@ Rules (each a method below; the clock is injectable, so every rule runs in simul
    refused, the pace was far past a drained bucket's rate, which admits about pace x the share
    admitted: the estimate drops to that (or to the measured rate if higher) and is held. (A window
    refuses all until it ends and then admits all: no rate in that; nor in a stalled server's bunch.)
-5. **Quota headers** (`RateLimit-*` or `X-RateLimit-*`, reset as seconds or as an epoch): the remaining
+5. **Quota headers** (`RateLimit-*`, `X-RateLimit-*` or `X-Rate-Limit-*`, reset as seconds or as an epoch,
+   or the IETF draft's structured `RateLimit` field; `parse_quota`): the remaining
    quota, less the requests sent after the request that reported it, is spent down; at zero every
    request waits, a pause without the 429. A window waits for its reset, estimated like a pause. A
    bucket (told by its refill, `QuotaTracker`, or, for a quota spent first with a reset under `LONG`
@@ -77,7 +78,11 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from email.utils import parsedate_to_datetime
+from typing import Any
+
+import http_sf
 
 log = logging.getLogger("circleci_ds.api")
 
@@ -327,9 +332,11 @@ def parse_retry_after(value: str | None, server_date: str | None) -> float | Non
 
 
 def parse_quota(headers: Mapping[str, str], server_date: str | None) -> Quota | None:
-    """`RateLimit-Remaining` / `-Reset` (seconds), else `X-RateLimit-Remaining` / `-Reset` (seconds, or an
-    epoch when larger than a year's seconds, measured against `Date`); None if either is missing or bad."""
-    for prefix in ("RateLimit-", "X-RateLimit-"):
+    """The quota a response reports, in any of the forms servers use; None if absent or malformed:
+    - `RateLimit-Remaining` / `-Reset` (seconds), else `X-RateLimit-*` or `X-Rate-Limit-*` (seconds, or an
+      epoch when larger than a year's seconds, measured against `Date`), with an optional `-Limit`;
+    - else the IETF draft's structured `RateLimit` field (`_structured_quota`)."""
+    for prefix in ("RateLimit-", "X-RateLimit-", "X-Rate-Limit-"):
         remaining = _count(headers.get(prefix + "Remaining"))
         reset = _seconds(headers.get(prefix + "Reset"))
         if remaining is None or reset is None:
@@ -338,7 +345,64 @@ def parse_quota(headers: Mapping[str, str], server_date: str | None) -> Quota | 
             base = parse_http_date(server_date)
             reset = max(0.0, reset - (base if base is not None else time.time()))
         return Quota(_count(headers.get(prefix + "Limit")), remaining, reset)
-    return None
+    return _structured_quota(headers)
+
+
+def _structured_quota(headers: Mapping[str, str]) -> Quota | None:
+    """The IETF draft's `RateLimit` field, a Structured Field (RFC 9651) in either of its shapes:
+    - since draft 08, a list of policies' service limits, `"name";r=REMAINING;t=SECONDS`, each policy's
+      quota in `RateLimit-Policy` (`"name";q=QUOTA;w=WINDOW`): the policy with the least remaining is
+      the one that binds; one without `t` says nothing of when it refills and is left to the 429s;
+    - in draft 07, a dictionary `limit=L, remaining=R, reset=SECONDS`.
+    `t` and `reset` may be fractional (the draft says integers; other forms' resets often are not)."""
+    field = _field(headers, "RateLimit")
+    if field is None:
+        return None
+    old = _sf_parse(field, "dictionary")
+    if old is not None and (quota := _quota(old.get("limit"), old.get("remaining"), old.get("reset"))):
+        return quota
+    policies = dict(_sf_items(_field(headers, "RateLimit-Policy")))
+    quotas = [
+        _quota(policies.get(name, {}).get("q"), params.get("r"), params.get("t"))
+        for name, params in _sf_items(field)
+    ]
+    known = [quota for quota in quotas if quota is not None]
+    return min(known, key=lambda quota: (quota.remaining, -quota.reset), default=None)
+
+
+def _quota(limit: Any, remaining: Any, reset: Any) -> Quota | None:
+    """A quota from Structured Field values: integers at least 0 (a member is `(value, parameters)`; a
+    boolean is no integer), the reset an integer or a decimal; None without remaining or reset."""
+    limit, remaining, reset = (v[0] if isinstance(v, tuple) else v for v in (limit, remaining, reset))
+    if type(remaining) is not int or remaining < 0 or type(reset) not in (int, Decimal) or reset < 0:
+        return None
+    return Quota(limit if type(limit) is int and limit >= 0 else None, remaining, float(reset))
+
+
+def _field(headers: Mapping[str, str], name: str) -> str | None:
+    """A field's value, its lines joined as RFC 9110 joins a list's (a multidict's lines, or the one)."""
+    getall = getattr(headers, "getall", None)
+    lines = getall(name, []) if getall is not None else [v] if (v := headers.get(name)) is not None else []
+    value = ", ".join(lines)
+    return value if lines and len(value) <= 4096 else None
+
+
+def _sf_parse(value: str, kind: str) -> Any:
+    try:
+        return http_sf.parse(value.encode("ascii"), tltype=kind)
+    except (ValueError, UnicodeEncodeError):
+        return None
+
+
+def _sf_items(value: str | None) -> list[tuple[str, dict[str, Any]]]:
+    """A Structured Field list's items as (name, parameters); names are strings or tokens."""
+    parsed = _sf_parse(value, "list") if value is not None else None
+    items = []
+    for member in parsed or []:
+        name, params = member if isinstance(member, tuple) else (None, {})
+        if isinstance(name, (str, http_sf.Token)) and isinstance(params, dict):
+            items.append((str(name), params))
+    return items
 
 
 def _count(value: str | None) -> int | None:

@@ -7,7 +7,8 @@ from datetime import UTC, datetime
 
 VCS_ALIASES = {"github": "gh", "gh": "gh", "bitbucket": "bb", "bb": "bb", "circleci": "circleci"}
 RETRY_AFTER_FORMS = ("seconds", "date", "both", "none")  # "both" alternates; "none" sends no Retry-After
-RATE_HEADER_FORMS = ("none", "ratelimit", "x-ratelimit", "both")  # RateLimit-*, X-RateLimit-* or both
+# RateLimit-*, X-RateLimit-*, both, or the IETF draft's structured RateLimit and RateLimit-Policy fields
+RATE_HEADER_FORMS = ("none", "ratelimit", "x-ratelimit", "both", "structured")
 LIMIT_BODIES = ("json", "text", "both")  # 429 bodies; "both" alternates
 LIMITER_SHAPES = ("bucket", "second", "minute")  # token bucket, fixed window per second or minute
 

@@ -7,7 +7,7 @@
 
 Each `take()` answers with a `Decision`: whether the request is admitted, how long until one would be,
 and the quota a server reports in `RateLimit-*` headers (for a bucket: its size, the whole tokens left,
-and the seconds until it is full again).
+and the seconds until it is full again; its `window`, the seconds it takes to fill from empty).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ class Decision:
     limit: int  # the quota: bucket size or requests per window
     remaining: int  # requests left in the quota after this one
     reset: float  # seconds until the quota is whole again
+    window: float  # seconds the whole quota is granted over: a window's length, a bucket's fill from empty
 
     @property
     def admitted(self) -> bool:
@@ -55,7 +56,7 @@ class TokenBucket:
         else:
             wait = (1.0 - self._tokens) / self.rate
         reset = (self.burst - self._tokens) / self.rate
-        return Decision(wait, self.burst, math.floor(self._tokens), reset)
+        return Decision(wait, self.burst, math.floor(self._tokens), reset, self.burst / self.rate)
 
 
 class FixedWindow:
@@ -76,8 +77,8 @@ class FixedWindow:
         reset = start + self.window - now
         if self._used < self.limit:
             self._used += 1
-            return Decision(0.0, self.limit, self.limit - self._used, reset)
-        return Decision(reset, self.limit, 0, reset)
+            return Decision(0.0, self.limit, self.limit - self._used, reset, self.window)
+        return Decision(reset, self.limit, 0, reset, self.window)
 
 
 def make_limiter(shape: str, rate: float, burst: int) -> Limiter:

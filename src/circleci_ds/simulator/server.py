@@ -92,8 +92,9 @@ def _json(view: View, payload: Any, status: int = 200) -> web.Response:
 
 
 def quota_headers(form: str, decision: Decision, now_ms: int) -> dict[str, str]:
-    """`RateLimit-*` (reset in seconds from now) and/or `X-RateLimit-*` (reset as epoch seconds of the
-    server's clock, like GitHub's) for `form` in RATE_HEADER_FORMS; whole seconds, rounded up."""
+    """Quota headers for `form` in RATE_HEADER_FORMS, in whole seconds rounded up: `RateLimit-*` (reset in
+    seconds from now), `X-RateLimit-*` (reset as epoch seconds of the server's clock, like GitHub's), both,
+    or `structured` (the IETF draft's current `RateLimit` and `RateLimit-Policy` fields)."""
     reset = math.ceil(decision.reset)
     headers: dict[str, str] = {}
     if form in ("ratelimit", "both"):
@@ -107,6 +108,12 @@ def quota_headers(form: str, decision: Decision, now_ms: int) -> dict[str, str]:
             "X-RateLimit-Limit": str(decision.limit),
             "X-RateLimit-Remaining": str(decision.remaining),
             "X-RateLimit-Reset": str(now_ms // 1000 + reset),
+        }
+    if form == "structured":
+        window = max(1, math.ceil(decision.window))
+        headers |= {
+            "RateLimit": f'"default";r={decision.remaining};t={reset}',
+            "RateLimit-Policy": f'"default";q={decision.limit};w={window}',
         }
     return headers
 
