@@ -7,9 +7,9 @@ A covering design of the matrix, not its Cartesian product (listed in CELLS): to
 per second and per minute; latency 5, 25 and 100 ms (each at least once per limiter kind); Retry-After
 in seconds rounded up, as an HTTP date, or absent (each at least once per limiter kind); four cells
 with quota headers (a bucket, a window per minute, a window per second, each form of header at least
-once: `RateLimit-*`, `X-RateLimit-*`, and the IETF draft's structured `RateLimit` field). Per-minute windows use a
-small limit (600 a minute) and a collection spanning two windows or more; windows are aligned on the
-wall clock, so where a run starts within a minute is chance.
+once: `RateLimit-*`, `X-RateLimit-*`, and the IETF draft's structured `RateLimit` field).
+Per-minute windows use a small limit (600 a minute) and a collection spanning two windows or more;
+windows are aligned on the wall clock, so where a run starts within a minute is chance.
 
 Each cell is one collection (test results included, at the default --concurrency) into a fresh SQLite
 store. `requests` is what the simulator answered other than 429; `x ideal` is the active time (first

@@ -42,6 +42,7 @@ async def collect(
     kill_after_requests: int | None = None,
     limits: Limits | None = None,
     timeout: float = 60.0,
+    max_wait: float = 900.0,
     **options: Any,
 ) -> tuple[list[EndpointResult], ClientStats]:
     """One collection; with `kill_after_requests` it is cut off abruptly after that many requests.
@@ -51,7 +52,8 @@ async def collect(
     store = Store.open(db_url)
     try:
         async with CircleCIClient(
-            url, token, concurrency=concurrency, backoff_initial=0.01, limits=limits, timeout=timeout
+            url, token, concurrency=concurrency, backoff_initial=0.01, limits=limits, timeout=timeout,
+            max_wait=max_wait,
         ) as client:
             collector = Collector(client, store, Options(lease_ttl=2.0, **options))
             task = asyncio.create_task(collector.run(endpoints(slugs)))

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import time
 import zlib
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -69,6 +70,7 @@ class Seen:
     path: str  # raw, as sent
     query: tuple[tuple[str, str], ...]
     token: str | None
+    at: float = 0.0  # when it arrived (time.monotonic)
 
 
 class HostileServer:
@@ -126,7 +128,8 @@ class HostileServer:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         path = request.raw_path.split("?", 1)[0]
-        self.seen.append(Seen(path, tuple(request.query.items()), request.headers.get("Circle-Token")))
+        token = request.headers.get("Circle-Token")
+        self.seen.append(Seen(path, tuple(request.query.items()), token, time.monotonic()))
         if path.startswith(MOVED + "/"):
             return await self._proxy(request, "/api/v2" + path[len(MOVED) :])
         kind = request_kind(path)

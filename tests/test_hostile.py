@@ -12,6 +12,7 @@ command in a subprocess; the many variants of each class run the same collector 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import re
@@ -622,6 +623,22 @@ async def test_scripted_replies_reach_the_client_in_order() -> None:
         with pytest.raises(NotFound, match="not found: gone"):
             await client.project("gh/a/b")
         assert (await client.project("gh/a/b"))["name"] == "bait"
+
+
+async def test_a_503_with_retry_after_is_waited_out_by_every_request_and_costs_no_attempt() -> None:
+    hostile = HostileServer()
+    down = Reply(503, [("Retry-After", "1")], b'{"message": "down for maintenance"}')
+    async with hostile.serve() as url, CircleCIClient(url, TOKEN, max_attempts=2, concurrency=4) as client:
+        hostile.play([down] * 3, kinds="project")
+        first = asyncio.create_task(client.project("gh/acme/p0"))
+        await asyncio.sleep(0.3)  # its 503 is in: the pause is in force before the others ask
+        got = await asyncio.gather(first, *(client.project(f"gh/acme/p{i}") for i in range(1, 4)))
+    # Two attempts would not have outlasted three 503s: waiting one out costs none.
+    assert [answer["name"] for answer in got] == ["bait"] * 4
+    arrivals = [s.at for s in hostile.seen]
+    assert len(arrivals) == 3 + 4  # the three refused, then each request once
+    # After each 503, nothing reached the server before its Retry-After had passed, then one request.
+    assert all(later - refused >= 0.95 for refused, later in itertools.pairwise(arrivals[:4]))
 
 
 @pytest.mark.parametrize(("token", "masked"), [(TOKEN, True), ("t", False)])

@@ -109,6 +109,7 @@ locations = st.one_of(
 dates = st.one_of(
     header_text, st.sampled_from(["Fri, 31 Dec 9999 23:59:59 GMT", "Mon, 2 Jan 932134643768 560:1:1"])
 )
+retry_afters = st.one_of(st.sampled_from(["0", "1", "86400", "Fri, 31 Dec 9999 23:59:59 GMT"]), header_text)
 encodings = st.sampled_from(["", "identity", "gzip", "deflate", "br", "x-unknown", "gzip-but-plain"])
 
 
@@ -122,6 +123,8 @@ def replies(draw: st.DrawFn) -> Reply:
         headers.append(("Date", draw(dates)))
     if 300 <= status < 400 and draw(st.booleans()):
         headers.append(("Location", draw(locations)))
+    if status == 503 and draw(st.booleans()):  # the server down for a while: waited out within max_wait
+        headers.append(("Retry-After", draw(retry_afters)))
     if encoding == "gzip":
         body = gzip.compress(body)
     elif encoding == "deflate":
@@ -159,6 +162,7 @@ def page(token: str | None, *items: Any) -> Reply:
 @example([Reply(200, [("Content-Encoding", "gzip")], gzip.compress(b" " * (3 << 20)))], {"project"})
 @example([Reply(200, body=b"[" * 100_000), Reply(200, body=b'{"n": NaN}')], {"project", "pipelines"})
 @example([page("x", {"id": "../../project"}, {"id": 7}, {"no": "id"})], {"pipelines"})
+@example([Reply(503, [("Retry-After", "0")])] * 8, {"project", "pipelines"})
 def test_any_answers_end_cleanly_and_keep_the_token_home(script: list[Reply], targets: set[str]) -> None:
     filled = template()
     with tempfile.TemporaryDirectory() as tmp:
@@ -198,7 +202,7 @@ async def _collect(url: str, db_url: str) -> list[str]:
     try:
         # The limits end the run; this bound only turns a hang into a failure instead of a stall.
         results, _ = await asyncio.wait_for(
-            collect(url, db_url, SLUGS, token=TOKEN, limits=LIMITS, timeout=1.0), 120
+            collect(url, db_url, SLUGS, token=TOKEN, limits=LIMITS, timeout=1.0, max_wait=3.0), 120
         )
     except ApiError as exc:  # a 401 stops the run: the CLI says "token rejected", exit 1
         return [str(exc)]

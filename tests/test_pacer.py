@@ -208,6 +208,61 @@ async def test_a_pause_beyond_max_wait_fails_at_once_per_request_and_per_run() -
         await pacer.wait(WaitBudget(300.0))
 
 
+# -- 503s with a Retry-After (rule 1b) --------------------------------------------------------------
+
+
+def test_a_503_with_retry_after_pauses_every_request_and_leaves_the_pace() -> None:
+    clock = FakeClock()
+    pacer = learned(clock, 40)
+    pace, estimate = pacer.rate, pacer.estimate
+    down, in_flight = send(pacer, clock), send(pacer, clock)
+    pacer.observe(down, 503, {"Retry-After": "30"})
+    assert pacer.try_acquire() is None and pacer.pause_remaining == pytest.approx(30.0)
+    pacer.observe(in_flight, 503, {"Retry-After": "10"})  # a shorter one does not shorten the pause
+    assert pacer.pause_remaining == pytest.approx(30.0)
+    assert (pacer.rate, pacer.estimate, pacer.rate_limited) == (pace, estimate, 1)  # not a rate
+    clock.now += 30.0
+    first = pacer.try_acquire()
+    assert first is not None and first.probe and pacer.try_acquire() is None  # one goes first
+    pacer.observe(first, 200, {})
+    assert send(pacer, clock) is not None
+
+
+def test_a_503_without_retry_after_changes_nothing_here() -> None:
+    clock = FakeClock()
+    pacer = learned(clock, 40)
+    pace = pacer.rate
+    pacer.observe(send(pacer, clock), 503, {"Retry-After": "soon"})  # unreadable: as if absent
+    assert pacer.paused_until is None and pacer.rate == pace  # the client retries it with backoff
+
+
+async def test_503s_saying_retry_after_0_are_asked_again_ever_later_until_max_wait_ends_them() -> None:
+    clock = FakeClock()
+    pacer = Pacer(clock=clock, max_wait=900.0)
+    pauses = []
+    while pacer.paused_total <= 900.0:
+        pacer.observe(send(pacer, clock), 503, {"Retry-After": "0"})
+        pauses.append(pacer.pause_remaining)
+    assert pauses[:4] == [0.25, 0.5, 1.0, 2.0] and max(pauses) == 60.0
+    assert len(pauses) == 22  # 0.25 s doubling to 60 s: past 900 s of pauses at the 22nd
+    with pytest.raises(WaitTooLong, match="would add up to 15m04s, beyond --max-wait 15m00s"):
+        await pacer.wait()  # at once: the run's bound
+    clock.now += pacer.pause_remaining
+    answered(pacer, clock, 1)  # a success ends the outage: the next 503 pauses 0.25 s again
+    pacer.observe(send(pacer, clock), 503, {"Retry-After": "0"})
+    assert pacer.pause_remaining == 0.25
+
+
+async def test_an_outage_longer_than_max_wait_fails_at_once_and_says_so() -> None:
+    clock = FakeClock()
+    pacer = Pacer(clock=clock, max_wait=900.0)
+    pacer.observe(send(pacer, clock), 503, {"Retry-After": "3600"})
+    says = r"^server unavailable \(HTTP 503\): the server asks to wait 1h00m"
+    with pytest.raises(WaitTooLong, match=says) as caught:
+        await pacer.wait(WaitBudget(900.0))
+    assert caught.value.status == 503
+
+
 # -- lone 429s (rule 1a) ---------------------------------------------------------------------------
 
 

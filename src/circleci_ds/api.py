@@ -22,7 +22,8 @@ Every byte from the server is hostile. Rules:
   than `Limits.max_pages` pages fail the list (`EndlessPagination`).
 - Ids from the server are sent back as one path segment, percent-encoded; `.` and `..` are refused.
 - Status codes: 200 is an answer; 301/302/303/307/308 redirect; 401, 404, 429 as below; 408 and
-  5xx are retried; anything else (1xx, other 2xx and 3xx, 418, 999) fails the request.
+  5xx are retried (a 503 with a Retry-After after waiting it out, as a 429's, without spending an
+  attempt); anything else (1xx, other 2xx and 3xx, 418, 999) fails the request.
 - Error messages carry the path and at most a cleaned, bounded excerpt of the server's message
   (`text.clean`), never headers or the token.
 
@@ -33,6 +34,7 @@ Exceptions (all raised by the client derive from ApiError):
      +-- NotFound            404
      +-- TransientError      retried: 408, 5xx, timeouts, connection errors
      |    +-- RateLimited    429
+     |    +-- Unavailable    503 with a Retry-After
      |    +-- UnreadableBody a body cut short, badly compressed or not JSON
      +-- Redirected          a redirect not followed: other origin, no usable Location, too many
      +-- ResponseTooLarge    a body past the decoded-size cap
@@ -113,6 +115,15 @@ class RateLimited(TransientError):
         self.retry_after = retry_after
 
 
+class Unavailable(TransientError):
+    """503 with a `Retry-After`: the server is down for that long. Every request waits it out (the pacer),
+    within `max_wait`, as for a 429; waiting costs no attempt."""
+
+    def __init__(self, message: str, *, retry_after: float, path: str = "") -> None:
+        super().__init__(message, status=503, path=path)
+        self.retry_after = retry_after
+
+
 class UnreadableBody(TransientError):
     """A body cut short, badly compressed or not JSON: retried, as a proxy's hiccup may cause it."""
 
@@ -136,7 +147,8 @@ class EndlessPagination(ApiError):
 
 
 class RateLimitWait(ApiError):
-    """Waiting out the server's rate limit would take longer than `max_wait` allows."""
+    """Waiting out the server's pauses (429s, 503s with a Retry-After) would take longer than `max_wait`
+    allows."""
 
 
 @dataclass
@@ -288,13 +300,13 @@ class CircleCIClient:
 
     def _stop(self, state: RetryCallState) -> bool:
         exc = state.outcome.exception() if state.outcome else None
-        if isinstance(exc, RateLimited):
+        if isinstance(exc, RateLimited | Unavailable):
             return False  # the pacer's wait budget ends it (RateLimitWait)
         return state.attempt_number >= self._max_attempts
 
     def _wait(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
-        if isinstance(exc, RateLimited):
+        if isinstance(exc, RateLimited | Unavailable):
             return 0.0  # the pacer holds the request (or every request) until Retry-After has passed
         ceiling = min(self._backoff_max, self._backoff_initial * 2 ** (state.attempt_number - 1))
         return random.uniform(ceiling / 2, ceiling)
@@ -309,12 +321,12 @@ class CircleCIClient:
         try:
             await self.pacer.hold(budget)  # a request refused alone waits without holding a slot
         except WaitTooLong as exc:
-            raise RateLimitWait(f"{path}: {exc}; giving up", status=429, path=path) from None
+            raise RateLimitWait(f"{path}: {exc}; giving up", status=exc.status, path=path) from None
         async with self._concurrency:
             try:
                 ticket = await self.pacer.wait(budget)
             except WaitTooLong as exc:
-                raise RateLimitWait(f"{path}: {exc}; giving up", status=429, path=path) from None
+                raise RateLimitWait(f"{path}: {exc}; giving up", status=exc.status, path=path) from None
             self.stats.requests += 1
             self.stats.in_flight += 1
             self.stats.max_in_flight = max(self.stats.max_in_flight, self.stats.in_flight)
@@ -375,11 +387,13 @@ class CircleCIClient:
         self._note_date(resp.headers.get("Date"))
         if status == 200:
             return self._json_object(path, body)
+        wait = parse_retry_after(resp.headers.get("Retry-After"), resp.headers.get("Date"))
         if status == 429:
             self.stats.rate_limited += 1
-            wait = parse_retry_after(resp.headers.get("Retry-After"), resp.headers.get("Date"))
             raise RateLimited(f"{path}: rate limited", retry_after=wait, path=path)
         message = self._message(body)
+        if status == 503 and wait is not None:
+            raise Unavailable(f"{path}: HTTP 503{message}", retry_after=wait, path=path)
         if status == 401:
             raise Unauthorized(f"token rejected (HTTP 401 on {path})", status=status, path=path)
         if status == 404:

@@ -21,6 +21,10 @@ Rules (each a method below; the clock is injectable, so every rule runs in simul
    spent limit after all. Any other 429 is a spent limit (rule 1). Either way **the refused request
    itself waits out its `Retry-After`** (1 s without one) before it is sent again
    (`WaitBudget.not_before`, see `hold`).
+1b. **A 503 with a `Retry-After`** (the server down for that long, RFC 9110) pauses every request for it,
+   as rule 1 does (at least 0.25 s, doubling up to 60 s with each such 503 since the last 2xx), and one
+   goes first after it (rule 2); the pace and the estimate stay as they were. A 503 without one is the
+   client's to retry with backoff.
 2. **One request goes first after a pause**; the others wait for its answer, so a pause that ended too
    soon costs one 429, not one per request in flight.
 3. **Slow start**: the pace starts at `START` requests/s and grows x1.5 every `STEP` while it holds
@@ -88,7 +92,15 @@ log = logging.getLogger("circleci_ds.api")
 
 
 class WaitTooLong(Exception):
-    """Waiting out the server's pauses would exceed `max_wait` (per request or per run)."""
+    """Waiting out the server's pauses would exceed `max_wait` (per request or per run); `status` is
+    that of the answer that began the pause in force (429, or 503)."""
+
+    def __init__(self, message: str, status: int = 429) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+RATE_LIMITED, UNAVAILABLE = "rate limited", "server unavailable (HTTP 503)"  # why every request waits
 
 
 @dataclass(frozen=True, slots=True)
@@ -503,6 +515,8 @@ class Pacer:
         self._last_lone = LoneRefusal()
         self._answered = -math.inf  # when the last answer came
         self.rate_limited = 0  # 429s seen
+        self._cause = RATE_LIMITED  # of the pause in force
+        self._outages = 0  # 503s with a Retry-After since the last 2xx
 
     # -- read-only views -------------------------------------------------------------------------
     @property
@@ -554,15 +568,19 @@ class Pacer:
             budget.left -= wait
 
     def _check_budget(self, pause: float, budget: WaitBudget | None) -> None:
+        status = 503 if self._cause == UNAVAILABLE else 429
         if budget is not None and pause > budget.left:
             raise WaitTooLong(
-                f"rate limited: the server asks to wait {describe_seconds(pause)} more, beyond --max-wait "
-                f"{describe_seconds(self.max_wait)} for one request"
+                f"{self._cause}: the server asks to wait {describe_seconds(pause)} more, beyond --max-wait "
+                f"{describe_seconds(self.max_wait)} for one request",
+                status,
             )
         if self._paused_total > self.max_wait:
             raise WaitTooLong(
-                f"rate limited: the server's pauses in this run would add up to "
-                f"{describe_seconds(self._paused_total)}, beyond --max-wait {describe_seconds(self.max_wait)}"
+                f"{self._cause}: the server's pauses in this run would add up to "
+                f"{describe_seconds(self._paused_total)}, beyond --max-wait "
+                f"{describe_seconds(self.max_wait)}",
+                status,
             )
 
     def delay(self) -> float:
@@ -618,6 +636,9 @@ class Pacer:
         if status == 429:
             self._rate_limited(ticket, parse_retry_after(headers.get("Retry-After"), date), now, bunched)
             return
+        if status == 503 and (wait := parse_retry_after(headers.get("Retry-After"), date)) is not None:
+            self._unavailable(ticket, wait, now)
+            return
         if ticket.seq == self._probe_out:
             self._probe_out = None
             if self._failed_probes:
@@ -625,6 +646,7 @@ class Pacer:
             self._failed_probes = 0
         if 200 <= status < 300:
             self._ok += 1
+            self._outages = 0
             if self._flood is not None:
                 self._flood.answer(ticket, True, now)
             if ticket.seq > self._last_lone.seq:
@@ -662,6 +684,18 @@ class Pacer:
             return
         self._ok_at_429 = self._ok
         self._event(now, pause, refused=True)
+
+    def _unavailable(self, ticket: Ticket, wait: float, now: float) -> None:
+        """Rule 1b: a 503 with a `Retry-After` pauses every request for it (for at least a pause that
+        doubles from 0.25 s to 60 s with each one since the last 2xx, so that a server that says 0 is not
+        asked again at once, for ever), and they go one first after it; the pace and the estimate stay as
+        they are (an outage says nothing of the rate)."""
+        if ticket.seq == self._probe_out:
+            self._probe_out = None
+        self._outages += 1
+        pause = max(wait, min(60.0, 0.25 * 2.0 ** (self._outages - 1)))
+        if now + pause > self._paused_until:
+            self._pause(now, now + pause, UNAVAILABLE)
 
     def _lone(self, ticket: Ticket, pause: float, now: float) -> bool:
         """Rule 1a: a 429 of a request in flight at the last lone one (counted in the streak, which ends
@@ -821,13 +855,12 @@ class Pacer:
             self._refused, self._last_event = None, now
             self._set(self.MARGIN * self.estimate, now)
 
-    def _pause(self, now: float, until: float) -> None:
+    def _pause(self, now: float, until: float, cause: str = RATE_LIMITED) -> None:
         self._paused_total += until - max(now, self._paused_until)
+        self._cause = cause
         if until - now >= self.LONG_PAUSE and until - self._paused_until >= self.LONG_PAUSE:
-            log.warning(
-                "rate limited: every request paused for %s (the server's Retry-After or quota reset)",
-                describe_seconds(until - now),
-            )
+            why = " (the server's Retry-After or quota reset)" if cause == RATE_LIMITED else ""
+            log.warning("%s: every request paused for %s%s", cause, describe_seconds(until - now), why)
         self._paused_until = self._next = self._last_change = until
         self._pace_since = max(self._pace_since, until)  # a pace is held only while requests go
         self._cycle_start = max(self._cycle_start, until)
