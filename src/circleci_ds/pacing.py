@@ -563,21 +563,22 @@ class Pacer:
             return
         wait = budget.not_before - self._clock()
         if wait > 0:
-            self._check_budget(wait, budget)
+            self._check_budget(wait, budget, RATE_LIMITED)  # its own 429's wait, whatever pause went before
             await asyncio.sleep(wait)
             budget.left -= wait
 
-    def _check_budget(self, pause: float, budget: WaitBudget | None) -> None:
-        status = 503 if self._cause == UNAVAILABLE else 429
+    def _check_budget(self, pause: float, budget: WaitBudget | None, cause: str | None = None) -> None:
+        cause = cause or self._cause  # of the wait: the pause in force, unless said
+        status = 503 if cause == UNAVAILABLE else 429
         if budget is not None and pause > budget.left:
             raise WaitTooLong(
-                f"{self._cause}: the server asks to wait {describe_seconds(pause)} more, beyond --max-wait "
+                f"{cause}: the server asks to wait {describe_seconds(pause)} more, beyond --max-wait "
                 f"{describe_seconds(self.max_wait)} for one request",
                 status,
             )
         if self._paused_total > self.max_wait:
             raise WaitTooLong(
-                f"{self._cause}: the server's pauses in this run would add up to "
+                f"{cause}: the server's pauses in this run would add up to "
                 f"{describe_seconds(self._paused_total)}, beyond --max-wait "
                 f"{describe_seconds(self.max_wait)}",
                 status,
