@@ -116,12 +116,8 @@ class RateLimited(TransientError):
 
 
 class Unavailable(TransientError):
-    """503 with a `Retry-After`: the server is down for that long. Every request waits it out (the pacer),
-    within `max_wait`, as for a 429; waiting costs no attempt."""
-
-    def __init__(self, message: str, *, retry_after: float, path: str = "") -> None:
-        super().__init__(message, status=503, path=path)
-        self.retry_after = retry_after
+    """503 with a `Retry-After`: the server is down for that long. Every request waits it out (the pacer
+    holds them, within `max_wait`, as for a 429); waiting costs no attempt."""
 
 
 class UnreadableBody(TransientError):
@@ -393,7 +389,7 @@ class CircleCIClient:
             raise RateLimited(f"{path}: rate limited", retry_after=wait, path=path)
         message = self._message(body)
         if status == 503 and wait is not None:
-            raise Unavailable(f"{path}: HTTP 503{message}", retry_after=wait, path=path)
+            raise Unavailable(f"{path}: HTTP 503{message}", status=503, path=path)
         if status == 401:
             raise Unauthorized(f"token rejected (HTTP 401 on {path})", status=status, path=path)
         if status == 404:
