@@ -20,10 +20,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from circleci_ds.dads import dads_documents
-from circleci_ds.enrich import enrich_trees
-from circleci_ds.export import es_bulk
-from circleci_ds.people import People
+from circleci_ds.derive.people import People
+from circleci_ds.documents.dads import dads_documents
+from circleci_ds.documents.enriched import enrich_trees
+from circleci_ds.documents.raw import es_bulk
 from circleci_ds.store import Store
 
 REPORT_BENCH = Path(__file__).with_name("report.py")

@@ -10,7 +10,7 @@ queue times, MTTR per workflow), over two scopes:
   - window: the report's default (30 days up to the newest stored run, each project's default branch);
   - history: every stored run (since the oldest, all branches).
 Engines:
-  - sql: the report's own code (`circleci_ds.metrics`): SQL aggregates and window functions in the store;
+  - sql: the report's own code (`circleci_ds.metrics.ci`): SQL aggregates and window functions in the store;
   - duckdb: the scope's rows read from the store (SQLAlchemy, batches of numpy columns) into an in-memory
     DuckDB, then the same metrics in DuckDB SQL; the load is timed (DuckDB cannot scan SQLite here
     without downloading its sqlite extension);
@@ -39,9 +39,8 @@ from typing import Any
 from sqlalchemy import Connection, and_, func, select
 from sqlalchemy.sql import Select
 
-from circleci_ds import definitions
-from circleci_ds.facts import JOB_FAILED, WORKFLOW_FAILED
-from circleci_ds.metrics import (
+from circleci_ds.derive.facts import JOB_FAILED, WORKFLOW_FAILED
+from circleci_ds.metrics.ci import (
     ALL_BRANCHES,
     COMPLETED,
     JobMetrics,
@@ -49,6 +48,7 @@ from circleci_ds.metrics import (
     Scope,
     WorkflowMetrics,
     WorkflowTotals,
+    definitions,
     job_groups,
     job_metrics,
     job_row,

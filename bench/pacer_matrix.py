@@ -31,8 +31,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from circleci_ds.pacing import Pacer
-from circleci_ds.simulator.ratelimit import FixedWindow, Limiter, TokenBucket
+from circleci_ds.client.pacing import Pacer
+from circleci_ds.dev.simulator.ratelimit import FixedWindow, Limiter, TokenBucket
 from pacer_helpers import FakeClock, drive
 from ratelimit import CELLS, REQUESTS_PER_PIPELINE, Cell, sized
 

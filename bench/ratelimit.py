@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from circleci_ds.collect import DEFAULT_CONCURRENCY
+from circleci_ds.collect.collector import DEFAULT_CONCURRENCY
 from collect import Run, Workdir, collect, machine
 from simproc import simulator
 

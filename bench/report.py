@@ -41,8 +41,8 @@ def slugs() -> list[str]:
 
 def generate(url: str, jobs: int) -> None:
     """Fill a new store with the simulator's history, one project at a time (bounded memory)."""
-    from circleci_ds.simulator import SimConfig, SimProject, Simulator
-    from circleci_ds.simulator.render import render_project
+    from circleci_ds.dev.simulator import SimConfig, SimProject, Simulator
+    from circleci_ds.dev.simulator.render import render_project
     from circleci_ds.store import Store
 
     pipelines = math.ceil(jobs / JOBS_PER_PIPELINE / PROJECTS)
@@ -103,8 +103,8 @@ def measure_report(url: str, workdir: Path) -> dict[str, Any]:
 
 def measure_refresh(url: str) -> dict[str, Any]:
     """Save 100 new pipelines (a project of their own) one by one, raw + facts, as `collect` does."""
-    from circleci_ds.facts import derive
-    from circleci_ds.simulator import SimConfig, SimProject, Simulator
+    from circleci_ds.derive.facts import derive
+    from circleci_ds.dev.simulator import SimConfig, SimProject, Simulator
     from circleci_ds.store import Store
     from circleci_ds.store.facts_store import write_facts
 
@@ -134,8 +134,8 @@ def measure_refresh(url: str) -> dict[str, Any]:
 
 
 def measure_export(url: str, workdir: Path) -> dict[str, Any]:
-    from circleci_ds.enrich import enrich_trees
-    from circleci_ds.export import es_bulk
+    from circleci_ds.documents.enriched import enrich_trees
+    from circleci_ds.documents.raw import es_bulk
     from circleci_ds.store import Store
 
     store = Store.open(url, create=False)

@@ -56,7 +56,7 @@ class Sim:
 # A simulator of any shape (busy histories, late reruns), printing what `circleci-ds simulate` prints.
 _SHAPED = """
 import asyncio, json, sys
-from circleci_ds.simulator import SimConfig, SimProject, run_standalone
+from circleci_ds.dev.simulator import SimConfig, SimProject, run_standalone
 shape = json.loads(sys.argv[1])
 projects = [SimProject(**p) for p in shape.pop("projects")]
 def ready(url):

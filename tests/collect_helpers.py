@@ -20,11 +20,11 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from circleci_ds.api import CircleCIClient, ClientStats, Limits
-from circleci_ds.collect import Collector, EndpointResult, Options
-from circleci_ds.export import raw_items
-from circleci_ds.fixture import Endpoint, canonical_slug
-from circleci_ds.simulator import SimConfig, Simulator
+from circleci_ds.client.http import CircleCIClient, ClientStats, Limits
+from circleci_ds.collect.collector import Collector, EndpointResult, Options
+from circleci_ds.dev.simulator import SimConfig, Simulator
+from circleci_ds.documents.raw import raw_items
+from circleci_ds.inputs.fixture import Endpoint, canonical_slug
 from circleci_ds.store import Store
 
 
@@ -176,9 +176,9 @@ async def quirky_server(
 
 def store_test_truth(store: Store, sim: Simulator, slugs: list[str]) -> None:
     """Write the simulator's test truth straight into the store (as collection would), by job number."""
-    from circleci_ds.simulator.render import render_project
+    from circleci_ds.derive.tests import TestJob
+    from circleci_ds.dev.simulator.render import render_project
     from circleci_ds.store.testresults import save_chunk
-    from circleci_ds.testresults import TestJob
 
     for written in slugs:
         slug = canonical_slug(written)

@@ -28,7 +28,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from circleci_ds.simulator.server import project_path_kind
+from circleci_ds.dev.simulator.server import project_path_kind
 
 LISTS = ("pipelines", "workflows", "jobs")
 KINDS = frozenset({"project", "pipelines", "pipeline", "workflows", "jobs", "job_details", "user"})

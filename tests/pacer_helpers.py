@@ -14,9 +14,9 @@ import random
 from dataclasses import dataclass, field
 from email.utils import formatdate
 
-from circleci_ds.pacing import Pacer, Ticket, WaitBudget
-from circleci_ds.simulator.ratelimit import Limiter
-from circleci_ds.simulator.server import quota_headers
+from circleci_ds.client.pacing import Pacer, Ticket, WaitBudget
+from circleci_ds.dev.simulator.ratelimit import Limiter
+from circleci_ds.dev.simulator.server import quota_headers
 
 EPOCH = 1_800_000_000.0  # the fake server's wall clock is EPOCH + the fake monotonic clock
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from circleci_ds.collect import origin_for
-from circleci_ds.rules import pipeline_is_final, wants_details
+from circleci_ds.collect.collector import origin_for
+from circleci_ds.collect.rules import pipeline_is_final, wants_details
 from circleci_ds.times import parse_duration, parse_ts
 
 
@@ -51,8 +51,8 @@ def test_dead_local_owner_needs_same_host_and_process_space() -> None:
     import socket
     import subprocess
 
-    from circleci_ds.lanes import dead_local_owner as _dead_local_owner
-    from circleci_ds.lanes import new_owner
+    from circleci_ds.collect.lanes import dead_local_owner as _dead_local_owner
+    from circleci_ds.collect.lanes import new_owner
 
     host, _, space, _ = new_owner().split(":")
     finished = subprocess.Popen(["true"])

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from circleci_ds.simulator import SimConfig, SimProject, Simulator
+from circleci_ds.dev.simulator import SimConfig, SimProject, Simulator
 from circleci_ds.store import Store
 from circleci_ds.store.database import engine_url
 from collect_helpers import (

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from circleci_ds.simulator import SimConfig, SimProject, Simulator
+from circleci_ds.dev.simulator import SimConfig, SimProject, Simulator
 from collect_helpers import assert_matches_truth, cli_args, serving, skip_outside_ci, write_fixture
 from pgserver import PgServer
 

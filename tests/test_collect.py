@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from circleci_ds.collect import TreeSlots
-from circleci_ds.lanes import Outcome
-from circleci_ds.simulator import SimConfig, SimProject, Simulator
+from circleci_ds.collect.collector import TreeSlots
+from circleci_ds.collect.lanes import Outcome
+from circleci_ds.dev.simulator import SimConfig, SimProject, Simulator
 from circleci_ds.store import Store
 from circleci_ds.times import parse_ts
 from collect_helpers import (

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from circleci_ds.simulator import SimConfig, SimProject, Simulator
+from circleci_ds.dev.simulator import SimConfig, SimProject, Simulator
 from circleci_ds.store import LeaseInfo, Store
 
 PROJECTS = [f"gh/coop/project-{i:02d}" for i in range(20)]

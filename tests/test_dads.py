@@ -14,13 +14,13 @@ from typing import Any
 
 import pytest
 
-from circleci_ds.dads import dads_documents
-from circleci_ds.enrich import enrich_trees
-from circleci_ds.export import raw_items
-from circleci_ds.identities import load_identities
-from circleci_ds.mapping import ExportKind, mapped_type, mappings
-from circleci_ds.people import People
-from circleci_ds.simulator import SimConfig, SimProject, Simulator
+from circleci_ds.derive.people import People
+from circleci_ds.dev.simulator import SimConfig, SimProject, Simulator
+from circleci_ds.documents.dads import dads_documents
+from circleci_ds.documents.enriched import enrich_trees
+from circleci_ds.documents.mapping import ExportKind, mapped_type, mappings
+from circleci_ds.documents.raw import raw_items
+from circleci_ds.inputs.identities import load_identities
 from circleci_ds.store import Store
 from collect_helpers import collect
 

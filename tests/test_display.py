@@ -10,9 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from rich.console import Console
 
-from circleci_ds.display import REPLACEMENT, plain, safe_text
 from circleci_ds.files import OutputError, write_atomic
 from circleci_ds.store.urls import UnsupportedURL, display_url, engine_url, secrets_in
+from circleci_ds.text import REPLACEMENT, plain, safe_text
 
 CONTROL = [chr(c) for c in (*range(0x00, 0x09), *range(0x0A, 0x20), 0x7F, *range(0x80, 0xA0))]
 BIDI = ["\u061c", "\u200e", "\u200f", "\u202a", "\u202b", "\u202c", "\u202d", "\u202e", "\u2066", "\u2069"]

@@ -13,9 +13,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from circleci_ds.enrich import enrich_trees, is_bot_login
-from circleci_ds.export import es_bulk, index_name, uuid
-from circleci_ds.facts import job_seconds
+from circleci_ds.derive.facts import job_seconds
+from circleci_ds.documents.enriched import enrich_trees, is_bot_login
+from circleci_ds.documents.raw import es_bulk, index_name
+from circleci_ds.ids import uuid
 from circleci_ds.store import StoredTree
 from circleci_ds.times import parse_ts, stamp
 

@@ -1,4 +1,4 @@
-"""Facts derived from raw trees: the rules of circleci_ds.facts, their storage beside the raw JSON,
+"""Facts derived from raw trees: the rules of circleci_ds.derive.facts, their storage beside the raw JSON,
 and timestamps at the edges (item 8 of issue 8).
 
 Hand-worked tree (pipeline P, default branch main):
@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, select
 
-from circleci_ds.facts import branch_of, critical_path, derive
+from circleci_ds.derive.facts import branch_of, critical_path, derive
 from circleci_ds.store import Store
 from circleci_ds.store import database as db
 from circleci_ds.store import schema as s
@@ -260,9 +260,9 @@ def test_a_default_branch_learnt_later_reaches_the_facts(tmp_path: Path) -> None
 def test_enriched_documents_from_stored_facts_equal_derived_ones(tmp_path: Path) -> None:
     from datetime import UTC, datetime
 
-    from circleci_ds.enrich import enrich_trees
-    from circleci_ds.simulator import SimConfig, SimProject, Simulator
-    from circleci_ds.simulator.render import render_project
+    from circleci_ds.dev.simulator import SimConfig, SimProject, Simulator
+    from circleci_ds.dev.simulator.render import render_project
+    from circleci_ds.documents.enriched import enrich_trees
 
     sim = Simulator(SimConfig(seed=3, projects=[SimProject(EP, pipelines=25)]))
     sim.advance(86400)

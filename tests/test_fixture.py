@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from circleci_ds.fixture import FixtureError, canonical_slug, load_fixture
+from circleci_ds.inputs.fixture import FixtureError, canonical_slug, load_fixture
 
 GOOD = """\
 native:

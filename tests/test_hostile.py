@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from circleci_ds.api import (
+from circleci_ds.client.http import (
     CircleCIClient,
     EndlessPagination,
     Limits,
@@ -34,8 +34,8 @@ from circleci_ds.api import (
     Redirected,
     Unauthorized,
 )
-from circleci_ds.collect import EndpointResult
-from circleci_ds.simulator import SimConfig, SimProject, Simulator
+from circleci_ds.collect.collector import EndpointResult
+from circleci_ds.dev.simulator import SimConfig, SimProject, Simulator
 from circleci_ds.store import Store
 from collect_helpers import (
     RSS_PROBE,

@@ -25,8 +25,8 @@ from typing import Any
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from circleci_ds.api import ApiError, Limits
-from circleci_ds.simulator import SimConfig, SimProject, Simulator
+from circleci_ds.client.http import ApiError, Limits
+from circleci_ds.dev.simulator import SimConfig, SimProject, Simulator
 from circleci_ds.text import clean
 from collect_helpers import collect, stored_state
 from hostile_server import MOVED, HostileServer, Reply

@@ -10,7 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from circleci_ds.identities import MAX_IDENTITIES_BYTES, IdentitiesError, load_identities, organizations_at
+from circleci_ds.inputs.identities import (
+    MAX_IDENTITIES_BYTES,
+    IdentitiesError,
+    load_identities,
+    organizations_at,
+)
 from circleci_ds.times import parse_date
 
 GOOD = """\

@@ -37,9 +37,9 @@ from typing import Any
 
 import pytest
 
-from circleci_ds.metrics import ALL_BRANCHES, MetricsReport, greens, recoveries
+from circleci_ds.metrics.ci import ALL_BRANCHES, MetricsReport, greens, recoveries
+from circleci_ds.metrics.sqlstats import percentile
 from circleci_ds.report import build_report
-from circleci_ds.sqlstats import percentile
 from circleci_ds.store import Store, StoredTree
 
 SLUG = "gh/acme/api"

@@ -24,11 +24,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from circleci_ds.metrics import ALL_BRANCHES, MetricsReport
+from circleci_ds.dev.simulator import SimConfig, SimProject, Simulator
+from circleci_ds.dev.simulator.history import Pipeline, Workflow
+from circleci_ds.dev.simulator.render import render_project
+from circleci_ds.metrics.ci import ALL_BRANCHES, MetricsReport
 from circleci_ds.report import build_report
-from circleci_ds.simulator import SimConfig, SimProject, Simulator
-from circleci_ds.simulator.history import Pipeline, Workflow
-from circleci_ds.simulator.render import render_project
 from circleci_ds.store import Store
 
 SLUGS = ("gh/acme/api", "gh/acme/web")

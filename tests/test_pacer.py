@@ -1,4 +1,4 @@
-"""The pacer's rules (src/circleci_ds/pacing.py), each on a fake clock against the simulator's limiters,
+"""The pacer's rules (client/pacing.py), each on a fake clock against the simulator's limiters,
 then per limiter shape against the simulator itself.
 
 The fake-clock tests are deterministic and take no real time; the simulator tests assert counts (429s,
@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 from multidict import CIMultiDict
 
-from circleci_ds.api import CircleCIClient, RateLimitWait
-from circleci_ds.pacing import (
+from circleci_ds.client.http import CircleCIClient, RateLimitWait
+from circleci_ds.client.pacing import (
     Pacer,
     Quota,
     Ticket,
@@ -31,9 +31,9 @@ from circleci_ds.pacing import (
     parse_quota,
     parse_retry_after,
 )
-from circleci_ds.simulator import SimConfig, SimProject, Simulator
-from circleci_ds.simulator.ratelimit import FixedWindow, Limiter, TokenBucket
-from circleci_ds.simulator.server import quota_headers
+from circleci_ds.dev.simulator import SimConfig, SimProject, Simulator
+from circleci_ds.dev.simulator.ratelimit import FixedWindow, Limiter, TokenBucket
+from circleci_ds.dev.simulator.server import quota_headers
 from pacer_helpers import EPOCH, FakeClock, drive
 
 # -- parsing ---------------------------------------------------------------------------------------
@@ -190,7 +190,7 @@ def test_no_request_goes_during_any_pause() -> None:
 def test_a_long_pause_is_announced_and_shown(caplog: pytest.LogCaptureFixture) -> None:
     clock = FakeClock()
     pacer = Pacer(clock=clock)
-    with caplog.at_level(logging.WARNING, logger="circleci_ds.api"):
+    with caplog.at_level(logging.WARNING, logger="circleci_ds.client.http"):
         limited(pacer, "120")
     assert pacer.pause_remaining == pytest.approx(120.0)
     assert any("paused for 2m00s" in r.getMessage() for r in caplog.records)

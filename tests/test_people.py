@@ -13,12 +13,13 @@ from typing import Any
 
 from sqlalchemy import create_engine, insert
 
-from circleci_ds.enrich import enrich_trees
-from circleci_ds.facts import people_in, user_ids_in
-from circleci_ds.identities import load_identities
-from circleci_ds.people import People, user_record
-from circleci_ds.people_report import people_report
-from circleci_ds.simulator import SimConfig, SimProject, Simulator
+from circleci_ds.collect.users import user_record
+from circleci_ds.derive.facts import people_in, user_ids_in
+from circleci_ds.derive.people import People
+from circleci_ds.dev.simulator import SimConfig, SimProject, Simulator
+from circleci_ds.documents.enriched import enrich_trees
+from circleci_ds.inputs.identities import load_identities
+from circleci_ds.metrics.people import people_report
 from circleci_ds.store import Store
 from circleci_ds.store import schema as s
 from circleci_ds.store.database import engine_url, tree_rows

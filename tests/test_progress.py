@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from circleci_ds.api import ClientStats
-from circleci_ds.collect import Counters, EndpointProgress, Phase
-from circleci_ds.progress import RequestRate, active_lines, client_line, endpoint_line, pause_left
+from circleci_ds.client.http import ClientStats
+from circleci_ds.collect.collector import Counters, EndpointProgress, Phase
+from circleci_ds.collect.progress import RequestRate, active_lines, client_line, endpoint_line, pause_left
 
 
 def test_progress_shows_per_endpoint_what_is_known() -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from circleci_ds.simulator import SimConfig, SimProject, Simulator
+from circleci_ds.dev.simulator import SimConfig, SimProject, Simulator
 from collect_helpers import assert_matches_truth, collect
 
 DAY = 86400.0

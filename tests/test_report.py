@@ -329,7 +329,7 @@ def test_deploy_pattern_from_the_fixture_config_and_bad_patterns(tmp_path: Path)
 
 
 def test_help_states_the_window_and_every_definition() -> None:
-    from circleci_ds.definitions import DEFINITIONS
+    from circleci_ds.metrics.definitions import DEFINITIONS
 
     shown = " ".join(cli("report", "--help").stdout.split())
     for definition in DEFINITIONS:

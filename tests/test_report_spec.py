@@ -11,7 +11,7 @@ from html import unescape
 
 from rich.console import Console
 
-from circleci_ds.people_report import Approver, OrganizationActivity, PeopleReport, Rerunner
+from circleci_ds.metrics.people import Approver, OrganizationActivity, PeopleReport, Rerunner
 from circleci_ds.report import people_section, testsection
 from circleci_ds.report.html import spec_table
 from circleci_ds.report.spec import TABLES, Column, TableSpec, project_column

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from circleci_ds import rules
+from circleci_ds.collect import rules
 from circleci_ds.times import parse_ts
 
 H = 3600.0

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from circleci_ds.simulator import SimConfig, SimProject, Simulator
+from circleci_ds.dev.simulator import SimConfig, SimProject, Simulator
 from circleci_ds.store import Store, StoreError
 from collect_helpers import assert_matches_truth, cli_args, error_lines, run_cli, serving, write_fixture
 

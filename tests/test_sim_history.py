@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from itertools import pairwise
 
-from circleci_ds.simulator import SimConfig, SimProject, Simulator
-from circleci_ds.simulator.history import DAY, MINUTE
-from circleci_ds.simulator.render import render_job
+from circleci_ds.dev.simulator import SimConfig, SimProject, Simulator
+from circleci_ds.dev.simulator.history import DAY, MINUTE
+from circleci_ds.dev.simulator.render import render_job
 
 
 def _sim() -> Simulator:

@@ -8,8 +8,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from circleci_ds.simulator import SimConfig, SimProject, Simulator
-from circleci_ds.simulator.testresults import FAILED, PASSED, Kind
+from circleci_ds.dev.simulator import SimConfig, SimProject, Simulator
+from circleci_ds.dev.simulator.testresults import FAILED, PASSED, Kind
 from sim_helpers import Http
 
 DAY_S = 86400

@@ -20,10 +20,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from circleci_ds.simulator import SimConfig, SimProject, Simulator, run_standalone
-from circleci_ds.simulator.history import Job, Workflow
-from circleci_ds.simulator.ratelimit import FixedWindow, TokenBucket
-from circleci_ds.simulator.render import View
+from circleci_ds.dev.simulator import SimConfig, SimProject, Simulator, run_standalone
+from circleci_ds.dev.simulator.history import Job, Workflow
+from circleci_ds.dev.simulator.ratelimit import FixedWindow, TokenBucket
+from circleci_ds.dev.simulator.render import View
 from sim_helpers import SPEC_FILE, SPEC_SERVER, Http, Reply, patched_spec, slug_path, spec_path, walk_project
 
 CIRCLECI_SLUG = "circleci/6f1c2a7e-3b4d-4e5f-8a9b-0c1d2e3f4a5b/9a8b7c6d-5e4f-4a3b-9c2d-1e0f9a8b7c6d"

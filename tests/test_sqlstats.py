@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Column, Double, Engine, Integer, MetaData, String, Table, create_engine, insert, select
 
-from circleci_ds.sqlstats import moments, percentile, percentiles
+from circleci_ds.metrics.sqlstats import moments, percentile, percentiles
 from circleci_ds.store import database as db
 
 QS = (0.0, 0.5, 0.9, 0.95, 1.0)

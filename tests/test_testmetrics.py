@@ -39,12 +39,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
-from circleci_ds.simulator import SimConfig, SimProject, Simulator
+from circleci_ds.derive.tests import TestJob, job_context, outcome
+from circleci_ds.dev.simulator import SimConfig, SimProject, Simulator
+from circleci_ds.metrics.tests import ALL_BRANCHES, Window, compute_tests, percentile
 from circleci_ds.store import Store
 from circleci_ds.store.schema import test_cases
 from circleci_ds.store.testresults import raw_items, save_chunk
-from circleci_ds.testmetrics import ALL_BRANCHES, Window, compute_tests, percentile
-from circleci_ds.testresults import TestJob, job_context, outcome
 from collect_helpers import store_test_truth
 
 T = datetime(2026, 11, 1, tzinfo=UTC).timestamp()

@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 
-import circleci_ds.testresults as rules
-from circleci_ds.simulator import SimConfig, SimProject, Simulator
+import circleci_ds.collect.tests as phase
+import circleci_ds.derive.tests as rules
+from circleci_ds.dev.simulator import SimConfig, SimProject, Simulator
 from circleci_ds.store import Store
 from circleci_ds.store import testresults as db
 from collect_helpers import collect as collect_all
@@ -86,7 +87,7 @@ async def test_tests_of_finished_jobs_equal_the_truth_and_404s_are_remembered(db
 
 
 async def test_running_jobs_are_read_once_finished(db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(rules, "PAGE", 7)  # jobs needing tests are looked at 7 at a time
+    monkeypatch.setattr(phase, "PAGE", 7)  # jobs needing tests are looked at 7 at a time
     sim = Simulator(config())
     async with sim.serve() as url:
         await collect(url, db_url, SLUGS)
@@ -104,7 +105,7 @@ async def test_running_jobs_are_read_once_finished(db_url: str, monkeypatch: pyt
 async def test_large_results_are_paged_and_written_in_chunks(
     db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(rules, "CHUNK", 40)
+    monkeypatch.setattr(phase, "CHUNK", 40)
     sim = Simulator(config(projects=[SimProject("gh/acme/api", pipelines=4)], test_suite_scale=6.0))
     sim.advance(3 * DAY)
     assert max(len(job["items"]) for job in sim.test_truth("gh/acme/api")) > 3 * 40
@@ -118,7 +119,7 @@ async def test_large_results_are_paged_and_written_in_chunks(
 async def test_a_cut_mid_job_leaves_nothing_visible_and_the_next_run_completes(
     db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(rules, "CHUNK", 30)
+    monkeypatch.setattr(phase, "CHUNK", 30)
     sim = Simulator(config(projects=[SimProject("gh/acme/api", pipelines=4)], test_suite_scale=6.0))
     sim.advance(3 * DAY)
     async with sim.serve() as url:
@@ -147,7 +148,7 @@ async def test_a_server_refusing_test_results_still_collects_and_asks_few_times(
         assert all(r.error is None for r in results), [r.error for r in results]
         wanted = sum(len(sim.test_truth(slug)) for slug in SLUGS)
         jobs_asked = len(set(asked))
-        assert 0 < jobs_asked <= len(SLUGS) * (8 + rules.STOP_AFTER) < wanted
+        assert 0 < jobs_asked <= len(SLUGS) * (8 + phase.STOP_AFTER) < wanted
         assert not markers(db_url), "nothing is remembered: the next run asks again"
         assert "not read, read again next run" in caplog.text
         await collect(upstream, db_url, SLUGS)  # the route works again

@@ -14,7 +14,7 @@ import pytest
 from rich.console import Console
 
 from browser_helpers import COUNT_POINTS, needs_browser, opened_page
-from circleci_ds.export import uuid
+from circleci_ds.ids import uuid
 from circleci_ds.report import run_report
 from circleci_ds.store import Store
 from circleci_ds.store.testresults import save_chunk

@@ -34,18 +34,25 @@ from rich.table import Table
 from rich.text import Text
 
 from circleci_ds import __version__
-from circleci_ds.api import DEFAULT_API_URL, CircleCIClient, Limits, MiB, Unauthorized
-from circleci_ds.collect import DEFAULT_CONCURRENCY, Collector, EndpointResult, Options, trees_in_flight
-from circleci_ds.display import plain, safe_text
+from circleci_ds.client.http import DEFAULT_API_URL, CircleCIClient, Limits, MiB, Unauthorized
+from circleci_ds.collect.collector import (
+    DEFAULT_CONCURRENCY,
+    Collector,
+    EndpointResult,
+    Options,
+    trees_in_flight,
+)
+from circleci_ds.collect.lanes import Outcome
+from circleci_ds.collect.progress import RequestRate, active_lines, client_line, pause_left
+from circleci_ds.collect.users import UserPass
+from circleci_ds.derive.people import People
+from circleci_ds.documents.mapping import ExportKind, index_template
 from circleci_ds.files import OutputError, check_target
-from circleci_ds.fixture import FixtureError, Settings, load_fixture
-from circleci_ds.identities import Identities, IdentitiesError, load_identities
-from circleci_ds.lanes import Outcome
-from circleci_ds.mapping import ExportKind, index_template
-from circleci_ds.people import People, UserPass
-from circleci_ds.progress import RequestRate, active_lines, client_line, pause_left
+from circleci_ds.inputs.fixture import FixtureError, Settings, load_fixture
+from circleci_ds.inputs.identities import Identities, IdentitiesError, load_identities
 from circleci_ds.store import DEFAULT_DB_URL, Store, StoreError
 from circleci_ds.store.urls import secrets_in
+from circleci_ds.text import plain, safe_text
 from circleci_ds.times import iso, parse_date, parse_duration
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -394,7 +401,7 @@ def export(
     identities: IdentitiesOption = None,
 ) -> None:
     """Print stored data as NDJSON (perceval item envelope for raw pipelines)."""
-    from circleci_ds import export as ex
+    from circleci_ds.documents import raw as ex
 
     if index is not None and not ex.valid_index_name(index):
         rule = 'lowercase, without spaces or \\/*?"<>|,#:'
@@ -406,12 +413,12 @@ def export(
         if kind is ExportKind.raw:
             docs = ex.raw_items(store, project)
         elif kind is ExportKind.dads:
-            from circleci_ds.dads import dads_documents
+            from circleci_ds.documents.dads import dads_documents
 
             docs = dads_documents(store.iter_trees(project), People.load(store, people_ids))
         else:
-            from circleci_ds.enrich import enrich_trees
-            from circleci_ds.testdocs import test_documents
+            from circleci_ds.documents.enriched import enrich_trees
+            from circleci_ds.documents.tests import test_documents
 
             people = People.load(store, people_ids)
             docs = enrich_trees(
@@ -518,7 +525,7 @@ def status(db: DbOption = DEFAULT_DB_URL) -> None:
 
 # -- report ---------------------------------------------------------------------------------
 def _report_help() -> str:
-    from circleci_ds.definitions import help_text
+    from circleci_ds.metrics.definitions import help_text
 
     return "CI metrics per project, workflow and job; optionally an offline HTML report.\n\n" + help_text()
 
@@ -571,7 +578,7 @@ def report(
     except ValueError as exc:
         raise fail(str(exc), EXIT_USAGE) from None
     if deploy_pattern is None and fixture is not None:
-        from circleci_ds.fixture import load_config_value
+        from circleci_ds.inputs.fixture import load_config_value
 
         deploy_pattern = load_config_value(fixture, "deploy-pattern")
     try:
@@ -633,7 +640,7 @@ def simulate(
     token: Annotated[str | None, typer.Option(help="Token that private projects require.")] = None,
 ) -> None:
     """Serve the built-in fake CircleCI API v2 on loopback until interrupted."""
-    from circleci_ds.simulator import SimConfig, SimProject, run_standalone
+    from circleci_ds.dev.simulator import SimConfig, SimProject, run_standalone
 
     sim_projects = [
         SimProject(f"gh/sim-org/project-{i}", pipelines=pipelines, private=bool(token) and i == projects - 1)
@@ -682,7 +689,7 @@ def demo(
     ),
 ) -> None:
     """Collect from the built-in simulator twice (moving its clock between runs) and show the status."""
-    from circleci_ds.demo import run_demo
+    from circleci_ds.dev.demo import run_demo
 
     raise typer.Exit(run_demo(directory))
 

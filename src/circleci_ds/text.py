@@ -1,12 +1,15 @@
-"""Text from outside (the network, the database) made safe to put in messages, logs and the store.
+"""Text from outside (the network, the database, the user) made safe to print, log and store.
 
 Rules:
-- any value becomes a str; bytes are decoded as UTF-8 with undecodable bytes replaced;
-- lone surrogates (valid in a Python str, not encodable as UTF-8) become U+FFFD;
-- control characters, bidirectional overrides and lone surrogates are replaced as
-  `display.safe_text` replaces them for the terminal (one set of unsafe characters, there), so a
-  message cannot move the cursor, clear a screen or reorder what is shown, wherever it ends up;
-- the result is one line of at most `limit` characters, an ellipsis marking a cut.
+- Everything that did not come from this program (API strings such as workflow names and error
+  messages, paths, option values, database contents) is shown as text, never as rich markup.
+- Control characters are replaced with U+FFFD before they reach a terminal, a log or the store:
+  C0 (but tab; a newline too unless the text may span lines), DEL, C1, the bidirectional
+  overrides and isolates that can make a line read differently from what it holds, and lone
+  surrogates (valid in a Python str, not encodable as UTF-8). So an API string can neither move
+  the cursor, retitle the window, nor hide text, wherever it ends up.
+- `clean` makes any value one line of at most `limit` characters, an ellipsis marking a cut;
+  bytes are decoded as UTF-8 with undecodable bytes replaced.
 Pure functions, no I/O.
 """
 
@@ -14,9 +17,25 @@ from __future__ import annotations
 
 import re
 
-from circleci_ds.display import REPLACEMENT, safe_text
+from rich.text import Text
 
-_SURROGATES = re.compile("[\ud800-\udfff]")
+REPLACEMENT = "\ufffd"
+_BIDI = "\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"
+_SURROGATE_RANGE = "\ud800-\udfff"  # lone ones cannot even be encoded for the terminal
+_UNSAFE = re.compile(f"[\x00-\x08\x0a-\x1f\x7f-\x9f{_BIDI}{_SURROGATE_RANGE}]")
+_UNSAFE_BUT_NEWLINE = re.compile(f"[\x00-\x08\x0b-\x1f\x7f-\x9f{_BIDI}{_SURROGATE_RANGE}]")
+_SURROGATES = re.compile(f"[{_SURROGATE_RANGE}]")
+
+
+def safe_text(value: object, *, multiline: bool = False) -> str:
+    """`value` as a string with every control character replaced; one line unless `multiline`."""
+    text = value if isinstance(value, str) else str(value)
+    return (_UNSAFE_BUT_NEWLINE if multiline else _UNSAFE).sub(REPLACEMENT, text)
+
+
+def plain(value: object, style: str = "") -> Text:
+    """A rich Text for `value`: printed as written (markup is not parsed), control characters replaced."""
+    return Text(safe_text(value), style=style)
 
 
 def without_surrogates(text: str) -> str:

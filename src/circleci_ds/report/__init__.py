@@ -9,16 +9,16 @@ from typing import Any
 
 from rich.console import Console
 
-from circleci_ds.display import plain
-from circleci_ds.identities import Identities
-from circleci_ds.metrics import MetricsReport, compute_report
-from circleci_ds.people import People
-from circleci_ds.people_report import PeopleTally
+from circleci_ds.derive.people import People
+from circleci_ds.inputs.identities import Identities
+from circleci_ds.metrics.ci import MetricsReport, compute_report
+from circleci_ds.metrics.people import PeopleTally
 from circleci_ds.report.html import render_html, write_html
 from circleci_ds.report.people_section import people_html, print_people
 from circleci_ds.report.terminal import print_tables
 from circleci_ds.report.testsection import build_tests, html_section, print_test_tables
 from circleci_ds.store import Store
+from circleci_ds.text import plain
 from circleci_ds.times import parse_ts
 
 __all__ = ["build_report", "print_tables", "render_html", "run_report", "write_html"]

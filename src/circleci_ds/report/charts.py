@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from typing import Any
 
-from circleci_ds.metrics import (
+from circleci_ds.metrics.ci import (
     FlakyJob,
     JobMetrics,
     MetricsReport,

@@ -16,9 +16,9 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from circleci_ds.definitions import DEFINITIONS
 from circleci_ds.files import write_atomic
-from circleci_ds.metrics import MetricsReport, ProjectMetrics
+from circleci_ds.metrics.ci import MetricsReport, ProjectMetrics
+from circleci_ds.metrics.definitions import DEFINITIONS
 from circleci_ds.report import formatting as fmt
 from circleci_ds.report.charts import Chart, organisation_chart, project_charts
 from circleci_ds.report.spec import ORGANISATION, PROJECT_TABLES, Column, S, TableSpec, rows_of

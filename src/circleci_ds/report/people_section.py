@@ -11,7 +11,7 @@ from dataclasses import replace
 
 from rich.console import Console
 
-from circleci_ds.people_report import PeopleReport
+from circleci_ds.metrics.people import PeopleReport
 from circleci_ds.report import formatting as fmt
 from circleci_ds.report.html import spec_table
 from circleci_ds.report.spec import Column, TableSpec

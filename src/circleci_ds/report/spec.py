@@ -17,9 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from circleci_ds.display import safe_text
-from circleci_ds.metrics import CriticalPath, JobMetrics, MetricsReport
+from circleci_ds.metrics.ci import CriticalPath, JobMetrics, MetricsReport
 from circleci_ds.report import formatting as fmt
+from circleci_ds.text import safe_text
 
 SLOWEST = 10
 S = TypeVar("S")  # the object a table's rows come from

@@ -14,9 +14,9 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from circleci_ds.display import plain
-from circleci_ds.metrics import MetricsReport
+from circleci_ds.metrics.ci import MetricsReport
 from circleci_ds.report.spec import TABLES, S, TableSpec, rows_of
+from circleci_ds.text import plain
 
 
 def print_tables(report: MetricsReport, console: Console) -> None:

@@ -13,14 +13,14 @@ from typing import Any
 
 from rich.console import Console
 
-from circleci_ds.display import safe_text
+from circleci_ds.metrics.tests import TestCountPoint, TestsReport, Window, compute_tests
 from circleci_ds.report import formatting as fmt
 from circleci_ds.report.charts import PALETTE, Chart, base_layout, hbar, plot_text
 from circleci_ds.report.html import chart_cards, spec_table
 from circleci_ds.report.spec import Column, TableSpec, project_column
 from circleci_ds.report.terminal import print_specs
 from circleci_ds.store import Store
-from circleci_ds.testmetrics import TestCountPoint, TestsReport, Window, compute_tests
+from circleci_ds.text import safe_text
 
 SHOWN = 10
 MESSAGE_SHOWN = 160

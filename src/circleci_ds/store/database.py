@@ -41,7 +41,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError, SQLAlchemyError
 
-from circleci_ds.facts import TreeFacts, derive, people_in
+from circleci_ds.derive.facts import TreeFacts, derive, people_in
 from circleci_ds.store import schema as s
 from circleci_ds.store.facts_store import (
     default_branch_of,

@@ -1,6 +1,6 @@
 """Writing the facts tables: beside each saved tree (same transaction), and once for old stores.
 
-The rows come from `circleci_ds.facts.derive`, a pure function of the raw tree and the project's
+The rows come from `circleci_ds.derive.facts.derive`, a pure function of the raw tree and the project's
 default branch; this module only moves them in and out of the database.
 """
 
@@ -13,8 +13,8 @@ from typing import Any
 
 from sqlalchemy import Connection, case, delete, func, insert, select, update
 
-from circleci_ds import facts
-from circleci_ds.facts import TreeFacts, derive, row, user_ids_in
+from circleci_ds.derive import facts
+from circleci_ds.derive.facts import TreeFacts, derive, row, user_ids_in
 from circleci_ds.store import schema as s
 
 _PAGE = 500  # pipelines per step of the backfill

@@ -121,7 +121,7 @@ meta = Table(
 CORE_TABLES = (schema_version, endpoints, pipelines, workflows, jobs)
 APPLICATION = "circleci-ds"
 
-# -- facts: analysis-ready rows derived from the raw trees (see circleci_ds.facts) ---------------
+# -- facts: analysis-ready rows derived from the raw trees (see circleci_ds.derive.facts) ---------------
 
 pipeline_runs = Table(
     "pipeline_runs",

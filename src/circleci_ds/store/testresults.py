@@ -2,7 +2,7 @@
 
 A job's marker row (`test_jobs`) and its results are written in the same transaction; a job larger
 than one chunk is written under a `reading` marker, which every metric ignores and the next write of
-that job's first chunk discards (see circleci_ds.testresults).
+that job's first chunk discards (see circleci_ds.derive.tests).
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, delete, exists, insert, select, tuple_, update
 
+from circleci_ds.derive.tests import Fact, Marker, TestJob, fact, job_context, wants_tests
 from circleci_ds.store import schema as s
 from circleci_ds.store.database import Store, dumps
-from circleci_ds.testresults import Fact, Marker, TestJob, fact, job_context, wants_tests
 
 _KEYS_PER_QUERY = 400  # (classname, name) pairs per IN (...) lookup
 _RAW_LEVEL = 6

@@ -21,9 +21,9 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from circleci_ds.enrich import default_branch, rerun_indexes
-from circleci_ds.metrics import ALL_BRANCHES, in_time
-from circleci_ds.people import People, provider_of
+from circleci_ds.derive.people import People, provider_of
+from circleci_ds.documents.enriched import default_branch, rerun_indexes
+from circleci_ds.metrics.ci import ALL_BRANCHES, in_time
 from circleci_ds.store import StoredTree
 from circleci_ds.times import parse_ts
 

@@ -13,8 +13,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from circleci_ds import __version__
-from circleci_ds.export import BACKEND_NAME, uuid
-from circleci_ds.facts import (
+from circleci_ds.derive.facts import (
     JobFact,
     PipelineFact,
     WorkflowFact,
@@ -24,11 +23,14 @@ from circleci_ds.facts import (
     derive,
     rerun_order,
 )
+from circleci_ds.derive.people import is_bot_login
+from circleci_ds.documents.raw import BACKEND_NAME
+from circleci_ds.ids import uuid
 from circleci_ds.store import StoredTree
 from circleci_ds.times import iso, stamp
 
 if TYPE_CHECKING:
-    from circleci_ds.people import People
+    from circleci_ds.derive.people import People
 
 WORKFLOW_STATUSES = (
     "success",
@@ -57,42 +59,6 @@ JOB_STATUSES = (
     "canceled",
     "unauthorized",
 )
-
-# Logins of well-known automation accounts that carry no bot-like suffix or prefix.
-KNOWN_BOTS = frozenset(
-    {
-        "dependabot",
-        "dependabot-preview",
-        "renovate",
-        "renovate-bot",
-        "github-actions",
-        "greenkeeper",
-        "greenkeeperio-bot",
-        "snyk-bot",
-        "pyup-bot",
-        "mergify",
-        "imgbot",
-        "codecov",
-        "depfu",
-        "allcontributors",
-        "semantic-release-bot",
-        "web-flow",
-        "circleci",
-        "whitesource-bolt",
-    }
-)
-
-
-# -- small helpers -----------------------------------------------------------------------
-
-
-def is_bot_login(login: str | None) -> bool | None:
-    """True for automation accounts ([bot] suffix, -bot/_bot suffix, bot- prefix, known bots)."""
-    if not login:
-        return None
-    name = login.lower()
-    return name.endswith(("[bot]", "-bot", "_bot")) or name.startswith(("bot-", "bot_")) or name in KNOWN_BOTS
-
 
 # -- documents -----------------------------------------------------------------------------
 
@@ -125,7 +91,7 @@ def enrich_tree(
     With `people`, documents also carry who did what (see people.People.enriched_fields).
 
     Derived values (branch, durations, rerun indexes, waits) are the facts': those stored beside the
-    tree when it carries them, else derived from it by the same pure functions (circleci_ds.facts).
+    tree when it carries them, else derived from it by the same pure functions (circleci_ds.derive.facts).
     """
     workflows = [w for w in as_list(tree.data.get("workflows")) if isinstance(w, dict)]
     jobs = sum(isinstance(j, dict) for w in workflows for j in as_list(w.get("jobs")))

@@ -25,10 +25,10 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from circleci_ds.fixture import Endpoint
+from circleci_ds.inputs.fixture import Endpoint
 from circleci_ds.store import Store
 
-log = logging.getLogger("circleci_ds.collect")
+log = logging.getLogger("circleci_ds.collect.collector")
 Db = Callable[..., Awaitable[Any]]
 
 

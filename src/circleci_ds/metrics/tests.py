@@ -33,9 +33,9 @@ from typing import Any
 from sqlalchemy import ColumnElement, Select, and_, case, exists, false, func, or_, select, true
 from sqlalchemy.orm import aliased
 
+from circleci_ds.derive.tests import Marker
 from circleci_ds.store import Store
 from circleci_ds.store import schema as s
-from circleci_ds.testresults import Marker
 from circleci_ds.times import iso
 
 ALL_BRANCHES = "*"

@@ -1,6 +1,6 @@
 """CI metrics computed where the data is: SQL over the facts tables (workflow_runs, job_runs).
 
-The definitions are those of `circleci_ds.definitions` (one text per metric, shown in --help, JSON
+The definitions are those of `circleci_ds.metrics.definitions` (one text per metric, shown in --help, JSON
 and HTML). Here they become queries: aggregates and window functions that SQLite and PostgreSQL
 both run, and ordered streams for the sequence metrics (MTTR, time to green). Memory does not grow
 with the history; work grows with the window. Rows cross from the store as typed values.
@@ -20,9 +20,9 @@ from typing import Any
 from sqlalchemy import Connection, and_, case, func, literal, or_, select
 from sqlalchemy.sql import ColumnElement, Select
 
-from circleci_ds import definitions
-from circleci_ds.facts import JOB_FAILED, WORKFLOW_FAILED, JobFact, critical_path
-from circleci_ds.sqlstats import count_if, floor_int, moments, percentile, percentiles, stream, sum_if
+from circleci_ds.derive.facts import JOB_FAILED, WORKFLOW_FAILED, JobFact, critical_path
+from circleci_ds.metrics import definitions
+from circleci_ds.metrics.sqlstats import count_if, floor_int, moments, percentile, percentiles, stream, sum_if
 from circleci_ds.store import Store
 from circleci_ds.store import schema as s
 from circleci_ds.store.facts_store import default_branches
@@ -330,7 +330,7 @@ def compute_report(
     deploy_pattern: str | None = None,
     now: float | None = None,
 ) -> MetricsReport:
-    """Every metric over one window (of one native project, or all); see circleci_ds.definitions."""
+    """Every metric over one window (of one native project, or all); see circleci_ds.metrics.definitions."""
     now = time.time() if now is None else now
     pattern = deploy_pattern or definitions.DEFAULT_DEPLOY_PATTERN
     with store.snapshot() as conn:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import time
@@ -10,16 +9,12 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from circleci_ds import __version__
+from circleci_ds.ids import uuid
 from circleci_ds.store import Store, StoredTree
 from circleci_ds.times import iso
 
 BACKEND_NAME = "CircleCI"
 BACKEND_VERSION = __version__
-
-
-def uuid(*parts: str) -> str:
-    """perceval's item id: sha1 of the parts joined by ':'."""
-    return hashlib.sha1(":".join(parts).encode("utf-8", errors="surrogateescape")).hexdigest()
 
 
 _ES_INDEX_BAD = re.compile(r'[\\/*?"<>|\s,#:]+')

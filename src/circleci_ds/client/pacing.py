@@ -88,7 +88,7 @@ from typing import Any
 
 import http_sf
 
-log = logging.getLogger("circleci_ds.api")
+log = logging.getLogger("circleci_ds.client.http")
 
 
 class WaitTooLong(Exception):

@@ -14,7 +14,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from circleci_ds import __version__
-from circleci_ds.export import BACKEND_NAME, uuid
+from circleci_ds.documents.raw import BACKEND_NAME
+from circleci_ds.ids import uuid
 from circleci_ds.store import Store
 from circleci_ds.store.testresults import iter_results
 from circleci_ds.times import iso

@@ -63,14 +63,21 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 from yarl import URL
 
 from circleci_ds import __version__
-from circleci_ds.pacing import Pacer, Ticket, WaitBudget, WaitTooLong, parse_http_date, parse_retry_after
+from circleci_ds.client.pacing import (
+    Pacer,
+    Ticket,
+    WaitBudget,
+    WaitTooLong,
+    parse_http_date,
+    parse_retry_after,
+)
 from circleci_ds.text import clean, without_surrogates
 
 __all__ = ["Pacer", "parse_retry_after"]  # re-exported: the pacer's home is pacing.py
 
 DEFAULT_API_URL = "https://circleci.com/api/v2"
 MiB = 1024 * 1024
-log = logging.getLogger("circleci_ds.api")
+log = logging.getLogger("circleci_ds.client.http")
 
 
 @dataclass(frozen=True)

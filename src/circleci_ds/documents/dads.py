@@ -24,8 +24,9 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from circleci_ds import __version__
-from circleci_ds.export import BACKEND_NAME, uuid
-from circleci_ds.people import People, Person, provider_of
+from circleci_ds.derive.people import People, Person, provider_of
+from circleci_ds.documents.raw import BACKEND_NAME
+from circleci_ds.ids import uuid
 from circleci_ds.store import StoredTree
 from circleci_ds.times import iso_ms, iso_text, parse_ts
 

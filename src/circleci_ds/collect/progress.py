@@ -12,7 +12,7 @@ import time
 from collections import deque
 from typing import Any
 
-from circleci_ds.collect import Counters, EndpointProgress, Phase
+from circleci_ds.collect.collector import Counters, EndpointProgress, Phase
 
 ACTIVE = (Phase.WALKING, Phase.LISTING, Phase.READING)
 

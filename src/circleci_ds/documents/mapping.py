@@ -16,7 +16,7 @@ import re
 from enum import StrEnum
 from typing import Any
 
-from circleci_ds.dads import FIELDS as DADS_FIELDS
+from circleci_ds.documents.dads import FIELDS as DADS_FIELDS
 
 
 class EsType(StrEnum):

@@ -12,7 +12,7 @@ Rules:
 - A SortingHat export (`uidentities`) is read as is: profile name, email domain and bot flag,
   identities' `source` / `username` as logins, enrolments with 1900-01-01 / 2100-01-01 as open ends.
 - A bad file stops with one line naming the file and the line (exit status 2). The file is read with
-  circleci_ds.yamlfile's guards: at most MAX_IDENTITIES_BYTES, aliases expanding to at most MAX_NODES.
+  circleci_ds.inputs.yamlfile's guards: at most MAX_IDENTITIES_BYTES, aliases expanding to at most MAX_NODES.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from circleci_ds.export import uuid as sha1_id
-from circleci_ds.yamlfile import describe, line_of, parse, read_text
+from circleci_ds.ids import uuid as sha1_id
+from circleci_ds.inputs.yamlfile import describe, line_of, parse, read_text
 
 PROVIDER_ALIASES = {"gh": "github", "github": "github", "bb": "bitbucket", "bitbucket": "bitbucket",
                     "gitlab": "gitlab"}

@@ -24,17 +24,17 @@ from functools import partial
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from circleci_ds import rules
-from circleci_ds.api import DEFAULT_API_URL, ApiError, CircleCIClient, NotFound, Unauthorized
-from circleci_ds.fixture import Endpoint
-from circleci_ds.lanes import EndpointResult, LaneOptions, Lanes, Outcome, new_owner
-from circleci_ds.people import UserPass, resolve_users
+from circleci_ds.client.http import DEFAULT_API_URL, ApiError, CircleCIClient, NotFound, Unauthorized
+from circleci_ds.collect import rules
+from circleci_ds.collect.lanes import EndpointResult, LaneOptions, Lanes, Outcome, new_owner
+from circleci_ds.collect.tests import TestPhase
+from circleci_ds.collect.users import UserPass, resolve_users
+from circleci_ds.inputs.fixture import Endpoint
 from circleci_ds.store import PipelineIndexEntry, Store, StoreError
 from circleci_ds.store.database import digest
-from circleci_ds.testresults import TestPhase
 from circleci_ds.times import parse_ts
 
-log = logging.getLogger("circleci_ds.collect")
+log = logging.getLogger("circleci_ds.collect.collector")
 T = TypeVar("T")
 
 DEFAULT_LOOKBACK = 72 * 3600.0
@@ -59,7 +59,7 @@ class Options:
     lease_ttl: float = 60.0
     owner: str = field(default_factory=new_owner)
     rerun_walk: bool = True  # the job-number walk (off: only the age-spaced re-read finds reruns)
-    tests: bool = True  # read test results of finished build jobs (circleci_ds.testresults)
+    tests: bool = True  # read test results of finished build jobs (circleci_ds.derive.tests)
 
 
 class Phase(Enum):

@@ -1,110 +1,62 @@
-"""Who did what: the users behind workflows and jobs, and the person fields of exported documents.
+"""Who did what: the person fields of exported documents, from logins, stored users and identities.
 
 Rules:
-- Workflows name users by id (`started_by`, `canceled_by`, `errored_by`), approval jobs by
-  `approved_by`. Each distinct id is resolved through GET /user/{id} once ever: the answer goes
-  into the `users` table, a 404 is remembered as a deleted account. A look-up that fails
-  otherwise writes nothing, so a later run asks again; ids that are not UUIDs are never asked.
-- The pass runs after a collection's endpoints, with the collection's client (its pacing,
-  retries and concurrency), and only with a token (the API refuses user look-ups without one,
-  so asking would cost requests on every run). A token the API refuses for user look-ups ends the pass with a
-  warning; the collection itself has succeeded by then.
 - A person in a document (the pipeline's author, the workflow's creator, the approver) is known
   by VCS login; with an identities file, the login also gives the person's name, domain, bot flag
   and organisation at the event's date. Without one, the da-ds defaults apply: "Unknown" and an
   empty list, the name from CircleCI when known, the bot flag from the login's shape.
 """
 
+
 from __future__ import annotations
 
-import asyncio
-import logging
-import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from circleci_ds.api import ApiError, CircleCIClient, NotFound, Unauthorized
-from circleci_ds.enrich import is_bot_login
-from circleci_ds.identities import Identities, organizations_at
+from circleci_ds.inputs.identities import Identities, organizations_at
 from circleci_ds.store import Store, StoredTree
-from circleci_ds.store.users import UserRecord, load_users, save_users, unresolved_user_ids
+from circleci_ds.store.users import UserRecord, load_users
 from circleci_ds.times import parse_ts
 
-log = logging.getLogger("circleci_ds.people")
-Db = Callable[..., Awaitable[Any]]
-
 UNKNOWN = "Unknown"
-BATCH = 256  # ids looked up (concurrently, within the client's bounds) before their rows are saved
-_MAX_TEXT = 500  # longest login or name kept from a response
 # VCS of a project slug -> identity provider of its logins.
 PROVIDERS = {"gh": "github", "bb": "bitbucket"}
 
 
-# -- which ids to resolve (pure) -----------------------------------------------------------------
+# Logins of well-known automation accounts that carry no bot-like suffix or prefix.
+KNOWN_BOTS = frozenset(
+    {
+        "dependabot",
+        "dependabot-preview",
+        "renovate",
+        "renovate-bot",
+        "github-actions",
+        "greenkeeper",
+        "greenkeeperio-bot",
+        "snyk-bot",
+        "pyup-bot",
+        "mergify",
+        "imgbot",
+        "codecov",
+        "depfu",
+        "allcontributors",
+        "semantic-release-bot",
+        "web-flow",
+        "circleci",
+        "whitesource-bolt",
+    }
+)
 
 
-def user_record(user_id: str, body: dict[str, Any] | None, now: float) -> UserRecord:
-    """The row for one look-up: `body` is GET /user/{id}'s answer, None for a 404 (deleted)."""
-    if body is None:
-        return UserRecord(user_id, None, None, None, True, now)
-    login, name, avatar = (_text(body.get(k)) for k in ("login", "name", "avatar_url"))
-    return UserRecord(user_id, login, name, avatar, False, now)
+# -- small helpers -----------------------------------------------------------------------
 
 
-def _text(value: Any) -> str | None:
-    return value[:_MAX_TEXT] if isinstance(value, str) and value else None
-
-
-# -- the pass (I/O) -------------------------------------------------------------------------------
-
-
-@dataclass
-class UserPass:
-    """What one collection's pass over users did."""
-
-    asked: int = 0
-    resolved: int = 0
-    deleted: int = 0
-    failed: int = 0
-
-
-async def resolve_users(client: CircleCIClient, store: Store, db: Db) -> UserPass:
-    """Look up every user id the store names and has not resolved yet; `db` runs a store call."""
-    if not client.has_token:  # the API answers user look-ups only with a token: asking costs requests
-        log.info("no token: user look-ups skipped; people stay unresolved")
-        return UserPass()
-    todo: list[str] = await db(unresolved_user_ids, store)  # from the people_refs facts: no JSON read
-    done = UserPass()
-    for start in range(0, len(todo), BATCH):
-        batch = todo[start : start + BATCH]
-        try:
-            answers = await asyncio.gather(*(_look_up(client, uid) for uid in batch))
-        except Unauthorized:
-            log.warning("user look-ups refused (HTTP 401): people stay unresolved; they need a token")
-            break
-        records = [r for r in answers if r is not None]
-        await db(save_users, store, records)
-        done.asked += len(batch)
-        done.resolved += len(records)
-        done.deleted += sum(r.deleted for r in records)
-        done.failed += len(batch) - len(records)
-    if done.failed:
-        log.warning("%d user look-up(s) failed; the next collection asks again", done.failed)
-    return done
-
-
-async def _look_up(client: CircleCIClient, user_id: str) -> UserRecord | None:
-    try:
-        body: dict[str, Any] | None = await client.user(user_id)
-    except NotFound:
-        body = None
-    except Unauthorized:
-        raise
-    except ApiError as exc:
-        log.debug("user %s: %s", user_id, exc)
+def is_bot_login(login: str | None) -> bool | None:
+    """True for automation accounts ([bot] suffix, -bot/_bot suffix, bot- prefix, known bots)."""
+    if not login:
         return None
-    return user_record(user_id, body, time.time())
+    name = login.lower()
+    return name.endswith(("[bot]", "-bot", "_bot")) or name.startswith(("bot-", "bot_")) or name in KNOWN_BOTS
 
 
 # -- person fields of documents -------------------------------------------------------------------

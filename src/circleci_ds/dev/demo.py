@@ -7,8 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from circleci_ds.dev.simulator import SimConfig, SimProject, Simulator
 from circleci_ds.files import write_atomic
-from circleci_ds.simulator import SimConfig, SimProject, Simulator
 
 DEMO_TOKEN_VAR = "CIRCLECI_DS_DEMO_TOKEN"
 DEMO_TOKEN = "demo-token-not-a-secret"

@@ -4,7 +4,7 @@ A fixture names a native project and lists data sources; we read the `circleci` 
 and ignore the others with a note. Errors name the file and the line of the offending field.
 
 Rules for untrusted input:
-- A fixture file is at most MAX_FIXTURE_BYTES; its YAML is parsed with circleci_ds.yamlfile's guards
+- A fixture file is at most MAX_FIXTURE_BYTES; its YAML is parsed with circleci_ds.inputs.yamlfile's guards
   (aliases expand to at most 100,000 nodes and never refer to themselves: a "billion laughs" file is
   refused at once, before anything is built from it).
 - An endpoint is `vcs/org/repo`: three non-empty segments of letters, digits, `.`, `_` and `-`,
@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from circleci_ds.yamlfile import describe, line_of, parse, read_text
+from circleci_ds.inputs.yamlfile import describe, line_of, parse, read_text
 
 
 class FixtureError(Exception):

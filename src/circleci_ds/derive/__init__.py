@@ -1,0 +1,1 @@
+"""Typed facts derived from stored raw trees: pure functions, no I/O."""

@@ -1,0 +1,1 @@
+"""The CircleCI simulator and the demo built on it: not used by a real collection."""
