@@ -20,11 +20,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from circleci_ds.derive.facts import open_store
 from circleci_ds.derive.people import People
 from circleci_ds.documents.dads import dads_documents
 from circleci_ds.documents.enriched import enrich_trees
 from circleci_ds.documents.raw import es_bulk
-from circleci_ds.store import Store
 
 REPORT_BENCH = Path(__file__).with_name("report.py")
 
@@ -32,7 +32,7 @@ REPORT_BENCH = Path(__file__).with_name("report.py")
 def measure(db: Path, what: str) -> None:
     """Read or export the store; print {"docs", "seconds", "peak_mb"} as JSON."""
     start = time.perf_counter()
-    store = Store.open(f"sqlite:///{db}", create=False)
+    store = open_store(f"sqlite:///{db}", create=False)
     if what == "read":
         docs = sum(1 for _ in store.iter_trees())
     else:

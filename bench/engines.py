@@ -39,7 +39,7 @@ from typing import Any
 from sqlalchemy import Connection, and_, func, select
 from sqlalchemy.sql import Select
 
-from circleci_ds.derive.facts import JOB_FAILED, WORKFLOW_FAILED
+from circleci_ds.derive.facts import JOB_FAILED, WORKFLOW_FAILED, default_branch, open_store
 from circleci_ds.metrics.ci import (
     ALL_BRANCHES,
     COMPLETED,
@@ -57,9 +57,9 @@ from circleci_ds.metrics.ci import (
     workflow_metrics,
     workflow_row,
 )
-from circleci_ds.store import Store, StoreError
+from circleci_ds.store import StoreError
 from circleci_ds.store import schema as s
-from circleci_ds.store.facts_store import default_branches
+from circleci_ds.store.facts_store import project_infos
 
 ENGINES = ("sql", "duckdb", "polars")
 SCOPES = ("window", "history")
@@ -115,7 +115,8 @@ def scope_of(conn: Connection, which: str) -> Scope:
         oldest = conn.execute(select(func.min(W.c.created))).scalar()
         since, branch = (since if oldest is None else oldest), ALL_BRANCHES
     deploy = re.compile(definitions.DEFAULT_DEPLOY_PATTERN)  # unused here
-    return Scope(since, until, branch, endpoints, default_branches(conn), "auto", deploy)
+    defaults = {slug: default_branch(info) for slug, info in project_infos(conn).items()}
+    return Scope(since, until, branch, endpoints, defaults, "auto", deploy)
 
 
 def job_rows(scope: Scope) -> Select[Any]:
@@ -389,7 +390,7 @@ def measure(engine: str, url: str, which: str) -> dict[str, Any]:
         __import__(engine)  # import time is not the engine's work
     rss_before = peak_mb()
     start, cpu = time.perf_counter(), cpu_s()
-    store = Store.open(url, create=False)
+    store = open_store(url, create=False)
     with store.snapshot() as conn:
         scope = scope_of(conn, which)
         computed = COMPUTE[engine](conn, scope)

@@ -28,6 +28,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from circleci_ds.derive.facts import open_store
+
 PROJECTS = 8
 JOBS_PER_PIPELINE = 20  # about what the simulator's templates give, to size the history
 NATIVE = "bench"
@@ -43,10 +45,9 @@ def generate(url: str, jobs: int) -> None:
     """Fill a new store with the simulator's history, one project at a time (bounded memory)."""
     from circleci_ds.dev.simulator import SimConfig, SimProject, Simulator
     from circleci_ds.dev.simulator.render import render_project
-    from circleci_ds.store import Store
 
     pipelines = math.ceil(jobs / JOBS_PER_PIPELINE / PROJECTS)
-    store = Store.open(url)
+    store = open_store(url)
     for slug in slugs():
         sim = Simulator(SimConfig(seed=SEED, projects=[SimProject(slug, pipelines=pipelines)], span_days=90))
         sim.advance(7 * 86400)  # past the end of the history: every run has finished
@@ -75,16 +76,15 @@ def measure_report(url: str, workdir: Path) -> dict[str, Any]:
     from rich.console import Console
 
     from circleci_ds.report import build_report, print_tables, write_html
-    from circleci_ds.store import Store
 
     figures: dict[str, Any] = {}
-    store = Store.open(url, create=False)
+    store = open_store(url, create=False)
     with store.snapshot() as conn:
         figures["jobs"] = conn.exec_driver_sql("SELECT count(*) FROM job_runs").scalar()
         figures["workflows"] = conn.exec_driver_sql("SELECT count(*) FROM workflow_runs").scalar()
     store.close()
     for name in ("table", "json", "html"):
-        store = Store.open(url, create=False)  # a fresh connection each time
+        store = open_store(url, create=False)  # a fresh connection each time
         start, cpu = time.perf_counter(), cpu_s()
         report = build_report(store)
         if name == "table":
@@ -105,14 +105,13 @@ def measure_refresh(url: str) -> dict[str, Any]:
     """Save 100 new pipelines (a project of their own) one by one, raw + facts, as `collect` does."""
     from circleci_ds.derive.facts import derive
     from circleci_ds.dev.simulator import SimConfig, SimProject, Simulator
-    from circleci_ds.store import Store
     from circleci_ds.store.facts_store import write_facts
 
     slug = f"gh/{NATIVE}/refresh-{time.time_ns()}"
     sim = Simulator(SimConfig(seed=SEED, projects=[SimProject(slug, pipelines=100)], span_days=1))
     sim.advance(7 * 86400)
     trees = sim.truth(slug)
-    store = Store.open(url)  # a writer, as the collector
+    store = open_store(url)  # a writer, as the collector
     store.ensure_endpoint(slug, NATIVE, f"https://circleci.com/{slug}")
     start, cpu = time.perf_counter(), cpu_s()
     for tree in trees:
@@ -120,8 +119,8 @@ def measure_refresh(url: str) -> dict[str, Any]:
     saved, saved_cpu = time.perf_counter() - start, cpu_s() - cpu
     # The analytics' share alone: derive the 100 trees' facts again and write them, one transaction.
     start, cpu = time.perf_counter(), cpu_s()
-    with store._write() as conn:
-        write_facts(conn, [derive(slug, tree, None) for tree in trees])
+    with store.writing() as conn:
+        write_facts(conn, [derive(slug, tree, None).rows() for tree in trees])
     facts_only, facts_cpu = time.perf_counter() - start, cpu_s() - cpu
     store.close()
     return {
@@ -136,9 +135,8 @@ def measure_refresh(url: str) -> dict[str, Any]:
 def measure_export(url: str, workdir: Path) -> dict[str, Any]:
     from circleci_ds.documents.enriched import enrich_trees
     from circleci_ds.documents.raw import es_bulk
-    from circleci_ds.store import Store
 
-    store = Store.open(url, create=False)
+    store = open_store(url, create=False)
     start, cpu = time.perf_counter(), cpu_s()
     lines = 0
     with (workdir / "bulk.ndjson").open("w", encoding="utf-8") as out:

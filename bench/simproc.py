@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from circleci_ds.store import Store
+from circleci_ds.derive.facts import open_store
 
 
 def cli(*args: str) -> list[str]:
@@ -134,7 +134,7 @@ def open_pipelines(db_url: str) -> int:
 
 
 def _pipelines(db_url: str, *, open_only: bool) -> int:
-    store = Store.open(db_url, create=False)
+    store = open_store(db_url, create=False)
     try:
         statuses = store.endpoint_statuses()
         return sum(s.open_pipelines if open_only else s.pipelines for s in statuses)

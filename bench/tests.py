@@ -33,9 +33,9 @@ from rich.console import Console
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from circleci_ds.store import Store
+from circleci_ds.derive.facts import open_store
 from circleci_ds.store import schema as s
-from circleci_ds.store.database import dumps
+from circleci_ds.store.base import dumps
 from simproc import cli, simulator, write_fixture
 
 PROJECTS = 4
@@ -90,7 +90,7 @@ def requests() -> None:
 
 def generate(db: Path, results: int, seed: int) -> None:
     """Fill a new store with about `results` test results, in bulk."""
-    store = Store.open(f"sqlite:///{db}")
+    store = open_store(f"sqlite:///{db}")
     store.close()
     rng = random.Random(seed)
     conn = sqlite3.connect(db)
@@ -245,7 +245,7 @@ def measure(db: Path) -> None:
     """Time the test section (metrics, terminal tables, HTML section) and print the peak RSS."""
     from circleci_ds.report.testsection import build_tests, html_section, print_test_tables
 
-    store = Store.open(f"sqlite:///{db}", create=False)
+    store = open_store(f"sqlite:///{db}", create=False)
     start = time.perf_counter()
     tests = build_tests(store, project=None, since=None, until=None, branch=None)
     print_test_tables(tests, Console(file=io.StringIO(), width=200))

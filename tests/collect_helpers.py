@@ -22,6 +22,7 @@ from aiohttp import web
 
 from circleci_ds.client.http import CircleCIClient, ClientStats, Limits
 from circleci_ds.collect.collector import Collector, EndpointResult, Options
+from circleci_ds.derive.facts import open_store
 from circleci_ds.dev.simulator import SimConfig, Simulator
 from circleci_ds.documents.raw import raw_items
 from circleci_ds.inputs.fixture import Endpoint, canonical_slug
@@ -49,7 +50,7 @@ async def collect(
     Test results are read only when asked (`tests=True`): most tests are about the walk, and reading
     every job's tests would double their requests."""
     options.setdefault("tests", False)
-    store = Store.open(db_url)
+    store = open_store(db_url)
     try:
         async with CircleCIClient(
             url, token, concurrency=concurrency, backoff_initial=0.01, limits=limits, timeout=timeout,
@@ -70,7 +71,7 @@ async def collect(
 
 def exported(db_url: str) -> dict[str, dict[str, dict[str, Any]]]:
     """project slug -> pipeline id -> exported `data`, failing on duplicate lines."""
-    store = Store.open(db_url, create=False)
+    store = open_store(db_url, create=False)
     try:
         out: dict[str, dict[str, dict[str, Any]]] = {}
         for item in raw_items(store):
@@ -84,7 +85,7 @@ def exported(db_url: str) -> dict[str, dict[str, dict[str, Any]]]:
 
 def stored_state(db_url: str) -> tuple[dict[str, tuple[Any, ...]], dict[str, dict[str, dict[str, Any]]]]:
     """Per endpoint (checkpoint, pipelines, workflows, jobs), and every stored tree."""
-    store = Store.open(db_url, create=False)
+    store = open_store(db_url, create=False)
     try:
         ends = {e.slug: (e.checkpoint, e.pipelines, e.workflows, e.jobs) for e in store.endpoint_statuses()}
     finally:

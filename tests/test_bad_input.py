@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
+from circleci_ds.derive.facts import open_store
 from circleci_ds.dev.simulator import SimConfig, SimProject, Simulator
-from circleci_ds.store import Store
-from circleci_ds.store.database import engine_url
+from circleci_ds.store.urls import engine_url
 from collect_helpers import (
     assert_matches_truth,
     assert_one_line_error,
@@ -450,7 +450,7 @@ HOSTILE = "\x1b]0;pwned\x07\x1b[2J[red]x[/red][/]\u202eevil\x9b"
 
 
 def test_status_shows_hostile_strings_as_text(filled_store: Path) -> None:
-    with contextlib.closing(Store.open(f"sqlite:///{filled_store}")) as store:
+    with contextlib.closing(open_store(f"sqlite:///{filled_store}")) as store:
         store.record_finish(SLUGS[0], finished=1.0, error=f"{SLUGS[0]}: {HOSTILE}", checkpoint=None)
         store.try_lease(SLUGS[1], f"host{HOSTILE}:1:abc:def", 600)
     done = run_cli("status", "--db", f"sqlite:///{filled_store}")
@@ -479,7 +479,7 @@ def test_report_shows_hostile_names_as_text(tmp_path: Path) -> None:
 @pytest.mark.postgres
 def test_status_title_never_shows_the_password(pg_server: PgServer, filled_store: Path, pg_url: str) -> None:
     name = pg_url.rsplit("/", 1)[1]
-    with contextlib.closing(Store.open(pg_url)) as store:
+    with contextlib.closing(open_store(pg_url)) as store:
         store.ensure_endpoint(SLUGS[0], "acme", "o")
     engine = create_engine(engine_url(pg_url))
     with engine.begin() as conn:

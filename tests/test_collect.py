@@ -16,6 +16,7 @@ import pytest
 
 from circleci_ds.collect.collector import TreeSlots
 from circleci_ds.collect.lanes import Outcome
+from circleci_ds.derive.facts import open_store
 from circleci_ds.dev.simulator import SimConfig, SimProject, Simulator
 from circleci_ds.store import Store
 from circleci_ds.times import parse_ts
@@ -93,7 +94,7 @@ async def _rerun_scenario(sim: Simulator, url: str, db_url: str) -> None:
 async def test_running_pipelines_become_final(served: tuple[Simulator, str], db_url: str) -> None:
     sim, url = served
     await collect(url, db_url, SLUGS)
-    store = Store.open(db_url)
+    store = open_store(db_url)
     open_before = sum(s.open_pipelines for s in store.endpoint_statuses())
     assert open_before > 0, "the initial clock should catch some pipelines mid-flight"
     sim.advance(10 * DAY)
@@ -127,7 +128,7 @@ async def test_unchanged_rerun_is_cheap_and_on_hold_is_reread(
 
 def _unchanged_budget(sim: Simulator, db_url: str, slugs: list[str]) -> tuple[int, int]:
     """(open pipelines stored, workflows still running in the truth) over `slugs`."""
-    store = Store.open(db_url)
+    store = open_store(db_url)
     try:
         open_pipelines = sum(s.open_pipelines for s in store.endpoint_statuses())
     finally:
@@ -299,7 +300,7 @@ async def test_project_info_unavailable_default_branch_from_the_pipelines(
     branches = Counter(p.get("vcs", {}).get("branch") for p in sim.truth("gh/acme/api"))
     branches.pop(None, None)
     expected = branches.most_common(1)[0][0]
-    store = Store.open(db_url)
+    store = open_store(db_url)
     info = store.project_infos()["gh/acme/api"]
     store.close()
     assert info["vcs_info"]["default_branch"] == expected == "trunk"

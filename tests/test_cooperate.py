@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from circleci_ds.derive.facts import open_store
 from circleci_ds.dev.simulator import SimConfig, SimProject, Simulator
 from circleci_ds.store import LeaseInfo, Store
 
@@ -232,7 +233,7 @@ def run_with_a_kill(simulator: tuple[Simulator, str], tmp_path: Path) -> Iterato
     def run(db_url: str, victim_host: str | None = None) -> Run:
         _, api_url = simulator
         fixture = write_fixture(tmp_path / "fixture.yaml", PROJECTS)
-        watcher = LeaseWatcher(Store.open(db_url))
+        watcher = LeaseWatcher(open_store(db_url))
         stores.append(watcher.store)
         watcher.start()
         hosts = [victim_host, None, None]

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from circleci_ds.derive.facts import open_store
 from circleci_ds.derive.people import People
 from circleci_ds.dev.simulator import SimConfig, SimProject, Simulator
 from circleci_ds.documents.dads import dads_documents
@@ -88,7 +89,7 @@ class Collected:
 
 class opened:
     def __init__(self, db_url: str) -> None:
-        self.store = Store.open(db_url, create=False)
+        self.store = open_store(db_url, create=False)
 
     def __enter__(self) -> Store:
         return self.store

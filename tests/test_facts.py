@@ -25,10 +25,9 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, select
 
-from circleci_ds.derive.facts import branch_of, critical_path, derive
-from circleci_ds.store import Store
-from circleci_ds.store import database as db
+from circleci_ds.derive.facts import branch_of, critical_path, derive, open_store
 from circleci_ds.store import schema as s
+from circleci_ds.store import trees as db
 from circleci_ds.times import TimeReader, iso, parse_ts
 
 EP = "gh/acme/api"
@@ -134,7 +133,7 @@ def test_branch_comes_from_the_first_source_that_has_it(
 
 def test_facts_are_replaced_with_their_tree(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 's.db'}"
-    store = Store.open(url)
+    store = open_store(url)
     store.ensure_endpoint(EP, "acme", "https://circleci.com/gh/acme/api")
     store.save_project_info(EP, {"vcs_info": {"default_branch": "main"}})
     store.save_tree(EP, tree(), fetched_at=1.0, is_final=True)
@@ -185,7 +184,7 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_hostile_timestamps_never_crash_export_or_report(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 's.db'}"
-    store = Store.open(url)
+    store = open_store(url)
     store.ensure_endpoint(EP, "acme", "https://circleci.com/gh/acme/api")
     store.save_tree(EP, hostile_tree(), fetched_at=1.0, is_final=True)
     good = tree()
@@ -231,7 +230,7 @@ def test_a_store_of_the_previous_schema_gets_its_facts(tmp_path: Path) -> None:
         conn.execute(s.workflows.insert(), rows.workflows)
         conn.execute(s.jobs_numbered.insert(), rows.jobs)
     engine.dispose()
-    store = Store.open(url)  # a writer (collect) upgrades; readers refuse old versions
+    store = open_store(url)  # a writer (collect) upgrades; readers refuse old versions
     assert store.unreadable_timestamps() == 5
     with store.snapshot() as conn:
         assert conn.execute(select(s.job_runs.c.id).where(s.job_runs.c.executed.is_(True))).scalars().all()
@@ -241,7 +240,7 @@ def test_a_store_of_the_previous_schema_gets_its_facts(tmp_path: Path) -> None:
 
 def test_a_default_branch_learnt_later_reaches_the_facts(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 's.db'}"
-    store = Store.open(url)
+    store = open_store(url)
     store.ensure_endpoint(EP, "acme", "https://circleci.com/gh/acme/api")
     store.save_tree(EP, tree(), fetched_at=1.0, is_final=True)
     flags = "SELECT DISTINCT is_default_branch FROM {}"
@@ -266,7 +265,7 @@ def test_enriched_documents_from_stored_facts_equal_derived_ones(tmp_path: Path)
 
     sim = Simulator(SimConfig(seed=3, projects=[SimProject(EP, pipelines=25)]))
     sim.advance(86400)
-    store = Store.open(f"sqlite:///{tmp_path / 's.db'}")
+    store = open_store(f"sqlite:///{tmp_path / 's.db'}")
     store.ensure_endpoint(EP, "acme", "https://circleci.com/gh/acme/api")
     project = sim.history.project(EP)
     assert project is not None

@@ -35,8 +35,8 @@ from circleci_ds.client.http import (
     Unauthorized,
 )
 from circleci_ds.collect.collector import EndpointResult
+from circleci_ds.derive.facts import open_store
 from circleci_ds.dev.simulator import SimConfig, SimProject, Simulator
-from circleci_ds.store import Store
 from collect_helpers import (
     RSS_PROBE,
     TOKEN_FROM_ENV,
@@ -158,7 +158,7 @@ def failures(run: Run) -> list[str]:
 
 
 def last_error(db_url: str, slug: str) -> str | None:
-    store = Store.open(db_url, create=False)
+    store = open_store(db_url, create=False)
     try:
         return next(e.last_error for e in store.endpoint_statuses() if e.slug == slug)
     finally:
@@ -439,7 +439,7 @@ async def test_lone_surrogates_in_data_are_stored_replaced(scene: Scene) -> None
     errors = await scene.collect()
     assert errors == {"gh/acme/api": None, "gh/acme/web": None}
     assert any(s.path == "/api/v2/project/gh/acme/api" for s in scene.hostile.seen)
-    store = Store.open(scene.db_url, create=False)
+    store = open_store(scene.db_url, create=False)
     try:
         assert store.project_infos()["gh/acme/api"]["name"] == "api \ufffd"
     finally:
@@ -467,7 +467,7 @@ async def test_cli_token_echoed_by_the_server_is_masked(scene: Scene) -> None:
     run = await scene.cli()
     assert run.returncode in (0, 1)
     scene.assert_safe(run, status=run.returncode)
-    store = Store.open(scene.db_url, create=False)
+    store = open_store(scene.db_url, create=False)
     try:
         # The project's answer carried the token in every string; stored, it says *** instead.
         assert store.project_infos()["gh/acme/api"]["name"].endswith(":***")
@@ -476,7 +476,7 @@ async def test_cli_token_echoed_by_the_server_is_masked(scene: Scene) -> None:
 
 
 def test_record_finish_survives_any_string(db_url: str) -> None:
-    store = Store.open(db_url)
+    store = open_store(db_url)
     try:
         store.ensure_endpoint("gh/acme/api", "acme", "https://circleci.com/gh/acme/api")
         store.record_finish("gh/acme/api", finished=1.0, error=NASTY + "\udcff\x00", checkpoint=None)

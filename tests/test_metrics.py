@@ -37,6 +37,7 @@ from typing import Any
 
 import pytest
 
+from circleci_ds.derive.facts import open_store
 from circleci_ds.metrics.ci import ALL_BRANCHES, MetricsReport, greens, recoveries
 from circleci_ds.metrics.sqlstats import percentile
 from circleci_ds.report import build_report
@@ -272,7 +273,7 @@ def history() -> list[StoredTree]:
 
 
 def make_store(url: str, infos: dict[str, Any] | None = INFOS) -> Store:
-    store = Store.open(url)
+    store = open_store(url)
     store.ensure_endpoint(SLUG, "acme", "https://circleci.com/gh/acme/api")
     for slug, info in (infos or {}).items():
         store.save_project_info(slug, info)
@@ -495,7 +496,7 @@ def test_report_serialises_to_json_with_definitions(store: Store) -> None:
 
 
 def test_empty_store(tmp_path: Any) -> None:
-    empty = Store.open(f"sqlite:///{tmp_path / 'empty.db'}")
+    empty = open_store(f"sqlite:///{tmp_path / 'empty.db'}")
     r = report(empty)
     assert (r.projects, r.workflows, r.jobs, r.flaky_jobs, r.trends) == ([], [], [], [], [])
 
@@ -537,7 +538,7 @@ def test_a_late_failure_never_gives_a_negative_mttr(db_url: str) -> None:
         ("D2", "success", "11-01 12:00:00", "11-01 12:10:00"),
         ("D3", "success", "11-02 09:00:00", "11-03 12:00:00"),
     ]
-    store = Store.open(db_url)
+    store = open_store(db_url)
     store.ensure_endpoint(SLUG, "acme", "https://circleci.com/gh/acme/api")
     for number, (wid, status, created, stopped) in enumerate(runs, start=1):
         workflows = [wf(wid, status, created, stopped, [], "ship")]

@@ -24,12 +24,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from circleci_ds.derive.facts import open_store
 from circleci_ds.dev.simulator import SimConfig, SimProject, Simulator
 from circleci_ds.dev.simulator.history import Pipeline, Workflow
 from circleci_ds.dev.simulator.render import render_project
 from circleci_ds.metrics.ci import ALL_BRANCHES, MetricsReport
 from circleci_ds.report import build_report
-from circleci_ds.store import Store
 
 SLUGS = ("gh/acme/api", "gh/acme/web")
 HOUR = 3600.0
@@ -168,7 +168,7 @@ def green_seconds(runs: list[TruthRun]) -> list[float]:
 
 
 def fill_store(sim: Simulator, url: str) -> None:
-    store = Store.open(url)
+    store = open_store(url)
     try:
         for slug in SLUGS:
             store.ensure_endpoint(slug, "acme", f"https://circleci.com/{slug}")
@@ -275,7 +275,7 @@ def test_metrics_match_the_simulators_truth(params: dict[str, Any]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         url = f"sqlite:///{Path(tmp) / 'truth.db'}"
         fill_store(sim, url)
-        store = Store.open(url, create=False)
+        store = open_store(url, create=False)
         try:
             report = build_report(store, since=since, until=until, branch=branch, now=now / 1000)
         finally:

@@ -14,15 +14,15 @@ from typing import Any
 from sqlalchemy import create_engine, insert
 
 from circleci_ds.collect.users import user_record
-from circleci_ds.derive.facts import people_in, user_ids_in
+from circleci_ds.derive.facts import open_store, people_in, user_ids_in
 from circleci_ds.derive.people import People
 from circleci_ds.dev.simulator import SimConfig, SimProject, Simulator
 from circleci_ds.documents.enriched import enrich_trees
 from circleci_ds.inputs.identities import load_identities
 from circleci_ds.metrics.people import people_report
-from circleci_ds.store import Store
 from circleci_ds.store import schema as s
-from circleci_ds.store.database import engine_url, tree_rows
+from circleci_ds.store.trees import tree_rows
+from circleci_ds.store.urls import engine_url
 from circleci_ds.store.users import load_users, save_users, unresolved_user_ids
 from collect_helpers import collect
 
@@ -49,7 +49,7 @@ def referenced_ids(sim: Simulator) -> set[str]:
 
 
 def stored_users(db_url: str) -> dict[str, Any]:
-    store = Store.open(db_url, create=False)
+    store = open_store(db_url, create=False)
     try:
         return load_users(store)
     finally:
@@ -214,7 +214,7 @@ async def collected_with_identities(tmp_path: Path) -> tuple[Simulator, str, Pat
 async def test_report_counts_runs_failures_reruns_by_organisation_and_approvers(tmp_path: Path) -> None:
     sim, db_url, path = await collected_with_identities(tmp_path)
     orgs, approvals, reruns = truth_people(sim)
-    store = Store.open(db_url, create=False)
+    store = open_store(db_url, create=False)
     try:
         people = People.load(store, load_identities(path))
         got = people_report(store.iter_trees(), store.project_infos(), people, branch="*")
@@ -248,7 +248,7 @@ async def test_report_shows_people_in_json_terminal_and_escaped_html(tmp_path: P
 async def test_enriched_documents_carry_logins_names_and_organisations(tmp_path: Path) -> None:
     sim, db_url, path = await collected_with_identities(tmp_path)
     users = sim.users_truth()
-    store = Store.open(db_url, create=False)
+    store = open_store(db_url, create=False)
     try:
         people = People.load(store, load_identities(path))
         docs = list(enrich_trees(store.iter_trees(), store.project_infos(), people=people))
@@ -292,7 +292,7 @@ def test_the_upgrade_finds_the_people_of_trees_stored_before_it(db_url: str) -> 
         conn.execute(insert(s.workflows), rows.workflows)
         conn.execute(insert(s.jobs_numbered), rows.jobs)
     engine.dispose()
-    store = Store.open(db_url)
+    store = open_store(db_url)
     try:
         assert unresolved_user_ids(store) == sorted([A, B])
         tree["workflows"] = tree["workflows"][1:]  # type: ignore[index]  # the approver's run is gone
@@ -309,7 +309,7 @@ def test_users_table_and_project_names_on_both_backends_and_after_an_upgrade(db_
             step(conn)
         conn.execute(insert(s.schema_version).values(version=2))
     engine.dispose()
-    store = Store.open(db_url)
+    store = open_store(db_url)
     try:
         store.ensure_endpoint("gh/acme/api", "acme", "https://circleci.com/gh/acme/api", "Acme API")
         tree = {"id": "p-1", "number": 1, "created_at": "2026-11-01T00:00:00Z", "workflows": [

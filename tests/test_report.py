@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from rich.console import Console
 
+from circleci_ds.derive.facts import open_store
 from circleci_ds.report import build_report, render_html, run_report
 from circleci_ds.report.html import safe_json
 from circleci_ds.store import Store
@@ -156,7 +157,7 @@ def trees() -> list[dict[str, Any]]:
 
 
 def make_store(path: Path) -> Store:
-    store = Store.open(f"sqlite:///{path}")
+    store = open_store(f"sqlite:///{path}")
     store.ensure_endpoint("gh/acme/api", "acme", "https://circleci.com/gh/acme/api")
     store.save_project_info(
         "gh/acme/api", {"slug": "gh/acme/api", "vcs_info": {"default_branch": PLANTED_BRANCH}}
@@ -288,7 +289,7 @@ def test_safe_json() -> None:
 
 
 def test_empty_store(tmp_path: Path) -> None:
-    empty = Store.open(f"sqlite:///{tmp_path / 'empty.db'}")
+    empty = open_store(f"sqlite:///{tmp_path / 'empty.db'}")
     con, out = console()
     run_report(
         empty,

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from circleci_ds.derive.facts import open_store
 from circleci_ds.dev.simulator import SimConfig, SimProject, Simulator
-from circleci_ds.store import Store, StoreError
+from circleci_ds.store import StoreError
 from collect_helpers import assert_matches_truth, cli_args, error_lines, run_cli, serving, write_fixture
 
 SLUGS = [f"gh/sig/project-{i}" for i in range(3)]
@@ -34,7 +35,7 @@ def simulator() -> Iterator[tuple[Simulator, str]]:
 
 def stored_pipelines(db_url: str) -> int:
     try:
-        store = Store.open(db_url, create=False)
+        store = open_store(db_url, create=False)
     except StoreError:
         return 0  # not created yet
     try:
@@ -44,7 +45,7 @@ def stored_pipelines(db_url: str) -> int:
 
 
 def leases(db_url: str) -> list[str]:
-    store = Store.open(db_url, create=False)
+    store = open_store(db_url, create=False)
     try:
         return [lease.owner for lease in store.leases()]
     finally:

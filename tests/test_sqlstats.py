@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from sqlalchemy import Column, Double, Engine, Integer, MetaData, String, Table, create_engine, insert, select
 
 from circleci_ds.metrics.sqlstats import moments, percentile, percentiles
-from circleci_ds.store import database as db
+from circleci_ds.store.urls import engine_url
 
 QS = (0.0, 0.5, 0.9, 0.95, 1.0)
 meta = MetaData()
@@ -23,7 +23,7 @@ values = Table("values_", meta, Column("g", String(10)), Column("v", Double), Co
 
 @pytest.fixture
 def engine(db_url: str) -> Iterator[Engine]:
-    made = create_engine(db.engine_url(db_url))
+    made = create_engine(engine_url(db_url))
     meta.create_all(made)
     yield made
     made.dispose()

@@ -17,9 +17,12 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine, create_engine, func, insert, inspect, select, text
 from sqlalchemy.exc import DBAPIError
 
-from circleci_ds.store import SCHEMA_VERSION, Store, StoreError
+from circleci_ds.derive.facts import open_store
+from circleci_ds.store import SCHEMA_VERSION, Store, StoreError, base
 from circleci_ds.store import database as db
 from circleci_ds.store import schema as s
+from circleci_ds.store import trees as stored_trees
+from circleci_ds.store.urls import engine_url
 from pgserver import PASSWORD, PASSWORD_USER, PgServer, free_port
 
 EP = "gh/acme/api"
@@ -28,7 +31,7 @@ EP = "gh/acme/api"
 # -- helpers --------------------------------------------------------------------------------------
 @contextmanager
 def opened(url: str, *, create: bool = True) -> Iterator[Store]:
-    store = Store.open(url, create=create)
+    store = open_store(url, create=create)
     try:
         yield store
     finally:
@@ -38,7 +41,7 @@ def opened(url: str, *, create: bool = True) -> Iterator[Store]:
 @contextmanager
 def raw_engine(url: str) -> Iterator[Engine]:
     """A plain engine, to set up or inspect a database behind the store's back."""
-    engine = create_engine(db.engine_url(url))
+    engine = create_engine(engine_url(url))
     try:
         yield engine
     finally:
@@ -102,7 +105,7 @@ def save(store: Store, tree: dict[str, Any], endpoint: str = EP, *, final: bool 
 
 def save_as_released(engine: Engine, tree: dict[str, Any]) -> None:
     """A tree written as the releases before job numbers wrote it (no jobs.job_number column)."""
-    rows = db.tree_rows(EP, tree, fetched_at=1_793_100_000.0, is_final=True)
+    rows = stored_trees.tree_rows(EP, tree, fetched_at=1_793_100_000.0, is_final=True)
     with engine.begin() as conn:
         conn.execute(insert(s.pipelines).values(**rows.pipeline))
         conn.execute(insert(s.workflows), rows.workflows)
@@ -157,7 +160,7 @@ def test_a_newer_schema_is_refused_and_nothing_is_written(db_url: str) -> None:
         conn.execute(insert(s.schema_version).values(version=SCHEMA_VERSION + 1))
     before = table_names(db_url)
     with pytest.raises(StoreError, match=r"schema version \d+, newer than this circleci-ds supports") as info:
-        Store.open(db_url)
+        open_store(db_url)
     assert "upgrade circleci-ds" in str(info.value)
     assert table_names(db_url) == before
     assert stored_version(db_url) == SCHEMA_VERSION + 1
@@ -168,7 +171,7 @@ def test_tables_of_something_else_are_refused(db_url: str, create: bool) -> None
     with raw_engine(db_url) as engine, engine.begin() as conn:
         conn.execute(text("CREATE TABLE pipelines (name VARCHAR(20))"))
     with pytest.raises(StoreError, match="not a circleci-ds store"):
-        Store.open(db_url, create=create)
+        open_store(db_url, create=create)
     assert table_names(db_url) == {"pipelines"}
 
 
@@ -176,7 +179,7 @@ def test_readers_do_not_create_a_store(db_url: str) -> None:
     with raw_engine(db_url) as engine, engine.begin() as conn:
         conn.execute(text("CREATE TABLE users (name VARCHAR(20))"))
     with pytest.raises(StoreError, match=r"is not a circleci-ds store: it holds another application's"):
-        Store.open(db_url, create=False)
+        open_store(db_url, create=False)
     assert table_names(db_url) == {"users"}
 
 
@@ -187,7 +190,7 @@ def test_concurrent_openers_migrate_once(db_url: str) -> None:
     def open_one() -> None:
         start.wait()
         try:
-            Store.open(db_url).close()
+            open_store(db_url).close()
         except BaseException as exc:
             errors.append(exc)
 
@@ -205,7 +208,7 @@ def test_concurrent_openers_migrate_once(db_url: str) -> None:
 def test_unreachable_postgresql_is_a_store_error_without_the_password() -> None:
     url = f"postgresql://someone:{PASSWORD}@127.0.0.1:{free_port()}/nowhere"
     with pytest.raises(StoreError, match="cannot use the database") as info:
-        Store.open(url)
+        open_store(url)
     message = str(info.value)
     assert PASSWORD not in message
     assert "someone:***@127.0.0.1" in message
@@ -224,7 +227,7 @@ def test_wrong_credentials_are_a_store_error_without_the_password(
 ) -> None:
     name = pg_server.create_database().rsplit("/", 1)[1]
     with pytest.raises(StoreError, match=reason) as info:
-        Store.open(pg_server.url(name, user, password))
+        open_store(pg_server.url(name, user, password))
     assert password not in str(info.value)
 
 
@@ -235,14 +238,14 @@ def test_wrong_credentials_are_a_store_error_without_the_password(
 @pytest.mark.parametrize("create", [True, False])
 def test_unusable_urls_are_a_store_error_without_the_password(url: str, create: bool) -> None:
     with pytest.raises(StoreError) as info:
-        Store.open(url, create=create)
+        open_store(url, create=create)
     assert PASSWORD not in str(info.value)
 
 
 def test_a_missing_sqlite_file_is_not_created_by_readers(tmp_path: Path) -> None:
     path = tmp_path / "missing.db"
     with pytest.raises(StoreError, match="no such database"):
-        Store.open(f"sqlite:///{path}", create=False)
+        open_store(f"sqlite:///{path}", create=False)
     assert not path.exists()
 
 
@@ -261,7 +264,7 @@ def test_tree_round_trip(db_url: str) -> None:
             "https://circleci.com/gh/acme/api",
         )
         assert stored.data == tree
-        assert stored.updated_on == db.tree_updated_on(tree) > 0
+        assert stored.updated_on == stored_trees.tree_updated_on(tree) > 0
 
 
 def test_origin_is_kept_once_set(db_url: str) -> None:
@@ -275,7 +278,7 @@ def test_origin_is_kept_once_set(db_url: str) -> None:
 def test_iter_trees_orders_by_endpoint_then_number_and_filters(
     db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(db, "_CHUNK", 2)  # several chunks with few trees
+    monkeypatch.setattr(stored_trees, "_CHUNK", 2)  # several chunks with few trees
     with opened(db_url) as store:
         store.ensure_endpoint("gh/b/two", "native-b", "o-b")
         store.ensure_endpoint("gh/a/one", "native-a", "o-a")
@@ -388,10 +391,10 @@ def test_pipeline_index(db_url: str) -> None:
         index = store.pipeline_index(EP)
     assert set(index) == {"p-1"}
     entry = index["p-1"]
-    assert entry.created_at == db.parse_ts(tree["created_at"])
+    assert entry.created_at == stored_trees.parse_ts(tree["created_at"])
     assert entry.fetched_at == 123.5
     assert entry.is_final is False
-    assert entry.digest == db.digest({k: v for k, v in tree.items() if k != "workflows"})
+    assert entry.digest == base.digest({k: v for k, v in tree.items() if k != "workflows"})
 
 
 # -- endpoints and checkpoints ------------------------------------------------------------------
@@ -475,7 +478,7 @@ def test_leases_are_per_endpoint(db_url: str) -> None:
 def test_racing_collectors_get_one_lease_each_endpoint(db_url: str) -> None:
     """Separate connections racing for fresh endpoints: exactly one winner each, and no error."""
     racers, rounds = 4, 15
-    stores = [Store.open(db_url) for _ in range(racers)]
+    stores = [open_store(db_url) for _ in range(racers)]
     wins: list[tuple[int, str]] = []
     errors: list[BaseException] = []
     gate = threading.Barrier(racers)
@@ -640,7 +643,7 @@ def test_readers_refuse_a_store_of_an_older_version_and_write_nothing(db_url: st
     _store_of_release(db_url, UNMARKED)
     before = table_names(db_url)
     with pytest.raises(StoreError, match=r"run `circleci-ds collect` once to upgrade it"):
-        Store.open(db_url, create=False)
+        open_store(db_url, create=False)
     assert table_names(db_url) == before
     assert stored_version(db_url) == UNMARKED
 
@@ -651,7 +654,7 @@ def test_a_database_marked_by_another_application_is_refused(db_url: str) -> Non
         conn.execute(insert(s.meta).values(key="application", value="another-app"))
     for create in (True, False):
         with pytest.raises(StoreError, match="another application's tables"):
-            Store.open(db_url, create=create)
+            open_store(db_url, create=create)
     assert table_names(db_url) == {"circleci_ds_meta"}
 
 

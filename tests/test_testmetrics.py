@@ -39,6 +39,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
+from circleci_ds.derive.facts import open_store
 from circleci_ds.derive.tests import TestJob, job_context, outcome
 from circleci_ds.dev.simulator import SimConfig, SimProject, Simulator
 from circleci_ds.metrics.tests import ALL_BRANCHES, Window, compute_tests, percentile
@@ -82,7 +83,7 @@ def hand_job(
 
 @contextmanager
 def opened(url: str) -> Iterator[Store]:
-    store = Store.open(url)
+    store = open_store(url)
     try:
         yield store
     finally:
@@ -238,7 +239,7 @@ def stores(
     out = {}
     for seed, sim in sims.items():
         path: Path = tmp_path_factory.mktemp(f"seed{seed}") / "store.db"
-        store = Store.open(f"sqlite:///{path}")
+        store = open_store(f"sqlite:///{path}")
         store_test_truth(store, sim, [SIM_SLUG])
         out[seed] = store
     yield out

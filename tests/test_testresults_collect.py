@@ -14,8 +14,8 @@ import pytest
 
 import circleci_ds.collect.tests as phase
 import circleci_ds.derive.tests as rules
+from circleci_ds.derive.facts import open_store
 from circleci_ds.dev.simulator import SimConfig, SimProject, Simulator
-from circleci_ds.store import Store
 from circleci_ds.store import testresults as db
 from collect_helpers import collect as collect_all
 from collect_helpers import kill_9_once, quirky_server
@@ -56,7 +56,7 @@ def facts_per_job(db_url: str) -> dict[tuple[str, int], int]:
 
 def assert_tests_match_truth(db_url: str, sim: Simulator, slugs: list[str]) -> None:
     """Every job answering results now is stored exactly once, as returned; the others are not."""
-    store = Store.open(db_url, create=False)
+    store = open_store(db_url, create=False)
     try:
         stored = markers(db_url)
         facts = facts_per_job(db_url)

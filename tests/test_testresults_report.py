@@ -14,6 +14,7 @@ import pytest
 from rich.console import Console
 
 from browser_helpers import COUNT_POINTS, needs_browser, opened_page
+from circleci_ds.derive.facts import open_store
 from circleci_ds.ids import uuid
 from circleci_ds.report import run_report
 from circleci_ds.store import Store
@@ -26,7 +27,7 @@ SHOWN_MESSAGE = "</script><script>window.__pwned=1</script>\ufffd[31mred\ufffd]0
 
 
 def planted_store(path: Path) -> Store:
-    store = Store.open(f"sqlite:///{path}")
+    store = open_store(f"sqlite:///{path}")
     write_hand_worked(store)
     hostile = {**item("D", "failure"), "classname": PLANTED_CLASS, "message": PLANTED_MESSAGE}
     save_chunk(store, hand_job(9, "main", "c9", 950, 990, 40, "failed"), [hostile], seq=0, final=True)

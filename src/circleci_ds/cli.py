@@ -45,6 +45,7 @@ from circleci_ds.collect.collector import (
 from circleci_ds.collect.lanes import Outcome
 from circleci_ds.collect.progress import RequestRate, active_lines, client_line, pause_left
 from circleci_ds.collect.users import UserPass
+from circleci_ds.derive.facts import open_store
 from circleci_ds.derive.people import People
 from circleci_ds.documents.mapping import ExportKind, index_template
 from circleci_ds.files import OutputError, check_target
@@ -161,7 +162,7 @@ def _setup_logging(verbose: bool) -> None:
 
 def _open_store(db: str, *, create: bool = True) -> Store:
     Redactor.secrets.update(secrets_in(db))
-    return Store.open(db, create=create)
+    return open_store(db, create=create)
 
 
 # -- collect --------------------------------------------------------------------------------

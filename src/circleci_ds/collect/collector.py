@@ -31,7 +31,7 @@ from circleci_ds.collect.tests import TestPhase
 from circleci_ds.collect.users import UserPass, resolve_users
 from circleci_ds.inputs.fixture import Endpoint
 from circleci_ds.store import PipelineIndexEntry, Store, StoreError
-from circleci_ds.store.database import digest
+from circleci_ds.store.base import digest
 from circleci_ds.times import parse_ts
 
 log = logging.getLogger("circleci_ds.collect.collector")

@@ -33,6 +33,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from typing import Any
 
+from circleci_ds.store import Deriver, FactRows, Store
 from circleci_ds.times import TimeReader, seconds_between
 
 WORKFLOW_FAILED = frozenset({"failed", "error"})
@@ -114,6 +115,18 @@ class TreeFacts:
     pipeline: PipelineFact
     workflows: list[WorkflowFact]
     jobs: list[JobFact]
+
+    def rows(self) -> FactRows:
+        """The facts as the store's table rows."""
+        return FactRows(row(self.pipeline), [row(w) for w in self.workflows], [row(j) for j in self.jobs])
+
+    @classmethod
+    def from_rows(cls, rows: FactRows) -> TreeFacts:
+        return cls(
+            PipelineFact(**rows.pipeline),
+            [WorkflowFact(**w) for w in rows.workflows],
+            [JobFact(**j) for j in rows.jobs],
+        )
 
 
 def row(fact: PipelineFact | WorkflowFact | JobFact) -> dict[str, Any]:
@@ -399,3 +412,27 @@ def critical_path(jobs: Iterable[JobFact]) -> list[JobFact]:
         deps = [by_id[d] for d in json.loads(current.dependencies) if d in by_id]
         current = max(deps, key=lambda j: (j.stopped or 0.0, j.id), default=None)
     return list(reversed(chain))
+
+
+class FactsDeriver:
+    """The store's Deriver: the facts and people of each tree it writes, by this module's rules."""
+
+    def tree_facts(self, endpoint: str, tree: dict[str, Any], default_branch: str | None) -> FactRows:
+        return derive(endpoint, tree, default_branch).rows()
+
+    def user_ids(self, item: dict[str, Any]) -> set[str]:
+        return user_ids_in(item)
+
+    def people(self, tree: dict[str, Any]) -> set[str]:
+        return people_in(tree)
+
+    def default_branch(self, project_info: Any) -> str | None:
+        return default_branch(project_info)
+
+
+DERIVER: Deriver = FactsDeriver()
+
+
+def open_store(url: str, *, create: bool = True) -> Store:
+    """The store as this tool opens it: the facts of every tree written are derived by these rules."""
+    return Store.open(url, create=create, deriver=DERIVER)

@@ -16,6 +16,7 @@ from circleci_ds import __version__
 from circleci_ds.derive.facts import (
     JobFact,
     PipelineFact,
+    TreeFacts,
     WorkflowFact,
     as_dict,
     as_list,
@@ -95,9 +96,11 @@ def enrich_tree(
     """
     workflows = [w for w in as_list(tree.data.get("workflows")) if isinstance(w, dict)]
     jobs = sum(isinstance(j, dict) for w in workflows for j in as_list(w.get("jobs")))
-    facts = tree.facts
-    if facts is None or (len(facts.workflows), len(facts.jobs)) != (len(workflows), jobs):
+    stored = tree.facts
+    if stored is None or (len(stored.workflows), len(stored.jobs)) != (len(workflows), jobs):
         facts = derive(tree.endpoint, tree.data, default)
+    else:
+        facts = TreeFacts.from_rows(stored)
     workflow_facts = {f.id: f for f in facts.workflows}
     job_facts = {(f.workflow_id, f.id): f for f in facts.jobs}
     common = _common_fields(tree, facts.pipeline, default, enriched_on)

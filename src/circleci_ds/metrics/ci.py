@@ -20,12 +20,12 @@ from typing import Any
 from sqlalchemy import Connection, and_, case, func, literal, or_, select
 from sqlalchemy.sql import ColumnElement, Select
 
-from circleci_ds.derive.facts import JOB_FAILED, WORKFLOW_FAILED, JobFact, critical_path
+from circleci_ds.derive.facts import JOB_FAILED, WORKFLOW_FAILED, JobFact, critical_path, default_branch
 from circleci_ds.metrics import definitions
 from circleci_ds.metrics.sqlstats import count_if, floor_int, moments, percentile, percentiles, stream, sum_if
 from circleci_ds.store import Store
 from circleci_ds.store import schema as s
-from circleci_ds.store.facts_store import default_branches
+from circleci_ds.store.facts_store import project_infos
 from circleci_ds.times import DAY, WEEK, day_start, iso, week_start
 
 ALL_BRANCHES = "*"
@@ -345,7 +345,7 @@ def compute_report(
             until=end,
             branch=branch,
             endpoints=endpoints,
-            defaults=default_branches(conn),
+            defaults={slug: default_branch(info) for slug, info in project_infos(conn).items()},
             bucket=choose_bucket(bucket, start, end),
             deploy=re.compile(pattern, re.IGNORECASE),
         )

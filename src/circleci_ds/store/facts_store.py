@@ -1,41 +1,66 @@
-"""Writing the facts tables: beside each saved tree (same transaction), and once for old stores.
+"""The facts tables and people_refs: written beside each saved tree (same transaction), read back.
 
-The rows come from `circleci_ds.derive.facts.derive`, a pure function of the raw tree and the project's
-default branch; this module only moves them in and out of the database.
+The rows are derived by the caller's `Deriver` (circleci_ds.derive.facts gives the tool's), a pure
+function of the raw tree and the project's default branch; this module only moves rows in and out of
+the database and imports no domain code.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
-from sqlalchemy import Connection, case, delete, func, insert, select, update
+from sqlalchemy import Connection, case, delete, insert, select, update
 
-from circleci_ds.derive import facts
-from circleci_ds.derive.facts import TreeFacts, derive, row, user_ids_in
 from circleci_ds.store import schema as s
 
-_PAGE = 500  # pipelines per step of the backfill
+
+@dataclass(frozen=True, slots=True)
+class FactRows:
+    """One tree's rows of the pipeline_runs, workflow_runs and job_runs tables (column -> value)."""
+
+    pipeline: dict[str, Any]
+    workflows: list[dict[str, Any]]
+    jobs: list[dict[str, Any]]
 
 
-def default_branches(conn: Connection) -> dict[str, str | None]:
-    """Endpoint slug -> default branch, from the stored GET /project/{slug} answers."""
-    found: dict[str, str | None] = {}
-    for slug, info in conn.execute(select(s.endpoints.c.slug, s.endpoints.c.project_info)):
-        found[slug] = default_branch(info)
-    return found
+class Deriver(Protocol):
+    """What the store asks of the domain when it writes trees: their facts and the people they name."""
+
+    def tree_facts(self, endpoint: str, tree: dict[str, Any], default_branch: str | None) -> FactRows: ...
+
+    def user_ids(self, item: dict[str, Any]) -> set[str]:
+        """The user ids one workflow or job names."""
+        ...
+
+    def people(self, tree: dict[str, Any]) -> set[str]:
+        """Every user id a tree's workflows and jobs name."""
+        ...
+
+    def default_branch(self, project_info: Any) -> str | None:
+        """The default branch from a GET /project/{slug} answer."""
+        ...
 
 
-def default_branch_of(conn: Connection, endpoint: str) -> str | None:
-    info = conn.execute(select(s.endpoints.c.project_info).where(s.endpoints.c.slug == endpoint)).scalar()
-    return default_branch(info)
+def project_infos(conn: Connection) -> dict[str, Any]:
+    """Endpoint slug -> its stored GET /project/{slug} answer (None when missing or unreadable)."""
+    return {
+        slug: _parsed(info)
+        for slug, info in conn.execute(select(s.endpoints.c.slug, s.endpoints.c.project_info))
+    }
 
 
-def default_branch(info_json: str | None) -> str | None:
+def project_info_of(conn: Connection, endpoint: str) -> Any:
+    return _parsed(
+        conn.execute(select(s.endpoints.c.project_info).where(s.endpoints.c.slug == endpoint)).scalar()
+    )
+
+
+def _parsed(info_json: str | None) -> Any:
     try:
-        return facts.default_branch(json.loads(info_json) if info_json else None)
+        return json.loads(info_json) if info_json else None
     except ValueError:
         return None
 
@@ -51,13 +76,12 @@ def set_default_branch(conn: Connection, endpoint: str, default: str | None) -> 
         conn.execute(update(table).where(table.c.endpoint == endpoint).values(is_default_branch=flag))
 
 
-def write_facts(conn: Connection, trees: Sequence[TreeFacts]) -> None:
+def write_facts(conn: Connection, trees: Sequence[FactRows]) -> None:
     """Replace the facts of these pipelines (delete, then insert in bulk)."""
-    ids = [t.pipeline.id for t in trees]
-    delete_facts(conn, ids)
-    _insert(conn, s.pipeline_runs, (row(t.pipeline) for t in trees))
-    _insert(conn, s.workflow_runs, (row(w) for t in trees for w in t.workflows))
-    _insert(conn, s.job_runs, (row(j) for t in trees for j in t.jobs))
+    delete_facts(conn, [t.pipeline["id"] for t in trees])
+    _insert(conn, s.pipeline_runs, (t.pipeline for t in trees))
+    _insert(conn, s.workflow_runs, (w for t in trees for w in t.workflows))
+    _insert(conn, s.job_runs, (j for t in trees for j in t.jobs))
 
 
 def write_people(conn: Connection, named: Mapping[str, Iterable[str]]) -> None:
@@ -67,21 +91,20 @@ def write_people(conn: Connection, named: Mapping[str, Iterable[str]]) -> None:
     _insert(conn, s.people_refs, ({"pipeline_id": p, "user_id": u} for p, ids in named.items() for u in ids))
 
 
-def read_facts(conn: Connection, pipeline_ids: Sequence[str]) -> dict[str, TreeFacts]:
-    """The stored facts of these pipelines, as typed rows (pipeline id -> its facts)."""
+def read_facts(conn: Connection, pipeline_ids: Sequence[str]) -> dict[str, FactRows]:
+    """The stored facts rows of these pipelines (pipeline id -> its rows)."""
     ids = list(pipeline_ids)
     pipelines = {
-        r.id: facts.PipelineFact(**r._asdict())
-        for r in conn.execute(select(s.pipeline_runs).where(s.pipeline_runs.c.id.in_(ids)))
+        r.id: r._asdict() for r in conn.execute(select(s.pipeline_runs).where(s.pipeline_runs.c.id.in_(ids)))
     }
-    workflows: dict[str, list[facts.WorkflowFact]] = {}
+    workflows: dict[str, list[dict[str, Any]]] = {}
     for r in conn.execute(select(s.workflow_runs).where(s.workflow_runs.c.pipeline_id.in_(ids))):
-        workflows.setdefault(r.pipeline_id, []).append(facts.WorkflowFact(**r._asdict()))
-    jobs: dict[str, list[facts.JobFact]] = {}
+        workflows.setdefault(r.pipeline_id, []).append(r._asdict())
+    jobs: dict[str, list[dict[str, Any]]] = {}
     for r in conn.execute(select(s.job_runs).where(s.job_runs.c.pipeline_id.in_(ids))):
-        jobs.setdefault(r.pipeline_id, []).append(facts.JobFact(**r._asdict()))
+        jobs.setdefault(r.pipeline_id, []).append(r._asdict())
     return {
-        pid: TreeFacts(pipeline, workflows.get(pid, []), jobs.get(pid, []))
+        pid: FactRows(pipeline, workflows.get(pid, []), jobs.get(pid, []))
         for pid, pipeline in pipelines.items()
     }
 
@@ -96,68 +119,3 @@ def _insert(conn: Connection, table: Any, rows: Iterable[dict[str, Any]]) -> Non
     batch = list(rows)
     if batch:
         conn.execute(insert(table), batch)
-
-
-def backfill_facts(conn: Connection) -> None:
-    """Derive the facts of every stored tree, in pages; a progress bar on a terminal."""
-    from circleci_ds.store.database import assemble_trees  # the database module imports this one
-
-    p = s.pipelines.c
-    total = conn.execute(select(func.count()).select_from(s.pipelines)).scalar_one()
-    if not total:
-        return
-    defaults = default_branches(conn)
-    with _progress(total) as advance:
-        last = ""
-        while True:
-            page = conn.execute(
-                select(p.id, p.endpoint, p.data).where(p.id > last).order_by(p.id).limit(_PAGE)
-            ).all()
-            if not page:
-                break
-            trees = assemble_trees(conn, [(r.id, r.data) for r in page])
-            facts = [derive(r.endpoint, trees[r.id], defaults.get(r.endpoint)) for r in page]
-            write_facts(conn, facts)
-            advance(len(page))
-            last = page[-1].id
-
-
-def backfill_people(conn: Connection) -> None:
-    """Fill people_refs from the stored workflows and jobs, a page of pipelines at a time (only the
-    job rows that name someone are parsed)."""
-    p, w, j = s.pipelines.c, s.workflows.c, s.jobs.c
-    named_someone = j.data.like('%"approved_by"%') | j.data.like('%"canceled_by"%')
-    last = ""
-    while ids := list(conn.execute(select(p.id).where(p.id > last).order_by(p.id).limit(_PAGE)).scalars()):
-        named: dict[str, set[str]] = {pid: set() for pid in ids}
-        workflows = conn.execute(select(w.pipeline_id, w.data).where(w.pipeline_id.in_(ids)))
-        jobs = conn.execute(select(j.pipeline_id, j.data).where(j.pipeline_id.in_(ids), named_someone))
-        for pipeline_id, data in [*workflows, *jobs]:
-            parsed = json.loads(data)
-            if isinstance(parsed, dict):
-                named[pipeline_id] |= user_ids_in(parsed)
-        write_people(conn, named)
-        last = ids[-1]
-
-
-class _progress:
-    """A rich progress bar on stderr when it is a terminal; silent otherwise."""
-
-    def __init__(self, total: int) -> None:
-        self.total = total
-        self.bar: Any = None
-
-    def __enter__(self) -> Any:
-        if sys.stderr.isatty():
-            from rich.console import Console
-            from rich.progress import Progress
-
-            self.bar = Progress(console=Console(stderr=True), transient=True)
-            self.bar.__enter__()
-            task = self.bar.add_task("deriving facts from stored pipelines", total=self.total)
-            return lambda n: self.bar.advance(task, n)
-        return lambda n: None
-
-    def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.__exit__(*exc)

@@ -271,12 +271,9 @@ def job_number_of(job: dict[str, Any]) -> int | None:
 
 
 def facts_tables(conn: Connection) -> None:
-    """Facts tables beside the raw JSON, filled from the trees already stored."""
-    from circleci_ds.store.facts_store import backfill_facts
-
+    """Facts tables beside the raw JSON (the store then fills them from the trees already stored)."""
     metadata.create_all(conn, tables=list(FACT_TABLES))
     pipelines_by_number.create(conn, checkfirst=True)
-    backfill_facts(conn)
 
 
 # -- test results (GET /project/{slug}/{job-number}/tests) ---------------------------------------------
@@ -369,11 +366,8 @@ people_refs = Table(
 
 
 def _people_refs(conn: Connection) -> None:
-    """The people_refs table, filled from the trees already stored."""
-    from circleci_ds.store.facts_store import backfill_people
-
+    """The people_refs table (the store then fills it from the trees already stored)."""
     people_refs.create(conn, checkfirst=True)
-    backfill_people(conn)
 
 
 # Each step upgrades version N to N+1. Released steps never change; new ones are appended.

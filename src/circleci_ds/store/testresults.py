@@ -17,7 +17,8 @@ from sqlalchemy import Connection, and_, delete, exists, insert, select, tuple_,
 
 from circleci_ds.derive.tests import Fact, Marker, TestJob, fact, job_context, wants_tests
 from circleci_ds.store import schema as s
-from circleci_ds.store.database import Store, dumps
+from circleci_ds.store.base import dumps
+from circleci_ds.store.database import Store
 
 _KEYS_PER_QUERY = 400  # (classname, name) pairs per IN (...) lookup
 _RAW_LEVEL = 6
@@ -40,7 +41,7 @@ def _unread_rows(store: Store, endpoint: str, after: int, limit: int) -> list[Un
         .order_by(j.job_number)
         .limit(limit)
     )
-    with store._read() as conn:
+    with store.reading() as conn:
         return [(r[0], r[1], r[2], r[3], r[4]) for r in conn.execute(query)]
 
 
@@ -75,7 +76,7 @@ def save_chunk(
     only once the transaction has committed, so it never holds an id that was rolled back.
     """
     added: CaseRefs = {}
-    with store._write() as conn:
+    with store.writing() as conn:
         _write_chunk(conn, job, items, seq, final, known or {}, added)
     if known is not None:
         known.update(added)
@@ -86,7 +87,7 @@ def save_jobs(
 ) -> None:
     """Write several whole jobs (each its only, final chunk) in one transaction: all or none."""
     added: CaseRefs = {}
-    with store._write() as conn:
+    with store.writing() as conn:
         for job, items in jobs:
             _write_chunk(conn, job, items, 0, True, ChainMap(added, known or {}), added)
     if known is not None:
@@ -214,7 +215,7 @@ def _case_refs(
 def raw_items(store: Store, endpoint: str, job_number: int) -> list[Any] | None:
     """A job's results as returned, in order; None when the job was never read."""
     t, r = s.test_jobs.c, s.test_raw.c
-    with store._read() as conn:
+    with store.reading() as conn:
         ref = conn.execute(
             select(t.ref).where(t.endpoint == endpoint, t.job_number == job_number, t.state != Marker.READING)
         ).scalar()
@@ -230,9 +231,30 @@ def iter_results(store: Store, project: str | None = None) -> Iterator[Any]:
     r, t, c, e = s.test_results.c, s.test_jobs.c, s.test_cases.c, s.endpoints.c
     query = (
         select(
-            e.native, e.origin, t.endpoint, t.job_number, t.job_id, t.pipeline_id, t.workflow_id, t.workflow,
-            t.job_name, t.branch, t.commit_sha, t.status, t.created_at, t.started_at, t.stopped_at, t.web_url,
-            t.ref, c.classname, c.name, c.file, r.result, r.outcome, r.run_time, r.message,
+            e.native,
+            e.origin,
+            t.endpoint,
+            t.job_number,
+            t.job_id,
+            t.pipeline_id,
+            t.workflow_id,
+            t.workflow,
+            t.job_name,
+            t.branch,
+            t.commit_sha,
+            t.status,
+            t.created_at,
+            t.started_at,
+            t.stopped_at,
+            t.web_url,
+            t.ref,
+            c.classname,
+            c.name,
+            c.file,
+            r.result,
+            r.outcome,
+            r.run_time,
+            r.message,
         )
         .join(s.test_jobs, t.ref == r.job_ref)
         .join(s.test_cases, c.ref == r.case_ref)

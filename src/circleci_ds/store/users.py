@@ -42,7 +42,7 @@ def save_users(store: Store, records: Iterable[UserRecord]) -> None:
     ]
     if not rows:
         return
-    with store._write() as conn:
+    with store.writing() as conn:
         for start in range(0, len(rows), _CHUNK):
             chunk = rows[start : start + _CHUNK]
             conn.execute(delete(s.users).where(s.users.c.id.in_([r["id"] for r in chunk])))
@@ -70,5 +70,5 @@ def unresolved_user_ids(store: Store) -> list[str]:
         .where(u.id.is_(None))
         .order_by(r.user_id)
     )
-    with store._read() as conn:
+    with store.reading() as conn:
         return list(conn.execute(query).scalars())

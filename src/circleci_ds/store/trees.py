@@ -1,0 +1,263 @@
+"""Pipeline trees: each pipeline with its workflows, jobs and job details, replaced whole.
+
+Rules:
+- A tree (pipeline, workflows, jobs, details) and its derived facts are replaced in one transaction.
+- Trees are read back in keyset pages on one snapshot: memory is bounded by a page, whatever the
+  size of the history.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, and_, delete, func, insert, or_, select
+
+from circleci_ds.store import schema as s
+from circleci_ds.store.base import StoreBase, digest, dumps
+from circleci_ds.store.facts_store import (
+    FactRows,
+    project_info_of,
+    read_facts,
+    write_facts,
+    write_people,
+)
+from circleci_ds.times import parse_ts
+
+_CHUNK = 100  # pipelines per page when reading trees back (a page of parsed trees is the memory bound)
+
+
+@dataclass(frozen=True)
+class StoredTree:
+    endpoint: str  # canonical project slug
+    native: str  # the fixture's native slug
+    origin: str
+    updated_on: float  # epoch seconds of the latest change in the tree
+    data: dict[str, Any]  # pipeline + workflows[] + jobs[] + details
+    project_name: str | None = None  # the fixture's project name, when the collector recorded it
+    facts: FactRows | None = None  # as stored beside it, when asked for
+
+
+@dataclass(frozen=True)
+class PipelineIndexEntry:
+    created_at: float | None
+    fetched_at: float | None
+    is_final: bool
+    digest: bytes  # of the stored pipeline object, to notice a changed listing entry
+
+
+class Trees(StoreBase):
+    """The pipelines, workflows and jobs tables, with the facts written beside them."""
+
+    def pipeline_index(self, slug: str) -> dict[str, PipelineIndexEntry]:
+        """What the collector needs to decide which stored pipelines to read again."""
+        p = s.pipelines.c
+        query = select(p.id, p.created_at, p.fetched_at, p.is_final, p.data).where(p.endpoint == slug)
+        index: dict[str, PipelineIndexEntry] = {}
+        with self.connect() as conn:
+            for row in conn.execute(query):
+                index[row.id] = PipelineIndexEntry(
+                    row.created_at, row.fetched_at, bool(row.is_final), digest(json.loads(row.data))
+                )
+        return index
+
+    def load_tree(self, pipeline_id: str) -> dict[str, Any] | None:
+        with self.reading() as conn:
+            row = conn.execute(select(s.pipelines.c.data).where(s.pipelines.c.id == pipeline_id)).first()
+            if row is None:
+                return None
+            return assemble_trees(conn, [(pipeline_id, row.data)])[pipeline_id]
+
+    def save_tree(self, endpoint: str, tree: dict[str, Any], *, fetched_at: float, is_final: bool) -> None:
+        """Replace one pipeline's whole tree, and its facts, in a single transaction."""
+        self.save_trees(endpoint, [tree], fetched_at=fetched_at, is_final=is_final)
+
+    def save_trees(
+        self, endpoint: str, trees: Sequence[dict[str, Any]], *, fetched_at: float, is_final: bool
+    ) -> None:
+        """Replace pipeline trees of one endpoint and their facts in one transaction (bulk writes)."""
+        pipeline_rows, workflow_rows, job_rows = [], [], []
+        for tree in trees:
+            rows = tree_rows(endpoint, tree, fetched_at=fetched_at, is_final=is_final)
+            pipeline_rows.append(rows.pipeline)
+            workflow_rows += rows.workflows
+            job_rows += rows.jobs
+        ids = [r["id"] for r in pipeline_rows]
+        deriver = self.needs_deriver()
+        with self.writing() as conn:
+            conn.execute(delete(s.jobs).where(s.jobs.c.pipeline_id.in_(ids)))
+            conn.execute(delete(s.workflows).where(s.workflows.c.pipeline_id.in_(ids)))
+            conn.execute(delete(s.pipelines).where(s.pipelines.c.id.in_(ids)))
+            for table, batch in (
+                (s.pipelines, pipeline_rows),
+                (s.workflows, workflow_rows),
+                (s.jobs_numbered, job_rows),
+            ):
+                if batch:
+                    conn.execute(insert(table), batch)
+            default = deriver.default_branch(project_info_of(conn, endpoint))
+            write_facts(conn, [deriver.tree_facts(endpoint, tree, default) for tree in trees])
+            write_people(conn, {pid: deriver.people(tree) for pid, tree in zip(ids, trees, strict=True)})
+
+    def iter_trees(
+        self,
+        project: str | None = None,
+        endpoint: str | None = None,
+        *,
+        with_facts: bool = False,
+        created: tuple[float, float] | None = None,
+    ) -> Iterator[StoredTree]:
+        """Every stored tree, by endpoint then pipeline number; memory bounded by a page, whatever
+        the size of the history (keyset pages on one snapshot)."""
+        e = s.endpoints.c
+        names = s.endpoint_projects.alias("names")
+        query = (
+            select(e.slug, e.native, e.origin, names.c.project)
+            .join(names, names.c.slug == e.slug)
+            .order_by(e.slug)
+        )
+        if project is not None:
+            query = query.where(e.native == project)
+        if endpoint is not None:
+            query = query.where(e.slug == endpoint)
+        with self.reading() as conn:
+            for slug, native, origin, name in conn.execute(query).all():
+                for page in _pages_by_number(conn, slug, created):
+                    ids = [r.id for r in page]
+                    trees = assemble_trees(conn, [(r.id, r.data) for r in page])
+                    facts = read_facts(conn, ids) if with_facts else {}
+                    for r in page:
+                        yield StoredTree(
+                            slug, native, origin, r.updated_on or 0.0, trees[r.id], name, facts.get(r.id)
+                        )
+
+    def unreadable_timestamps(self, project: str | None = None) -> int:
+        """Timestamps in stored trees that could not be read (null in derived data)."""
+        pr, e = s.pipeline_runs.c, s.endpoints.c
+        query = select(func.coalesce(func.sum(pr.bad_times), 0)).join(s.endpoints, e.slug == pr.endpoint)
+        if project is not None:
+            query = query.where(e.native == project)
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
+
+
+def _pages_by_number(
+    conn: Connection, endpoint: str, created: tuple[float, float] | None = None
+) -> Iterator[Sequence[Any]]:
+    """An endpoint's pipelines in (number, id) order, unnumbered first, in keyset pages; with
+    `created`, only those with a workflow run created in [since, until)."""
+    p, w = s.pipelines.c, s.workflow_runs.c
+    columns = (p.id, p.number, p.updated_on, p.data)
+    window = []
+    if created is not None:
+        runs = select(w.pipeline_id).where(
+            w.endpoint == endpoint, w.created >= created[0], w.created < created[1]
+        )
+        window = [p.id.in_(runs)]
+    last_id = ""
+    while page := conn.execute(
+        select(*columns)
+        .where(p.endpoint == endpoint, p.number.is_(None), p.id > last_id, *window)
+        .order_by(p.id)
+        .limit(_CHUNK)
+    ).all():
+        yield page
+        last_id = page[-1].id
+    last: tuple[int, str] | None = None
+    while True:
+        after = [] if last is None else [or_(p.number > last[0], and_(p.number == last[0], p.id > last[1]))]
+        page = conn.execute(
+            select(*columns)
+            .where(p.endpoint == endpoint, p.number.is_not(None), *after, *window)
+            .order_by(p.number, p.id)
+            .limit(_CHUNK)
+        ).all()
+        if not page:
+            return
+        yield page
+        last = (page[-1].number, page[-1].id)
+
+
+@dataclass(frozen=True)
+class TreeRows:
+    """A pipeline tree as rows of the pipelines, workflows and jobs tables."""
+
+    pipeline: dict[str, Any]
+    workflows: list[dict[str, Any]]
+    jobs: list[dict[str, Any]]
+
+
+def tree_rows(endpoint: str, tree: dict[str, Any], *, fetched_at: float, is_final: bool) -> TreeRows:
+    pipeline = {k: v for k, v in tree.items() if k != "workflows"}
+    pid = pipeline["id"]
+    workflow_rows, job_rows = [], []
+    for w_seq, workflow in enumerate(tree.get("workflows") or []):
+        wf = {k: v for k, v in workflow.items() if k != "jobs"}
+        workflow_rows.append({"id": wf["id"], "pipeline_id": pid, "seq": w_seq, "data": dumps(wf)})
+        for j_seq, job in enumerate(workflow.get("jobs") or []):
+            raw = {k: v for k, v in job.items() if k != "details"}
+            details = job.get("details")
+            job_rows.append(
+                {
+                    "workflow_id": wf["id"],
+                    "id": raw["id"],
+                    "pipeline_id": pid,
+                    "seq": j_seq,
+                    "data": dumps(raw),
+                    "details": None if details is None else dumps(details),
+                    "job_number": s.job_number_of(raw),
+                }
+            )
+    pipeline_row = {
+        "id": pid,
+        "endpoint": endpoint,
+        "number": pipeline.get("number"),
+        "created_at": parse_ts(pipeline.get("created_at")),
+        "updated_on": tree_updated_on(tree),
+        "fetched_at": fetched_at,
+        "is_final": is_final,
+        "data": dumps(pipeline),
+    }
+    return TreeRows(pipeline_row, workflow_rows, job_rows)
+
+
+def tree_updated_on(tree: dict[str, Any]) -> float:
+    """Latest timestamp anywhere in a pipeline tree."""
+    stamps = [parse_ts(tree.get("updated_at")), parse_ts(tree.get("created_at"))]
+    for wf in tree.get("workflows") or []:
+        stamps += [parse_ts(wf.get("created_at")), parse_ts(wf.get("stopped_at"))]
+        for job in wf.get("jobs") or []:
+            stamps += [parse_ts(job.get("started_at")), parse_ts(job.get("stopped_at"))]
+            details = job.get("details") or {}
+            stamps += [parse_ts(details.get("queued_at")), parse_ts(details.get("stopped_at"))]
+    return max((x for x in stamps if x is not None), default=0.0)
+
+
+def assemble_trees(conn: Connection, pipelines: Sequence[tuple[str, str]]) -> dict[str, dict[str, Any]]:
+    """Rebuild trees for (pipeline id, pipeline JSON) pairs with two queries."""
+    ids = [pid for pid, _ in pipelines]
+    w, j = s.workflows.c, s.jobs.c
+    wf_rows = conn.execute(
+        select(w.id, w.pipeline_id, w.data).where(w.pipeline_id.in_(ids)).order_by(w.pipeline_id, w.seq)
+    ).all()
+    job_rows = conn.execute(
+        select(j.workflow_id, j.data, j.details).where(j.pipeline_id.in_(ids)).order_by(j.workflow_id, j.seq)
+    ).all()
+    jobs_by_wf: dict[str, list[dict[str, Any]]] = {}
+    for r in job_rows:
+        job = json.loads(r.data)
+        job["details"] = json.loads(r.details) if r.details is not None else None
+        jobs_by_wf.setdefault(r.workflow_id, []).append(job)
+    wfs_by_pipeline: dict[str, list[dict[str, Any]]] = {}
+    for r in wf_rows:
+        wf = json.loads(r.data)
+        wf["jobs"] = jobs_by_wf.get(r.id, [])
+        wfs_by_pipeline.setdefault(r.pipeline_id, []).append(wf)
+    trees = {}
+    for pid, data in pipelines:
+        tree = json.loads(data)
+        tree["workflows"] = wfs_by_pipeline.get(pid, [])
+        trees[pid] = tree
+    return trees
