@@ -5,8 +5,10 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
+from circleci_ds.inputs.fixture import load_fixture
 from circleci_ds.metrics import definitions
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,3 +106,14 @@ def test_every_page_of_docs_opens_with_a_title_and_a_paragraph_on_what_it_covers
         lines = page.read_text(encoding="utf-8").splitlines()
         assert lines[0].startswith("# "), page.name
         assert lines[1] == "" and lines[2] and not lines[2].startswith(("#", "-", "|", "`")), page.name
+
+
+def test_the_fixtures_shown_in_the_readme_and_the_docs_load(tmp_path: Path) -> None:
+    environ = {"CIRCLE_TOKEN": "t" * 40, "CIRCLE_TOKEN_STACKSTORM": "s" * 40}
+    for page in (README, DOCS / "collection.md"):
+        block = re.search(r"```yaml\n(.*?)```", page.read_text(encoding="utf-8"), flags=re.DOTALL)
+        assert block, page.name
+        fixture = tmp_path / "fixture.yaml"
+        fixture.write_text(textwrap.dedent(block.group(1)), encoding="utf-8")
+        settings = load_fixture(fixture, environ)
+        assert settings.endpoints and settings.token in environ.values(), page.name
