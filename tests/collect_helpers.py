@@ -99,8 +99,8 @@ def truth(sim: Simulator, slugs: list[str]) -> dict[str, dict[str, dict[str, Any
 
 def assert_matches_truth(db_url: str, sim: Simulator, slugs: list[str], *, waiting_ok: bool = False) -> None:
     """The store holds exactly the server's truth. With `waiting_ok`, a stored pipeline may lack
-    reruns that wait (no job of theirs started yet): the README's documented limit until the
-    age-spaced re-read is due."""
+    reruns that wait (no job of theirs started yet): the documented limit (docs/collection.md) until
+    the age-spaced re-read is due."""
     got, want = exported(db_url), truth(sim, slugs)
     for slug in want:
         have = got.get(slug, {})

@@ -1,7 +1,7 @@
 """Property: whatever the history (quiet or busy, with reruns days late and reruns that wait for an
 approval) and whatever sequence of clock moves, collections and kills, a completed collection leaves
 the server's truth in the store: exactly, but for reruns that wait, until their age-spaced re-read
-(the README's documented limit); and exactly once everything has settled."""
+(the documented limit, docs/collection.md rule 4); and exactly once everything has settled."""
 
 from __future__ import annotations
 

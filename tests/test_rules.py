@@ -1,4 +1,5 @@
-"""The incremental rules one by one, with plain values; each test is named after the README rule."""
+"""The incremental rules one by one, with plain values; each test is named after its rule in the docs
+(docs/collection.md)."""
 
 from __future__ import annotations
 

@@ -689,7 +689,7 @@ def demo(
         "circleci-ds-demo"
     ),
 ) -> None:
-    """Collect from the built-in simulator twice (moving its clock between runs) and show the status."""
+    """Collect from the built-in simulator twice (its clock moved a day between), then status and report."""
     from circleci_ds.dev.demo import run_demo
 
     raise typer.Exit(run_demo(directory))

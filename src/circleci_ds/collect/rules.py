@@ -1,4 +1,4 @@
-"""The incremental rules, as pure functions of stored state and listed data (README, "Incremental rules").
+"""The incremental rules, as pure functions of stored state and listed data (docs/collection.md).
 
 Nothing here does I/O; `collect.py` asks these functions what to read and keeps only the reading.
 - Listing floor: pipelines come newest first; paging stops after the first page that reaches below

@@ -149,3 +149,25 @@ def as_dict() -> dict[str, str]:
 def help_text() -> str:
     """The definitions for `report --help`, one paragraph each."""
     return "\n\n".join(f"{d.name}: {d.text}" for d in DEFINITIONS)
+
+
+MARKDOWN_INTRO = """\
+# Metric definitions
+
+What each metric of `circleci-ds report` means, one section per metric, with its key in the JSON
+`definitions` object. The same texts are shown by `report --help` and in the HTML report's footer.
+This file is generated from `src/circleci_ds/metrics/definitions.py`, the one place they are
+written: do not edit it; run `python -m circleci_ds.metrics.definitions > docs/metrics.md` after
+changing a definition (a test fails while the two differ). How the report is computed and what it
+shows (window, branches, outputs, test and people sections) is in [report.md](report.md).
+"""
+
+
+def markdown() -> str:
+    """docs/metrics.md: the fixed introduction, then every definition under its name and key."""
+    sections = (f"## {d.name} (`{d.key}`)\n\n{d.text}\n" for d in DEFINITIONS)
+    return "\n".join((MARKDOWN_INTRO, *sections))
+
+
+if __name__ == "__main__":
+    print(markdown(), end="")
