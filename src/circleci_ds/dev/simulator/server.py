@@ -7,11 +7,12 @@ import json
 import math
 import random
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
-from .history import Pipeline, Project, Workflow
+from .config import SimConfig
+from .history import History, Pipeline, Project, Workflow
 from .ratelimit import Decision, Limiter, make_limiter
 from .render import (
     JSON,
@@ -26,9 +27,6 @@ from .render import (
     users_truth,
 )
 from .testresults import job_tests, results_page
-
-if TYPE_CHECKING:
-    from .sim import Simulator
 
 ENDPOINTS = (
     "pipelines", "pipeline", "workflows", "workflow", "jobs", "job_details", "tests", "project", "me", "user",
@@ -132,10 +130,36 @@ def project_path_kind(rest: str) -> str | None:
     return None
 
 
-class Api:
-    """Request handling for one Simulator; state lives in the Simulator so knobs apply immediately."""
+class SimState(Protocol):
+    """What the server reads and drives of a simulator (sim.Simulator is the one): the server depends
+    on this, not on the simulator, so the simulator can build its server without an import cycle."""
 
-    def __init__(self, sim: Simulator) -> None:
+    config: SimConfig
+    history: History
+    recorder: Stats
+    me: JSON
+
+    @property
+    def view(self) -> View: ...
+
+    @property
+    def stats(self) -> dict[str, Any]: ...
+
+    def advance(self, seconds: float) -> None: ...
+
+    def truth(self, project_slug: str) -> list[JSON]: ...
+
+    def test_truth(self, project_slug: str) -> list[JSON]: ...
+
+    def reset_stats(self) -> None: ...
+
+    def configure(self, **changes: Any) -> dict[str, object]: ...
+
+
+class Api:
+    """Request handling for one simulator; state lives in the simulator so knobs apply immediately."""
+
+    def __init__(self, sim: SimState) -> None:
         self.sim = sim
         self._limiter: tuple[tuple[str, float, int], Limiter] | None = None
         self._faults = random.Random(f"circleci-ds-sim:{sim.config.seed}:faults")
