@@ -41,7 +41,6 @@ from sqlalchemy.sql import Select
 
 from circleci_ds.derive.facts import JOB_FAILED, WORKFLOW_FAILED, default_branch, open_store
 from circleci_ds.metrics.ci import (
-    ALL_BRANCHES,
     COMPLETED,
     JobMetrics,
     JobTotals,
@@ -53,10 +52,11 @@ from circleci_ds.metrics.ci import (
     job_metrics,
     job_row,
     queue_totals,
-    window_bounds,
+    resolve_window,
     workflow_metrics,
     workflow_row,
 )
+from circleci_ds.metrics.window import ALL_BRANCHES, Window
 from circleci_ds.store import StoreError
 from circleci_ds.store import schema as s
 from circleci_ds.store.facts_store import project_infos
@@ -109,14 +109,13 @@ def typed(cls: Any, rows: Iterable[Sequence[Any]]) -> list[Any]:
 def scope_of(conn: Connection, which: str) -> Scope:
     """The report's default scope, or the whole stored history on every branch."""
     endpoints = dict(conn.execute(select(s.endpoints.c.slug, s.endpoints.c.native)).all())
-    since, until = window_bounds(conn, endpoints, None, None, time.time())
-    branch = None
+    window = resolve_window(conn, endpoints, Window(), time.time())
     if which == "history":
         oldest = conn.execute(select(func.min(W.c.created))).scalar()
-        since, branch = (since if oldest is None else oldest), ALL_BRANCHES
+        window = Window(window.since if oldest is None else oldest, window.until, ALL_BRANCHES)
     deploy = re.compile(definitions.DEFAULT_DEPLOY_PATTERN)  # unused here
     defaults = {slug: default_branch(info) for slug, info in project_infos(conn).items()}
-    return Scope(since, until, branch, endpoints, defaults, "auto", deploy)
+    return Scope(window, endpoints, defaults, "auto", deploy)
 
 
 def job_rows(scope: Scope) -> Select[Any]:

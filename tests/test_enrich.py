@@ -23,7 +23,7 @@ from circleci_ds.times import parse_ts, stamp
 ORIGIN = "https://circleci.com/gh/acme/api"
 SLUG = "gh/acme/api"
 INFOS = {SLUG: {"slug": SLUG, "vcs_info": {"default_branch": "main", "provider": "GitHub", "vcs_url": "x"}}}
-ENRICHED_ON = datetime(2026, 11, 5, 12, 0, tzinfo=UTC)
+ENRICHED_ON = datetime(2026, 11, 5, 12, 0, tzinfo=UTC).timestamp()
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{3})?Z$")
 
 
@@ -430,9 +430,9 @@ def test_enrichment_streams_lazily() -> None:
     assert first["type"] == "pipeline"
 
 
-def test_naive_enriched_on_is_utc() -> None:
-    doc = next(enrich_trees([stored(full_tree())], INFOS, enriched_on=datetime(2026, 11, 5, 12, 0)))
-    assert doc["metadata__enriched_on"] == "2026-11-05T12:00:00Z"
+def test_enriched_on_is_an_epoch_written_in_utc() -> None:
+    doc = next(enrich_trees([stored(full_tree())], INFOS, enriched_on=1793880000.25))
+    assert doc["metadata__enriched_on"] == "2026-11-05T12:00:00.250Z"
 
 
 def test_enriched_on_defaults_to_now() -> None:

@@ -272,7 +272,7 @@ def test_enriched_documents_from_stored_facts_equal_derived_ones(tmp_path: Path)
     store.save_project_info(EP, render_project(project))
     for data in sim.truth(EP):
         store.save_tree(EP, data, fetched_at=1.0, is_final=True)
-    moment = datetime(2026, 11, 5, tzinfo=UTC)
+    moment = datetime(2026, 11, 5, tzinfo=UTC).timestamp()
     stored = list(enrich_trees(store.iter_trees(with_facts=True), store.project_infos(), moment))
     derived = list(enrich_trees(store.iter_trees(), store.project_infos(), moment))
     assert all(t.facts is not None for t in store.iter_trees(with_facts=True))

@@ -20,6 +20,7 @@ from circleci_ds.dev.simulator import SimConfig, SimProject, Simulator
 from circleci_ds.documents.enriched import enrich_trees
 from circleci_ds.inputs.identities import load_identities
 from circleci_ds.metrics.people import people_report
+from circleci_ds.metrics.window import ALL_BRANCHES, Window
 from circleci_ds.store import schema as s
 from circleci_ds.store.trees import tree_rows
 from circleci_ds.store.urls import engine_url
@@ -217,7 +218,7 @@ async def test_report_counts_runs_failures_reruns_by_organisation_and_approvers(
     store = open_store(db_url, create=False)
     try:
         people = People.load(store, load_identities(path))
-        got = people_report(store.iter_trees(), store.project_infos(), people, branch="*")
+        got = people_report(store.iter_trees(), store.project_infos(), people, Window(branch=ALL_BRANCHES))
     finally:
         store.close()
     assert {o.organization: [o.runs, o.failures, o.reruns] for o in got.organizations} == orgs

@@ -42,7 +42,9 @@ from sqlalchemy import select
 from circleci_ds.derive.facts import open_store
 from circleci_ds.derive.tests import TestJob, job_context, outcome
 from circleci_ds.dev.simulator import SimConfig, SimProject, Simulator
-from circleci_ds.metrics.tests import ALL_BRANCHES, Window, compute_tests, percentile
+from circleci_ds.metrics.sqlstats import percentile
+from circleci_ds.metrics.tests import compute_tests
+from circleci_ds.metrics.window import ALL_BRANCHES, Window
 from circleci_ds.store import Store
 from circleci_ds.store.schema import test_cases
 from circleci_ds.store.testresults import raw_items, save_chunk
@@ -198,7 +200,7 @@ def independent(truth: list[dict[str, Any]], slug: str, default: str, window: Wi
     slow = []
     for test, r in runs.items():
         times = sorted(rt for _, rt in r)
-        slow.append((percentile(times, 95), percentile(times, 50), len(times), test))
+        slow.append((percentile(times, 0.95), percentile(times, 0.5), len(times), test))
     slow.sort(key=lambda x: (-x[0], -x[1], x[3]))
 
     lost = [0, 0.0]

@@ -89,8 +89,8 @@ def week_start(epoch: float) -> float:
 
 
 def date_text(epoch: float) -> str:
-    """YYYY-MM-DD of the instant in UTC."""
-    return (iso(epoch) or "")[:10]
+    """YYYY-MM-DD of the instant in UTC ("" when it is not a date)."""
+    return (iso(day_start(epoch)) or "")[:10]
 
 
 @dataclass

@@ -15,8 +15,11 @@ Rules:
   `active_duration` leaves approval waits out. Unknown or negative gives null.
 - A job is executed when it is not an approval and it started (a start time, or a status only a
   started job can have); not_run, blocked, on-hold and never-started cancelled jobs are not.
-- Job duration: job-details `duration` (ms) when positive or the job started, else stopped - started;
-  approvals have none. Queue time: started - queued (job details); negative gives null.
+- Job duration (`job_seconds`, the one rule of the facts, the enriched and the da-ds documents):
+  job-details `duration` (ms) when it is a finite number >= 0 and either positive or the job
+  started (a never-started job reports 0: unknown, not instant); else stopped - started; negative
+  gives null (a negative `duration` is never used); approvals have none.
+- Queue time: started - queued (job details); negative gives null.
 - Approval wait: from when an approval job went on hold (its start, else the latest stop of the
   jobs it depends on, else its workflow's creation) to its approval; null until approved.
 - Timestamps that cannot be read are null here and counted in `PipelineFact.bad_times`.
@@ -33,8 +36,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from typing import Any
 
-from circleci_ds.store import Deriver, FactRows, Store
-from circleci_ds.times import TimeReader, seconds_between
+from circleci_ds.store import Deriver, FactRows, Store, StoredTree
+from circleci_ds.times import TimeReader, parse_ts, seconds_between
 
 WORKFLOW_FAILED = frozenset({"failed", "error"})
 JOB_FAILED = frozenset({"failed", "infrastructure_fail", "timedout", "terminated-unknown"})
@@ -200,7 +203,7 @@ def rerun_order(workflows: list[dict[str, Any]]) -> dict[int, tuple[int, int | N
     """Position of each workflow -> (rerun index, position of the run it repeats)."""
     by_name: dict[Any, list[tuple[float, int]]] = {}
     for position, workflow in enumerate(workflows):
-        created = parse_silently(workflow.get("created_at"))  # counted with the workflow's own fact
+        created = parse_ts(workflow.get("created_at"))  # not counted: the workflow's own fact counts it
         key = workflow.get("name") if isinstance(workflow.get("name"), str) else None
         by_name.setdefault(key, []).append((created if created is not None else float("inf"), position))
     order: dict[int, tuple[int, int | None]] = {}
@@ -260,6 +263,17 @@ def derive(endpoint: str, tree: dict[str, Any], default_branch: str | None) -> T
         bad_times=reader.unreadable,
     )
     return TreeFacts(pipeline, workflow_facts, [j for jobs in job_facts for j in jobs])
+
+
+def facts_of(tree: StoredTree, default_branch: str | None) -> TreeFacts:
+    """The tree's facts: those stored beside it when it was read with them and they match it (as many
+    workflows and jobs), else derived from it here by the same rules."""
+    workflows = [w for w in as_list(tree.data.get("workflows")) if isinstance(w, dict)]
+    jobs = sum(isinstance(j, dict) for w in workflows for j in as_list(w.get("jobs")))
+    stored = tree.facts
+    if stored is None or (len(stored.workflows), len(stored.jobs)) != (len(workflows), jobs):
+        return derive(tree.endpoint, tree.data, default_branch)
+    return TreeFacts.from_rows(stored)
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,14 +337,10 @@ def _workflow_fact(
 
 def _job_facts(ctx: _Context, workflow: dict[str, Any], reader: TimeReader) -> list[JobFact]:
     jobs = [j for j in as_list(workflow.get("jobs")) if isinstance(j, dict)]
-    workflow_created = parse_silently(workflow.get("created_at"))
-    stops = {j.get("id"): parse_silently(j.get("stopped_at")) for j in jobs}
+    # Read a second time: an unreadable one is counted by the fact that reads it first.
+    workflow_created = parse_ts(workflow.get("created_at"))
+    stops = {j.get("id"): parse_ts(j.get("stopped_at")) for j in jobs}
     return [_job_fact(ctx, workflow, job, workflow_created, stops, reader) for job in jobs]
-
-
-def parse_silently(value: Any) -> float | None:
-    """A timestamp read a second time (already counted once if unreadable)."""
-    return TimeReader().read(value)
 
 
 def _job_fact(
@@ -386,8 +396,7 @@ def _non_negative(seconds: float | None) -> float | None:
 
 
 def job_seconds(duration_ms: Any, started: float | None, stopped: float | None) -> float | None:
-    """Job-details `duration` (milliseconds) when given, else stopped - started."""
-    # A job that never started reports duration 0: that is "unknown", not "instant".
+    """A job's duration in seconds, to the millisecond; see the module rules."""
     usable = isinstance(duration_ms, int | float) and not isinstance(duration_ms, bool)
     if usable and 0 <= duration_ms < math.inf and (duration_ms > 0 or started is not None):
         return round(duration_ms / 1000, 3)

@@ -8,21 +8,19 @@ seconds. A value the API did not give is null, never 0.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from circleci_ds import __version__
 from circleci_ds.derive.facts import (
     JobFact,
     PipelineFact,
-    TreeFacts,
     WorkflowFact,
     as_dict,
     as_list,
     default_branch,
-    derive,
-    rerun_order,
+    facts_of,
 )
 from circleci_ds.derive.people import is_bot_login
 from circleci_ds.documents.raw import BACKEND_NAME
@@ -67,7 +65,7 @@ JOB_STATUSES = (
 def enrich_trees(
     trees: Iterable[StoredTree],
     project_infos: dict[str, dict[str, Any]],
-    enriched_on: datetime | None = None,
+    enriched_on: float | None = None,
     people: People | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Enriched documents for each tree: its pipeline, then its workflows, then their jobs.
@@ -76,10 +74,7 @@ def enrich_trees(
     GET /project/{slug} answer (for the default branch); a missing endpoint gives null
     `is_default_branch`.
     """
-    moment = enriched_on or datetime.now(UTC)
-    if moment.tzinfo is None:  # naive means UTC already
-        moment = moment.replace(tzinfo=UTC)
-    enriched = iso(moment.timestamp())
+    enriched = iso(time.time() if enriched_on is None else enriched_on)
     for tree in trees:
         yield from enrich_tree(tree, default_branch(project_infos.get(tree.endpoint)), enriched, people)
 
@@ -95,12 +90,7 @@ def enrich_tree(
     tree when it carries them, else derived from it by the same pure functions (circleci_ds.derive.facts).
     """
     workflows = [w for w in as_list(tree.data.get("workflows")) if isinstance(w, dict)]
-    jobs = sum(isinstance(j, dict) for w in workflows for j in as_list(w.get("jobs")))
-    stored = tree.facts
-    if stored is None or (len(stored.workflows), len(stored.jobs)) != (len(workflows), jobs):
-        facts = derive(tree.endpoint, tree.data, default)
-    else:
-        facts = TreeFacts.from_rows(stored)
+    facts = facts_of(tree, default)
     workflow_facts = {f.id: f for f in facts.workflows}
     job_facts = {(f.workflow_id, f.id): f for f in facts.jobs}
     common = _common_fields(tree, facts.pipeline, default, enriched_on)
@@ -113,13 +103,6 @@ def enrich_tree(
                 fact = job_facts[(workflow_fact.id, str(job.get("id")))]
                 doc = _job_doc(tree, common, workflow, workflow_fact, job, fact)
                 yield _with_people(doc, people, tree, workflow, job)
-
-
-def rerun_indexes(workflows: list[dict[str, Any]]) -> dict[Any, int]:
-    """Workflow id -> rerun index (0 for the first run of its name in the pipeline); see facts."""
-    order = rerun_order([w for w in as_list(workflows) if isinstance(w, dict)])
-    dicts = [w for w in as_list(workflows) if isinstance(w, dict)]
-    return {dicts[position].get("id"): index for position, (index, _) in order.items()}
 
 
 def _with_people(

@@ -9,11 +9,12 @@ with the history; work grows with the window. Rows cross from the store as typed
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from itertools import groupby, pairwise
 from typing import Any
 
@@ -23,12 +24,12 @@ from sqlalchemy.sql import ColumnElement, Select
 from circleci_ds.derive.facts import JOB_FAILED, WORKFLOW_FAILED, JobFact, critical_path, default_branch
 from circleci_ds.metrics import definitions
 from circleci_ds.metrics.sqlstats import count_if, floor_int, moments, percentile, percentiles, stream, sum_if
+from circleci_ds.metrics.window import ALL_BRANCHES, Window
 from circleci_ds.store import Store
 from circleci_ds.store import schema as s
 from circleci_ds.store.facts_store import project_infos
 from circleci_ds.times import DAY, WEEK, day_start, iso, week_start
 
-ALL_BRANCHES = "*"
 COMPLETED = ("success", "failed", "error", "canceled")
 # Upper bounds (seconds) of the queue-time histogram's bins; the last bin is open.
 QUEUE_BINS = (1, 5, 10, 30, 60, 120, 300, 600, 1800)
@@ -237,24 +238,32 @@ class MetricsReport:
 
 @dataclass(frozen=True)
 class Scope:
-    """What the report measures: one window, a branch rule, a set of endpoints."""
+    """What the report measures: one window (both bounds set), its endpoints and their default branches."""
 
-    since: float
-    until: float
-    branch: str | None  # None: each project's default branch; ALL_BRANCHES: every branch
+    window: Window
     endpoints: dict[str, str]  # slug -> native project
     defaults: dict[str, str | None]  # slug -> default branch
     bucket: str
     deploy: re.Pattern[str]
 
     @property
+    def since(self) -> float:
+        return self.window.since if self.window.since is not None else -math.inf
+
+    @property
+    def until(self) -> float:
+        return self.window.until if self.window.until is not None else math.inf
+
+    @property
+    def branch(self) -> str | None:
+        return self.window.branch
+
+    @property
     def days(self) -> float:
         return max(self.until - self.since, 1.0) / DAY
 
     def measured_branch(self, endpoint: str) -> str | None:
-        if self.branch == ALL_BRANCHES:
-            return None
-        return self.branch if self.branch is not None else self.defaults.get(endpoint)
+        return self.window.measured_branch(self.defaults.get(endpoint))
 
     def where(
         self, table: Any, created: ColumnElement[Any], *, any_branch: bool = False
@@ -278,25 +287,33 @@ class Scope:
         return or_(on_default, table.c.endpoint.in_(unknown)) if unknown else on_default
 
 
-def window_bounds(
-    conn: Connection, endpoints: Iterable[str], since: float | None, until: float | None, now: float
-) -> tuple[float, float]:
-    """(since, until) with the defaults of the window definition."""
+def endpoints_of(conn: Connection, project: str | None) -> dict[str, str]:
+    """Slug -> native project of the stored endpoints of one native project, or of all."""
+    rows = conn.execute(select(s.endpoints.c.slug, s.endpoints.c.native))
+    return {slug: native for slug, native in rows if project is None or native == project}
+
+
+def resolve_window(conn: Connection, endpoints: Iterable[str], window: Window, now: float) -> Window:
+    """The window with both bounds set, by the defaults of the window definition."""
+    since, until = _bounds(conn, endpoints, window, now)
+    return replace(window, since=since, until=until)
+
+
+def _bounds(conn: Connection, endpoints: Iterable[str], window: Window, now: float) -> tuple[float, float]:
+    until = window.until
     if until is None:
         newest = conn.execute(
             select(func.max(W.c.created)).where(W.c.endpoint.in_(list(endpoints)), W.c.created <= now + DAY)
         ).scalar()
         until = day_start(newest if newest is not None else now) + DAY
-    if since is None:
-        since = until - definitions.WINDOW_DAYS * DAY
+    since = window.since if window.since is not None else until - definitions.WINDOW_DAYS * DAY
     return since, until
 
 
-def in_time(created: float | None, since: float | None, until: float | None) -> bool:
-    """Whether a creation time lies in [since, until) (open bounds when None)."""
-    if created is None:
-        return since is None and until is None
-    return (since is None or created >= since) and (until is None or created < until)
+def report_window(store: Store, window: Window, now: float | None = None) -> Window:
+    """The window a report over the store measures (see resolve_window)."""
+    with store.snapshot() as conn:
+        return resolve_window(conn, endpoints_of(conn, window.project), window, _now(now))
 
 
 def choose_bucket(bucket: str, since: float, until: float) -> str:
@@ -306,14 +323,16 @@ def choose_bucket(bucket: str, since: float, until: float) -> str:
     return "week" if until - since > 45 * DAY else "day"
 
 
-def window_line(since: str | None, until: str | None, branch: str | None) -> str:
-    if branch is None:
-        measured = "each project's default branch"
-    elif branch == ALL_BRANCHES:
-        measured = "all branches"
-    else:
-        measured = f"branch {branch}"
-    return f"Window: workflow runs created from {since} to {until} (until excluded), on {measured}."
+def window_line(window: Window) -> str:
+    """The line atop every output; ISO text of the bounds, as everywhere in outputs."""
+    return (
+        f"Window: workflow runs created from {iso(window.since)} to {iso(window.until)} (until excluded), "
+        f"on {window.describe_branch()}."
+    )
+
+
+def _now(now: float | None) -> float:
+    return time.time() if now is None else now
 
 
 # -- the report ------------------------------------------------------------------------------------
@@ -331,37 +350,43 @@ def compute_report(
     now: float | None = None,
 ) -> MetricsReport:
     """Every metric over one window (of one native project, or all); see circleci_ds.metrics.definitions."""
-    now = time.time() if now is None else now
+    window = Window(since, until, branch, project)
+    return measure(store, window, bucket=bucket, deploy_pattern=deploy_pattern, now=now)
+
+
+def measure(
+    store: Store,
+    window: Window,
+    *,
+    bucket: str = "auto",
+    deploy_pattern: str | None = None,
+    now: float | None = None,
+) -> MetricsReport:
+    """Every metric over the window; its open bounds take the defaults (see resolve_window)."""
+    now = _now(now)
     pattern = deploy_pattern or definitions.DEFAULT_DEPLOY_PATTERN
     with store.snapshot() as conn:
-        endpoints = {
-            slug: native
-            for slug, native in conn.execute(select(s.endpoints.c.slug, s.endpoints.c.native))
-            if project is None or native == project
-        }
-        start, end = window_bounds(conn, endpoints, since, until, now)
+        endpoints = endpoints_of(conn, window.project)
+        since, until = _bounds(conn, endpoints, window, now)
         scope = Scope(
-            since=start,
-            until=end,
-            branch=branch,
+            window=replace(window, since=since, until=until),
             endpoints=endpoints,
             defaults={slug: default_branch(info) for slug, info in project_infos(conn).items()},
-            bucket=choose_bucket(bucket, start, end),
+            bucket=choose_bucket(bucket, since, until),
             deploy=re.compile(pattern, re.IGNORECASE),
         )
         return _report(conn, scope, pattern, now)
 
 
 def _report(conn: Connection, scope: Scope, pattern: str, now: float) -> MetricsReport:
-    since, until = iso(scope.since), iso(scope.until)
     flaky = flaky_jobs(conn, scope)
     groups = job_groups(conn, scope)
     workflows = workflow_metrics(conn, scope, groups)
     return MetricsReport(
         generated_at=iso(now, ms=False) or "",
-        since=since,
-        until=until,
-        window=window_line(since, until, scope.branch),
+        since=iso(scope.since),
+        until=iso(scope.until),
+        window=window_line(scope.window),
         branch=scope.branch,
         bucket=scope.bucket,
         deploy_pattern=pattern,

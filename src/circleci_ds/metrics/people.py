@@ -18,14 +18,12 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
+from circleci_ds.derive.facts import default_branch, facts_of
 from circleci_ds.derive.people import People, provider_of
-from circleci_ds.documents.enriched import default_branch, rerun_indexes
-from circleci_ds.metrics.ci import ALL_BRANCHES, in_time
+from circleci_ds.metrics.window import Window
 from circleci_ds.store import StoredTree
-from circleci_ds.times import parse_ts
 
 FAILED = frozenset({"failed", "error"})
 TOP = 10
@@ -81,17 +79,11 @@ class PeopleTally:
     so the report reads the store once; `report` gives the result after the stream ended."""
 
     def __init__(
-        self,
-        people: People,
-        project_infos: dict[str, dict[str, Any]],
-        *,
-        since: datetime | None = None,
-        until: datetime | None = None,
-        branch: str | None = None,
+        self, people: People, project_infos: dict[str, dict[str, Any]], window: Window | None = None
     ) -> None:
         self.people = people
         self.project_infos = project_infos
-        self.start, self.end, self.branch = _epoch(since), _epoch(until), branch
+        self.window = window or Window()
         self.orgs: dict[str, _Tally] = defaultdict(_Tally)
         # Keyed by (user id, organisation at the event): a person who moved counts under each.
         self.approvals: Counter[tuple[str, str]] = Counter()
@@ -104,15 +96,17 @@ class PeopleTally:
             yield tree
 
     def tree(self, tree: StoredTree) -> None:
-        wanted = _branch(self.branch, self.project_infos.get(tree.endpoint))
+        default = default_branch(self.project_infos.get(tree.endpoint))
+        wanted = self.window.measured_branch(default)
         if wanted is not None and (tree.data.get("vcs") or {}).get("branch") != wanted:
             return
         provider = provider_of(tree.endpoint, tree.data)
-        workflows = tree.data.get("workflows") or []
-        indexes = rerun_indexes(workflows)
-        for workflow in workflows:
-            if in_time(parse_ts(workflow.get("created_at")), self.start, self.end):
-                self.run(workflow, provider, indexes[workflow.get("id")] > 0)
+        # Creation times and rerun indexes are the facts' (stored beside the tree when read with it).
+        facts = {f.id: f for f in facts_of(tree, default).workflows}
+        for workflow in tree.data.get("workflows") or []:
+            fact = facts[str(workflow.get("id"))]
+            if self.window.holds(fact.created):
+                self.run(workflow, provider, fact.rerun_index > 0)
 
     def run(self, workflow: dict[str, Any], provider: str | None, rerun: bool) -> None:
         creator = self.people.creator(workflow, provider)
@@ -157,13 +151,10 @@ def people_report(
     trees: Iterable[StoredTree],
     project_infos: dict[str, dict[str, Any]],
     people: People,
-    *,
-    since: datetime | None = None,
-    until: datetime | None = None,
-    branch: str | None = None,
+    window: Window | None = None,
 ) -> PeopleReport:
     """Streams the trees once; see the module rules."""
-    tally = PeopleTally(people, project_infos, since=since, until=until, branch=branch)
+    tally = PeopleTally(people, project_infos, window)
     for tree in trees:
         tally.tree(tree)
     return tally.report()
@@ -176,16 +167,3 @@ def _approved(job: dict[str, Any]) -> bool:
 def _most(counts: Counter[tuple[str, str]], people: People) -> list[tuple[tuple[str, str], int]]:
     """Most first; ties by login (unresolved people last), then id and organisation."""
     return sorted(counts.items(), key=lambda item: (-item[1], people.login_of(item[0][0]) or "~", item[0]))
-
-
-def _branch(branch: str | None, info: dict[str, Any] | None) -> str | None:
-    """The branch measured in a project: asked, else its default; None for all."""
-    if branch == ALL_BRANCHES:
-        return None
-    return branch if branch is not None else default_branch(info)
-
-
-def _epoch(moment: datetime | None) -> float | None:
-    if moment is None:
-        return None
-    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()

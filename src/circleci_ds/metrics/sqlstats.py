@@ -4,8 +4,11 @@ Reusable by any facts table: give a selectable with group columns and a value co
 
 Rules:
 - Percentiles interpolate linearly between the closest ranks (p50 = median): the q-quantile of
-  n sorted values v[0..n-1] is v[i] + (v[i+1] - v[i]) * f where i + f = (n - 1) * q. Computed with
-  row_number() and count() windows; only the two ranks around each quantile leave the database.
+  n sorted values v[0..n-1] is v[i] + (v[i+1] - v[i]) * f where i + f = (n - 1) * q. Quantiles are
+  whole percents, so i and f are exact (integer arithmetic in hundredths: p95 of 5 values is
+  v[3] + (v[4] - v[3]) * 0.8). Computed with row_number() and count() windows; only the two ranks
+  around each quantile leave the database. This module is the one home of that rule: every metric
+  (CI, tests) takes its percentiles from here.
 - Mean and population standard deviation come from count, sum and sum of squares.
 - Sequences (MTTR, time to green) stream ordered rows (`stream`), so memory does not grow with them.
 - Integer division of a non-negative value (`floor_int`) is portable: CAST truncates on SQLite,
@@ -62,7 +65,7 @@ def percentiles(
         .subquery()
     )
     # The lower rank of each quantile as the database computes it, returned so both sides agree.
-    lows = [floor_int((ranked.c.n - 1) * q, conn.dialect.name).label(f"low{i}") for i, q in enumerate(qs)]
+    lows = [((ranked.c.n - 1) * hundredths(q) // 100).label(f"low{i}") for i, q in enumerate(qs)]
     wanted = or_(*[or_(ranked.c.rn == low, ranked.c.rn == low + 1) for low in lows])
     rows = conn.execute(
         select(*[ranked.c[g] for g in groups], ranked.c.v, ranked.c.rn, ranked.c.n, *lows).where(wanted)
@@ -75,14 +78,28 @@ def percentiles(
         picked.setdefault(group, {})[r.rn] = r.v
         shape[group] = (r.n, list(r[width + 3 :]))
     return {
-        g: {q: _interpolate(ranks, shape[g][0], q, shape[g][1][i]) for i, q in enumerate(qs)}
+        g: {q: _interpolate(ranks, shape[g][0], q, int(shape[g][1][i])) for i, q in enumerate(qs)}
         for g, ranks in picked.items()
     }
 
 
+def hundredths(q: float) -> int:
+    """The quantile q as whole hundredths (0.95 -> 95); quantiles are taken at whole percents."""
+    percent = round(q * 100)
+    if not 0 <= percent <= 100 or abs(q * 100 - percent) > 1e-9:
+        raise ValueError(f"a quantile is a whole percent between 0 and 1, not {q!r}")
+    return percent
+
+
+def rank(n: int, q: float) -> tuple[int, float]:
+    """The 0-based lower rank of the q-quantile of n values, and the fraction towards the next rank."""
+    position = (n - 1) * hundredths(q)
+    return position // 100, (position % 100) / 100
+
+
 def _interpolate(ranks: dict[int, float], n: int, q: float, low: int) -> float:
+    _, fraction = rank(n, q)
     high = min(low + 1, n - 1)
-    fraction = min(max((n - 1) * q - low, 0.0), 1.0)
     return ranks[low] + (ranks[high] - ranks[low]) * fraction
 
 
@@ -90,10 +107,9 @@ def percentile(ordered: Sequence[float], q: float) -> float | None:
     """The same quantile over values already sorted in memory (few values: recoveries, tests)."""
     if not ordered:
         return None
-    position = (len(ordered) - 1) * q
-    low = math.floor(position)
+    low, fraction = rank(len(ordered), q)
     high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+    return ordered[low] + (ordered[high] - ordered[low]) * fraction
 
 
 def moments(count: int, total: float | None, squares: float | None) -> tuple[float | None, float | None]:

@@ -13,8 +13,8 @@ Definitions (a test is a classname and name within a project's job name):
   message excerpt. Ordered by times_flaked, then last_flaked, descending.
 - Most failed: runs = passed + failed results, failures, failure_rate = failures / runs; ordered by
   failures descending, then runs ascending (higher rate first).
-- Slowest: p50 and p95 (linear between closest ranks, as the other metrics) of the run_time in
-  seconds of passed and failed results; ordered by p95, then p50, descending.
+- Slowest: p50 and p95 (linear between closest ranks, as the other metrics: metrics.sqlstats) of
+  the run_time in seconds of passed and failed results; ordered by p95, then p50, descending.
 - Time lost to flaky tests, per project: jobs that failed and each of whose failed tests passed on
   the same commit in a job that stopped later; their duration summed.
 - Test counts over time: per project, job name and UTC day, the jobs read and the fewest and most
@@ -25,20 +25,23 @@ Ties are broken by project, job, classname, name.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, Select, and_, case, exists, false, func, or_, select, true
 from sqlalchemy.orm import aliased
 
+from circleci_ds.derive.facts import default_branch
 from circleci_ds.derive.tests import Marker
+from circleci_ds.metrics.sqlstats import percentiles
+from circleci_ds.metrics.window import ALL_BRANCHES, Window
 from circleci_ds.store import Store
 from circleci_ds.store import schema as s
-from circleci_ds.times import iso
+from circleci_ds.times import date_text, iso
 
-ALL_BRANCHES = "*"
+__all__ = ["ALL_BRANCHES", "TestsReport", "Window", "compute_tests"]
+
 LIMIT = 25
 COMMITS_SHOWN = 10
 _BATCH = 200  # candidate tests whose percentiles are computed per query
@@ -114,37 +117,6 @@ class TestsReport:
         return asdict(self)
 
 
-@dataclass(frozen=True)
-class Window:
-    since: float | None = None
-    until: float | None = None
-    branch: str | None = None  # None: each project's default branch; ALL_BRANCHES: every branch
-    project: str | None = None  # a native project slug
-
-
-# -- pure helpers ------------------------------------------------------------------------------------
-
-
-def interpolate(low: float, high: float | None, fraction: float) -> float:
-    """The percentile between two closest ranks."""
-    return low if high is None else low + (high - low) * fraction
-
-
-def rank(n: int, percent: int) -> tuple[int, float]:
-    """0-based lower rank and the fraction towards the next, of the `percent` percentile of n values."""
-    position = (n - 1) * percent
-    return position // 100, (position % 100) / 100
-
-
-def percentile(ordered: Sequence[float], percent: int) -> float:
-    low, fraction = rank(len(ordered), percent)
-    return interpolate(ordered[low], ordered[low + 1] if low + 1 < len(ordered) else None, fraction)
-
-
-def day(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d")
-
-
 # -- scope --------------------------------------------------------------------------------------------
 
 
@@ -153,11 +125,7 @@ class _Scope:
 
     def __init__(self, store: Store, window: Window) -> None:
         self.window = window
-        self.defaults = {
-            slug: info.get("vcs_info", {}).get("default_branch")
-            for slug, info in store.project_infos().items()
-            if isinstance(info.get("vcs_info"), dict)
-        }
+        self.defaults = {slug: default_branch(info) for slug, info in store.project_infos().items()}
         self.natives = _natives(store)
 
     def timely(self, t: Any) -> ColumnElement[bool]:
@@ -179,7 +147,7 @@ class _Scope:
             return self.timely(t)
         if branch is not None:
             return and_(self.timely(t), t.branch == branch)
-        known = {slug: b for slug, b in self.defaults.items() if isinstance(b, str) and b}
+        known = {slug: b for slug, b in self.defaults.items() if b is not None}
         on_default = [and_(t.endpoint == slug, t.branch == b) for slug, b in known.items()]
         unknown = t.endpoint.not_in(list(known)) if known else true()
         return and_(self.timely(t), or_(unknown, *on_default))
@@ -332,13 +300,11 @@ def _fields(ref: TestRef) -> tuple[str, str, str, str, str]:
 def slowest(store: Store, scope: _Scope, limit: int = LIMIT) -> list[SlowTest]:
     """Exact percentiles for the tests that can make the list: in descending order of their longest
     run (an upper bound of p95), until the next longest run cannot beat the list's last p95."""
-    r, t = s.test_results.c, s.test_jobs.c
-    bounds = (
-        select(r.case_ref, func.max(r.run_time).label("top"))
-        .join(s.test_jobs, t.ref == r.job_ref)
-        .where(r.outcome.is_not(None), r.run_time.is_not(None), scope.measured(t))
-        .group_by(r.case_ref)
-    )
+    r = s.test_results.c
+    timed = _timed_runs(scope)
+    bounds = timed.with_only_columns(
+        r.case_ref, func.max(r.run_time).label("top"), func.count().label("runs")
+    ).group_by(r.case_ref)
     with store.engine.connect() as conn:
         candidates = sorted(conn.execute(bounds).all(), key=lambda c: -c.top)
     best: list[tuple[float, float, int, int]] = []  # (p95, p50, runs, case_ref)
@@ -346,46 +312,25 @@ def slowest(store: Store, scope: _Scope, limit: int = LIMIT) -> list[SlowTest]:
         batch = candidates[start : start + _BATCH]
         if len(best) >= limit and sorted(best, reverse=True)[limit - 1][0] > batch[0].top:
             break
-        best.extend(_percentiles(store, scope, [c.case_ref for c in batch]))
+        runs = {c.case_ref: c.runs for c in batch}
+        source = timed.where(r.case_ref.in_(list(runs)))
+        with store.engine.connect() as conn:
+            found = percentiles(conn, source, ("case_ref",), "run_time", (0.5, 0.95))
+        best.extend((q[0.95], q[0.5], runs[ref], ref) for (ref,), q in found.items())
     refs = _refs(store, (b[3] for b in best))
     best.sort(key=lambda b: (-b[0], -b[1], _key(refs[b[3]])))
     top = best[:limit]
     return [SlowTest(*_fields(refs[ref]), n, run_time_p50=p50, run_time_p95=p95) for p95, p50, n, ref in top]
 
 
-def _percentiles(store: Store, scope: _Scope, case_refs: list[int]) -> list[tuple[float, float, int, int]]:
-    """(p95, p50, runs, case_ref) per test, picking the closest ranks in SQL."""
+def _timed_runs(scope: _Scope) -> Select[Any]:
+    """(case_ref, run_time) of the measured passed and failed results that have a run time."""
     r, t = s.test_results.c, s.test_jobs.c
-    ranked = (
-        select(
-            r.case_ref,
-            r.run_time,
-            (func.row_number().over(partition_by=r.case_ref, order_by=r.run_time) - 1).label("i"),
-            func.count().over(partition_by=r.case_ref).label("n"),
-        )
+    return (
+        select(r.case_ref, r.run_time)
         .join(s.test_jobs, t.ref == r.job_ref)
-        .where(r.case_ref.in_(case_refs), r.outcome.is_not(None), r.run_time.is_not(None), scope.measured(t))
-        .subquery()
+        .where(r.outcome.is_not(None), r.run_time.is_not(None), scope.measured(t))
     )
-    picks = []
-    for percent in (50, 95):
-        low = (ranked.c.n - 1) * percent // 100
-        picks += [
-            func.max(case((ranked.c.i == low, ranked.c.run_time))).label(f"lo{percent}"),
-            func.max(case((ranked.c.i == low + 1, ranked.c.run_time))).label(f"hi{percent}"),
-        ]
-    query = select(ranked.c.case_ref, func.max(ranked.c.n).label("n"), *picks).group_by(ranked.c.case_ref)
-    out = []
-    with store.engine.connect() as conn:
-        for row in conn.execute(query):
-            n = int(row.n)
-            values = {}
-            for percent in (50, 95):
-                _, fraction = rank(n, percent)
-                low, high = row._mapping[f"lo{percent}"], row._mapping[f"hi{percent}"]
-                values[percent] = interpolate(low, high, fraction)
-            out.append((values[95], values[50], n, row.case_ref))
-    return out
 
 
 def time_lost(store: Store, scope: _Scope) -> list[FlakyTimeLost]:
@@ -426,7 +371,7 @@ def count_points(store: Store, scope: _Scope) -> list[TestCountPoint]:
     points: dict[tuple[str, str, str], list[int]] = defaultdict(list)
     with store.engine.connect() as conn:
         for row in conn.execute(query):
-            points[row.endpoint, row.job_name or "", day(row.created_at)].append(row.tests)
+            points[row.endpoint, row.job_name or "", date_text(row.created_at)].append(row.tests)
     return [
         TestCountPoint(slug, job, d, len(counts), min(counts), max(counts))
         for (slug, job, d), counts in sorted(points.items())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -11,15 +10,16 @@ from rich.console import Console
 
 from circleci_ds.derive.people import People
 from circleci_ds.inputs.identities import Identities
-from circleci_ds.metrics.ci import MetricsReport, compute_report
+from circleci_ds.metrics.ci import MetricsReport, compute_report, measure, report_window
 from circleci_ds.metrics.people import PeopleTally
+from circleci_ds.metrics.tests import compute_tests
+from circleci_ds.metrics.window import Window
 from circleci_ds.report.html import render_html, write_html
 from circleci_ds.report.people_section import people_html, print_people
 from circleci_ds.report.terminal import print_tables
-from circleci_ds.report.testsection import build_tests, html_section, print_test_tables
+from circleci_ds.report.testsection import html_section, print_test_tables
 from circleci_ds.store import Store
 from circleci_ds.text import plain
-from circleci_ds.times import parse_ts
 
 __all__ = ["build_report", "print_tables", "render_html", "run_report", "write_html"]
 
@@ -49,26 +49,14 @@ def run_report(
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown report format {fmt!r} (expected one of {', '.join(FORMATS)})")
-    report = compute_report(
-        store,
-        project=project,
-        since=since,
-        until=until,
-        branch=branch,
-        bucket=bucket,
-        deploy_pattern=deploy_pattern,
-    )
-    # People: a section of their own, over the same window, from the trees that have runs in it.
-    start, end = _moment(report.since), _moment(report.until)
-    people = PeopleTally(
-        People.load(store, identities), store.project_infos(), since=start, until=end, branch=branch
-    )
-    for tree in store.iter_trees(
-        project, created=(start.timestamp(), end.timestamp()) if start and end else None
-    ):
+    window = report_window(store, Window(since, until, branch, project))  # one window for every section
+    report = measure(store, window, bucket=bucket, deploy_pattern=deploy_pattern)
+    # People: a section of their own, from the trees that have runs in the window.
+    people = PeopleTally(People.load(store, identities), store.project_infos(), window)
+    for tree in store.iter_trees(project, created=_created(window), with_facts=True):
         people.tree(tree)
     who = people.report()
-    tests = build_tests(store, project=project, since=start, until=end, branch=branch)  # the same window
+    tests = compute_tests(store, window)
     if fmt == "json":
         payload = {**report.to_dict(), "people": who.to_dict(), "tests": tests.to_dict()}
         console.out(json.dumps(payload, indent=2, ensure_ascii=False), highlight=False)
@@ -86,6 +74,7 @@ def run_report(
     return report
 
 
-def _moment(text: str | None) -> datetime | None:
-    epoch = parse_ts(text)
-    return None if epoch is None else datetime.fromtimestamp(epoch, UTC)
+def _created(window: Window) -> tuple[float, float] | None:
+    if window.since is None or window.until is None:
+        return None
+    return window.since, window.until

@@ -8,7 +8,6 @@ charts entity-escaped. The terminal shows the first SHOWN rows of each table, th
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from rich.console import Console
@@ -28,21 +27,10 @@ COUNT_JOBS = 6  # job names drawn in the test-count chart
 
 
 def build_tests(
-    store: Store,
-    *,
-    project: str | None,
-    since: datetime | None,
-    until: datetime | None,
-    branch: str | None,
+    store: Store, *, project: str | None, since: float | None, until: float | None, branch: str | None
 ) -> TestsReport:
-    """The test metrics over the report's window."""
-    window = Window(
-        since=since.timestamp() if since else None,
-        until=until.timestamp() if until else None,
-        branch=branch,
-        project=project,
-    )
-    return compute_tests(store, window)
+    """The test metrics over a window (the report gives its own Window to compute_tests)."""
+    return compute_tests(store, Window(since, until, branch, project))
 
 
 def _test_name(classname: str, name: str) -> str:
