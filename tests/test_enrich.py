@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from circleci_ds.derive.facts import job_seconds
+from circleci_ds.documents.dads import job_duration_ms
 from circleci_ds.documents.enriched import enrich_trees, is_bot_login
 from circleci_ds.documents.raw import es_bulk, index_name
 from circleci_ds.ids import uuid
@@ -297,6 +298,23 @@ def test_zero_duration_of_an_unstarted_job_is_unknown() -> None:
     start = datetime(2026, 11, 1, 10, 0)
     assert job_seconds(0, start, start) == 0.0  # started and stopped at once: a real zero
     assert job_seconds(1500, start, None) == 1.5
+
+
+def test_facts_and_dads_share_one_job_duration_rule() -> None:
+    start = 1_790_000_000.0
+    cases = [
+        (1500, start, start + 2),  # the API's milliseconds win
+        (-5000, start, start + 2),  # a negative duration is never used: stopped - started
+        (-5000, start, start - 2),  # and a negative span is null
+        (float("nan"), start, start + 3),
+        (float("inf"), start, None),
+        (0, None, None),  # never started: unknown, not instant
+        (2500, None, None),
+        (True, start, start + 1),
+    ]
+    want = [1500, 2000, None, 3000, None, None, 2500, 1000]
+    assert [job_duration_ms(*case) for case in cases] == want
+    assert [job_seconds(*case) for case in cases] == [None if ms is None else ms / 1000 for ms in want]
 
 
 def test_approval_wait_from_dependency_stop_to_approval() -> None:

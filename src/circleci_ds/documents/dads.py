@@ -6,7 +6,8 @@ Rules:
 - `uuid` = sha1 hex of `"<job id>:<pipeline id>:<workflow id>"` (da-ds' rule), so documents keep
   their ids across tools.
 - Times are ISO-8601 UTC (milliseconds when the API gave some); a time the API did not give is
-  null, never `0001-01-01`. `workflow_duration` and `job_duration` are milliseconds;
+  null, never `0001-01-01`. `workflow_duration` and `job_duration` are milliseconds (the job's by
+  the facts' rule, `derive.facts.job_seconds`, over its details: a negative one is null);
   `workflow_duration_seconds`, `_minutes` and `_hours` the same wall-clock span in those units.
   The workflow's is wall clock from its creation to its stop (queueing, approval waits and
   parallel jobs counted once), not a sum of job durations.
@@ -24,6 +25,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from circleci_ds import __version__
+from circleci_ds.derive.facts import job_seconds
 from circleci_ds.derive.people import People, Person, provider_of
 from circleci_ds.documents.raw import BACKEND_NAME
 from circleci_ds.ids import uuid
@@ -191,10 +193,9 @@ def wall_clock_ms(start: float | None, stop: float | None) -> int | None:
 
 
 def job_duration_ms(duration: Any, started: float | None, stopped: float | None) -> int | None:
-    """Job details' `duration` (ms) for a job that started, else stopped - started."""
-    if isinstance(duration, int | float) and not isinstance(duration, bool) and started is not None:
-        return round(duration)
-    return wall_clock_ms(started, stopped)
+    """The facts' job duration (derive.facts.job_seconds: negative or unknown is null) in milliseconds."""
+    seconds = job_seconds(duration, started, stopped)
+    return None if seconds is None else round(seconds * 1000)
 
 
 def _first_int(*values: Any) -> int | None:
