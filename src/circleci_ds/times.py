@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 DAY = 86400.0
 WEEK = 7 * DAY
@@ -133,3 +133,30 @@ def iso_ms(epoch: float | None) -> str | None:
 def iso_text(value: object) -> str | None:
     """An API timestamp as ISO-8601 UTC; text already in that form is kept as is (see stamp)."""
     return stamp(value)[1]
+
+
+def parse_moment(value: object) -> datetime | date | None:
+    """A whole day (`2024-01-31`) or a date-time (`2024-01-31T12:00:00Z`, UTC unless zoned) as given
+    in a file (YAML gives date and datetime objects, JSON text); ValueError for anything else."""
+    if value is None or isinstance(value, datetime | date):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("must be a date (2024-01-31) or a date-time (2024-01-31T12:00:00Z)")
+    text = value.strip()
+    try:
+        if len(text) == 10:
+            return date.fromisoformat(text)
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"not a date or date-time: {value!r}") from None
+
+
+def epoch_of(moment: datetime | date | None, *, day_end: bool = False) -> float | None:
+    """Epoch seconds of a date-time (UTC unless zoned) or of a whole day's start, or with `day_end`
+    of its end (the next midnight, excluded)."""
+    if moment is None:
+        return None
+    if not isinstance(moment, datetime):
+        start = datetime(moment.year, moment.month, moment.day, tzinfo=UTC)
+        return (start + timedelta(days=1) if day_end else start).timestamp()
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()

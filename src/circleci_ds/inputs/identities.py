@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from circleci_ds.ids import uuid as sha1_id
 from circleci_ds.inputs.yamlfile import describe, line_of, parse, read_text
+from circleci_ds.times import epoch_of, parse_moment
 
 PROVIDER_ALIASES = {"gh": "github", "github": "github", "bb": "bitbucket", "bitbucket": "bitbucket",
                     "gitlab": "gitlab"}
@@ -108,30 +109,6 @@ class Identities:
 # -- the file format ------------------------------------------------------------------------------
 
 
-def _moment(value: Any) -> datetime | date | None:
-    """A date (whole day) or a date-time (UTC unless zoned) from YAML / JSON."""
-    if value is None or isinstance(value, datetime | date):
-        return value
-    if not isinstance(value, str):
-        raise ValueError("must be a date (2024-01-31) or a date-time (2024-01-31T12:00:00Z)")
-    text = value.strip()
-    try:
-        if len(text) == 10:
-            return date.fromisoformat(text)
-        return datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(f"not a date or date-time: {value!r}") from None
-
-
-def _epoch(value: datetime | date | None, *, end: bool) -> float | None:
-    if value is None:
-        return None
-    if not isinstance(value, datetime):
-        moment = datetime(value.year, value.month, value.day, tzinfo=UTC)
-        return (moment + timedelta(days=1) if end else moment).timestamp()
-    return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
-
-
 class _Span(BaseModel):
     """An enrolment as both formats write it."""
 
@@ -142,7 +119,7 @@ class _Span(BaseModel):
     @field_validator("start", "end", mode="before")
     @classmethod
     def _when(cls, value: Any) -> datetime | date | None:
-        return _moment(value)
+        return parse_moment(value)
 
 
 class _Enrollment(_Span):
@@ -150,7 +127,7 @@ class _Enrollment(_Span):
 
     @model_validator(mode="after")
     def _ordered(self) -> _Enrollment:
-        start, end = _epoch(self.start, end=False), _epoch(self.end, end=True)
+        start, end = epoch_of(self.start), epoch_of(self.end, day_end=True)
         if start is not None and end is not None and end <= start:
             raise ValueError("the enrolment ends before it starts")
         return self
@@ -294,7 +271,7 @@ def _add(
 
 
 def _enrollment(organization: str, start: datetime | date | None, end: datetime | date | None) -> Enrollment:
-    return Enrollment(organization, _epoch(start, end=False), _epoch(end, end=True))
+    return Enrollment(organization, epoch_of(start), epoch_of(end, day_end=True))
 
 
 def _domain(value: str | None) -> str | None:
