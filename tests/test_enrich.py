@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from builders import job_item, stored_tree
 from circleci_ds.derive.facts import job_seconds
 from circleci_ds.documents.dads import job_duration_ms
 from circleci_ds.documents.enriched import enrich_trees, is_bot_login
@@ -28,10 +29,6 @@ ENRICHED_ON = datetime(2026, 11, 5, 12, 0, tzinfo=UTC).timestamp()
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{3})?Z$")
 
 
-def job(job_id: str, name: str, status: str, **fields: Any) -> dict[str, Any]:
-    return {"id": job_id, "name": name, "status": status, "type": "build", "dependencies": [], **fields}
-
-
 def details(number: int, **fields: Any) -> dict[str, Any]:
     base = {
         "number": number,
@@ -45,7 +42,7 @@ def details(number: int, **fields: Any) -> dict[str, Any]:
 
 def full_tree() -> dict[str, Any]:
     """One pipeline on main: a failed workflow, its rerun, an approval, and jobs of every shape."""
-    build_failed = job(
+    build_failed = job_item(
         "j-1",
         "test",
         "failed",
@@ -60,8 +57,8 @@ def full_tree() -> dict[str, Any]:
             duration=300250,
         ),
     )
-    never_ran = job("j-2", "deploy", "blocked", started_at=None, details=None)
-    rerun_ok = job(
+    never_ran = job_item("j-2", "deploy", "blocked", started_at=None, details=None)
+    rerun_ok = job_item(
         "j-3",
         "test",
         "success",
@@ -70,7 +67,7 @@ def full_tree() -> dict[str, Any]:
         stopped_at="2026-11-01T10:40:00Z",
         details=details(12, queued_at="2026-11-01T10:30:00.000Z", duration=None),
     )
-    hold = job(
+    hold = job_item(
         "j-4",
         "hold",
         "success",
@@ -151,7 +148,7 @@ def full_tree() -> dict[str, Any]:
 
 
 def stored(data: dict[str, Any], endpoint: str = SLUG, native: str = "acme") -> StoredTree:
-    return StoredTree(endpoint, native, f"https://circleci.com/{endpoint}", 1793527200.5, data)
+    return stored_tree(data, endpoint, native, updated_on=1793527200.5)
 
 
 def docs_by_id(
@@ -399,7 +396,7 @@ def test_stamp_normalises_to_utc_iso(given: str, text: str | None) -> None:
 
 
 def test_unreadable_or_missing_updated_on_is_null() -> None:
-    tree = StoredTree(SLUG, "acme", ORIGIN, 0.0, full_tree())
+    tree = stored_tree(full_tree())
     doc = next(enrich_trees([tree], INFOS, enriched_on=ENRICHED_ON))
     assert doc["metadata__updated_on"] is None
 

@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, select
 
+from builders import job_item
 from circleci_ds.derive.facts import branch_of, critical_path, derive, open_store
 from circleci_ds.store import schema as s
 from circleci_ds.store import trees as db
@@ -41,15 +42,10 @@ def t(hms: str) -> str:
 def job(
     jid: str, status: str, start: str | None, stop: str | None, deps: list[str], kind: str = "build"
 ) -> dict[str, Any]:
-    return {
-        "id": jid,
-        "name": jid.split("-")[-1],
-        "type": kind,
-        "status": status,
-        "dependencies": deps,
-        "started_at": t(start) if start else None,
-        "stopped_at": t(stop) if stop else None,
-    }
+    started, stopped = t(start) if start else None, t(stop) if stop else None
+    return job_item(
+        jid, jid.split("-")[-1], status, kind=kind, dependencies=deps, started_at=started, stopped_at=stopped
+    )
 
 
 def tree() -> dict[str, Any]:

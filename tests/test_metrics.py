@@ -37,6 +37,7 @@ from typing import Any
 
 import pytest
 
+from builders import job_item, stored_tree, workflow_item
 from circleci_ds.derive.facts import open_store
 from circleci_ds.metrics.ci import ALL_BRANCHES, MetricsReport, greens, recoveries
 from circleci_ds.metrics.sqlstats import percentile
@@ -70,29 +71,14 @@ def job(
             "duration": ms,
             "executor": {"type": "docker", "resource_class": "small"},
         }
-    return {
-        "id": jid,
-        "name": name,
-        "type": kind,
-        "status": status,
-        "dependencies": [],
-        "started_at": t(started),
-        "stopped_at": t(stopped),
-        "details": details,
-    }
+    times = {"started_at": t(started), "stopped_at": t(stopped)}
+    return job_item(jid, name, status, kind=kind, **times, details=details)
 
 
 def wf(
     wid: str, status: str, created: str, stopped: str | None, jobs: list[dict[str, Any]], name: str = "build"
 ) -> dict[str, Any]:
-    return {
-        "id": wid,
-        "name": name,
-        "status": status,
-        "created_at": t(created),
-        "stopped_at": t(stopped),
-        "jobs": jobs,
-    }
+    return workflow_item(wid, name, status, t(created), t(stopped), jobs)
 
 
 def pipe(
@@ -115,7 +101,7 @@ def pipe(
     }
     if branch is not None:
         data["vcs"] = {"branch": branch, "revision": commit, "commit": {"subject": subject}}
-    return StoredTree(SLUG, "acme", "https://circleci.com/gh/acme/api", 0.0, data)
+    return stored_tree(data, SLUG)
 
 
 def history() -> list[StoredTree]:

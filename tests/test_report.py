@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from rich.console import Console
 
+from builders import job_item, workflow_item
 from circleci_ds.derive.facts import open_store
 from circleci_ds.report import build_report, render_html, run_report
 from circleci_ds.report.html import safe_json
@@ -30,34 +31,20 @@ def _t(day: int, minute: int) -> str:
 
 
 def _job(jid: str, name: str, status: str, day: int, start: int, minutes: int) -> dict[str, Any]:
-    return {
-        "id": jid,
-        "name": name,
-        "type": "build",
-        "status": status,
-        "dependencies": [],
-        "started_at": _t(day, start + 1),
-        "stopped_at": _t(day, start + 1 + minutes),
-        "details": {
-            "queued_at": _t(day, start),
-            "duration": minutes * 60_000,
-            "executor": {"type": "docker", "resource_class": "medium"},
-        },
+    details = {
+        "queued_at": _t(day, start),
+        "duration": minutes * 60_000,
+        "executor": {"type": "docker", "resource_class": "medium"},
     }
+    started, stopped = _t(day, start + 1), _t(day, start + 1 + minutes)
+    return job_item(jid, name, status, started_at=started, stopped_at=stopped, details=details)
 
 
 def _workflow(
     wid: str, name: str, status: str, day: int, start: int, jobs: list[dict[str, Any]]
 ) -> dict[str, Any]:
     end = start + 2 + max((j_minutes(j) for j in jobs), default=0)
-    return {
-        "id": wid,
-        "name": name,
-        "status": status,
-        "created_at": _t(day, start),
-        "stopped_at": _t(day, end),
-        "jobs": jobs,
-    }
+    return workflow_item(wid, name, status, _t(day, start), _t(day, end), jobs)
 
 
 def j_minutes(job: dict[str, Any]) -> int:
