@@ -351,10 +351,10 @@ def compute_report(
 ) -> MetricsReport:
     """Every metric over one window (of one native project, or all); see circleci_ds.metrics.definitions."""
     window = Window(since, until, branch, project)
-    return measure(store, window, bucket=bucket, deploy_pattern=deploy_pattern, now=now)
+    return metrics_over(store, window, bucket=bucket, deploy_pattern=deploy_pattern, now=now)
 
 
-def measure(
+def metrics_over(
     store: Store,
     window: Window,
     *,

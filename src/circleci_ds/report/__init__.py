@@ -10,7 +10,7 @@ from rich.console import Console
 
 from circleci_ds.derive.people import People
 from circleci_ds.inputs.identities import Identities
-from circleci_ds.metrics.ci import MetricsReport, compute_report, measure, report_window
+from circleci_ds.metrics.ci import MetricsReport, compute_report, metrics_over, report_window
 from circleci_ds.metrics.people import PeopleTally
 from circleci_ds.metrics.tests import compute_tests
 from circleci_ds.metrics.window import Window
@@ -50,7 +50,7 @@ def run_report(
     if fmt not in FORMATS:
         raise ValueError(f"unknown report format {fmt!r} (expected one of {', '.join(FORMATS)})")
     window = report_window(store, Window(since, until, branch, project))  # one window for every section
-    report = measure(store, window, bucket=bucket, deploy_pattern=deploy_pattern)
+    report = metrics_over(store, window, bucket=bucket, deploy_pattern=deploy_pattern)
     # People: a section of their own, from the trees that have runs in the window.
     people = PeopleTally(People.load(store, identities), store.project_infos(), window)
     for tree in store.iter_trees(project, created=_created(window), with_facts=True):
