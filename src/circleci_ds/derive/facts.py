@@ -215,6 +215,13 @@ def rerun_order(workflows: list[dict[str, Any]]) -> dict[int, tuple[int, int | N
     return order
 
 
+def rerun_indexes(workflows: Any) -> dict[Any, int]:
+    """Workflow id -> rerun index, by `rerun_order`: for readers of raw trees that need no other fact
+    (reading the stored facts costs more than this rule)."""
+    dicts = [w for w in as_list(workflows) if isinstance(w, dict)]
+    return {dicts[position].get("id"): index for position, (index, _) in rerun_order(dicts).items()}
+
+
 def derive(endpoint: str, tree: dict[str, Any], default_branch: str | None) -> TreeFacts:
     """All facts of one pipeline tree (pipeline + workflows[] + jobs[] + details)."""
     reader = TimeReader()

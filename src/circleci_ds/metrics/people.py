@@ -20,10 +20,11 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from circleci_ds.derive.facts import default_branch, facts_of
+from circleci_ds.derive.facts import default_branch, rerun_indexes
 from circleci_ds.derive.people import People, provider_of
 from circleci_ds.metrics.window import Window
 from circleci_ds.store import StoredTree
+from circleci_ds.times import parse_ts
 
 FAILED = frozenset({"failed", "error"})
 TOP = 10
@@ -101,12 +102,12 @@ class PeopleTally:
         if wanted is not None and (tree.data.get("vcs") or {}).get("branch") != wanted:
             return
         provider = provider_of(tree.endpoint, tree.data)
-        # Creation times and rerun indexes are the facts' (stored beside the tree when read with it).
-        facts = {f.id: f for f in facts_of(tree, default).workflows}
-        for workflow in tree.data.get("workflows") or []:
-            fact = facts[str(workflow.get("id"))]
-            if self.window.holds(fact.created):
-                self.run(workflow, provider, fact.rerun_index > 0)
+        # The facts' rules over the raw tree: reading the stored facts of every tree costs more.
+        workflows = tree.data.get("workflows") or []
+        indexes = rerun_indexes(workflows)
+        for workflow in workflows:
+            if self.window.holds(parse_ts(workflow.get("created_at"))):
+                self.run(workflow, provider, indexes[workflow.get("id")] > 0)
 
     def run(self, workflow: dict[str, Any], provider: str | None, rerun: bool) -> None:
         creator = self.people.creator(workflow, provider)

@@ -53,7 +53,7 @@ def run_report(
     report = metrics_over(store, window, bucket=bucket, deploy_pattern=deploy_pattern)
     # People: a section of their own, from the trees that have runs in the window.
     people = PeopleTally(People.load(store, identities), store.project_infos(), window)
-    for tree in store.iter_trees(project, created=_created(window), with_facts=True):
+    for tree in store.iter_trees(project, created=_created(window)):
         people.tree(tree)
     who = people.report()
     tests = compute_tests(store, window)
