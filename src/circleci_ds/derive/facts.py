@@ -20,6 +20,8 @@ Rules:
   started (a never-started job reports 0: unknown, not instant); else stopped - started; negative
   gives null (a negative `duration` is never used); approvals have none.
 - Queue time: started - queued (job details); negative gives null.
+- Resources: job details' `executor.resource_class` (text) and `parallelism` (a positive integer);
+  null without details.
 - Approval wait: from when an approval job went on hold (its start, else the latest stop of the
   jobs it depends on, else its workflow's creation) to its approval; null until approved.
 - Timestamps that cannot be read are null here and counted in `PipelineFact.bad_times`.
@@ -111,6 +113,8 @@ class JobFact:
     queue_time: float | None
     approval_wait: float | None
     dependencies: str  # JSON list of job ids
+    resource_class: str | None = None  # job details executor.resource_class
+    parallelism: int | None = None  # job details parallelism (positive)
 
 
 @dataclass(frozen=True, slots=True)
@@ -395,7 +399,20 @@ def _job_fact(
         queue_time=_non_negative(seconds_between(queued, started)),
         approval_wait=wait,
         dependencies=json.dumps(dependencies),
+        resource_class=resource_class_of(details),
+        parallelism=parallelism_of(details),
     )
+
+
+def resource_class_of(details: dict[str, Any]) -> str | None:
+    """Job details' executor.resource_class, bounded (it is shown and grouped on)."""
+    value = _text(as_dict(details.get("executor")).get("resource_class"))
+    return value[:100] if value is not None else None
+
+
+def parallelism_of(details: dict[str, Any]) -> int | None:
+    value = _int(details.get("parallelism"))
+    return value if value is not None and 0 < value < 100_000 else None
 
 
 def _non_negative(seconds: float | None) -> float | None:

@@ -843,11 +843,12 @@ def job_metrics(conn: Connection, scope: Scope, groups: list[JobGroup]) -> list[
     return sorted(out, key=lambda j: (j.project_slug, j.workflow, j.job))
 
 
-def flaky_jobs(conn: Connection, scope: Scope) -> list[FlakyJob]:
-    """Jobs that failed and succeeded on the same commit in the window (any branch), most flaky first."""
+def flaky_commits(scope: Scope) -> Select[Any]:
+    """(endpoint, workflow_name, name, commit, failures, latest) of each job and commit on which the job
+    both failed and succeeded in the window (any branch): the flaky job definition."""
     failed = J.c.status.in_(JOB_FAILED)
     keys = (J.c.endpoint, J.c.workflow_name, J.c.name, J.c.commit)
-    rows = conn.execute(
+    return (
         select(*keys, count_if(failed).label("failures"), func.max(J.c.workflow_created).label("latest"))
         .where(
             scope.where(J, J.c.workflow_created, any_branch=True),
@@ -857,6 +858,29 @@ def flaky_jobs(conn: Connection, scope: Scope) -> list[FlakyJob]:
         .group_by(*keys)
         .having(and_(count_if(failed) > 0, count_if(J.c.status == "success") > 0))
     )
+
+
+def flaky_failures(scope: Scope) -> Select[Any]:
+    """(workflow_id, name) of the failed runs of flaky jobs on their flaky commits."""
+    flaky = flaky_commits(scope).subquery()
+    return (
+        select(J.c.workflow_id, J.c.name)
+        .join(
+            flaky,
+            and_(
+                J.c.endpoint == flaky.c.endpoint,
+                J.c.workflow_name == flaky.c.workflow_name,
+                J.c.name == flaky.c.name,
+                J.c.commit == flaky.c.commit,
+            ),
+        )
+        .where(scope.where(J, J.c.workflow_created, any_branch=True), J.c.status.in_(JOB_FAILED))
+    )
+
+
+def flaky_jobs(conn: Connection, scope: Scope) -> list[FlakyJob]:
+    """Jobs that failed and succeeded on the same commit in the window (any branch), most flaky first."""
+    rows = conn.execute(flaky_commits(scope))
     flaked: dict[tuple[str, str, str], list[tuple[float, str, int]]] = defaultdict(list)
     for r in rows:
         flaked[(r.endpoint, r.workflow_name, r.name)].append((r.latest or 0.0, r.commit, r.failures))

@@ -214,15 +214,12 @@ def _flaky_failures(scope: _Scope) -> Select[Any]:
 def flaky_tests(store: Store, scope: _Scope, limit: int = LIMIT) -> list[FlakyTest]:
     rows = _flaky_failures(scope).subquery()
     when = func.coalesce(rows.c.stopped_at, rows.c.created_at)
-    totals = (
-        select(
-            rows.c.case_ref,
-            func.count().label("times"),
-            func.count(rows.c.commit_sha.distinct()).label("commits"),
-            func.max(when).label("last"),
-        )
-        .group_by(rows.c.case_ref)
-    )
+    totals = select(
+        rows.c.case_ref,
+        func.count().label("times"),
+        func.count(rows.c.commit_sha.distinct()).label("commits"),
+        func.max(when).label("last"),
+    ).group_by(rows.c.case_ref)
     with store.engine.connect() as conn:
         found = list(conn.execute(totals).all())
     refs = _refs(store, (f.case_ref for f in found))
@@ -235,9 +232,17 @@ def flaky_tests(store: Store, scope: _Scope, limit: int = LIMIT) -> list[FlakyTe
         commits, web_url, message = latest.get(f.case_ref, ([], None, None))
         out.append(
             FlakyTest(
-                ref.project_slug, ref.job, ref.classname, ref.name, ref.file,
-                flaky_commits=f.commits, commits=commits[:COMMITS_SHOWN], times_flaked=f.times,
-                last_flaked=iso(f.last), web_url=web_url, message=message,
+                ref.project_slug,
+                ref.job,
+                ref.classname,
+                ref.name,
+                ref.file,
+                flaky_commits=f.commits,
+                commits=commits[:COMMITS_SHOWN],
+                times_flaked=f.times,
+                last_flaked=iso(f.last),
+                web_url=web_url,
+                message=message,
             )
         )
     return out
@@ -333,32 +338,50 @@ def _timed_runs(scope: _Scope) -> Select[Any]:
     )
 
 
-def time_lost(store: Store, scope: _Scope) -> list[FlakyTimeLost]:
+def _failed_only_on_flaky_tests(scope: _Scope) -> ColumnElement[bool]:
+    """test_jobs that failed and each of whose failed tests passed on the same commit in a job that
+    stopped later (the jobs of "time lost to flaky tests")."""
     t = s.test_jobs.c
     passes, t2 = aliased(s.test_results), aliased(s.test_jobs)
     r2 = passes.c
     f, g = aliased(s.test_results).c, aliased(s.test_results).c
-    later_pass = exists().where(
-        t2.c.endpoint == t.endpoint,
-        t2.c.commit_sha == t.commit_sha,
-        t2.c.job_name == t.job_name,
-        t2.c.stopped_at > t.stopped_at,
-        scope.timely(t2.c),
-        r2.job_ref == t2.c.ref,
-        r2.case_ref == f.case_ref,
-        r2.outcome == 1,
-    ).correlate_except(t2, passes)  # the job and the failure come from the enclosing queries
+    later_pass = (
+        exists()
+        .where(
+            t2.c.endpoint == t.endpoint,
+            t2.c.commit_sha == t.commit_sha,
+            t2.c.job_name == t.job_name,
+            t2.c.stopped_at > t.stopped_at,
+            scope.timely(t2.c),
+            r2.job_ref == t2.c.ref,
+            r2.case_ref == f.case_ref,
+            r2.outcome == 1,
+        )
+        .correlate_except(t2, passes)
+    )  # the job and the failure come from the enclosing queries
     failed = exists().where(g.job_ref == t.ref, g.outcome == 0)
     unrecovered = exists().where(f.job_ref == t.ref, f.outcome == 0, ~later_pass)
+    return and_(scope.timely(t), t.commit_sha.is_not(None), t.stopped_at.is_not(None), failed, ~unrecovered)
+
+
+def time_lost(store: Store, scope: _Scope) -> list[FlakyTimeLost]:
+    t = s.test_jobs.c
     query = (
         select(t.endpoint, func.count().label("jobs"), func.sum(t.duration).label("seconds"))
-        .where(scope.timely(t), t.commit_sha.is_not(None), t.stopped_at.is_not(None), failed, ~unrecovered)
+        .where(_failed_only_on_flaky_tests(scope))
         .group_by(t.endpoint)
         .order_by(t.endpoint)
     )
     with store.engine.connect() as conn:
         rows = conn.execute(query).all()
     return [FlakyTimeLost(row.endpoint, row.jobs, float(row.seconds or 0.0)) for row in rows]
+
+
+def flaky_test_jobs(store: Store, window: Window) -> Select[Any]:
+    """(workflow_id, job_name) of the jobs that failed only on flaky tests in the window (any branch)."""
+    t = s.test_jobs.c
+    scope = _Scope(store, Window(window.since, window.until, ALL_BRANCHES, window.project))
+    return select(t.workflow_id, t.job_name).where(_failed_only_on_flaky_tests(scope))
 
 
 def count_points(store: Store, scope: _Scope) -> list[TestCountPoint]:
@@ -376,4 +399,3 @@ def count_points(store: Store, scope: _Scope) -> list[TestCountPoint]:
         TestCountPoint(slug, job, d, len(counts), min(counts), max(counts))
         for (slug, job, d), counts in sorted(points.items())
     ]
-

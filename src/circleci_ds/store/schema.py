@@ -194,6 +194,8 @@ job_runs = Table(
     Column("queue_time", Double),
     Column("approval_wait", Double),
     Column("dependencies", Text, nullable=False),
+    Column("resource_class", String(100)),  # job details executor.resource_class (added by _job_resources)
+    Column("parallelism", Integer),
     Index("ix_job_runs_endpoint_created", "endpoint", "workflow_created"),
 )
 
@@ -370,6 +372,62 @@ def _people_refs(conn: Connection) -> None:
     people_refs.create(conn, checkfirst=True)
 
 
+def _job_resources(conn: Connection) -> None:
+    """job_runs.resource_class and parallelism (for estimated cost and capacity); the store then derives
+    the facts again from the trees already stored. A store whose facts table was created after these
+    columns were defined has them already."""
+    present = {c["name"] for c in inspect(conn).get_columns("job_runs")}
+    if "resource_class" not in present:
+        conn.execute(text("ALTER TABLE job_runs ADD COLUMN resource_class VARCHAR(100)"))
+    if "parallelism" not in present:
+        conn.execute(text("ALTER TABLE job_runs ADD COLUMN parallelism INTEGER"))
+
+
+# -- usage facts: one row per job run of the Usage API's CSV (typed), keyed by job run id ----------------
+# `project_slug` is the canonical fixture endpoint the project maps to (null: not in the fixture); times
+# are epoch seconds UTC, `run_day` the epoch of the run's UTC day.
+
+usage_runs = Table(
+    "usage_runs",
+    metadata,
+    Column("org_id", Text, primary_key=True),
+    Column("job_run_id", Text, primary_key=True),
+    Column("org_name", Text),
+    Column("project_id", Text),
+    Column("project_name", Text),
+    Column("vcs_name", Text),
+    Column("project_slug", Text),
+    Column("branch", Text),
+    Column("pipeline_id", Text),
+    Column("pipeline_number", Integer),
+    Column("workflow_id", Text),
+    Column("workflow_name", Text),
+    Column("job_name", Text),
+    Column("job_number", Integer),
+    Column("queued_at", Double),
+    Column("started_at", Double),
+    Column("stopped_at", Double),
+    Column("run_day", Double),
+    Column("status", Text),
+    Column("resource_class", Text),
+    Column("executor", Text),
+    Column("parallelism", Integer),
+    Column("run_seconds", Double),
+    Column("median_cpu_pct", Double),
+    Column("max_cpu_pct", Double),
+    Column("median_ram_pct", Double),
+    Column("max_ram_pct", Double),
+    Column("total_credits", Double),
+    Column("user_credits", Double),
+    Column("compute_credits", Double),
+    Column("dlc_credits", Double),
+    Column("network_credits", Double),
+    Column("storage_credits", Double),
+    Column("is_workflow_successful", Integer),
+    Column("export_id", Text),
+)
+
+
 # Each step upgrades version N to N+1. Released steps never change; new ones are appended.
 MIGRATIONS: list[Callable[[Connection], None]] = [
     _v1_core,
@@ -381,6 +439,7 @@ MIGRATIONS: list[Callable[[Connection], None]] = [
     facts_tables,
     _add_test_results,
     _people_refs,
+    _job_resources,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
