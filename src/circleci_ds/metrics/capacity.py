@@ -25,7 +25,7 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, and_, case, func, literal, null, select, true, union_all
+from sqlalchemy import Connection, Double, and_, case, cast, func, literal, null, select, true, union_all
 from sqlalchemy.sql import ColumnElement, Select
 
 from circleci_ds.metrics.sqlstats import floor_int, percentile, percentiles
@@ -113,7 +113,7 @@ def _levels(scope: CapacityScope, origin: float, hours: int) -> Any:
     c = J.c
     cls = func.coalesce(c.resource_class, "")
     org = literal(ORGANISATION)
-    none = null()
+    none = cast(null(), Double)
     where = _runs(scope)
     starts = [
         select(literal(p).label("part"), k.label("k"), c.started.label("t"), literal(1).label("d"),
