@@ -25,12 +25,15 @@ Usage export (credits = total - user), window 11-01 .. 11-15:
 
 from __future__ import annotations
 
+import io
+import json
 from collections.abc import Iterator
 from contextlib import closing
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from rich.console import Console
 from sqlalchemy import select, text, update
 
 from circleci_ds.derive.credit_rates import shipped_rates
@@ -43,6 +46,7 @@ from circleci_ds.metrics.cost import (
     saving,
     verdict,
 )
+from circleci_ds.report import run_report
 from circleci_ds.store import Store
 from circleci_ds.store import schema as s
 from circleci_ds.store.testresults import save_chunk
@@ -322,3 +326,39 @@ def test_an_older_store_gains_the_job_resources_from_its_job_details(db_url: str
             ("J1", "large", 2), ("J2", "large", 1), ("J2b", "large", 1), ("J3", "weird.class", 1),
         ]  # fmt: skip
         assert cost(store).credits == 260.0
+
+
+def test_report_json_carries_cost_and_capacity_as_issue_22_names_them(store: Store, tmp_path: Any) -> None:
+    create_usage_table(store)
+    write_usage(store, USAGE + sized_usage())
+    out = io.StringIO()
+    html = tmp_path / "report.html"
+    run_report(store, project=None, since=SINCE, until=UNTIL, branch=None, fmt="json", html_path=html,
+               console=Console(file=out, width=200), concurrency_cap=2)  # fmt: skip
+    payload = json.loads(out.getvalue())
+    cost, capacity = payload["cost"], payload["capacity"]
+    assert cost["source"] == "usage-export" and cost["branch"] == "*" and "every branch" in cost["scope"]
+    assert {"project_slug", "credits"} <= set(cost["by_project"][0])
+    assert {"project_slug", "workflow", "job", "runs", "credits"} <= set(cost["by_job"][0])
+    spent = [j["credits"] for j in cost["by_job"]]
+    assert spent == sorted(spent, reverse=True)
+    assert cost["by_resource_class"] and cost["by_week"]
+    assert set(cost["lost"]) == {"failed", "reruns", "flaky_jobs", "flaky_tests"}
+    sized = {"project_slug", "workflow", "job", "resource_class", "suggested_class", "verdict", "runs",
+             "saved_credits"}  # fmt: skip
+    assert cost["rightsizing"] and all(sized <= set(r) for r in cost["rightsizing"])
+    concurrency = {"resource_class", "peak", "p95_daily_peak", "minutes_at_cap"}
+    assert capacity["by_resource_class"] and all(concurrency <= set(c) for c in capacity["by_resource_class"])
+    assert concurrency <= set(capacity["organisation"]) and capacity["concurrency_cap"] == 2
+    page = html.read_text()
+    assert 'id="cost"' in page and "Right-sizing" in page and "concurrency cap (2)" in page
+
+
+def test_estimated_cost_is_labelled_in_the_terminal_and_the_page(store: Store, tmp_path: Any) -> None:
+    out = io.StringIO()
+    html = tmp_path / "report.html"
+    run_report(store, project=None, since=SINCE, until=UNTIL, branch=None, fmt="table", html_path=html,
+               console=Console(file=out, width=200))  # fmt: skip
+    text = out.getvalue()
+    assert "ESTIMATE" in text and "Credits (estimated)" in text
+    assert "Cost and capacity (estimated)" in html.read_text()

@@ -45,12 +45,15 @@ from circleci_ds.collect.collector import (
 from circleci_ds.collect.lanes import Outcome
 from circleci_ds.collect.progress import RequestRate, active_lines, client_line, pause_left
 from circleci_ds.collect.users import UserPass
+from circleci_ds.derive.credit_rates import shipped_rates
 from circleci_ds.derive.facts import open_store
 from circleci_ds.derive.people import People
 from circleci_ds.documents.mapping import ExportKind, index_template
 from circleci_ds.files import OutputError, check_target
 from circleci_ds.inputs.fixture import FixtureError, Settings, load_fixture
 from circleci_ds.inputs.identities import Identities, IdentitiesError, load_identities
+from circleci_ds.inputs.rates import RatesError, load_rates
+from circleci_ds.metrics.cost import CostOptions, Thresholds
 from circleci_ds.store import DEFAULT_DB_URL, Store, StoreError
 from circleci_ds.store.urls import secrets_in
 from circleci_ds.text import plain, safe_text
@@ -564,6 +567,29 @@ def report(
     fmt: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
     html: Annotated[Path | None, typer.Option(help="Also write a self-contained HTML report here.")] = None,
     identities: IdentitiesOption = None,
+    concurrency_cap: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="The plan's concurrency cap (default: the fixture's concurrency-cap config entry)."
+        ),
+    ] = None,
+    credit_rates: Annotated[
+        Path | None,
+        typer.Option(help="YAML mapping of resource class to credits per minute, for estimated cost."),
+    ] = None,
+    rightsize_min_runs: Annotated[
+        int, typer.Option(min=1, help="Right-sizing: sampled runs a job needs to be judged.")
+    ] = 5,
+    oversized_pct: Annotated[
+        float,
+        typer.Option(
+            min=0, max=100, help="Right-sizing: oversized when p95 of max CPU and RAM are at most this."
+        ),
+    ] = 40.0,
+    starved_pct: Annotated[
+        float,
+        typer.Option(min=0, max=100, help="Right-sizing: starved when the median max CPU is at least this."),
+    ] = 95.0,
 ) -> None:
     import re
 
@@ -586,6 +612,9 @@ def report(
         re.compile(deploy_pattern or "")
     except re.error as exc:
         raise fail(f"not a regular expression: {deploy_pattern!r} ({exc})", EXIT_USAGE) from None
+    if concurrency_cap is None and fixture is not None:
+        concurrency_cap = _fixture_cap(fixture)
+    cost_options = _cost_options(credit_rates, rightsize_min_runs, oversized_pct, starved_pct)
     if html is not None:
         check_target(html)  # a path that can never be written fails before the work, not after
     people_ids = _load_identities(identities)
@@ -603,9 +632,38 @@ def report(
             bucket=bucket,
             deploy_pattern=deploy_pattern,
             identities=people_ids,
+            cost_options=cost_options,
+            concurrency_cap=concurrency_cap,
         )
     finally:
         store.close()
+
+
+def _fixture_cap(fixture: Path) -> int | None:
+    from circleci_ds.inputs.fixture import load_config_value
+
+    value = load_config_value(fixture, "concurrency-cap")  # FixtureError: one line, by `guarded`
+    if value is None:
+        return None
+    try:
+        cap = int(value)
+    except ValueError:
+        cap = 0
+    if cap < 1:
+        raise fail(
+            f"{fixture}: concurrency-cap must be a whole number of 1 or more, not {value!r}", EXIT_USAGE
+        )
+    return cap
+
+
+def _cost_options(rates_file: Path | None, min_runs: int, oversized: float, starved: float) -> CostOptions:
+    rates = shipped_rates()
+    if rates_file is not None:
+        try:
+            rates = rates.with_overrides(load_rates(rates_file), f"{rates.source} with {rates_file}")
+        except RatesError as exc:
+            raise fail(str(exc), EXIT_USAGE) from None
+    return CostOptions(rates=rates, thresholds=Thresholds(min_runs, oversized, starved))
 
 
 # -- simulator and demo ---------------------------------------------------------------------
