@@ -37,7 +37,10 @@ from rich.console import Console
 from sqlalchemy import select, text, update
 
 from circleci_ds.derive.credit_rates import shipped_rates
+from circleci_ds.derive.people import People
 from circleci_ds.derive.tests import TestJob
+from circleci_ds.documents.dads import dads_documents
+from circleci_ds.documents.enriched import enrich_trees
 from circleci_ds.metrics.cost import (
     CostOptions,
     CostReport,
@@ -362,3 +365,24 @@ def test_estimated_cost_is_labelled_in_the_terminal_and_the_page(store: Store, t
     text = out.getvalue()
     assert "ESTIMATE" in text and "Credits (estimated)" in text
     assert "Cost and capacity (estimated)" in html.read_text()
+
+
+def test_job_documents_carry_credits_and_utilisation_when_known(store: Store) -> None:
+    without = {d["job_id"]: d for d in job_docs(store)}
+    assert without["J1"]["credits"] is None and without["J1"]["max_cpu_pct"] is None
+    create_usage_table(store)
+    write_usage(store, [{**USAGE[0], "pipeline_id": "P1", "max_cpu_pct": 55.5, "median_ram_pct": 12.0}])
+    docs = {d["job_id"]: d for d in job_docs(store)}
+    j1 = docs["J1"]
+    assert (j1["credits"], j1["user_credits"], j1["max_cpu_pct"], j1["median_ram_pct"]) == (
+        20.0, 2.0, 55.5, 12.0,
+    )  # fmt: skip
+    assert docs["J2"]["credits"] is None
+    trees = store.iter_trees(with_usage=True)
+    dads = {d["workflow_job_id"]: d for d in dads_documents(trees, People.load(store))}
+    found = (dads["J1"]["job_credits"], dads["J1"]["job_max_cpu_pct"], dads["J2"]["job_credits"])
+    assert found == (20.0, 55.5, None)
+
+
+def job_docs(store: Store) -> list[dict[str, Any]]:
+    return [d for d in enrich_trees(store.iter_trees(with_usage=True), {}) if d["type"] == "job"]

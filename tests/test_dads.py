@@ -46,8 +46,11 @@ ISSUE_FIELDS = {
 }  # fmt: skip
 ROLES = ("author", "workflow_creator", "workflow_approval")
 ISSUE_FIELDS |= {f"{role}_{f}" for role in ROLES for f in PERSON}
-# Beyond da-ds: the native project (for the index name), the origin, and the canceller's id.
-EXTRA_FIELDS = {"origin", "project", "workflow_canceled_by_id"}
+# Beyond da-ds: the native project (for the index name), the origin, and the canceller's id; the
+# job's credits and utilisation from the usage export (null when unknown).
+USAGE_FIELDS = {"job_credits", "job_user_credits", "job_median_cpu_pct", "job_max_cpu_pct",
+                "job_median_ram_pct", "job_max_ram_pct"}  # fmt: skip
+EXTRA_FIELDS = {"origin", "project", "workflow_canceled_by_id", *USAGE_FIELDS}
 IDENTITIES = """\
 people:
 - name: Alice Developer

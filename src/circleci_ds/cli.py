@@ -419,15 +419,14 @@ def export(
         elif kind is ExportKind.dads:
             from circleci_ds.documents.dads import dads_documents
 
-            docs = dads_documents(store.iter_trees(project), People.load(store, people_ids))
+            docs = dads_documents(store.iter_trees(project, with_usage=True), People.load(store, people_ids))
         else:
             from circleci_ds.documents.enriched import enrich_trees
             from circleci_ds.documents.tests import test_documents
 
             people = People.load(store, people_ids)
-            docs = enrich_trees(
-                store.iter_trees(project, with_facts=True), store.project_infos(), people=people
-            )
+            trees = store.iter_trees(project, with_facts=True, with_usage=True)
+            docs = enrich_trees(trees, store.project_infos(), people=people)
             docs = itertools.chain(docs, test_documents(store, project))  # one document per test result
         raw = kind is ExportKind.raw
         lines = ex.es_bulk(docs, raw=raw, index=index) if fmt is Format.es_bulk else ex.ndjson(docs)

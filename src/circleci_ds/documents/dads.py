@@ -28,6 +28,7 @@ from circleci_ds import __version__
 from circleci_ds.derive.facts import job_seconds
 from circleci_ds.derive.people import People, Person, provider_of
 from circleci_ds.documents.raw import BACKEND_NAME
+from circleci_ds.documents.usage import usage_fields
 from circleci_ds.ids import uuid
 from circleci_ds.store import StoredTree
 from circleci_ds.times import iso_ms, iso_text, parse_ts
@@ -56,7 +57,8 @@ FIELDS: tuple[str, ...] = (
     "workflow_job_id", "workflow_job_name", "workflow_job_status", "workflow_job_started_at",
     "workflow_job_stopped_at", "workflow_job_dependencies", "job_number", "job_started_at", "job_queued_at",
     "job_stopped_at", "job_status", "job_parallelism", "job_duration", "job_executor_type",
-    "job_executor_resource_class",
+    "job_executor_resource_class", "job_credits", "job_user_credits", "job_median_cpu_pct", "job_max_cpu_pct",
+    "job_median_ram_pct", "job_max_ram_pct",
 )  # fmt: skip
 
 
@@ -81,6 +83,7 @@ def tree_documents(tree: StoredTree, people: People, now: float) -> Iterator[dic
             doc.update(common)
             doc.update(flow)
             doc.update(_job_fields(job, workflow, people, provider))
+            doc.update(usage_fields(tree, workflow, job, "job_"))
             yield doc
 
 

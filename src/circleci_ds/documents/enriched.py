@@ -24,6 +24,7 @@ from circleci_ds.derive.facts import (
 )
 from circleci_ds.derive.people import is_bot_login
 from circleci_ds.documents.raw import BACKEND_NAME
+from circleci_ds.documents.usage import usage_fields
 from circleci_ds.ids import uuid
 from circleci_ds.store import StoredTree
 from circleci_ds.times import iso, stamp
@@ -278,4 +279,6 @@ def _job_doc(
             "is_rerun": workflow_fact.rerun_index > 0,
         }
     )
+    doc.update(usage_fields(tree, workflow, job))
     return doc
+

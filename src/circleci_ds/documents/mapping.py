@@ -38,7 +38,7 @@ class ExportKind(StrEnum):
 _RULES: tuple[tuple[str, EsType], ...] = (
     (r"commit_(subject|body)", EsType.TEXT),
     (r".*_at|.*_date|metadata__(updated_on|timestamp|enriched_on)", EsType.DATE),
-    (r".*_(seconds|minutes|hours)|updated_on|timestamp", EsType.DOUBLE),
+    (r".*_(seconds|minutes|hours)|updated_on|timestamp|.*credits|.*_pct", EsType.DOUBLE),
     (r".*_bot|is_rerun|is_default_branch", EsType.BOOLEAN),
     (
         r"is_.*|.*_number|.*_count|.*_index|(jobs|workflows)_.*|.*parallelism|.*_duration|.*auto_reruns?"
@@ -67,7 +67,8 @@ ENRICHED_FIELDS = (
     "parallelism", "contexts", "web_url", "workflow_status", "workflow_created_at", "workflow_rerun_index",
     "author_id", "author_uuid", "author_name", "author_domain", "author_org_name", "author_multi_org_names",
     "started_by_login", "started_by_name", "started_by_org_name", "canceled_by_login", "approved_by_login",
-    "approved_by_name", "approved_by_org_name",
+    "approved_by_name", "approved_by_org_name", "credits", "user_credits", "median_cpu_pct", "max_cpu_pct",
+    "median_ram_pct", "max_ram_pct",
 )  # fmt: skip
 PATTERNS = {
     ExportKind.raw: "sds-*-circleci-raw",

@@ -310,6 +310,8 @@ def compute_cost(
 ) -> CostReport:
     """Cost over [since, until): `branch` None or "*" covers every branch."""
     options = options or CostOptions()
+    # built before the snapshot: it reads the store's project infos on a connection of its own
+    flaky_tests = tests.flaky_test_jobs(store, tests.Window(since, until, ci.ALL_BRANCHES, project))
     with store.snapshot() as conn:
         endpoints = {
             slug: native
@@ -324,7 +326,6 @@ def compute_cost(
             defaults={slug: default_branch(info) for slug, info in project_infos(conn).items()},
             whole_org=project is None,
         )
-        flaky_tests = tests.flaky_test_jobs(store, tests.Window(since, until, ci.ALL_BRANCHES, project))
         return cost_report(conn, scope, options, flaky_tests)
 
 

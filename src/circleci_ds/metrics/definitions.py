@@ -135,6 +135,56 @@ DEFINITIONS: tuple[Definition, ...] = (
         "successful deploy run (median).",
     ),
     Definition(
+        "cost_source",
+        "Cost source",
+        "usage-export: the organisation's Usage API rows (one per job run) in the window, by when the "
+        "job started (else queued, else its run day). estimate: without such rows, credits per minute of "
+        "the job's resource class (a dated table of CircleCI's price list, --credit-rates to override) x "
+        "duration in minutes x parallelism, over executed jobs of workflow runs in the window; every "
+        "estimated figure says so. Cost covers every branch unless --branch names one.",
+    ),
+    Definition(
+        "credits",
+        "Credits",
+        "TOTAL_CREDITS - USER_CREDITS of each job run (user credits are seat charges, shown apart); "
+        "summed by project (projects of the usage data outside the fixture included and marked), "
+        "workflow, job, branch, resource class and week (Monday, UTC). Default-branch share: credits "
+        "on each project's default branch / credits of projects whose default branch is known.",
+    ),
+    Definition(
+        "credits_lost",
+        "Credits lost",
+        "Credits of failed job runs (failed, infrastructure_fail, timedout, terminated-unknown); of "
+        "job runs in reruns; of the failed runs of flaky jobs on their flaky commits; of jobs that "
+        "failed only on flaky tests. A run may count in several. Usage rows meet the collected job "
+        "facts on workflow id and job name.",
+    ),
+    Definition(
+        "cost_per_green_pipeline",
+        "Cost per successful default-branch pipeline",
+        "Credits spent on a project's default branch / its default-branch pipelines in the window "
+        "whose every workflow's last run succeeded.",
+    ),
+    Definition(
+        "rightsizing",
+        "Right-sizing",
+        "Usage export only. Per project, workflow, job and resource class with at least 5 runs whose "
+        "utilisation was sampled (--rightsize-min-runs): oversized when the p95 of the maximum CPU and "
+        "of the maximum RAM are both at most 40% (--oversized-pct): the next smaller class of its "
+        "family is suggested, with the credits it would have saved at the same run times (credits x "
+        "(1 - its rate / the current rate)); starved when the median of the maximum CPU is at least "
+        "95% (--starved-pct).",
+    ),
+    Definition(
+        "concurrency",
+        "Concurrency",
+        "Job runs at once, from the [started_at, stopped_at) of executed build jobs (one per job "
+        "whatever its parallelism) of workflow runs in the window, every branch; per resource class and "
+        "for the organisation. Peak; p95 of daily peaks (UTC days of the window, idle days count as "
+        "0); minutes at or above the concurrency cap (--concurrency-cap or the fixture's "
+        "concurrency-cap); queue time p50/p95 of jobs queued while at the cap against below it.",
+    ),
+    Definition(
         "health",
         "Health",
         "Projects are sorted by success rate, lowest first (no completed run last), then by MTTR.",

@@ -24,6 +24,7 @@ from circleci_ds.store.facts_store import (
     write_facts,
     write_people,
 )
+from circleci_ds.store.job_usage import UsageByJob, has_usage, read_job_usage
 from circleci_ds.times import parse_ts
 
 _CHUNK = 100  # pipelines per page when reading trees back (a page of parsed trees is the memory bound)
@@ -38,6 +39,7 @@ class StoredTree:
     data: dict[str, Any]  # pipeline + workflows[] + jobs[] + details
     project_name: str | None = None  # the fixture's project name, when the collector recorded it
     facts: FactRows | None = None  # as stored beside it, when asked for
+    usage: UsageByJob | None = None  # its jobs' usage facts, when asked for and known
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,7 @@ class Trees(StoreBase):
         endpoint: str | None = None,
         *,
         with_facts: bool = False,
+        with_usage: bool = False,
         created: tuple[float, float] | None = None,
     ) -> Iterator[StoredTree]:
         """Every stored tree, by endpoint then pipeline number; memory bounded by a page, whatever
@@ -123,15 +126,18 @@ class Trees(StoreBase):
         if endpoint is not None:
             query = query.where(e.slug == endpoint)
         with self.reading() as conn:
+            with_usage = with_usage and has_usage(conn)
             for slug, native, origin, name in conn.execute(query).all():
                 for page in _pages_by_number(conn, slug, created):
                     ids = [r.id for r in page]
                     trees = assemble_trees(conn, [(r.id, r.data) for r in page])
                     facts = read_facts(conn, ids) if with_facts else {}
+                    usage = read_job_usage(conn, ids) if with_usage else {}
                     for r in page:
                         yield StoredTree(
-                            slug, native, origin, r.updated_on or 0.0, trees[r.id], name, facts.get(r.id)
-                        )
+                            slug, native, origin, r.updated_on or 0.0, trees[r.id], name, facts.get(r.id),
+                            usage.get(r.id),
+                        )  # fmt: skip
 
     def unreadable_timestamps(self, project: str | None = None) -> int:
         """Timestamps in stored trees that could not be read (null in derived data)."""
