@@ -59,7 +59,7 @@ def percentiles(
             *keys,
             val.label("v"),
             (func.row_number().over(partition_by=keys, order_by=val) - 1).label("rn"),
-            func.count().over(partition_by=keys).label("n"),
+            func.count().over(partition_by=keys, order_by=val, rows=(None, None)).label("n"),  # shares the sort
         )
         .where(val.is_not(None))
         .subquery()
