@@ -59,7 +59,8 @@ def percentiles(
             *keys,
             val.label("v"),
             (func.row_number().over(partition_by=keys, order_by=val) - 1).label("rn"),
-            func.count().over(partition_by=keys, order_by=val, rows=(None, None)).label("n"),  # shares the sort
+            # the whole partition, in the same order as rn, so both windows share one sort
+            func.count().over(partition_by=keys, order_by=val, rows=(None, None)).label("n"),
         )
         .where(val.is_not(None))
         .subquery()
