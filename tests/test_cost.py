@@ -27,9 +27,12 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import closing
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -386,3 +389,43 @@ def test_job_documents_carry_credits_and_utilisation_when_known(store: Store) ->
 
 def job_docs(store: Store) -> list[dict[str, Any]]:
     return [d for d in enrich_trees(store.iter_trees(with_usage=True), {}) if d["type"] == "job"]
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "circleci_ds", *args], capture_output=True, text=True, timeout=300
+    )
+
+
+FIXTURE = (
+    "native:\n  slug: acme\ndata_sources:\n- slug: circleci\n  projects:\n  - name: acme\n"
+    "    endpoints:\n    - name: gh/acme/api\n  config:\n  - name: concurrency-cap\n    value: {cap}\n"
+)
+
+
+def test_cli_cap_from_the_fixture_rates_file_and_bad_values(tmp_path: Path) -> None:
+    make_store(f"sqlite:///{tmp_path / 'store.db'}").close()
+    db = f"sqlite:///{tmp_path / 'store.db'}"
+    fixture, rates = tmp_path / "fixture.yaml", tmp_path / "rates.yaml"
+    fixture.write_text(FIXTURE.format(cap=3))
+    rates.write_text("large: 1\nweird.class: 2\n")
+    window = ("--since", "2026-11-01", "--until", "2026-11-15")
+    shown = cli("report", "--db", db, "--format", "json", "--fixture", str(fixture),
+                "--credit-rates", str(rates), *window)  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    data = json.loads(shown.stdout)
+    assert data["capacity"]["concurrency_cap"] == 3
+    estimate = (data["cost"]["source"], data["cost"]["credits"], data["cost"]["unpriced_runs"])
+    assert estimate == ("estimate", 15.0, 0)  # large 1 x (10 + 2 + 1), weird.class 2 x 1
+    assert cli("report", "--db", db, "--format", "json", "--concurrency-cap", "5", "--fixture", str(fixture),
+               *window).stdout.count('"concurrency_cap": 5') == 1  # fmt: skip
+    fixture.write_text(FIXTURE.format(cap="lots"))
+    bad = cli("report", "--db", db, "--fixture", str(fixture))
+    assert bad.returncode == 2 and "concurrency-cap" in bad.stderr and "Traceback" not in bad.stderr
+    rates.write_text("large: -1\n")
+    bad = cli("report", "--db", db, "--credit-rates", str(rates))
+    assert bad.returncode == 2 and "credits per minute" in bad.stderr and "Traceback" not in bad.stderr
+    rates.write_text("[unclosed\n")
+    bad = cli("report", "--db", db, "--credit-rates", str(rates))
+    assert bad.returncode == 2 and "invalid YAML" in bad.stderr and "Traceback" not in bad.stderr
+    assert cli("report", "--db", db, "--oversized-pct", "120").returncode == 2
