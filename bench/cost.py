@@ -80,11 +80,11 @@ INSERT_COLUMNS = (
 def generate(url: str, rows: int) -> dict[str, Any]:
     from sqlalchemy import text
 
-    from circleci_ds.store import Store
+    from circleci_ds.derive.facts import open_store
     from circleci_ds.store import schema as s
 
     started = time.perf_counter()
-    store = Store.open(url)
+    store = open_store(url)
     for i in range(PROJECTS):
         slug = f"gh/bench/service-{i}"
         store.ensure_endpoint(slug, "bench", f"https://circleci.com/{slug}")
@@ -106,10 +106,10 @@ def peak_mb() -> float:
 
 
 def measure(url: str) -> dict[str, Any]:
+    from circleci_ds.derive.facts import open_store
     from circleci_ds.metrics.cost import compute_cost
-    from circleci_ds.store import Store
 
-    store = Store.open(url, create=False)
+    store = open_store(url, create=False)
     before = peak_mb()
     wall, cpu = time.perf_counter(), time.process_time()
     report = compute_cost(store, project=None, since=SINCE, until=SINCE + DAYS * 86400, branch=None)

@@ -34,6 +34,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import delete, insert
 
+from circleci_ds.derive.facts import open_store
 from circleci_ds.metrics.capacity import CapacityReport, compute_capacity
 from circleci_ds.metrics.sqlstats import percentile
 from circleci_ds.store import Store
@@ -71,7 +72,7 @@ def tree(number: int, jid: str, cls: str, queued: str, started: str, stopped: st
 
 @pytest.fixture
 def store(db_url: str) -> Iterator[Store]:
-    with closing(Store.open(db_url)) as opened:
+    with closing(open_store(db_url)) as opened:
         opened.ensure_endpoint(SLUG, "acme", "https://circleci.com/gh/acme/api")
         for number, job in enumerate(JOBS, 1):
             opened.save_tree(SLUG, tree(number, *job), fetched_at=1.0, is_final=True)
@@ -173,7 +174,7 @@ def write_runs(store: Store, runs: list[Interval]) -> None:
 def sweep_store() -> Iterator[Store]:
     with (
         tempfile.TemporaryDirectory() as directory,
-        closing(Store.open(f"sqlite:///{Path(directory) / 's.db'}")) as opened,
+        closing(open_store(f"sqlite:///{Path(directory) / 's.db'}")) as opened,
     ):
         opened.ensure_endpoint(SLUG, "acme", "https://circleci.com/gh/acme/api")
         yield opened

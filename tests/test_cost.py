@@ -40,6 +40,7 @@ from rich.console import Console
 from sqlalchemy import select, text, update
 
 from circleci_ds.derive.credit_rates import shipped_rates
+from circleci_ds.derive.facts import open_store
 from circleci_ds.derive.people import People
 from circleci_ds.derive.tests import TestJob
 from circleci_ds.documents.dads import dads_documents
@@ -134,7 +135,7 @@ def result(outcome: str) -> dict[str, Any]:
 
 
 def make_store(url: str) -> Store:
-    store = Store.open(url)
+    store = open_store(url)
     store.ensure_endpoint(SLUG, "acme", "https://circleci.com/gh/acme/api")
     store.save_project_info(SLUG, {"vcs_info": {"default_branch": "main"}})
     for tree in TREES:
@@ -252,6 +253,8 @@ def test_usage_on_one_branch_and_one_project(store: Store) -> None:
     main = cost(store, branch="main")
     assert (main.branch, main.credits, main.runs) == ("main", 75.0, 3)
     assert "branch main" in main.scope
+    nowhere = cost(store, branch="no-such-branch")
+    assert (nowhere.source, nowhere.credits, nowhere.runs) == ("usage-export", 0.0, 0)
     acme = cost(store, project="acme")
     assert (acme.credits, [p.project for p in acme.by_project]) == (91.0, ["api"])
 
@@ -281,7 +284,7 @@ def test_rightsizing_hand_worked(db_url: str) -> None:
     """lint: p95 of max CPU (position 5 x 0.95 = 4.75) 38 + 2 x 0.75 = 39.5 and of RAM 30, both <= 40
     -> oversized; large -> medium+ (20 -> 15 credits a minute) saves 70 x (1 - 15/20) = 17.5.
     compile: median max CPU 97 -> starved. docs has too few sampled runs; tiny has no smaller class."""
-    with closing(Store.open(db_url)) as store:
+    with closing(open_store(db_url)) as store:
         create_usage_table(store)
         write_usage(store, sized_usage())
         report = cost(store)
@@ -294,7 +297,7 @@ def test_rightsizing_hand_worked(db_url: str) -> None:
 
 
 def test_rightsizing_thresholds_are_settable(db_url: str) -> None:
-    with closing(Store.open(db_url)) as store:
+    with closing(open_store(db_url)) as store:
         create_usage_table(store)
         write_usage(store, sized_usage())
         strict = cost(store, options=CostOptions(thresholds=Thresholds(min_runs=4, oversized_pct=30.0,
@@ -321,7 +324,7 @@ def test_an_older_store_gains_the_job_resources_from_its_job_details(db_url: str
         conn.execute(text("ALTER TABLE job_runs DROP COLUMN resource_class"))
         conn.execute(text("ALTER TABLE job_runs DROP COLUMN parallelism"))
         conn.execute(update(s.schema_version).values(version=s.MIGRATIONS.index(s._job_resources)))
-    with closing(Store.open(db_url)) as store:
+    with closing(open_store(db_url)) as store:
         with store.engine.connect() as conn:
             found = conn.execute(
                 select(s.job_runs.c.id, s.job_runs.c.resource_class, s.job_runs.c.parallelism).order_by(

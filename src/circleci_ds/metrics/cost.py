@@ -24,7 +24,7 @@ Definitions (texts in circleci_ds.metrics.definitions):
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from sqlalchemy import (
@@ -207,10 +207,12 @@ def has_usage_table(conn: Connection) -> bool:
 
 
 def usage_source(conn: Connection, scope: CostScope) -> bool:
-    """Whether usage rows exist for the window (and the projects asked for)."""
+    """Whether usage rows exist for the window (and the projects asked for), on any branch: a branch
+    without rows costs nothing, it is not estimated."""
     if not has_usage_table(conn):
         return False
-    found = conn.execute(select(U.c.job_run_id).where(_usage_where(scope)).limit(1)).first()
+    anywhere = replace(scope, branch=None)
+    found = conn.execute(select(U.c.job_run_id).where(_usage_where(anywhere)).limit(1)).first()
     return found is not None
 
 

@@ -61,7 +61,12 @@ def backfill_people(conn: Connection, deriver: Deriver) -> None:
 
 
 # The backfill that follows each migration step that needs one (keyed by the step's name).
-BACKFILLS = {"facts_tables": backfill_facts, "_people_refs": backfill_people, "_job_resources": backfill_facts}
+# `_job_resources` adds job_runs columns: the facts are derived again to fill them.
+BACKFILLS = {
+    "facts_tables": backfill_facts,
+    "_people_refs": backfill_people,
+    "_job_resources": backfill_facts,
+}
 
 
 def has_pipelines(conn: Connection) -> bool:
