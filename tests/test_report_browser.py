@@ -57,9 +57,12 @@ def test_report_renders_safely_in_chromium(tmp_path: Path) -> None:
     assert all(url.startswith("file://") for url in seen["requests"]), seen["requests"]
     charts = seen["charts"]
     # organisation: project health; acme: success trend, duration trend, queue times, slowest jobs,
-    # flaky jobs, MTTR; lib: four of those
-    assert len(charts) == 11, charts
+    # flaky jobs, MTTR; lib: four of those; cost (estimated): credits per week, costliest jobs,
+    # concurrency over time
+    assert len(charts) == 14, charts
     assert charts[0]["id"] == "chart-org-health"
+    cost_charts = ["chart-cost-weekly", "chart-cost-jobs", "chart-cost-concurrency"]
+    assert [c["id"] for c in charts[-3:]] == cost_charts
     assert all(chart["points"] > 0 for chart in charts), charts
     assert seen["pwned"] == "undefined"
     planted = (PLANTED_SUBJECT, PLANTED_JOB, PLANTED_LOGIN, PLANTED_BRANCH)

@@ -266,8 +266,8 @@ def _concurrency_chart(section: CostSection) -> Chart | None:
         return None
     x = [p.hour for p in points]
     data: list[dict[str, Any]] = [
-        {"type": "scatter", "mode": "lines", "line": {"shape": "hv", "color": PALETTE[0]},
-         "name": "peak per hour", "x": x, "y": [p.peak for p in points]},
+        {"type": "scatter", "mode": "lines+markers", "line": {"shape": "hv", "color": PALETTE[0]},
+         "marker": {"size": 3}, "name": "peak per hour", "x": x, "y": [p.peak for p in points]},
     ]  # fmt: skip
     cap = section.capacity.concurrency_cap
     if cap is not None:
