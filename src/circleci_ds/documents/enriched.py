@@ -281,4 +281,3 @@ def _job_doc(
     )
     doc.update(usage_fields(tree, workflow, job))
     return doc
-
