@@ -48,6 +48,7 @@ from circleci_ds.derive.credit_rates import CreditRates, shipped_rates
 from circleci_ds.derive.facts import JOB_FAILED, default_branch
 from circleci_ds.metrics import ci, tests
 from circleci_ds.metrics.sqlstats import count_if, floor_int, percentiles, sum_if
+from circleci_ds.metrics.window import ALL_BRANCHES, Window
 from circleci_ds.store import Store
 from circleci_ds.store import schema as s
 from circleci_ds.store.facts_store import project_infos
@@ -197,9 +198,8 @@ class CostScope:
     whole_org: bool  # no --project: usage rows of projects outside the fixture count too
 
     def ci_scope(self) -> ci.Scope:
-        return ci.Scope(
-            self.since, self.until, ci.ALL_BRANCHES, self.endpoints, self.defaults, "week", re.compile("")
-        )
+        window = Window(self.since, self.until, ALL_BRANCHES)
+        return ci.Scope(window, self.endpoints, self.defaults, "week", re.compile(""))
 
 
 def has_usage_table(conn: Connection) -> bool:
@@ -313,7 +313,7 @@ def compute_cost(
     """Cost over [since, until): `branch` None or "*" covers every branch."""
     options = options or CostOptions()
     # built before the snapshot: it reads the store's project infos on a connection of its own
-    flaky_tests = tests.flaky_test_jobs(store, tests.Window(since, until, ci.ALL_BRANCHES, project))
+    flaky_tests = tests.flaky_test_jobs(store, Window(since, until, ALL_BRANCHES, project))
     with store.snapshot() as conn:
         endpoints = {
             slug: native
@@ -323,7 +323,7 @@ def compute_cost(
         scope = CostScope(
             since=since,
             until=until,
-            branch=None if branch in (None, ci.ALL_BRANCHES) else branch,
+            branch=None if branch in (None, ALL_BRANCHES) else branch,
             endpoints=endpoints,
             defaults={slug: default_branch(info) for slug, info in project_infos(conn).items()},
             whole_org=project is None,
@@ -362,7 +362,7 @@ def cost_report(
     return CostReport(
         source=USAGE if usage else ESTIMATE,
         estimated=not usage,
-        branch=ci.ALL_BRANCHES if scope.branch is None else scope.branch,
+        branch=ALL_BRANCHES if scope.branch is None else scope.branch,
         scope=f"Cost: credits from {source_text}, job runs from {iso(scope.since)} to {iso(scope.until)} "
         f"(until excluded), on {branch_text}.",
         credits=float(totals.credits),
