@@ -177,9 +177,9 @@ async def quirky_server(
 
 def store_test_truth(store: Store, sim: Simulator, slugs: list[str]) -> None:
     """Write the simulator's test truth straight into the store (as collection would), by job number."""
-    from circleci_ds.derive.tests import TestJob
+    from circleci_ds.collect.tests import save_items
     from circleci_ds.dev.simulator.render import render_project
-    from circleci_ds.store.testresults import save_chunk
+    from circleci_ds.store.testresults import TestJob
 
     for written in slugs:
         slug = canonical_slug(written)
@@ -206,7 +206,7 @@ def store_test_truth(store: Store, sim: Simulator, slugs: list[str]) -> None:
                 duration=(stopped - started) / 1000 if started is not None and stopped is not None else None,
                 web_url=entry["web_url"],
             )
-            save_chunk(store, job, entry["items"], seq=0, final=True)
+            save_items(store, job, entry["items"], seq=0, final=True)
 
 
 def kill_9_once(proc: subprocess.Popen[bytes], db_file: str, count_sql: str, at_least: int) -> int:

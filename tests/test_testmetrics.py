@@ -39,15 +39,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
+from circleci_ds.collect.tests import save_items
 from circleci_ds.derive.facts import open_store
-from circleci_ds.derive.tests import TestJob, job_context, outcome
+from circleci_ds.derive.tests import job_context, outcome
 from circleci_ds.dev.simulator import SimConfig, SimProject, Simulator
 from circleci_ds.metrics.sqlstats import percentile
 from circleci_ds.metrics.tests import compute_tests
 from circleci_ds.metrics.window import ALL_BRANCHES, Window
 from circleci_ds.store import Store
 from circleci_ds.store.schema import test_cases
-from circleci_ds.store.testresults import raw_items, save_chunk
+from circleci_ds.store.testresults import TestJob, raw_items
 from collect_helpers import store_test_truth
 
 T = datetime(2026, 11, 1, tzinfo=UTC).timestamp()
@@ -97,10 +98,10 @@ def write_hand_worked(store: Store) -> None:
     store.save_project_info(SLUG, {"slug": SLUG, "vcs_info": {"default_branch": "main"}})
     for number, branch, commit, created, stopped, duration, status, a, b, c in JOBS:
         results = [item("A", a), item("B", b, 0.0 if b == "skipped" else 0.1), item("C", "success", c)]
-        save_chunk(store, hand_job(number, branch, commit, created, stopped, duration, status), results,
+        save_items(store, hand_job(number, branch, commit, created, stopped, duration, status), results,
                    seq=0, final=True)
     partial = hand_job(7, "main", "c3", 1200, None, None, "failed")
-    save_chunk(store, partial, [item("A", "failure")], seq=0, final=False)
+    save_items(store, partial, [item("A", "failure")], seq=0, final=False)
 
 
 def test_hand_worked_table(db_url: str) -> None:
@@ -136,7 +137,7 @@ def test_hostile_names_fit_the_columns_and_indexes_of_every_backend(db_url: str)
     items = [{"classname": wide, "name": wide + str(i), "file": wide, "result": "success"} for i in range(2)]
     with opened(db_url) as store:
         store.ensure_endpoint(SLUG, "acme", "https://circleci.com/gh/acme/x")
-        save_chunk(store, job, items, seq=0, final=True)
+        save_items(store, job, items, seq=0, final=True)
         assert raw_items(store, SLUG, 9) == items  # kept as returned
         with store.engine.connect() as conn:
             cases = conn.execute(select(test_cases.c.job_name, test_cases.c.classname)).all()

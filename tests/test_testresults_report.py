@@ -14,11 +14,11 @@ import pytest
 from rich.console import Console
 
 from browser_helpers import COUNT_POINTS, needs_browser, opened_page
+from circleci_ds.collect.tests import save_items
 from circleci_ds.derive.facts import open_store
 from circleci_ds.ids import uuid
 from circleci_ds.report import run_report
 from circleci_ds.store import Store
-from circleci_ds.store.testresults import save_chunk
 from test_testmetrics import T, hand_job, item, opened, write_hand_worked
 
 PLANTED_CLASS = '<img src=x onerror="window.__pwned=1">'
@@ -30,9 +30,9 @@ def planted_store(path: Path) -> Store:
     store = open_store(f"sqlite:///{path}")
     write_hand_worked(store)
     hostile = {**item("D", "failure"), "classname": PLANTED_CLASS, "message": PLANTED_MESSAGE}
-    save_chunk(store, hand_job(9, "main", "c9", 950, 990, 40, "failed"), [hostile], seq=0, final=True)
+    save_items(store, hand_job(9, "main", "c9", 950, 990, 40, "failed"), [hostile], seq=0, final=True)
     passed = {**hostile, "result": "success", "message": None}  # flaky: its message shows in the tables
-    save_chunk(store, hand_job(10, "main", "c9", 995, 999, 4, "success"), [passed], seq=0, final=True)
+    save_items(store, hand_job(10, "main", "c9", 995, 999, 4, "success"), [passed], seq=0, final=True)
     return store
 
 

@@ -169,6 +169,11 @@ def _open_store(db: str, *, create: bool = True) -> Store:
 
 
 # -- collect --------------------------------------------------------------------------------
+class TestsRead(StrEnum):
+    auto = "auto"
+    all = "all"
+
+
 @app.command()
 @guarded
 def collect(
@@ -203,8 +208,14 @@ def collect(
         float, typer.Option(min=1.0, help="Seconds a dead collector's endpoints stay leased.", hidden=True)
     ] = 60.0,
     tests: Annotated[
-        bool, typer.Option("--tests/--no-tests", help="Read test results of finished build jobs.")
-    ] = True,
+        TestsRead,
+        typer.Option(
+            "--tests",
+            help="Test results of finished build jobs: `auto` reads the jobs of a job name that stored "
+            "none in its last runs one run in ten (and when they failed); `all` reads every job's.",
+        ),
+    ] = TestsRead.auto,
+    no_tests: Annotated[bool, typer.Option("--no-tests", help="Read no test results.")] = False,
     timeout: Annotated[
         float, typer.Option(min=0.1, help="Seconds one request may take, body included; then it is retried.")
     ] = 60.0,
@@ -240,7 +251,8 @@ def collect(
         parallel_endpoints=parallel_endpoints,
         trees_in_flight=trees_in_flight(concurrency),
         lease_ttl=lease_ttl,
-        tests=tests and settings.collect_tests,
+        tests=not no_tests and settings.collect_tests,
+        tests_all=tests is TestsRead.all,
     )
     limits = Limits(max_response_bytes=int(max_response_mb * MiB), max_pages=max_pages)
     started = time.monotonic()
@@ -279,7 +291,9 @@ def collect(
         + (f" ({reruns} found rerun by job number)" if reruns else "")
         + f", {counters.workflows} workflow(s), "
         f"{counters.jobs} job(s), {counters.details} job detail(s), "
-        f"tests of {counters.tests} job(s) ({counters.test_results} result(s)) read, "
+        f"tests of {counters.tests.jobs} job(s) ({counters.tests.results} result(s)) read"
+        + (f" ({counters.tests.skipped} job(s) not read: quiet job names)" if counters.tests.skipped else "")
+        + ", "
         f"{users.resolved} user(s) resolved ({users.deleted} deleted); {stats.requests} request(s), "
         f"{stats.rate_limited} rate-limited, {stats.retries} retried, in {time.monotonic() - started:.1f}s"
         + (f"; {len(failed)} endpoint(s) failed" if failed else ""),
@@ -696,6 +710,10 @@ def simulate(
     limit_body: Annotated[str, typer.Option(help="429 bodies: json, text or both (alternating).")] = "both",
     fault_rate: Annotated[float, typer.Option(help="Share of requests answered 5xx.")] = 0.0,
     token: Annotated[str | None, typer.Option(help="Token that private projects require.")] = None,
+    untested_share: Annotated[
+        float,
+        typer.Option(help="Share of the job names with a test suite whose jobs store no test results."),
+    ] = 0.0,
 ) -> None:
     """Serve the built-in fake CircleCI API v2 on loopback until interrupted."""
     from circleci_ds.dev.simulator import SimConfig, SimProject, run_standalone
@@ -719,6 +737,7 @@ def simulate(
             limit_body=limit_body,
             fault_rate=fault_rate,
             token=token,
+            untested_share=untested_share,
         )
     except ValueError as exc:
         raise fail(str(exc), EXIT_USAGE) from None

@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 from circleci_ds.client.http import DEFAULT_API_URL, ApiError, CircleCIClient, NotFound, Unauthorized
 from circleci_ds.collect import rules
 from circleci_ds.collect.lanes import EndpointResult, LaneOptions, Lanes, Outcome, new_owner
-from circleci_ds.collect.tests import TestPhase
+from circleci_ds.collect.tests import TestCounts, TestOptions, TestPhase
 from circleci_ds.collect.users import UserPass, resolve_users
 from circleci_ds.inputs.fixture import Endpoint
 from circleci_ds.store import PipelineIndexEntry, Store, StoreError
@@ -60,6 +60,7 @@ class Options:
     owner: str = field(default_factory=new_owner)
     rerun_walk: bool = True  # the job-number walk (off: only the age-spaced re-read finds reruns)
     tests: bool = True  # read test results of finished build jobs (circleci_ds.derive.tests)
+    tests_all: bool = False  # read those of every job, quiet job names' included (`--tests all`)
 
 
 class Phase(Enum):
@@ -94,8 +95,7 @@ class Counters:
     workflows: int = 0
     jobs: int = 0
     details: int = 0
-    tests: int = 0  # jobs whose test results were read
-    test_results: int = 0
+    tests: TestCounts = field(default_factory=TestCounts)
     endpoints: dict[str, EndpointProgress] = field(default_factory=dict)
 
 
@@ -230,7 +230,12 @@ class Collector:
         read is a warning, and is asked again next run."""
         await self._project_info(endpoint, walk.server_start)
         if self.options.tests:
-            errors = await TestPhase(self, endpoint.slug).run()
+            o = self.options
+            phase_options = TestOptions(jobs_in_flight=o.trees_in_flight // 2, read_all=o.tests_all)
+            phase = TestPhase(
+                self.client, self.store, self.db, self.counters.tests, endpoint.slug, phase_options
+            )
+            errors = await phase.run()
             if errors:
                 log.warning(
                     "%s: tests of %d job(s) not read, read again next run; first: %s",

@@ -27,15 +27,11 @@ Rules:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from circleci_ds.derive.facts import as_dict, branch_of, job_seconds
+from circleci_ds.store.testresults import Fact, TestJob
 from circleci_ds.times import parse_ts
-
-if TYPE_CHECKING:
-    pass
-
 
 MESSAGE_EXCERPT = 500
 TEXT_LIMIT = 1000
@@ -45,47 +41,11 @@ ID_BYTES = 64  # ids and the commit
 RESULT_LIMIT = 40
 PASSED_RESULTS = frozenset({"success", "passed", "pass", "ok"})
 FAILED_RESULTS = frozenset({"failure", "failed", "fail", "error"})
+QUIET_AFTER = 3  # jobs of a name read in a row without results make the name quiet (reads_tests)
+SAMPLE_EVERY = 10  # of a quiet name's jobs, those numbered a multiple of this are still read
 FINAL_JOB_STATUSES = frozenset(
     {"success", "failed", "infrastructure_fail", "timedout", "canceled", "not_run", "terminated-unknown"}
 )
-
-
-class Marker:
-    DONE, NONE, READING = "done", "none", "reading"
-
-
-@dataclass(frozen=True, slots=True)
-class TestJob:
-    """A job whose tests are to be read, with the context its facts rows carry."""
-
-    __test__ = False  # not a pytest class
-
-    endpoint: str
-    job_number: int
-    job_id: str
-    pipeline_id: str | None
-    workflow_id: str | None
-    workflow: str | None
-    job_name: str | None
-    branch: str | None
-    commit: str | None
-    status: str | None
-    created_at: float | None  # the workflow's
-    started_at: float | None
-    stopped_at: float | None
-    duration: float | None  # seconds
-    web_url: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class Fact:
-    classname: str
-    name: str
-    file: str
-    result: str
-    outcome: int | None  # 1 passed, 0 failed
-    run_time: float | None
-    message: str | None
 
 
 # -- pure rules ---------------------------------------------------------------------------------------
@@ -141,14 +101,22 @@ def fact(item: object) -> Fact:
     data = item if isinstance(item, dict) else {}
     result = _text(data.get("result"), RESULT_LIMIT)
     return Fact(
-        classname=cut_utf8(data.get("classname"), NAME_BYTES) or "",
-        name=cut_utf8(data.get("name"), NAME_BYTES) or "",
-        file=_text(data.get("file"), TEXT_LIMIT),
-        result=result,
-        outcome=outcome(result),
-        run_time=run_time(data.get("run_time")),
-        message=excerpt(data.get("message")),
+        cut_utf8(data.get("classname"), NAME_BYTES) or "",
+        cut_utf8(data.get("name"), NAME_BYTES) or "",
+        _text(data.get("file"), TEXT_LIMIT),
+        result,
+        outcome(result),
+        run_time(data.get("run_time")),
+        excerpt(data.get("message")),
     )
+
+
+def reads_tests(job: TestJob, quiet_streak: int) -> bool:
+    """Whether a finished build job's test results are read. A job name whose last QUIET_AFTER jobs
+    read stored none is quiet: of its jobs, only those that failed and one in SAMPLE_EVERY (by job
+    number, so cooperating collectors agree) are read; a quiet name's read job that stores results
+    makes it loud again."""
+    return quiet_streak < QUIET_AFTER or job.status == "failed" or job.job_number % SAMPLE_EVERY == 0
 
 
 def _str(value: object) -> str | None:

@@ -33,11 +33,11 @@ from sqlalchemy import ColumnElement, Select, and_, case, exists, false, func, o
 from sqlalchemy.orm import aliased
 
 from circleci_ds.derive.facts import default_branch
-from circleci_ds.derive.tests import Marker
 from circleci_ds.metrics.sqlstats import percentiles
 from circleci_ds.metrics.window import ALL_BRANCHES, Window
 from circleci_ds.store import Store
 from circleci_ds.store import schema as s
+from circleci_ds.store.testresults import Marker
 from circleci_ds.times import date_text, iso
 
 __all__ = ["ALL_BRANCHES", "TestsReport", "Window", "compute_tests"]

@@ -1,64 +1,185 @@
-"""Store operations for test results: which jobs still need reading, and writing a job's results.
+"""Store operations for test results: which jobs still need reading, and writing jobs' results.
 
 A job's marker row (`test_jobs`) and its results are written in the same transaction; a job larger
 than one chunk is written under a `reading` marker, which every metric ignores and the next write of
-that job's first chunk discards (see circleci_ds.derive.tests).
+that job's first chunk discards. A job whose results were left unread on purpose gets a `skipped`
+marker: no metric counts it, and a collection that reads every job (`collect --tests all`) reads it.
+
+The rows come from the caller (circleci_ds.collect.tests derives them); this module only moves them
+in and out of the database. Writes are the collector's hot path: each transaction runs a few
+statements built once per database and sent through the driver's `executemany`, whatever the number
+of jobs and results it holds (PostgreSQL's COPY for the results themselves).
 """
 
 from __future__ import annotations
 
 import json
 import zlib
-from collections import ChainMap
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, and_, delete, exists, insert, select, tuple_, update
+from sqlalchemy import Connection, and_, bindparam, func, select
+from sqlalchemy.exc import DBAPIError
 
-from circleci_ds.derive.tests import Fact, Marker, TestJob, fact, job_context, wants_tests
 from circleci_ds.store import schema as s
-from circleci_ds.store.base import dumps
-from circleci_ds.store.database import Store
+from circleci_ds.store.base import StoreBase, dumps
 
-_KEYS_PER_QUERY = 400  # (classname, name) pairs per IN (...) lookup
+_KEYS_PER_QUERY = 400  # (classname, name) pairs or job numbers per IN (...) lookup
 _RAW_LEVEL = 6
 
 
-Unread = tuple[int, str, str | None, str, str]  # job number, job, details, workflow, pipeline JSON
+class Marker:
+    """`test_jobs.state`: done (results stored), none (404 or empty), reading (a large job half
+    written, invisible), skipped (not read on purpose: its name stores no results lately)."""
+
+    DONE, NONE, READING, SKIPPED = "done", "none", "reading", "skipped"
 
 
-def _unread_rows(store: Store, endpoint: str, after: int, limit: int) -> list[Unread]:
-    """(job number, job, details, workflow, pipeline JSON) of the endpoint's next `limit` build jobs
-    numbered above `after` without a marker, by number."""
+@dataclass(frozen=True, slots=True)
+class TestJob:
+    """A job whose tests are to be read: the columns of its `test_jobs` row."""
+
+    __test__ = False  # not a pytest class
+
+    endpoint: str
+    job_number: int
+    job_id: str
+    pipeline_id: str | None
+    workflow_id: str | None
+    workflow: str | None
+    job_name: str | None
+    branch: str | None
+    commit: str | None
+    status: str | None
+    created_at: float | None  # the workflow's
+    started_at: float | None
+    stopped_at: float | None
+    duration: float | None  # seconds
+    web_url: str | None
+
+
+class Fact(NamedTuple):
+    """One result's facts row: its test (classname, name, file) and its test_results columns."""
+
+    classname: str
+    name: str
+    file: str
+    result: str
+    outcome: int | None  # 1 passed, 0 failed
+    run_time: float | None
+    message: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ReadJob:
+    """A job read whole (or skipped, `state` SKIPPED): its facts rows and its items as returned."""
+
+    job: TestJob
+    facts: Sequence[Fact]
+    items: Sequence[Any]
+    state: str | None = None  # None: done, or none when it has no results
+
+
+class Unread(NamedTuple):
+    """A stored finished build job without a (final) marker, with the JSON its context comes from."""
+
+    job_number: int
+    job: str
+    details: str | None
+    workflow: str
+    pipeline_id: str
+    pipeline: str
+
+
+def unread_jobs(
+    store: StoreBase, endpoint: str, after: int, limit: int, *, with_skipped: bool = False
+) -> list[Unread]:
+    """The endpoint's next `limit` stored build jobs numbered above `after` without a marker (or only
+    half-way read; `with_skipped`: or skipped), by number."""
     j, w, p, t = s.jobs_numbered.c, s.workflows.c, s.pipelines.c, s.test_jobs.c
-    marked = exists().where(t.job_id == j.id, t.state != Marker.READING)
+    final = [Marker.DONE, Marker.NONE] if with_skipped else [Marker.DONE, Marker.NONE, Marker.SKIPPED]
+    marked = select(t.job_number).where(t.endpoint == endpoint, t.job_number == j.job_number)
     query = (
-        select(j.job_number, j.data, j.details, w.data, p.data)
+        select(j.job_number, j.data, j.details, w.data, p.id, p.data)
         .select_from(
             s.jobs_numbered.join(s.workflows, w.id == j.workflow_id).join(s.pipelines, p.id == j.pipeline_id)
         )
-        .where(p.endpoint == endpoint, j.job_number > after, ~marked, j.data.like('%"type":"build"%'))
+        .where(
+            p.endpoint == endpoint,
+            j.job_number > after,
+            ~marked.where(t.state.in_(final)).exists(),
+            j.data.like('%"type":"build"%'),
+        )
         .order_by(j.job_number)
         .limit(limit)
     )
     with store.reading() as conn:
-        return [(r[0], r[1], r[2], r[3], r[4]) for r in conn.execute(query)]
+        return [Unread(*row) for row in conn.execute(query)]
 
 
-def jobs_needing_tests(
-    store: Store, endpoint: str, after: int, limit: int
-) -> tuple[list[TestJob], int | None]:
-    """The next page of stored finished build jobs numbered above `after` whose tests were never read
-    (or only half-way), and the highest number the page looked at (None: no job is left)."""
-    rows = _unread_rows(store, endpoint, after, limit)
-    out = []
-    for _, job_json, details_json, workflow_json, pipeline_json in rows:
-        job = json.loads(job_json)
-        if not wants_tests(job):
-            continue
-        job["details"] = json.loads(details_json) if details_json else None
-        out.append(job_context(endpoint, job, json.loads(workflow_json), json.loads(pipeline_json)))
-    return out, (rows[-1][0] if rows else None)
+def quiet_streaks(store: StoreBase, endpoint: str) -> dict[str, int]:
+    """Job name -> how many of its jobs read since its latest job with results stored none (job
+    names whose latest read job stored results are left out)."""
+    t = s.test_jobs.c
+    latest = (
+        select(t.job_name, func.max(t.job_number).label("top"))
+        .where(t.endpoint == endpoint, t.state == Marker.DONE)
+        .group_by(t.job_name)
+        .subquery()
+    )
+    query = (
+        select(t.job_name, func.count())
+        .select_from(s.test_jobs.outerjoin(latest, latest.c.job_name == t.job_name))
+        .where(
+            t.endpoint == endpoint,
+            t.state == Marker.NONE,
+            t.job_number > func.coalesce(latest.c.top, -1),
+        )
+        .group_by(t.job_name)
+    )
+    with store.reading() as conn:
+        return {name or "": count for name, count in conn.execute(query)}
+
+
+def unskip(store: StoreBase, endpoint: str, woke: Mapping[str, int]) -> int:
+    """Forget the `skipped` markers of job names that store results again (job name -> the number of
+    a job that stored some), from the name's last job read without results before that one on: the
+    next collection reads those jobs. Returns how many were forgotten."""
+    t = s.test_jobs.c
+    forgotten = 0
+    with store.writing() as conn:
+        for name, number in woke.items():
+            before = (
+                select(func.coalesce(func.max(t.job_number), -1))
+                .where(
+                    t.endpoint == endpoint,
+                    t.job_name == name,
+                    t.state == Marker.NONE,
+                    t.job_number < number,
+                )
+                .scalar_subquery()
+            )
+            done = conn.execute(
+                s.test_jobs.delete().where(
+                    t.endpoint == endpoint,
+                    t.job_name == name,
+                    t.state == Marker.SKIPPED,
+                    t.job_number > before,
+                )
+            )
+            forgotten += int(done.rowcount or 0)
+    return forgotten
+
+
+def skipped_jobs(store: StoreBase, project: str | None = None) -> int:
+    """Jobs whose test results were not read on purpose (marker `skipped`)."""
+    t, e = s.test_jobs.c, s.endpoints.c
+    query = select(func.count()).select_from(s.test_jobs).where(t.state == Marker.SKIPPED)
+    if project is not None:
+        query = query.join(s.endpoints, e.slug == t.endpoint).where(e.native == project)
+    with store.reading() as conn:
+        return int(conn.execute(query).scalar_one())
 
 
 CaseRefs = dict[tuple[str, str, str, str], int]  # (endpoint, job name, classname, name) -> test_cases.ref
@@ -66,9 +187,17 @@ Known = Mapping[tuple[str, str, str, str], int]
 
 
 def save_chunk(
-    store: Store, job: TestJob, items: Sequence[Any], *, seq: int, final: bool, known: CaseRefs | None = None
+    store: StoreBase,
+    job: TestJob,
+    facts: Sequence[Fact],
+    items: Sequence[Any],
+    *,
+    seq: int,
+    final: bool,
+    known: CaseRefs | None = None,
 ) -> None:
-    """Write one chunk of a job's results (raw and facts) with its marker, in one transaction.
+    """Write one chunk of a job's results (facts rows and raw items) with its marker, in one
+    transaction.
 
     The first chunk (`seq` 0) discards what a killed run left of the job; a job already marked done
     or none is left alone. The final chunk marks the job done (none when it has no results at all).
@@ -77,147 +206,256 @@ def save_chunk(
     """
     added: CaseRefs = {}
     with store.writing() as conn:
-        _write_chunk(conn, job, items, seq, final, known or {}, added)
+        _Writer(conn, known or {}, added).chunk(job, facts, items, seq, final)
     if known is not None:
         known.update(added)
 
 
-def save_jobs(
-    store: Store, jobs: Sequence[tuple[TestJob, Sequence[Any]]], known: CaseRefs | None = None
-) -> None:
-    """Write several whole jobs (each its only, final chunk) in one transaction: all or none."""
+def save_jobs(store: StoreBase, jobs: Sequence[ReadJob], known: CaseRefs | None = None) -> None:
+    """Write whole jobs (each its only, final chunk) in one transaction: all or none."""
     added: CaseRefs = {}
     with store.writing() as conn:
-        for job, items in jobs:
-            _write_chunk(conn, job, items, 0, True, ChainMap(added, known or {}), added)
+        _Writer(conn, known or {}, added).whole(jobs)
     if known is not None:
         known.update(added)
 
 
-def _write_chunk(
-    conn: Connection,
-    job: TestJob,
-    items: Sequence[Any],
-    seq: int,
-    final: bool,
-    known: Known,
-    added: CaseRefs,
-) -> None:
-    facts = [fact(item) for item in items]
-    t = s.test_jobs.c
-    row = conn.execute(
-        select(t.ref, t.state, t.tests).where(t.endpoint == job.endpoint, t.job_number == job.job_number)
-    ).first()
-    if row is not None and row.state != Marker.READING:
-        return  # already read, by an earlier or a cooperating run
-    if row is not None and seq == 0:
-        _discard(conn, row.ref)
-        row = None
-    total = (row.tests if row is not None else 0) + len(facts)
-    state = Marker.READING if not final else (Marker.DONE if total else Marker.NONE)
-    if row is None:
-        ref = conn.execute(
-            insert(s.test_jobs).values(**_job_values(job), state=state, tests=total).returning(t.ref)
-        ).scalar_one()
-    else:
-        ref = row.ref
-        conn.execute(update(s.test_jobs).where(t.ref == ref).values(state=state, tests=total))
-    if facts:
-        _insert_facts(conn, ref, job, facts, known, added)
-        raw = zlib.compress(dumps(list(items)).encode(), _RAW_LEVEL)
-        conn.execute(insert(s.test_raw).values(job_ref=ref, seq=seq, data=raw))
+# -- the bulk writer -----------------------------------------------------------------------------------
+
+_JOB_COLUMNS = (
+    "endpoint", "job_number", "job_id", "pipeline_id", "workflow_id", "workflow", "job_name", "branch",
+    "commit_sha", "status", "created_at", "started_at", "stopped_at", "duration", "web_url", "state", "tests",
+)  # fmt: skip
+_RESULT_COLUMNS = ("job_ref", "case_ref", "outcome", "result", "run_time", "message")
+_CASE_COLUMNS = ("endpoint", "job_name", "classname", "name", "file")
 
 
-def _job_values(job: TestJob) -> dict[str, Any]:
-    return {
-        "endpoint": job.endpoint,
-        "job_number": job.job_number,
-        "job_id": job.job_id,
-        "pipeline_id": job.pipeline_id,
-        "workflow_id": job.workflow_id,
-        "workflow": job.workflow,
-        "job_name": job.job_name,
-        "branch": job.branch,
-        "commit_sha": job.commit,
-        "status": job.status,
-        "created_at": job.created_at,
-        "started_at": job.started_at,
-        "stopped_at": job.stopped_at,
-        "duration": job.duration,
-        "web_url": job.web_url,
-    }
+class _Sql:
+    """The writer's statements, as the driver takes them (its placeholder style)."""
 
+    def __init__(self, mark: str) -> None:
+        def insert(table: str, columns: Sequence[str]) -> str:
+            return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join([mark] * len(columns))})"
 
-def _discard(conn: Connection, ref: int) -> None:
-    conn.execute(delete(s.test_results).where(s.test_results.c.job_ref == ref))
-    conn.execute(delete(s.test_raw).where(s.test_raw.c.job_ref == ref))
-    conn.execute(delete(s.test_jobs).where(s.test_jobs.c.ref == ref))
+        self.mark = mark
+        self.job = insert("test_jobs", _JOB_COLUMNS)
+        self.result = insert("test_results", _RESULT_COLUMNS)
+        self.case = insert("test_cases", _CASE_COLUMNS)
+        self.raw = insert("test_raw", ("job_ref", "seq", "data"))
+        self.update_job = f"UPDATE test_jobs SET state = {mark}, tests = {mark} WHERE ref = {mark}"
+        self.copy_results = f"COPY test_results ({', '.join(_RESULT_COLUMNS)}) FROM STDIN"
 
-
-def _insert_facts(
-    conn: Connection, job_ref: int, job: TestJob, facts: list[Fact], known: Known, added: CaseRefs
-) -> None:
-    refs = _case_refs(conn, job.endpoint, job.job_name or "", facts, known, added)
-    conn.execute(
-        insert(s.test_results),
-        [
-            {
-                "job_ref": job_ref,
-                "case_ref": refs[f.classname, f.name],
-                "outcome": f.outcome,
-                "result": f.result,
-                "run_time": f.run_time,
-                "message": f.message,
-            }
-            for f in facts
-        ],
-    )
-
-
-def _case_refs(
-    conn: Connection, endpoint: str, job_name: str, facts: list[Fact], known: Known, added: CaseRefs
-) -> dict[tuple[str, str], int]:
-    """Dictionary ids of the chunk's tests (from `known`, else the table), adding the new ones (the
-    first file seen is kept); every id found or added goes into `added`."""
-    c = s.test_cases.c
-    files: dict[tuple[str, str], str] = {}
-    refs: dict[tuple[str, str], int] = {}
-    for f in facts:
-        key = (f.classname, f.name)
-        cached = known.get((endpoint, job_name, *key))
-        if cached is not None:
-            refs[key] = cached
-        else:
-            files.setdefault(key, f.file)
-    keys = list(files)
-
-    def lookup(batch: list[tuple[str, str]]) -> None:
-        query = select(c.classname, c.name, c.ref).where(
-            and_(c.endpoint == endpoint, c.job_name == job_name, tuple_(c.classname, c.name).in_(batch))
+    def markers(self, count: int) -> str:
+        marks = ", ".join([self.mark] * count)
+        return (
+            "SELECT job_number, ref, state, tests FROM test_jobs"
+            f" WHERE endpoint = {self.mark} AND job_number IN ({marks})"
         )
-        refs.update({(r.classname, r.name): r.ref for r in conn.execute(query)})
 
-    for start in range(0, len(keys), _KEYS_PER_QUERY):
-        lookup(keys[start : start + _KEYS_PER_QUERY])
-    missing = [k for k in keys if k not in refs]
-    if missing:
-        rows = [
-            {"endpoint": endpoint, "job_name": job_name, "classname": k[0], "name": k[1], "file": files[k]}
-            for k in missing
+    def discard(self, count: int) -> list[str]:
+        marks = ", ".join([self.mark] * count)
+        return [
+            f"DELETE FROM test_results WHERE job_ref IN ({marks})",
+            f"DELETE FROM test_raw WHERE job_ref IN ({marks})",
+            f"DELETE FROM test_jobs WHERE ref IN ({marks})",
         ]
-        conn.execute(insert(s.test_cases), rows)
-        for start in range(0, len(missing), _KEYS_PER_QUERY):
-            lookup(missing[start : start + _KEYS_PER_QUERY])
-    added.update({(endpoint, job_name, *key): refs[key] for key in keys})
-    return refs
 
 
-def raw_items(store: Store, endpoint: str, job_number: int) -> list[Any] | None:
+_SQLITE, _POSTGRES = _Sql("?"), _Sql("%s")
+_cases_lookup = select(s.test_cases.c.classname, s.test_cases.c.name, s.test_cases.c.ref).where(
+    and_(
+        s.test_cases.c.endpoint == bindparam("endpoint"),
+        s.test_cases.c.job_name == bindparam("job_name"),
+        s.test_cases.c.classname.in_(bindparam("classnames", expanding=True)),
+    )
+)
+
+
+class _Writer:
+    """Writes jobs' markers, facts rows and raw pages in one transaction, a few statements for all."""
+
+    def __init__(self, conn: Connection, known: Known, added: CaseRefs) -> None:
+        self.conn = conn
+        self.postgres = conn.dialect.name == "postgresql"
+        self.sql = _POSTGRES if self.postgres else _SQLITE
+        self.known = known
+        self.added = added
+
+    def whole(self, jobs: Sequence[ReadJob]) -> None:
+        by_endpoint: dict[str, list[ReadJob]] = {}
+        for read in jobs:
+            by_endpoint.setdefault(read.job.endpoint, []).append(read)
+        for endpoint, group in by_endpoint.items():
+            self._whole(endpoint, group)
+
+    def _whole(self, endpoint: str, jobs: list[ReadJob]) -> None:
+        existing = self._markers(endpoint, [read.job.job_number for read in jobs])
+        stale = [row[0] for row in existing.values() if row[1] in (Marker.READING, Marker.SKIPPED)]
+        self._discard(stale)
+        fresh, seen = [], set()
+        for read in jobs:
+            number = read.job.job_number
+            row = existing.get(number)
+            if (row is None or row[1] in (Marker.READING, Marker.SKIPPED)) and number not in seen:
+                seen.add(number)
+                fresh.append(read)
+        if not fresh:
+            return
+        self._executemany(
+            self.sql.job,
+            [_job_row(read.job, read.state or (Marker.DONE if read.facts else Marker.NONE), len(read.facts))
+             for read in fresh],
+        )  # fmt: skip
+        refs = {number: row[0] for number, row in self._markers(endpoint, list(seen)).items()}
+        results, raws = [], []
+        for read in fresh:
+            if read.facts:
+                ref = refs[read.job.job_number]
+                results.append((ref, read.job, read.facts))
+                raws.append((ref, 0, _raw(read.items)))
+        self._results(results)
+        self._executemany(self.sql.raw, raws)
+
+    def chunk(self, job: TestJob, facts: Sequence[Fact], items: Sequence[Any], seq: int, final: bool) -> None:
+        row = self._markers(job.endpoint, [job.job_number]).get(job.job_number)
+        if row is not None and row[1] not in (Marker.READING, Marker.SKIPPED):
+            return  # already read, by an earlier or a cooperating run
+        if row is not None and (seq == 0 or row[1] == Marker.SKIPPED):
+            self._discard([row[0]])
+            row = None
+        total = (row[2] if row is not None else 0) + len(facts)
+        state = Marker.READING if not final else (Marker.DONE if total else Marker.NONE)
+        if row is None:
+            self._executemany(self.sql.job, [_job_row(job, state, total)])
+            ref = self._markers(job.endpoint, [job.job_number])[job.job_number][0]
+        else:
+            ref = row[0]
+            self._executemany(self.sql.update_job, [(state, total, ref)])
+        if facts:
+            self._results([(ref, job, facts)])
+            self._executemany(self.sql.raw, [(ref, seq, _raw(items))])
+
+    # -- statements --------------------------------------------------------------------------------
+    def _markers(self, endpoint: str, numbers: list[int]) -> dict[int, tuple[int, str, int]]:
+        """Job number -> (ref, state, tests) of the markers these jobs have."""
+        out: dict[int, tuple[int, str, int]] = {}
+        for start in range(0, len(numbers), _KEYS_PER_QUERY):
+            batch = numbers[start : start + _KEYS_PER_QUERY]
+            rows = self.conn.exec_driver_sql(self.sql.markers(len(batch)), (endpoint, *batch))
+            out.update({number: (ref, state, tests) for number, ref, state, tests in rows})
+        return out
+
+    def _discard(self, refs: list[int]) -> None:
+        if refs:
+            for statement in self.sql.discard(len(refs)):
+                self.conn.exec_driver_sql(statement, tuple(refs))
+
+    def _executemany(self, statement: str, rows: list[tuple[Any, ...]]) -> None:
+        if rows:
+            self.conn.exec_driver_sql(statement, rows)
+
+    def _results(self, jobs: list[tuple[int, TestJob, Sequence[Fact]]]) -> None:
+        """The test_results rows of these jobs (job ref, the job, its facts rows)."""
+        rows = []
+        for ref, job, facts in jobs:
+            cases = self._case_refs(job.endpoint, job.job_name or "", facts)
+            rows += [
+                (ref, cases[f.classname, f.name], f.outcome, f.result, f.run_time, f.message) for f in facts
+            ]
+        if not rows:
+            return
+        if self.postgres:
+            self._copy(self.sql.copy_results, rows)
+        else:
+            self._executemany(self.sql.result, rows)
+
+    def _copy(self, statement: str, rows: list[tuple[Any, ...]]) -> None:
+        """PostgreSQL's COPY through the driver; its errors surface as the other statements' do."""
+        dbapi = self.conn.dialect.loaded_dbapi
+        cursor = self.conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            with cursor.copy(statement) as copy:
+                for row in rows:
+                    copy.write_row(row)
+        except dbapi.Error as exc:
+            raise DBAPIError.instance(statement, None, exc, dbapi.Error) from None
+        finally:
+            cursor.close()
+
+    def _case_refs(self, endpoint: str, job_name: str, facts: Sequence[Fact]) -> dict[tuple[str, str], int]:
+        """Dictionary ids of these facts' tests (known, else from the table), adding the new ones (the
+        first file seen is kept); every id found or added goes into `added`."""
+        refs: dict[tuple[str, str], int] = {}
+        files: dict[tuple[str, str], str] = {}
+        known, added = self.known, self.added
+        for f in facts:
+            key = (f.classname, f.name)
+            if key in refs or key in files:
+                continue
+            full = (endpoint, job_name, f.classname, f.name)
+            cached = added.get(full)
+            if cached is None:
+                cached = known.get(full)
+            if cached is not None:
+                refs[key] = cached
+            else:
+                files[key] = f.file
+        if not files:
+            return refs
+        missing = list(files)
+        found = self._lookup(endpoint, job_name, missing)
+        new = [key for key in missing if key not in found]
+        if new:
+            rows = [(endpoint, job_name, key[0], key[1], files[key]) for key in new]
+            self._executemany(self.sql.case, rows)
+            found.update(self._lookup(endpoint, job_name, new))
+        refs.update(found)
+        added.update({(endpoint, job_name, *key): ref for key, ref in found.items()})
+        return refs
+
+    def _lookup(
+        self, endpoint: str, job_name: str, keys: list[tuple[str, str]]
+    ) -> dict[tuple[str, str], int]:
+        wanted = set(keys)
+        out: dict[tuple[str, str], int] = {}
+        classnames = sorted({classname for classname, _ in keys})
+        for start in range(0, len(classnames), _KEYS_PER_QUERY):
+            params = {
+                "endpoint": endpoint,
+                "job_name": job_name,
+                "classnames": classnames[start : start + _KEYS_PER_QUERY],
+            }
+            for classname, name, ref in self.conn.execute(_cases_lookup, params):
+                if (classname, name) in wanted:
+                    out[classname, name] = ref
+        return out
+
+
+def _job_row(job: TestJob, state: str, tests: int) -> tuple[Any, ...]:
+    return (
+        job.endpoint, job.job_number, job.job_id, job.pipeline_id, job.workflow_id, job.workflow,
+        job.job_name, job.branch, job.commit, job.status, job.created_at, job.started_at, job.stopped_at,
+        job.duration, job.web_url, state, tests,
+    )  # fmt: skip
+
+
+def _raw(items: Sequence[Any]) -> bytes:
+    return zlib.compress(dumps(list(items)).encode(), _RAW_LEVEL)
+
+
+# -- reading back --------------------------------------------------------------------------------------
+
+
+def raw_items(store: StoreBase, endpoint: str, job_number: int) -> list[Any] | None:
     """A job's results as returned, in order; None when the job was never read."""
     t, r = s.test_jobs.c, s.test_raw.c
     with store.reading() as conn:
         ref = conn.execute(
-            select(t.ref).where(t.endpoint == endpoint, t.job_number == job_number, t.state != Marker.READING)
+            select(t.ref).where(
+                t.endpoint == endpoint,
+                t.job_number == job_number,
+                t.state.in_([Marker.DONE, Marker.NONE]),
+            )
         ).scalar()
         if ref is None:
             return None
@@ -225,7 +463,7 @@ def raw_items(store: Store, endpoint: str, job_number: int) -> list[Any] | None:
         return [item for blob in blobs for item in json.loads(zlib.decompress(blob))]
 
 
-def iter_results(store: Store, project: str | None = None) -> Iterator[Any]:
+def iter_results(store: StoreBase, project: str | None = None) -> Iterator[Any]:
     """Every test result of completely read jobs with its job's and test's context, job by job,
     streamed from the database (never all in memory)."""
     r, t, c, e = s.test_results.c, s.test_jobs.c, s.test_cases.c, s.endpoints.c

@@ -93,6 +93,7 @@ class SimConfig:
     gated_rerun_rate: float = 0.0  # share of manual reruns that wait for an approval before any job
     tests_page_size: int = 50  # test results per page of /project/{slug}/{number}/tests
     test_suite_scale: float = 1.0  # multiplies every suite's size (large results for benchmarks)
+    untested_share: float = 0.0  # share of the job names with a suite whose jobs store no results
 
     def __post_init__(self) -> None:
         self.validate()
@@ -119,6 +120,8 @@ class SimConfig:
             raise ValueError("gated_rerun_rate must lie in [0, 1]")
         if self.late_rerun_days < 0:
             raise ValueError("late_rerun_days must be >= 0")
+        if not 0.0 <= self.untested_share <= 1.0:
+            raise ValueError("untested_share must lie in [0, 1]")
         if not 0.0 <= self.fault_rate <= 1.0:
             raise ValueError("fault_rate must lie in [0, 1]")
         if self.rate_limit_rps is not None and self.rate_limit_rps <= 0:

@@ -385,7 +385,9 @@ class Api:
         number = request.match_info["rest"].strip("/").split("/")[3]
         job = project.jobs_by_number.get(int(number)) if number.isdigit() else None
         cfg = self.sim.config
-        found = job_tests(cfg.seed, cfg.test_suite_scale, project, job, view.now) if job else None
+        found = None
+        if job is not None:
+            found = job_tests(cfg.seed, cfg.test_suite_scale, project, job, view.now, cfg.untested_share)
         if job is None or found is None or not found.found:
             return _message(view, 404, "Job not found" if job is None else "No test results found")
         size = cfg.tests_page_size

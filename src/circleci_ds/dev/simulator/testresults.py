@@ -85,10 +85,12 @@ def suite_size(job_name: str, rng: random.Random, scale: float) -> int:
 
 
 @lru_cache(maxsize=512)
-def make_suite(seed: int, slug: str, job_name: str, scale: float) -> Suite | None:
+def make_suite(seed: int, slug: str, job_name: str, scale: float, untested: float = 0.0) -> Suite | None:
+    """The suite of a project's job name; None when its jobs store no results (no suite, or among the
+    `untested` share of the names with one, by a hash of the project and name)."""
     rng = random.Random(f"circleci-ds-sim:{seed}:{slug}:{job_name}:suite")
     size = suite_size(job_name, rng, scale)
-    if size == 0:
+    if size == 0 or _unit(seed, slug, job_name, "untested") < untested:
         return None
     kinds = [Kind.STABLE] * size
     specials = [Kind.FLAKY] * rng.randint(1, 3) + [Kind.BROKEN] * rng.randint(1, 2)
@@ -176,7 +178,9 @@ class JobTests:
         return len(self.suite.tests) if self.suite else 0
 
 
-def job_tests(seed: int, scale: float, project: Project, job: Job, now: int) -> JobTests:
+def job_tests(
+    seed: int, scale: float, project: Project, job: Job, now: int, untested: float = 0.0
+) -> JobTests:
     numbered = job.number is not None and job.numbered_at is not None and job.numbered_at <= now
     if job.spec.kind != "build" or not numbered:
         return JobTests(None, frozenset(), found=False)
@@ -185,7 +189,7 @@ def job_tests(seed: int, scale: float, project: Project, job: Job, now: int) -> 
         return JobTests(None, frozenset(), found=True)  # still running: nothing stored yet
     if job.spec.name in EMPTY_RESULT_JOBS:
         return JobTests(None, frozenset(), found=True)
-    suite = make_suite(seed, project.slug, job.spec.name, scale)
+    suite = make_suite(seed, project.slug, job.spec.name, scale, untested)
     if suite is None or outcome not in ("success", "failed"):
         return JobTests(None, frozenset(), found=False)
     failing = failing_indices(seed, job, suite) if outcome == "failed" else frozenset()
@@ -234,7 +238,7 @@ def tests_truth(cfg: SimConfig, project: Project, now: int) -> list[JSON]:
     out: list[JSON] = []
     for number in sorted(project.jobs_by_number):
         job = project.jobs_by_number[number]
-        found = job_tests(cfg.seed, cfg.test_suite_scale, project, job, now)
+        found = job_tests(cfg.seed, cfg.test_suite_scale, project, job, now, cfg.untested_share)
         if not found.found:
             continue
         pipeline = job.workflow.pipeline
