@@ -1,6 +1,7 @@
 """Benchmark: `circleci-ds collect` as a process against the simulator in another process.
 
-    python bench/collect.py [--full] [--incremental] [--ratelimit] [--memory] [--repeat N] [--json]
+    python bench/collect.py [--full] [--incremental] [--reruns] [--ratelimit] [--memory] [--tests]
+                            [--store] [--backend sqlite,postgresql] [--repeat N] [--json]
 
 With no scenario flag every scenario runs:
   full         P projects x M pipelines (3 x 100), L ms latency per request (25): the collection at
@@ -16,6 +17,17 @@ With no scenario flag every scenario runs:
                (requests not answered 429 / allowed rate) and the share of requests answered 429.
   memory       --memory-pipelines (5,000) pipelines, --memory-latency-ms (2) per request: the
                collector's peak RSS.
+  tests        requests per job on two histories of P x M pipelines at concurrency 32: the
+               simulator's default and one where half the job names with a suite store no test
+               results (--untested-share 0.5); the test-result reads of the jobs that store none (as
+               a share of those jobs), and whether every result of the jobs that have some was stored.
+  store        writing test results in bulk, in this process (--store-jobs jobs of --store-tests
+               results, written as the collector writes them: facts derived, BATCH_JOBS jobs per
+               transaction): results stored per CPU second.
+
+Every scenario but `store` runs on each --backend (sqlite; postgresql: a throw-away server from
+tests/pgserver.py, a new database per run). `CPU ms/req` is the collector's CPU per request, `req/job`
+the requests per job stored.
 
 Requests, 429s and requests in flight are counted by the simulator (`/_sim/stats`). `active s` runs
 from the first request the simulator saw (polled every 5 ms) to the collector's exit, so it leaves
@@ -27,6 +39,7 @@ out interpreter start-up and imports; `wall s` is the whole process. Peak RSS an
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -41,7 +54,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from circleci_ds.derive.facts import open_store
 from simproc import Sim, cli, open_pipelines, shaped_simulator, simulator, stored_pipelines, write_fixture
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from pgserver import PgServer
 
 DAY = 86400.0
 Row = dict[str, Any]
@@ -122,13 +139,15 @@ def startup() -> Row:
 
 
 class Workdir:
-    """A temporary directory handing out fresh SQLite databases."""
+    """A temporary directory handing out fresh databases (SQLite files, or PostgreSQL databases)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path, self.count = path, 0
+    def __init__(self, path: Path, pg: PgServer | None = None) -> None:
+        self.path, self.count, self.pg = path, 0, pg
 
     def fresh_db(self) -> str:
         self.count += 1
+        if self.pg is not None:
+            return self.pg.create_database("bench")
         return f"sqlite:///{self.path / f'bench-{self.count}.db'}"
 
     def fixture(self, sim: Sim) -> Path:
@@ -162,6 +181,7 @@ def full(args: argparse.Namespace, work: Workdir, base_cpu_ms: float) -> list[Ro
             pipelines = stored_pipelines(db_url)
             row = base_row(f"concurrency {concurrency}", runs[concurrency], base_cpu_ms)
             row["req/pipeline"] = runs[concurrency].requests / max(1, pipelines)
+            row["req/job"] = runs[concurrency].requests / max(1, stored_counts(db_url).jobs)
             row["vs sequential"] = runs[1].active_s / runs[concurrency].active_s
             rows.append(row)
     return rows
@@ -266,6 +286,105 @@ def memory(args: argparse.Namespace, work: Workdir, base_cpu_ms: float) -> list[
     return [row]
 
 
+@dataclass
+class Stored:
+    """What a collection left in the store."""
+
+    jobs: int  # jobs stored
+    read: dict[str, int]  # test marker state -> jobs
+    results: dict[tuple[str, int], int]  # (project, job number) -> results of the jobs marked done
+
+
+def stored_counts(db_url: str) -> Stored:
+    from sqlalchemy import func, select
+
+    from circleci_ds.store import schema as s
+
+    opened = open_store(db_url, create=False)
+    try:
+        t = s.test_jobs.c
+        with opened.reading() as conn:
+            jobs = conn.execute(select(func.count()).select_from(s.jobs)).scalar_one()
+            states = dict(conn.execute(select(t.state, func.count()).group_by(t.state)).all())
+            done = conn.execute(select(t.endpoint, t.job_number, t.tests).where(t.state == "done")).all()
+    finally:
+        opened.close()
+    return Stored(jobs, states, {(e, n): tests for e, n, tests in done})
+
+
+HISTORIES = (("default", 0.0), ("half untested", 0.5))
+
+
+def tests(args: argparse.Namespace, work: Workdir, base_cpu_ms: float) -> list[Row]:
+    """Requests per job on the default history and on one where half the suites store nothing."""
+    rows = []
+    for label, share in HISTORIES:
+        projects = [{"slug": f"gh/bench/p{i}", "pipelines": args.pipelines} for i in range(args.projects)]
+        shape = {"projects": projects, "latency_ms": args.latency_ms, "untested_share": share}
+        with shaped_simulator(shape) as sim:
+            fixture, db_url = work.fixture(sim), work.fresh_db()
+            run = collect(sim, fixture, db_url, 32)
+            by_endpoint = sim.stats()["by_endpoint"]
+            truth = {
+                (slug, job["job_number"]): len(job["items"])
+                for slug in sim.slugs
+                for job in sim.test_truth(slug)
+                if job["items"]
+            }
+        stored = stored_counts(db_url)
+        none, skipped = stored.read.get("none", 0), stored.read.get("skipped", 0)
+        row = base_row(label, run, base_cpu_ms)
+        row["jobs"] = stored.jobs
+        row["req/job"] = run.requests / max(1, stored.jobs)
+        row["test reads"] = by_endpoint.get("tests", 0)
+        row["jobs storing none"] = none + skipped
+        row["of them read %"] = 100 * none / max(1, none + skipped)
+        row["results"] = sum(stored.results.values())
+        row["all results stored"] = "yes" if stored.results == truth else "NO"
+        rows.append(row)
+    return rows
+
+
+def store(args: argparse.Namespace, work: Workdir, base_cpu_ms: float) -> list[Row]:
+    """Test results written as the collector writes them, in this process: results per CPU second."""
+    from circleci_ds.collect.tests import BATCH_JOBS, write_jobs
+    from circleci_ds.store.testresults import CaseRefs, TestJob
+
+    db_url = work.fresh_db()
+    target = open_store(db_url)
+    names = [f"test-shard-{i}" for i in range(10)]
+
+    def item(job: int, test: int) -> dict[str, Any]:
+        failed = (job + test) % 97 == 0
+        return {
+            "message": "AssertionError: assert 200 == 503" if failed else None,
+            "source": "pytest",
+            "run_time": 0.001 * ((job * 31 + test) % 997),
+            "file": f"tests/test_module_{test % 20}.py",
+            "result": "failure" if failed else "success",
+            "name": f"test_case_{test}",
+            "classname": f"tests.test_module_{test % 20}.TestModule",
+        }
+
+    jobs = []
+    for number in range(1, args.store_jobs + 1):
+        job = TestJob("gh/bench/store", number, f"job-{number}", "p", "w", "build", names[number % 10],
+                      "main", "c0ffee", "success", 1.7e9 + number, 1.7e9 + number, 1.7e9 + number + 60,
+                      60.0, None)  # fmt: skip
+        jobs.append((job, [item(number, i) for i in range(args.store_tests)]))
+    known: CaseRefs = {}
+    try:
+        started = time.process_time()
+        for start in range(0, len(jobs), BATCH_JOBS):
+            write_jobs(target, jobs[start : start + BATCH_JOBS], known)
+        cpu = time.process_time() - started
+    finally:
+        target.close()
+    results = args.store_jobs * args.store_tests
+    label = f"{args.store_jobs} jobs x {args.store_tests} results"
+    return [{"run": label, "results": results, "CPU s": cpu, "results/s": results / cpu}]
+
+
 def verdict(ok: bool) -> str:
     return "meets" if ok else "MISSES"
 
@@ -307,6 +426,24 @@ def memory_targets(rows: list[Row]) -> list[str]:
     return [f"{verdict(peak <= 150)} peak RSS <= 150 MB: {peak:.1f} MB"]
 
 
+def tests_targets(rows: list[Row]) -> list[str]:
+    quiet = rows[-1]
+    ok = quiet["of them read %"] <= 15 and quiet["all results stored"] == "yes"
+    return [
+        f"{verdict(row['CPU ms/req'] <= 0.5)} <= 0.5 ms of CPU per request: "
+        f"{row['CPU ms/req']:.3f} ms ({row['run']})"
+        for row in rows
+    ] + [
+        f"{verdict(ok)} {quiet['run']}: jobs storing none read <= 15% ({quiet['of them read %']:.1f}%), "
+        f"every result stored ({quiet['all results stored']})"
+    ]
+
+
+def store_targets(rows: list[Row]) -> list[str]:
+    rate = rows[0]["results/s"]
+    return [f"{verdict(rate >= 200_000)} >= 200,000 results stored a second: {rate:,.0f}"]
+
+
 Scenario = Callable[[argparse.Namespace, Workdir, float], list[Row]]
 Targets = Callable[[list[Row]], list[str]]
 SCENARIOS: dict[str, tuple[Scenario, str, Targets]] = {
@@ -327,6 +464,12 @@ SCENARIOS: dict[str, tuple[Scenario, str, Targets]] = {
         "memory: {memory_pipelines} pipelines, {memory_latency_ms:g} ms latency",
         memory_targets,
     ),
+    "tests": (
+        tests,
+        "requests per job: {projects} x {pipelines} pipelines, {latency_ms:g} ms latency, concurrency 32",
+        tests_targets,
+    ),
+    "store": (store, "storing test results in bulk", store_targets),
 }
 
 
@@ -397,9 +540,20 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rate-burst", type=int, default=10)
     parser.add_argument("--memory-pipelines", type=int, default=5000)
     parser.add_argument("--memory-latency-ms", type=float, default=2.0)
+    parser.add_argument("--store-jobs", type=int, default=2000)
+    parser.add_argument("--store-tests", type=int, default=100, help="results per job (store)")
+    parser.add_argument("--backend", type=_names, default=["sqlite"], help="sqlite,postgresql")
     parser.add_argument("--repeat", type=int, default=1, help="report medians of N repeats")
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     return parser.parse_args()
+
+
+def _names(text: str) -> list[str]:
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = set(names) - {"sqlite", "postgresql"}
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown backend(s): {', '.join(sorted(unknown))}")
+    return names
 
 
 def _ints(text: str) -> list[int]:
@@ -415,12 +569,15 @@ def main() -> int:
     chosen = [name for name in SCENARIOS if getattr(args, name)] or list(SCENARIOS)
     results: dict[str, Any] = {"machine": machine(), "startup": startup(), "repeat": args.repeat}
     with tempfile.TemporaryDirectory(prefix="circleci-ds-bench-") as tmp:
-        work = Workdir(Path(tmp))
-        for name in chosen:
-            scenario, _, check = SCENARIOS[name]
-            repeats = [scenario(args, work, results["startup"]["cpu_ms"]) for _ in range(args.repeat)]
-            results[name] = medians(repeats)
-            results.setdefault("targets", {})[name] = check(results[name])
+        for backend in args.backend:
+            with PgServer() if backend == "postgresql" else contextlib.nullcontext() as pg:
+                work = Workdir(Path(tmp), pg)
+                for name in chosen:
+                    scenario, _, check = SCENARIOS[name]
+                    repeats = [scenario(args, work, results["startup"]["cpu_ms"]) for _ in range(args.repeat)]
+                    key = name if len(args.backend) == 1 else f"{name} ({backend})"
+                    results[key] = medians(repeats)
+                    results.setdefault("targets", {})[key] = check(results[key])
     if args.json:
         print(json.dumps(results, indent=2))
     else:
@@ -436,10 +593,12 @@ def print_tables(results: dict[str, Any], chosen: list[str], args: argparse.Name
     )
     if args.repeat > 1:
         print(f"medians of {args.repeat} repeats")
-    for name in chosen:
-        print(f"\n{SCENARIOS[name][1].format(**vars(args))}")
-        print(table(results[name]))
-        for line in results["targets"][name]:
+    for key in results.get("targets", {}):
+        name, _, backend = key.partition(" (")
+        title = SCENARIOS[name][1].format(**vars(args))
+        print(f"\n{title}" + (f" ({backend}" if backend else ""))
+        print(table(results[key]))
+        for line in results["targets"][key]:
             print(f"  {line}")
 
 

@@ -49,6 +49,13 @@ class Sim:
             result: list[dict[str, Any]] = json.load(resp)
             return result
 
+    def test_truth(self, slug: str) -> list[dict[str, Any]]:
+        """The jobs answering test results now, with their items (GET /_sim/truth/tests)."""
+        request = urllib.request.Request(f"{self.url}/_sim/truth/tests?project={slug}")
+        with urllib.request.urlopen(request, timeout=60) as resp:
+            result: list[dict[str, Any]] = json.load(resp)
+            return result
+
     def configure(self, **knobs: Any) -> None:
         self.admin("POST", "config", knobs)
 

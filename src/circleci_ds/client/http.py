@@ -186,6 +186,7 @@ class CircleCIClient:
         self._token = token
         # Masked in answers' strings; a token too short to be real would match ordinary text.
         self._masked = token if token and len(token) >= MIN_MASKED_TOKEN else None
+        self._masked_bytes = self._masked.encode("utf-8", "surrogatepass") if self._masked else None
         self._concurrency = asyncio.Semaphore(concurrency)
         # A body that trickles in is bounded by the total, a silent connection by sock_read.
         self._timeout = aiohttp.ClientTimeout(total=timeout, sock_read=timeout)
@@ -418,7 +419,13 @@ class CircleCIClient:
             kind = "null" if data is None else type(data).__name__
             raise MalformedResponse(f"{path}: expected a JSON object, got {kind}", status=200, path=path)
         try:
-            return scrubbed(data, self._masked, self.limits.max_depth)
+            if not _plain(body, self._masked_bytes):
+                return scrubbed(data, self._masked, self.limits.max_depth)
+            # Each level of nesting takes a bracket: with no more brackets than levels allowed, none
+            # is too deep.
+            if body.count(b"{") + body.count(b"[") > self.limits.max_depth:
+                shallow_enough(data, self.limits.max_depth)
+            return data
         except _Refused as exc:
             raise MalformedResponse(f"{path}: {exc}", status=200, path=path) from None
 
@@ -631,6 +638,26 @@ def scrubbed(data: dict[str, Any], token: str | None, max_depth: int) -> dict[st
                     exact = depth == 1 and key == "next_page_token"  # goes back to the server as sent
                     node[key] = _clean_str(value, token, keep_nul=exact)  # type: ignore[index]
             elif isinstance(value, dict | list):
+                stack.append((value, depth + 1))
+    return data
+
+
+def _plain(body: bytes, token: bytes | None) -> bool:
+    """Whether no string of the parsed body can need scrubbing, judged on its bytes: without an
+    escape (`\\u` writes NUL, surrogates or the token's letters), without UTF-8 lead byte 0xED (its
+    surrogate range) and without the token, the strings hold none of them (JSON holds no raw NUL)."""
+    return b"\\u" not in body and b"\xed" not in body and (token is None or token not in body)
+
+
+def shallow_enough(data: dict[str, Any], max_depth: int) -> dict[str, Any]:
+    """`data` when nested at most `max_depth` levels (scrubbed's depth rule); _Refused otherwise."""
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > max_depth:
+            raise _Refused(f"JSON nested deeper than {max_depth} levels")
+        for value in node.values() if type(node) is dict else node:
+            if type(value) is dict or type(value) is list:
                 stack.append((value, depth + 1))
     return data
 

@@ -26,6 +26,7 @@ Rules:
 
 from __future__ import annotations
 
+import hashlib
 import math
 from typing import Any
 
@@ -42,7 +43,7 @@ RESULT_LIMIT = 40
 PASSED_RESULTS = frozenset({"success", "passed", "pass", "ok"})
 FAILED_RESULTS = frozenset({"failure", "failed", "fail", "error"})
 QUIET_AFTER = 3  # jobs of a name read in a row without results make the name quiet (reads_tests)
-SAMPLE_EVERY = 10  # of a quiet name's jobs, those numbered a multiple of this are still read
+SAMPLE_EVERY = 20  # of a quiet name's jobs, one in this many (by a hash of the number) is still read
 FINAL_JOB_STATUSES = frozenset(
     {"success", "failed", "infrastructure_fail", "timedout", "canceled", "not_run", "terminated-unknown"}
 )
@@ -60,17 +61,12 @@ def wants_tests(job: dict[str, Any]) -> bool:
     )
 
 
+_OUTCOMES = {**dict.fromkeys(PASSED_RESULTS, 1), **dict.fromkeys(FAILED_RESULTS, 0)}
+_SHORT_NAME = NAME_BYTES // 4  # characters that fit NAME_BYTES of UTF-8 whatever they are
+
+
 def outcome(result: str) -> int | None:
-    lowered = result.lower()
-    if lowered in PASSED_RESULTS:
-        return 1
-    if lowered in FAILED_RESULTS:
-        return 0
-    return None
-
-
-def _text(value: object, limit: int) -> str:
-    return value[:limit] if isinstance(value, str) else ""
+    return _OUTCOMES.get(result.lower())
 
 
 def cut_utf8(value: object, max_bytes: int) -> str | None:
@@ -83,13 +79,9 @@ def cut_utf8(value: object, max_bytes: int) -> str | None:
     return value.encode("utf-8", "replace")[:max_bytes].decode("utf-8", "ignore")
 
 
-def excerpt(message: object) -> str | None:
-    if not isinstance(message, str) or not message:
-        return None
-    return message[:MESSAGE_EXCERPT]
-
-
 def run_time(value: object) -> float | None:
+    if type(value) is float:  # the usual case, first
+        return value if 0.0 <= value < math.inf else None
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     seconds = float(value)
@@ -97,26 +89,39 @@ def run_time(value: object) -> float | None:
 
 
 def fact(item: object) -> Fact:
-    """The facts row of one result; anything that is not what the spec says becomes empty or null."""
-    data = item if isinstance(item, dict) else {}
-    result = _text(data.get("result"), RESULT_LIMIT)
+    """The facts row of one result; anything that is not what the spec says becomes empty or null.
+    Called once per result collected: the usual case (short names) is tested first."""
+    get = (item if isinstance(item, dict) else {}).get
+    classname, name, file, result = get("classname"), get("name"), get("file"), get("result")
+    result = result[:RESULT_LIMIT] if isinstance(result, str) else ""
+    message = get("message")
     return Fact(
-        cut_utf8(data.get("classname"), NAME_BYTES) or "",
-        cut_utf8(data.get("name"), NAME_BYTES) or "",
-        _text(data.get("file"), TEXT_LIMIT),
+        classname if type(classname) is str and len(classname) <= _SHORT_NAME else _name(classname),
+        name if type(name) is str and len(name) <= _SHORT_NAME else _name(name),
+        file[:TEXT_LIMIT] if isinstance(file, str) else "",
         result,
-        outcome(result),
-        run_time(data.get("run_time")),
-        excerpt(data.get("message")),
+        _OUTCOMES.get(result.lower()),
+        run_time(get("run_time")),
+        message[:MESSAGE_EXCERPT] if isinstance(message, str) and message else None,
     )
+
+
+def _name(value: object) -> str:
+    return cut_utf8(value, NAME_BYTES) or ""
 
 
 def reads_tests(job: TestJob, quiet_streak: int) -> bool:
     """Whether a finished build job's test results are read. A job name whose last QUIET_AFTER jobs
-    read stored none is quiet: of its jobs, only those that failed and one in SAMPLE_EVERY (by job
-    number, so cooperating collectors agree) are read; a quiet name's read job that stores results
-    makes it loud again."""
-    return quiet_streak < QUIET_AFTER or job.status == "failed" or job.job_number % SAMPLE_EVERY == 0
+    read stored none is quiet: of its jobs, only those that failed and the sampled ones are read; a
+    quiet name's read job that stores results makes it loud again."""
+    return quiet_streak < QUIET_AFTER or job.status == "failed" or sampled(job.job_number)
+
+
+def sampled(job_number: int) -> bool:
+    """One job number in SAMPLE_EVERY, by a hash: cooperating collectors agree, and a job name whose
+    numbers keep a stride (the same place in every pipeline) is sampled as often as any other."""
+    digest = hashlib.blake2b(str(job_number).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % SAMPLE_EVERY == 0
 
 
 def _str(value: object) -> str | None:

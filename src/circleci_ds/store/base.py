@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import orjson
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
@@ -28,11 +29,21 @@ class StoreError(Exception):
 
 
 def dumps(obj: Any) -> str:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+    """Compact JSON text, UTF-8 as it is (the raw objects' columns)."""
+    return dumps_bytes(obj).decode()
+
+
+def dumps_bytes(obj: Any) -> bytes:
+    """Compact JSON in UTF-8: orjson (a tenth of the standard library's time, on the collector's hot
+    path); what it refuses (integers past 64 bits, keys that are not strings) goes to the latter."""
+    try:
+        return orjson.dumps(obj)
+    except TypeError:
+        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def digest(obj: Any) -> bytes:
-    return hashlib.blake2b(dumps(obj).encode(), digest_size=16).digest()
+    return hashlib.blake2b(dumps_bytes(obj), digest_size=16).digest()
 
 
 class StoreBase:

@@ -12,9 +12,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, case, delete, insert, select, update
+from sqlalchemy import Connection, case, delete, select, update
 
 from circleci_ds.store import schema as s
+from circleci_ds.store.bulk import insert_rows
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +117,4 @@ def delete_facts(conn: Connection, pipeline_ids: Sequence[str]) -> None:
 
 
 def _insert(conn: Connection, table: Any, rows: Iterable[dict[str, Any]]) -> None:
-    batch = list(rows)
-    if batch:
-        conn.execute(insert(table), batch)
+    insert_rows(conn, table.name, list(rows))

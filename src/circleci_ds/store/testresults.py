@@ -23,7 +23,7 @@ from sqlalchemy import Connection, and_, bindparam, func, select
 from sqlalchemy.exc import DBAPIError
 
 from circleci_ds.store import schema as s
-from circleci_ds.store.base import StoreBase, dumps
+from circleci_ds.store.base import StoreBase, dumps_bytes
 
 _KEYS_PER_QUERY = 400  # (classname, name) pairs or job numbers per IN (...) lookup
 _RAW_LEVEL = 6
@@ -182,8 +182,8 @@ def skipped_jobs(store: StoreBase, project: str | None = None) -> int:
         return int(conn.execute(query).scalar_one())
 
 
-CaseRefs = dict[tuple[str, str, str, str], int]  # (endpoint, job name, classname, name) -> test_cases.ref
-Known = Mapping[tuple[str, str, str, str], int]
+Names = dict[tuple[str, str], int]  # (classname, name) -> test_cases.ref
+CaseRefs = dict[tuple[str, str], Names]  # (endpoint, job name) -> the ids of its tests
 
 
 def save_chunk(
@@ -208,7 +208,7 @@ def save_chunk(
     with store.writing() as conn:
         _Writer(conn, known or {}, added).chunk(job, facts, items, seq, final)
     if known is not None:
-        known.update(added)
+        _merge(known, added)
 
 
 def save_jobs(store: StoreBase, jobs: Sequence[ReadJob], known: CaseRefs | None = None) -> None:
@@ -217,7 +217,12 @@ def save_jobs(store: StoreBase, jobs: Sequence[ReadJob], known: CaseRefs | None 
     with store.writing() as conn:
         _Writer(conn, known or {}, added).whole(jobs)
     if known is not None:
-        known.update(added)
+        _merge(known, added)
+
+
+def _merge(known: CaseRefs, added: CaseRefs) -> None:
+    for key, names in added.items():
+        known.setdefault(key, {}).update(names)
 
 
 # -- the bulk writer -----------------------------------------------------------------------------------
@@ -274,12 +279,13 @@ _cases_lookup = select(s.test_cases.c.classname, s.test_cases.c.name, s.test_cas
 class _Writer:
     """Writes jobs' markers, facts rows and raw pages in one transaction, a few statements for all."""
 
-    def __init__(self, conn: Connection, known: Known, added: CaseRefs) -> None:
+    def __init__(self, conn: Connection, known: CaseRefs, added: CaseRefs) -> None:
         self.conn = conn
         self.postgres = conn.dialect.name == "postgresql"
         self.sql = _POSTGRES if self.postgres else _SQLITE
-        self.known = known
-        self.added = added
+        self.known = known  # committed ids: never changed here
+        self.added = added  # ids found or added by this transaction
+        self.views: CaseRefs = {}  # both, per job name
 
     def whole(self, jobs: Sequence[ReadJob]) -> None:
         by_endpoint: dict[str, list[ReadJob]] = {}
@@ -356,12 +362,10 @@ class _Writer:
 
     def _results(self, jobs: list[tuple[int, TestJob, Sequence[Fact]]]) -> None:
         """The test_results rows of these jobs (job ref, the job, its facts rows)."""
-        rows = []
+        rows: list[tuple[Any, ...]] = []
         for ref, job, facts in jobs:
             cases = self._case_refs(job.endpoint, job.job_name or "", facts)
-            rows += [
-                (ref, cases[f.classname, f.name], f.outcome, f.result, f.run_time, f.message) for f in facts
-            ]
+            rows += [(ref, cases[f[0], f[1]], f[4], f[3], f[5], f[6]) for f in facts]
         if not rows:
             return
         if self.postgres:
@@ -382,42 +386,31 @@ class _Writer:
         finally:
             cursor.close()
 
-    def _case_refs(self, endpoint: str, job_name: str, facts: Sequence[Fact]) -> dict[tuple[str, str], int]:
-        """Dictionary ids of these facts' tests (known, else from the table), adding the new ones (the
-        first file seen is kept); every id found or added goes into `added`."""
-        refs: dict[tuple[str, str], int] = {}
-        files: dict[tuple[str, str], str] = {}
-        known, added = self.known, self.added
-        for f in facts:
-            key = (f.classname, f.name)
-            if key in refs or key in files:
-                continue
-            full = (endpoint, job_name, f.classname, f.name)
-            cached = added.get(full)
-            if cached is None:
-                cached = known.get(full)
-            if cached is not None:
-                refs[key] = cached
-            else:
-                files[key] = f.file
+    def _case_refs(self, endpoint: str, job_name: str, facts: Sequence[Fact]) -> Names:
+        """The ids of the job name's tests, these facts' included: known, else from the table, else
+        added (the first file seen is kept)."""
+        key = (endpoint, job_name)
+        view = self.views.get(key)
+        if view is None:
+            view = self.views[key] = dict(self.known.get(key, {}))
+        # reversed: a test named twice keeps the first file seen
+        files = {(f[0], f[1]): f[2] for f in reversed(facts) if (f[0], f[1]) not in view}
         if not files:
-            return refs
+            return view
         missing = list(files)
         found = self._lookup(endpoint, job_name, missing)
-        new = [key for key in missing if key not in found]
+        new = [name for name in missing if name not in found]
         if new:
-            rows = [(endpoint, job_name, key[0], key[1], files[key]) for key in new]
+            rows = [(endpoint, job_name, classname, name, files[classname, name]) for classname, name in new]
             self._executemany(self.sql.case, rows)
             found.update(self._lookup(endpoint, job_name, new))
-        refs.update(found)
-        added.update({(endpoint, job_name, *key): ref for key, ref in found.items()})
-        return refs
+        view.update(found)
+        self.added.setdefault(key, {}).update(found)
+        return view
 
-    def _lookup(
-        self, endpoint: str, job_name: str, keys: list[tuple[str, str]]
-    ) -> dict[tuple[str, str], int]:
+    def _lookup(self, endpoint: str, job_name: str, keys: list[tuple[str, str]]) -> Names:
         wanted = set(keys)
-        out: dict[tuple[str, str], int] = {}
+        out: Names = {}
         classnames = sorted({classname for classname, _ in keys})
         for start in range(0, len(classnames), _KEYS_PER_QUERY):
             params = {
@@ -440,7 +433,7 @@ def _job_row(job: TestJob, state: str, tests: int) -> tuple[Any, ...]:
 
 
 def _raw(items: Sequence[Any]) -> bytes:
-    return zlib.compress(dumps(list(items)).encode(), _RAW_LEVEL)
+    return zlib.compress(dumps_bytes(list(items)), _RAW_LEVEL)
 
 
 # -- reading back --------------------------------------------------------------------------------------

@@ -13,10 +13,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, func, insert, or_, select
+from sqlalchemy import Connection, and_, delete, func, or_, select
 
 from circleci_ds.store import schema as s
 from circleci_ds.store.base import StoreBase, digest, dumps
+from circleci_ds.store.bulk import insert_rows
 from circleci_ds.store.facts_store import (
     FactRows,
     project_info_of,
@@ -97,8 +98,7 @@ class Trees(StoreBase):
                 (s.workflows, workflow_rows),
                 (s.jobs_numbered, job_rows),
             ):
-                if batch:
-                    conn.execute(insert(table), batch)
+                insert_rows(conn, table.name, batch)
             default = deriver.default_branch(project_info_of(conn, endpoint))
             write_facts(conn, [deriver.tree_facts(endpoint, tree, default) for tree in trees])
             write_people(conn, {pid: deriver.people(tree) for pid, tree in zip(ids, trees, strict=True)})
