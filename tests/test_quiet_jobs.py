@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import io
+import json
 from typing import Any
+
+from rich.console import Console
 
 import circleci_ds.derive.tests as rules
 from circleci_ds.collect.tests import write_jobs
 from circleci_ds.derive.facts import open_store
 from circleci_ds.dev.simulator import SimConfig, SimProject, Simulator
+from circleci_ds.report import run_report
+from circleci_ds.store import Store
 from circleci_ds.store import testresults as db
 from collect_helpers import collect
 from test_testresults_collect import assert_tests_match_truth, markers
@@ -103,3 +109,23 @@ def _jobs(sim: Simulator) -> dict[int, rules.TestJob]:
             status = found.run.timeline[-1][1]
             out[number] = job(number, found.spec.name, status)
     return out
+
+
+def test_the_report_says_how_many_jobs_were_not_read(sqlite_url: str) -> None:
+    store = open_store(sqlite_url)
+    try:
+        store.ensure_endpoint(SLUG, "acme", f"https://circleci.com/{SLUG}")
+        store.save_project_info(SLUG, {"slug": SLUG, "vcs_info": {"default_branch": "main"}})
+        write_jobs(store, [(job(1), []), (job(2), None), (job(3), None), (job(4, "unit"), None)], {})
+        text, data = (_report(store, fmt) for fmt in ("table", "json"))
+    finally:
+        store.close()
+    assert json.loads(data)["tests"]["jobs_not_read"] == 3
+    assert "Test results of 3 job(s) not read" in text
+
+
+def _report(store: Store, fmt: str) -> str:
+    out = io.StringIO()
+    run_report(store, project=None, since=1.6e9, until=1.8e9, branch=None, fmt=fmt, html_path=None,
+               console=Console(file=out, width=400))  # fmt: skip
+    return out.getvalue()

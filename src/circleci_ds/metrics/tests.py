@@ -19,6 +19,8 @@ Definitions (a test is a classname and name within a project's job name):
   the same commit in a job that stopped later; their duration summed.
 - Test counts over time: per project, job name and UTC day, the jobs read and the fewest and most
   tests one of them had (tests added or lost show as a change between days).
+- Jobs not read: the jobs of the window (any branch) whose test results collection left unread
+  on purpose, their job name having stored none lately (marker `skipped`).
 Ties are broken by project, job, classname, name.
 """
 
@@ -112,6 +114,9 @@ class TestsReport:
     slowest: list[SlowTest] = field(default_factory=list)
     time_lost: list[FlakyTimeLost] = field(default_factory=list)
     counts: list[TestCountPoint] = field(default_factory=list)
+    # Jobs whose test results were not read on purpose (their job name stored none lately; see
+    # circleci_ds.derive.tests.reads_tests): `collect --tests all` reads them.
+    jobs_not_read: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -128,9 +133,9 @@ class _Scope:
         self.defaults = {slug: default_branch(info) for slug, info in store.project_infos().items()}
         self.natives = _natives(store)
 
-    def timely(self, t: Any) -> ColumnElement[bool]:
+    def timely(self, t: Any, state: str = Marker.DONE) -> ColumnElement[bool]:
         w = self.window
-        conditions = [t.state == Marker.DONE]
+        conditions = [t.state == state]
         if w.since is not None:
             conditions.append(t.created_at >= w.since)
         if w.until is not None:
@@ -188,7 +193,16 @@ def compute_tests(store: Store, window: Window, limit: int = LIMIT) -> TestsRepo
         slowest=slowest(store, scope, limit),
         time_lost=time_lost(store, scope),
         counts=count_points(store, scope),
+        jobs_not_read=jobs_not_read(store, scope),
     )
+
+
+def jobs_not_read(store: Store, scope: _Scope) -> int:
+    """Jobs of the window whose test results were left unread (marker `skipped`)."""
+    t = s.test_jobs.c
+    query = select(func.count()).select_from(s.test_jobs).where(scope.timely(t, Marker.SKIPPED))
+    with store.engine.connect() as conn:
+        return int(conn.execute(query).scalar_one())
 
 
 def _flaky_failures(scope: _Scope) -> Select[Any]:

@@ -112,6 +112,15 @@ TABLES = (FLAKY, MOST_FAILED, SLOWEST_TESTS, TIME_LOST)
 
 def print_test_tables(tests: TestsReport, console: Console) -> None:
     print_specs(console, TABLES, tests)
+    if tests.jobs_not_read:
+        console.print(not_read_note(tests.jobs_not_read))
+
+
+def not_read_note(jobs: int) -> str:
+    return (
+        f"Test results of {fmt.count(jobs)} job(s) not read: their job name stored none lately "
+        "(`circleci-ds collect --tests all` reads them)."
+    )
 
 
 def html_section(tests: TestsReport, specs: list[dict[str, Any]]) -> str:
