@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -16,7 +17,8 @@ from circleci_ds.report import run_report
 from circleci_ds.store import Store
 from circleci_ds.store import testresults as db
 from collect_helpers import collect
-from test_testresults_collect import assert_tests_match_truth, markers
+from test_testresults_collect import FIXTURE, _run_collect, assert_tests_match_truth, markers
+from test_testresults_collect import threaded as threaded  # a fixture: a simulator on a thread
 
 SLUG = "gh/acme/api"
 DAY = 86400.0
@@ -129,3 +131,17 @@ def _report(store: Store, fmt: str) -> str:
     run_report(store, project=None, since=1.6e9, until=1.8e9, branch=None, fmt=fmt, html_path=None,
                console=Console(file=out, width=400))  # fmt: skip
     return out.getvalue()
+
+
+def test_collect_tests_all_reads_what_auto_skipped(
+    threaded: Simulator, tmp_path: Path, sqlite_url: str
+) -> None:
+    fixture = tmp_path / "fixture.yaml"
+    fixture.write_text(FIXTURE.format(extra=""))
+    for args, skipped in (((), True), (("--tests", "all"), False), (("--no-tests",), False)):
+        proc = _run_collect(threaded, fixture, sqlite_url, *args)
+        _, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 0, stderr
+        states = {state for state, _ in markers(sqlite_url).values()}
+        assert (db.Marker.SKIPPED in states) is skipped, args
+    assert_tests_match_truth(sqlite_url, threaded, ["gh/acme/api"])
