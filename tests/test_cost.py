@@ -39,10 +39,10 @@ import pytest
 from rich.console import Console
 from sqlalchemy import select, text, update
 
+from circleci_ds.collect.tests import save_items
 from circleci_ds.derive.credit_rates import shipped_rates
 from circleci_ds.derive.facts import open_store
 from circleci_ds.derive.people import People
-from circleci_ds.derive.tests import TestJob
 from circleci_ds.documents.dads import dads_documents
 from circleci_ds.documents.enriched import enrich_trees
 from circleci_ds.metrics.cost import (
@@ -56,7 +56,7 @@ from circleci_ds.metrics.cost import (
 from circleci_ds.report import run_report
 from circleci_ds.store import Store
 from circleci_ds.store import schema as s
-from circleci_ds.store.testresults import save_chunk
+from circleci_ds.store.testresults import TestJob
 from usage_helpers import create_usage_table, usage_row, write_usage
 
 SLUG = "gh/acme/api"
@@ -140,10 +140,10 @@ def make_store(url: str) -> Store:
     store.save_project_info(SLUG, {"vcs_info": {"default_branch": "main"}})
     for tree in TREES:
         store.save_tree(SLUG, tree, fetched_at=1.0, is_final=True)
-    save_chunk(
+    save_items(
         store, recorded_job(2, "J2", "W2", "failed", "11-02 12:02:30"), [result("failure")], seq=0, final=True
     )
-    save_chunk(store, recorded_job(3, "J2b", "W2b", "success", "11-02 12:31:30"), [result("success")], seq=0,
+    save_items(store, recorded_job(3, "J2b", "W2b", "success", "11-02 12:31:30"), [result("success")], seq=0,
                final=True)  # fmt: skip
     return store
 
