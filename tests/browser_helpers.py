@@ -1,7 +1,8 @@
 """Opening a report page in a real browser, for the report tests.
 
 Uses Debian's chromium through Playwright's Python package; Playwright never downloads a browser.
-Tests that open a page are marked `browser` and skip where chromium is missing (`needs_browser`).
+Tests that open a page are marked `browser` (`needs_browser`): they skip where chromium is missing, and
+fail under CI (see `requirements`).
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from typing import Any, TypeVar
 
 import pytest
 
+from requirements import CHROMIUM
+
 T = TypeVar("T", bound=Callable[..., object])
-CHROMIUM = Path("/usr/bin/chromium")
 ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -25,7 +27,6 @@ ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-_NEEDS_CHROMIUM = pytest.mark.skipif(not CHROMIUM.exists(), reason=f"needs Debian's chromium at {CHROMIUM}")
 
 COUNT_POINTS = """
 () => Array.from(document.querySelectorAll(".chart")).map((chart) => ({
@@ -36,8 +37,8 @@ COUNT_POINTS = """
 
 
 def needs_browser(test: T) -> T:
-    """Marks a test `browser`; it skips where chromium is missing."""
-    return pytest.mark.browser(_NEEDS_CHROMIUM(test))
+    """Marks a test `browser`: conftest checks chromium is there before it runs."""
+    return pytest.mark.browser(test)
 
 
 @dataclass

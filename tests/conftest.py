@@ -1,37 +1,33 @@
 """Shared fixtures: a throw-away PostgreSQL server, and a fresh database URL on each backend.
 
-PostgreSQL tests skip when the server binaries are missing, except under CI (CI=true), where
-they fail: CI must never pass by skipping them.
+What a test needs from the machine goes through `requirements`: PostgreSQL tests, and tests marked
+`browser`, skip where the server binaries or chromium are missing, except under CI (CI=true), where
+they fail. Under pytest-xdist each worker starts its own server (on a free port) when it first needs one.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from pgserver import PgServer, PgUnavailable, find_bindir
+import requirements
+from pgserver import PgServer
 
 BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 _URL_FIXTURES = {"sqlite": "sqlite_url", "postgresql": "pg_url"}
 
 
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("browser") is not None:
+        requirements.chromium()
 
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PgServer]:
     """One PostgreSQL server for the whole session, started on first use."""
-    try:
-        bindir = find_bindir()
-    except PgUnavailable as exc:
-        if _in_ci():
-            pytest.fail(f"{exc} (CI is set, so PostgreSQL tests may not be skipped)", pytrace=False)
-        pytest.skip(str(exc))
-    with PgServer(bindir) as server:
+    with PgServer(requirements.pg_bindir()) as server:
         yield server
 
 

@@ -32,11 +32,11 @@ from collect_helpers import (
     exported,
     run_cli,
     serving,
-    skip_outside_ci,
     truth,
     write_fixture,
 )
 from pgserver import PASSWORD, PASSWORD_USER, PgServer, free_port
+from requirements import unavailable
 
 SLUGS = ["gh/bad/one", "gh/bad/two"]
 EXIT_FAILED, EXIT_USAGE = 1, 2
@@ -66,7 +66,7 @@ def tmpfs(where: Path, size: str) -> Iterator[Path]:
         ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True
     )
     if done.returncode != 0:
-        skip_outside_ci(f"cannot mount a tmpfs: {done.stderr.decode(errors='replace').strip()}")
+        unavailable(f"cannot mount a tmpfs: {done.stderr.decode(errors='replace').strip()}")
     try:
         yield where
     finally:

@@ -11,7 +11,6 @@ both look up one new user, whatever their clocks.
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from collections import Counter
 from collections.abc import Iterator
@@ -19,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
+import requirements
 from circleci_ds.dev.simulator import SimConfig, SimProject, Simulator
-from collect_helpers import assert_matches_truth, cli_args, serving, skip_outside_ci, write_fixture
+from collect_helpers import assert_matches_truth, cli_args, serving, write_fixture
 from pgserver import PgServer
 
 SLUGS = [f"gh/skew/project-{i:02d}" for i in range(8)]
@@ -31,10 +31,6 @@ NOT_PROJECT_DATA = ("user", "me")
 
 def project_data_requests(sim: Simulator) -> int:
     return sum(n for kind, n in sim.stats["by_endpoint"].items() if kind not in NOT_PROJECT_DATA)
-
-
-def faketime_or_skip() -> str:
-    return shutil.which("faketime") or skip_outside_ci("Debian's faketime is not installed")
 
 
 @pytest.fixture
@@ -78,7 +74,7 @@ def run_all(commands: list[list[str]], logs: list[Path]) -> list[str]:
 def test_a_collector_with_a_fast_clock_takes_nothing_from_a_live_one(
     pg_server: PgServer, simulator: tuple[Simulator, str], tmp_path: Path
 ) -> None:
-    faketime = faketime_or_skip()
+    faketime = requirements.faketime()
     sim, api_url = simulator
     fixture = write_fixture(tmp_path / "fixture.yaml", SLUGS)
     alone_db = pg_server.create_database()
