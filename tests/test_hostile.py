@@ -631,7 +631,10 @@ async def test_a_503_with_retry_after_is_waited_out_by_every_request_and_costs_n
     async with hostile.serve() as url, CircleCIClient(url, TOKEN, max_attempts=2, concurrency=4) as client:
         hostile.play([down] * 3, kinds="project")
         first = asyncio.create_task(client.project("gh/acme/p0"))
-        await asyncio.sleep(0.3)  # its 503 is in: the pause is in force before the others ask
+        # The others ask once its 503 is in: the client counts an answer after the pacer has seen it.
+        while not client.stats.by_status.get(503):
+            assert not first.done(), first
+            await asyncio.sleep(0.005)
         got = await asyncio.gather(first, *(client.project(f"gh/acme/p{i}") for i in range(1, 4)))
     # Two attempts would not have outlasted three 503s: waiting one out costs none.
     assert [answer["name"] for answer in got] == ["bait"] * 4

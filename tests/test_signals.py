@@ -7,6 +7,7 @@ pipelines; a second run then completes the store to exactly the simulator's trut
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 import subprocess
 import time
@@ -85,6 +86,12 @@ def test_a_signal_keeps_what_is_stored_and_releases_leases(
     assert_matches_truth(db_url, sim, SLUGS)
 
 
+def begun(url: str) -> int:
+    """Requests the simulator began serving (its admin routes are not counted)."""
+    with urllib.request.urlopen(f"{url}/_sim/stats", timeout=20) as answer:
+        return int(json.load(answer)["requests"])
+
+
 def _ask(url: str) -> None:
     with contextlib.suppress(OSError):
         urllib.request.urlopen(url, timeout=20).read()
@@ -100,7 +107,10 @@ def test_the_simulator_ends_on_a_signal_while_it_serves(signum: int, code: int) 
             url = (proc.stdout.readline() if proc.stdout else "").split()[3]
             for _ in range(64):  # requests in flight: the signal lands while the loop is busy
                 pool.submit(_ask, f"{url}/project/gh/sim-org/project-0/pipeline")
-            time.sleep(0.2)
+            deadline = time.monotonic() + 60
+            while begun(url) < 16:  # a first wave of requests in (each held for the 50 ms latency)
+                assert time.monotonic() < deadline, "the simulator took no request"
+                time.sleep(0.005)
             proc.send_signal(signum)
             assert proc.wait(timeout=20) == code
         finally:

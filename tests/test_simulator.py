@@ -7,7 +7,6 @@ import contextlib
 import itertools
 import json
 import re
-import time
 import urllib.request
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -547,10 +546,8 @@ async def test_quota_headers_and_a_429_without_retry_after(
 async def test_stats_latency_and_max_in_flight(session: aiohttp.ClientSession) -> None:
     sim = Simulator(small_config(latency_ms=60.0, jitter_ms=10.0))
     async with serving(sim, session) as client:
-        started = time.monotonic()
         await asyncio.gather(*(client.get("/project/gh/acme/api/pipeline") for _ in range(12)))
-        assert 0.05 <= time.monotonic() - started < 1.0
-        assert sim.stats["max_in_flight"] >= 6
+        assert sim.stats["max_in_flight"] >= 6  # answers held for the latency overlap
         sim.configure(latency_ms=0.0, jitter_ms=0.0)
         pipeline = next(p for p in sim.truth("gh/acme/api") if p["workflows"])
         workflow = pipeline["workflows"][0]
