@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import hashlib
 import re
+import sqlite3
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -50,11 +51,22 @@ def simulator() -> Iterator[tuple[Simulator, str]]:
         yield served
 
 
-@pytest.fixture
-def filled_store(simulator: tuple[Simulator, str], tmp_path: Path) -> Path:
-    """A SQLite store holding the simulator's two projects."""
-    path = tmp_path / "filled.db"
+@pytest.fixture(scope="module")
+def collected_once(simulator: tuple[Simulator, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("collected") / "filled.db"
     asyncio.run(collect(simulator[1], f"sqlite:///{path}", SLUGS))
+    return path
+
+
+@pytest.fixture
+def filled_store(collected_once: Path, tmp_path: Path) -> Path:
+    """A SQLite store holding the simulator's two projects: a test's own copy, which it may damage."""
+    path = tmp_path / "filled.db"
+    with (
+        contextlib.closing(sqlite3.connect(collected_once)) as src,
+        contextlib.closing(sqlite3.connect(path)) as dst,
+    ):
+        src.backup(dst)
     return path
 
 
