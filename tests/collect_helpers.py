@@ -50,6 +50,7 @@ async def collect(
     Test results are read only when asked (`tests=True`): most tests are about the walk, and reading
     every job's tests would double their requests."""
     options.setdefault("tests", False)
+    options.setdefault("usage", False)  # the usage phase has tests of its own (test_usage_collect.py)
     store = open_store(db_url)
     try:
         async with CircleCIClient(

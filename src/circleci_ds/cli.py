@@ -216,6 +216,9 @@ def collect(
         ),
     ] = TestsRead.auto,
     no_tests: Annotated[bool, typer.Option("--no-tests", help="Read no test results.")] = False,
+    usage: Annotated[
+        bool, typer.Option("--usage/--no-usage", help="Read the organisations' Usage API exports (cost).")
+    ] = True,
     timeout: Annotated[
         float, typer.Option(min=0.1, help="Seconds one request may take, body included; then it is retried.")
     ] = 60.0,
@@ -253,6 +256,8 @@ def collect(
         lease_ttl=lease_ttl,
         tests=not no_tests and settings.collect_tests,
         tests_all=tests is TestsRead.all,
+        usage=usage,
+        usage_org_ids=settings.usage_org_ids,
     )
     limits = Limits(max_response_bytes=int(max_response_mb * MiB), max_pages=max_pages)
     started = time.monotonic()

@@ -454,6 +454,84 @@ class CircleCIClient:
             else:
                 self._clock_offset = min(self._clock_offset, offset)
 
+    # -- organisations and usage (discover, the usage phase) ---------------------------------
+    async def collaborations(self) -> list[dict[str, Any]]:
+        """GET /me/collaborations: the organisations of the token's user (a JSON array); needs a token."""
+        answer = await self.send("GET", "/me/collaborations")
+        if not isinstance(answer, list):
+            raise MalformedResponse("/me/collaborations: expected a JSON array", path="/me/collaborations")
+        return [item for item in answer if isinstance(item, dict)]
+
+    def org_pipeline_pages(self, org_slug: str) -> AsyncIterator[list[dict[str, Any]]]:
+        """GET /pipeline?org-slug=...: pipelines of the organisation's recently built projects."""
+        return self.pages("/pipeline", {"org-slug": org_slug})
+
+    async def create_usage_export(self, org_id: str, start: str, end: str) -> dict[str, Any]:
+        """POST /organizations/{org_id}/usage_export_job for the window [start, end] (RFC 3339)."""
+        path = f"/organizations/{segment(org_id)}/usage_export_job"
+        return _object(path, await self.send("POST", path, {"start": start, "end": end}))
+
+    async def usage_export(self, org_id: str, export_id: str) -> dict[str, Any]:
+        """GET /organizations/{org_id}/usage_export_job/{id}: the export job's state and download URLs."""
+        path = f"/organizations/{segment(org_id)}/usage_export_job/{segment(export_id)}"
+        return _object(path, await self.send("GET", path))
+
+    async def send(self, method: str, path: str, payload: dict[str, Any] | None = None) -> Any:
+        """One request, never retried (a POST creates something; the usage routes' limits are counted
+        per hour): the JSON value (object or array) of a 2xx answer, the client's exceptions otherwise.
+        A redirect is not followed. A 429 here pauses no other request (these routes have limits
+        of their own)."""
+        assert self._session is not None, "use the client as an async context manager"
+        budget = WaitBudget(self._max_wait)
+        try:
+            await self.pacer.hold(budget)
+            async with self._concurrency:
+                ticket = await self.pacer.wait(budget)
+                self.stats.requests += 1
+                try:
+                    return await self._send_once(method, path, payload, ticket)
+                except (TimeoutError, aiohttp.ClientError) as exc:
+                    why = self._say(_describe_exception(exc))
+                    raise TransientError(f"{path}: {why}", path=path) from None
+                finally:
+                    self.pacer.abandon(ticket)
+        except WaitTooLong as exc:
+            raise RateLimitWait(f"{path}: {exc}; giving up", status=exc.status, path=path) from None
+
+    async def _send_once(self, method: str, path: str, payload: dict[str, Any] | None, ticket: Ticket) -> Any:
+        assert self._session is not None
+        url = URL(self.base_url + path)
+        async with self._session.request(method, url, json=payload, allow_redirects=False) as resp:
+            if resp.status != 429:
+                self.pacer.observe(ticket, resp.status, resp.headers)
+            if resp.status in (200, 201):
+                body = await read_body(path, resp, self.limits.max_response_bytes)
+                self._count(resp.status)
+                self._note_date(resp.headers.get("Date"))
+                return self._json_value(path, body)
+            body = await error_body(path, resp)
+            if resp.status == 403:
+                self._count(403)
+                raise ApiError(f"{path}: HTTP 403{self._message(body)}", status=403, path=path)
+            return self._handle(path, resp, body)
+
+    def _json_value(self, path: str, body: bytes) -> Any:
+        """A JSON object or array, held to the same rules as `_json_object`'s."""
+        try:
+            data = json.loads(body, parse_constant=_refuse_constant, parse_float=_finite, parse_int=_int64)
+        except _Refused as exc:
+            raise MalformedResponse(f"{path}: {exc}", status=200, path=path) from None
+        except RecursionError:
+            raise MalformedResponse(f"{path}: JSON nested too deeply", status=200, path=path) from None
+        except ValueError:
+            raise UnreadableBody(f"{path}: response is not JSON", status=200, path=path) from None
+        if not isinstance(data, dict | list):
+            raise MalformedResponse(f"{path}: expected a JSON object or array", status=200, path=path)
+        try:
+            return scrubbed({"value": data}, self._masked, self.limits.max_depth + 1)["value"]
+        except _Refused as exc:
+            raise MalformedResponse(f"{path}: {exc}", status=200, path=path) from None
+
 
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
 MIN_MASKED_TOKEN = 8  # CircleCI's tokens have 40 characters
@@ -671,6 +749,12 @@ def _clean_str(text: str, token: str | None, *, keep_nul: bool = False) -> str:
     if not keep_nul:
         text = text.replace("\x00", "\ufffd")  # PostgreSQL text cannot hold NUL
     return text.replace(token, "***") if token else text
+
+
+def _object(path: str, answer: Any) -> dict[str, Any]:
+    if not isinstance(answer, dict):
+        raise MalformedResponse(f"{path}: expected a JSON object", status=200, path=path)
+    return answer
 
 
 def _path(segment: str) -> str:

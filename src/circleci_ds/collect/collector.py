@@ -28,6 +28,7 @@ from circleci_ds.client.http import DEFAULT_API_URL, ApiError, CircleCIClient, N
 from circleci_ds.collect import rules
 from circleci_ds.collect.lanes import EndpointResult, LaneOptions, Lanes, Outcome, new_owner
 from circleci_ds.collect.tests import TestCounts, TestOptions, TestPhase
+from circleci_ds.collect.usage import UsageOptions, UsagePass, collect_usage
 from circleci_ds.collect.users import UserPass, resolve_users
 from circleci_ds.inputs.fixture import Endpoint
 from circleci_ds.store import PipelineIndexEntry, Store, StoreError
@@ -61,6 +62,9 @@ class Options:
     rerun_walk: bool = True  # the job-number walk (off: only the age-spaced re-read finds reruns)
     tests: bool = True  # read test results of finished build jobs (circleci_ds.derive.tests)
     tests_all: bool = False  # read those of every job, quiet job names' included (`--tests all`)
+    usage: bool = True  # the organisations' Usage API exports (circleci_ds.collect.usage)
+    usage_org_ids: tuple[str, ...] = ()  # the fixture's usage-org-id entries; else found from the endpoints
+    usage_options: UsageOptions = field(default_factory=UsageOptions)
 
 
 class Phase(Enum):
@@ -144,6 +148,7 @@ class Collector:
         self.counters = Counters()
         self.slots = TreeSlots(self.options.trees_in_flight)
         self.users = UserPass()
+        self.usage = UsagePass()
         self._db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="circleci-ds-store")
 
     async def db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -167,11 +172,28 @@ class Collector:
         try:
             results = await lanes.run(endpoints)
             self.users = await resolve_users(self.client, self.store, self.db)  # people, once per id
+            if self.options.usage:
+                self.usage = await self._usage(endpoints)
         except BaseExceptionGroup as group_error:
             raise _first(group_error) from None
         finally:
             self._db_thread.shutdown(wait=True)
         return [results[ep.slug] for ep in endpoints if ep.slug in results]
+
+    async def _usage(self, endpoints: list[Endpoint]) -> UsagePass:
+        """The usage phase: an extra, whatever it meets is a warning, never the collection's failure."""
+        o = self.options
+        try:
+            return await collect_usage(
+                self.client, self.store, self.db, endpoints, o.usage_org_ids, o.usage_options
+            )
+        except StoreError:
+            raise
+        except Exception as exc:
+            log.debug("usage phase failed", exc_info=True)
+            why = _describe(exc)
+            log.warning("usage: not collected this run (%s); cost will be estimated where it is missing", why)
+            return UsagePass()
 
     def _endpoint_done(self) -> None:
         self.counters.endpoints_done += 1

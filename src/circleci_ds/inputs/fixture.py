@@ -121,6 +121,7 @@ class Settings:
     token_source: str  # "fixture", "environment" or "none"; never the token itself
     notes: tuple[str, ...] = ()
     collect_tests: bool = True  # config entry `collect-tests: false` turns test results off
+    usage_org_ids: tuple[str, ...] = ()  # config entries `usage-org-id`: whose Usage API exports to read
 
 
 def load_fixture(path: Path | str, environ: Mapping[str, str] | None = None) -> Settings:
@@ -144,6 +145,7 @@ def load_fixture(path: Path | str, environ: Mapping[str, str] | None = None) -> 
     endpoints: list[Endpoint] = []
     token_values: list[tuple[str, str]] = []  # (value, ":line")
     tests_values: list[str] = []
+    org_values: list[str] = []
     seen: dict[str, str] = {}
     for index, source_raw in circle:
         try:
@@ -156,6 +158,7 @@ def load_fixture(path: Path | str, environ: Mapping[str, str] | None = None) -> 
             if c.name.lower() == "circle-token"
         ]
         tests_values += [c.value or "" for c in source.config if c.name.lower() == "collect-tests"]
+        org_values += [c.value or "" for c in source.config if c.name.lower() == "usage-org-id"]
         for p_index, project in enumerate(source.projects):
             for e_index, ep in enumerate(project.endpoints):
                 slug = canonical_slug(ep.name)
@@ -171,7 +174,26 @@ def load_fixture(path: Path | str, environ: Mapping[str, str] | None = None) -> 
         raise FixtureError(f"{path}: the circleci data source lists no endpoints")
     token, source_name = _resolve_token(path, token_values, environ)
     settings = Settings(path, fixture.native.slug, tuple(endpoints), token, source_name, notes)
-    return replace(settings, collect_tests=_collect_tests(path, tests_values))
+    return replace(
+        settings, collect_tests=_collect_tests(path, tests_values), usage_org_ids=_org_ids(path, org_values)
+    )
+
+
+_ORG_ID = re.compile(r"^[A-Za-z0-9-]{1,64}$")
+
+
+def _org_ids(path: Path, values: list[str]) -> tuple[str, ...]:
+    """The `usage-org-id` entries: organisation ids (UUIDs), several separated by commas."""
+    ids: list[str] = []
+    for value in values:
+        for part in value.split(","):
+            org_id = part.strip()
+            if not _ORG_ID.match(org_id):
+                shown = org_id[:40]
+                raise FixtureError(f"{path}: usage-org-id must be an organisation id (a UUID), not {shown!r}")
+            if org_id not in ids:
+                ids.append(org_id)
+    return tuple(ids)
 
 
 def _collect_tests(path: Path, values: list[str]) -> bool:

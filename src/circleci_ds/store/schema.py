@@ -383,34 +383,38 @@ def _job_resources(conn: Connection) -> None:
         conn.execute(text("ALTER TABLE job_runs ADD COLUMN parallelism INTEGER"))
 
 
-# -- usage facts: one row per job run of the Usage API's CSV (typed), keyed by job run id ----------------
+# -- usage (the Usage API's CSV exports, per organisation) -----------------------------------------------
+# usage_runs: one typed row per job run of an export, keyed by (org, job run id), so an overlapping window
+# replaces, never doubles. usage_exports: every export job asked for (its window, its state, what it gave).
+# usage_requests: when each POST / GET of the usage routes was sent, for their hourly limits across runs.
+# usage_files: the CSV files as downloaded (gzip bytes, as sent).
 # `project_slug` is the canonical fixture endpoint the project maps to (null: not in the fixture); times
 # are epoch seconds UTC, `run_day` the epoch of the run's UTC day.
 
 usage_runs = Table(
     "usage_runs",
     metadata,
-    Column("org_id", Text, primary_key=True),
-    Column("job_run_id", Text, primary_key=True),
+    Column("org_id", String(64), primary_key=True),
+    Column("job_run_id", String(64), primary_key=True),
     Column("org_name", Text),
-    Column("project_id", Text),
+    Column("project_id", String(64)),
     Column("project_name", Text),
-    Column("vcs_name", Text),
-    Column("project_slug", Text),
+    Column("vcs_name", String(40)),
+    Column("project_slug", String(300)),  # the fixture endpoint it maps to, null when none
     Column("branch", Text),
-    Column("pipeline_id", Text),
-    Column("pipeline_number", Integer),
-    Column("workflow_id", Text),
+    Column("pipeline_id", String(64)),
+    Column("pipeline_number", BigInteger),
+    Column("workflow_id", String(64)),
     Column("workflow_name", Text),
     Column("job_name", Text),
-    Column("job_number", Integer),
+    Column("job_number", BigInteger),
     Column("queued_at", Double),
     Column("started_at", Double),
     Column("stopped_at", Double),
     Column("run_day", Double),
-    Column("status", Text),
-    Column("resource_class", Text),
-    Column("executor", Text),
+    Column("status", String(40)),
+    Column("resource_class", String(100)),
+    Column("executor", String(40)),
     Column("parallelism", Integer),
     Column("run_seconds", Double),
     Column("median_cpu_pct", Double),
@@ -423,9 +427,55 @@ usage_runs = Table(
     Column("dlc_credits", Double),
     Column("network_credits", Double),
     Column("storage_credits", Double),
-    Column("is_workflow_successful", Integer),
-    Column("export_id", Text),
+    Column("is_workflow_successful", SmallInteger),
+    Column("export_id", String(64)),
+    Index("ix_usage_runs_slug_day", "project_slug", "run_day"),
+    Index("ix_usage_runs_day", "run_day"),
 )
+
+usage_exports = Table(
+    "usage_exports",
+    metadata,
+    Column("export_id", String(64), primary_key=True),
+    Column("org_id", String(64), nullable=False),
+    Column("window_start", Double, nullable=False),  # epoch seconds, inclusive
+    Column("window_end", Double, nullable=False),  # epoch seconds, inclusive
+    Column("state", String(20), nullable=False),  # created, processing, stored, empty, failed, abandoned
+    Column("requested_at", Double, nullable=False),  # server time (epoch s) of the POST
+    Column("polls", Integer, nullable=False),
+    Column("null_url_polls", Integer, nullable=False),  # `completed` answers without download URLs
+    Column("files", Integer),
+    Column("rows", BigInteger),
+    Column("finished_at", Double),
+    Column("error", Text),
+    Index("ix_usage_exports_org", "org_id", "state"),
+)
+
+usage_requests = Table(
+    "usage_requests",
+    metadata,
+    Column("ref", Integer, primary_key=True, autoincrement=True),
+    Column("org_id", String(64), nullable=False),
+    Column("kind", String(10), nullable=False),  # POST or GET
+    Column("export_id", String(64)),  # the export job a GET asked about
+    Column("at", Double, nullable=False),  # server time, epoch seconds
+    Column("refused", Boolean, nullable=False),  # answered 429
+    Index("ix_usage_requests_org", "org_id", "kind", "at"),
+)
+
+usage_files = Table(
+    "usage_files",
+    metadata,
+    Column("export_id", String(64), primary_key=True),
+    Column("seq", Integer, primary_key=True),
+    Column("data", LargeBinary, nullable=False),  # gzip bytes as sent
+)
+
+USAGE_TABLES = (usage_runs, usage_exports, usage_requests, usage_files)
+
+
+def _usage_tables(conn: Connection) -> None:
+    metadata.create_all(conn, tables=list(USAGE_TABLES))
 
 
 # Each step upgrades version N to N+1. Released steps never change; new ones are appended.
@@ -440,6 +490,7 @@ MIGRATIONS: list[Callable[[Connection], None]] = [
     _add_test_results,
     _people_refs,
     _job_resources,
+    _usage_tables,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

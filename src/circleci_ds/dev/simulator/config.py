@@ -28,6 +28,12 @@ RUNTIME_KNOBS = frozenset(
         "fault_rate",
         "token",
         "retention_days",
+        "usage_export_seconds",
+        "usage_rows_per_file",
+        "usage_post_limit",
+        "usage_get_limit",
+        "usage_get_window_s",
+        "usage_denied",
     }
 )
 
@@ -94,6 +100,12 @@ class SimConfig:
     tests_page_size: int = 50  # test results per page of /project/{slug}/{number}/tests
     test_suite_scale: float = 1.0  # multiplies every suite's size (large results for benchmarks)
     untested_share: float = 0.0  # share of the job names with a suite whose jobs store no results
+    usage_export_seconds: float = 0.0  # simulated seconds an export job takes to complete
+    usage_rows_per_file: int = 200  # CSV rows per downloaded file (at least two files per export)
+    usage_post_limit: int = 10  # export jobs created per hour per organisation
+    usage_get_limit: int = 10  # export job look-ups per `usage_get_window_s` per organisation
+    usage_get_window_s: float = 60.0
+    usage_denied: int | None = None  # answer every usage route with this status (401, 403, 404)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -102,6 +114,8 @@ class SimConfig:
         """Raise ValueError on knob values the server cannot honour."""
         if self.start.tzinfo is None:
             raise ValueError("start must be timezone-aware")
+        if self.usage_rows_per_file < 1 or self.usage_post_limit < 0 or self.usage_get_limit < 0:
+            raise ValueError("usage_rows_per_file must be >= 1, the usage limits >= 0")
         if self.page_size < 1 or self.tests_page_size < 1:
             raise ValueError("page_size and tests_page_size must be >= 1")
         if self.test_suite_scale <= 0:

@@ -240,10 +240,17 @@ def make_project(spec: SimProject, rng: random.Random) -> Project:
             "CircleCI", "GitLab", slug, spec.default_branch, spec.private,
         )
     provider_name, host, long_vcs = PROVIDERS[vcs]
+    project_id = new_uuid(rng)
+    new_uuid(rng)  # drawn as before, so the rest of the history stays as it was
     return Project(
-        slug, repo, new_uuid(rng), org, f"{vcs}/{org}", new_uuid(rng), f"{host}/{org}/{repo}",
+        slug, repo, project_id, org, f"{vcs}/{org}", org_uuid(f"{vcs}/{org}"), f"{host}/{org}/{repo}",
         provider_name, provider_name, f"{long_vcs}/{org}/{repo}", spec.default_branch, spec.private,
     )
+
+
+def org_uuid(org_slug: str) -> str:
+    """One id per organisation, whichever of its projects names it."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"circleci-ds-sim:{org_slug.lower()}"))
 
 
 class _ProjectBuilder:

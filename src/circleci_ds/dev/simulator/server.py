@@ -6,7 +6,9 @@ import asyncio
 import json
 import math
 import random
+import uuid
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -18,18 +20,23 @@ from .render import (
     JSON,
     InvalidPageToken,
     View,
+    decode_token,
     details_visible,
+    encode_token,
     http_date,
     iso_ms,
+    iso_s,
     past_retention,
     render_project,
     render_user,
     users_truth,
 )
 from .testresults import job_tests, results_page
+from .usage import HOUR_MS, ExportJob, UsageData, UsageState, csv_files, window_problem, within_limit
 
 ENDPOINTS = (
     "pipelines", "pipeline", "workflows", "workflow", "jobs", "job_details", "tests", "project", "me", "user",
+    "collaborations", "org_pipelines", "usage_create", "usage_get",
 )
 Inner = Callable[[web.Request, View, bool], web.Response]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -138,6 +145,11 @@ class SimState(Protocol):
     history: History
     recorder: Stats
     me: JSON
+    usage: UsageState
+    usage_file_hook: Callable[[str, int, bytes], bytes] | None
+
+    @property
+    def usage_data(self) -> UsageData: ...
 
     @property
     def view(self) -> View: ...
@@ -165,6 +177,7 @@ class Api:
         self._faults = random.Random(f"circleci-ds-sim:{sim.config.seed}:faults")
         self._jitter = random.Random(f"circleci-ds-sim:{sim.config.seed}:jitter")
         self._throttled = 0
+        self._export_ids = random.Random(f"circleci-ds-sim:{sim.config.seed}:exports")
         self._project_inner: dict[str | None, Inner] = {
             "project": self._project,
             "pipelines": self._pipelines,
@@ -190,6 +203,11 @@ class Api:
         add("GET", "/api/v2/pipeline/{id}", self._route("pipeline", self._pipeline))
         add("GET", "/api/v2/workflow/{id}/job", self._route("jobs", self._jobs))
         add("GET", "/api/v2/workflow/{id}", self._route("workflow", self._workflow))
+        add("GET", "/api/v2/me/collaborations", self._route("collaborations", self._collaborations))
+        add("GET", "/api/v2/pipeline", self._route("org_pipelines", self._org_pipelines))
+        usage = "/api/v2/organizations/{org}/usage_export_job"
+        add("POST", usage, self._with_body("usage_create", self._usage_create))
+        add("GET", usage + "/{id}", self._route("usage_get", self._usage_get))
         add("GET", "/api/v2/me", self._route("me", self._me))
         add("GET", "/api/v2/user/{id}", self._route("user", self._user))
         add("*", "/{tail:.*}", self._route(None, self._unknown_path))
@@ -199,6 +217,13 @@ class Api:
 
     def _route(self, kind: str | None, inner: Inner) -> Handler:
         async def handler(request: web.Request) -> web.StreamResponse:
+            return await self._serve(request, kind, inner)
+
+        return handler
+
+    def _with_body(self, kind: str, inner: Inner) -> Handler:
+        async def handler(request: web.Request) -> web.StreamResponse:
+            request["body"] = await request.content.read(64 * 1024)
             return await self._serve(request, kind, inner)
 
         return handler
@@ -413,6 +438,152 @@ class Api:
     def _unknown_path(self, request: web.Request, view: View, authed: bool) -> web.Response:
         return _message(view, 404, "Not found")
 
+    # -- organisations ---------------------------------------------------------------------------------
+
+    def _collaborations(self, request: web.Request, view: View, authed: bool) -> web.Response:
+        if not authed:
+            return _message(view, 401, "You must log in first.")
+        orgs: dict[str, JSON] = {}
+        for project in self.sim.history.projects.values():
+            vcs = {"gh": "github", "bb": "bitbucket"}.get(project.slug.split("/")[0], "circleci")
+            orgs.setdefault(
+                project.org_slug.lower(),
+                {
+                    "id": project.org_id,
+                    "vcs-type": vcs,
+                    "name": project.org_name,
+                    "avatar_url": f"https://avatars.example.com/{project.org_name}",
+                    "slug": project.org_slug,
+                },
+            )
+        return _json(view, [orgs[key] for key in sorted(orgs)])
+
+    def _org_pipelines(self, request: web.Request, view: View, authed: bool) -> web.Response:
+        """GET /pipeline?org-slug=: the visible projects' pipelines of the organisation, newest first
+        (public projects answer without a token here, as the other routes do)."""
+        wanted = _org_key(request.query.get("org-slug", ""))
+        if wanted is None:
+            return _message(view, 400, "Missing or malformed org-slug.")
+        projects = [p for p in self.sim.history.projects.values() if p.org_slug.lower() == wanted]
+        if not projects:
+            return _message(view, 404, "Organization not found")
+        visible = [p for p in projects if authed or not p.private]
+        pipelines = [pl for p in visible for pl in p.index.pipelines[: p.index.visible_count(view.now)]]
+        pipelines.sort(key=lambda pl: (-pl.created_at, pl.id))
+        token = self._page_token(request)
+        try:
+            offset = int(decode_token("o", token)) if token else 0
+        except (InvalidPageToken, ValueError):
+            return _message(view, 400, "Invalid page-token.")
+        size = self.sim.config.page_size
+        page = pipelines[offset : offset + size]
+        following = encode_token("o", str(offset + size)) if offset + size < len(pipelines) else None
+        return _json(view, {"items": [view.pipeline(pl) for pl in page], "next_page_token": following})
+
+    # -- usage exports ---------------------------------------------------------------------------------
+
+    def _usage_gate(self, request: web.Request, view: View, authed: bool) -> web.Response | None:
+        denied = self.sim.config.usage_denied
+        if denied is not None:
+            return _message(view, denied, "Permission denied" if denied == 403 else "Not found")
+        if not authed:
+            return _message(view, 401, "Invalid token provided.")
+        if request.match_info["org"] not in self.sim.usage_data.by_org:
+            return _message(view, 404, "Organization does not exist.")
+        return None
+
+    def _usage_create(self, request: web.Request, view: View, authed: bool) -> web.Response:
+        refused = self._usage_gate(request, view, authed)
+        if refused is not None:
+            return refused
+        org = request.match_info["org"]
+        cfg, state = self.sim.config, self.sim.usage
+        with state.lock:
+            admitted = within_limit(state.posts.setdefault(org, []), view.now, cfg.usage_post_limit, HOUR_MS)
+        if not admitted:
+            return _message(view, 429, "Rate limit exceeded.")
+        window = _export_window(request["body"])
+        if isinstance(window, str):
+            return _message(view, 400, window)
+        start, end = window
+        problem = window_problem(start, end, view.now)
+        if problem is not None:
+            return _message(view, 400, problem)
+        rows = self.sim.usage_data.window(org, view.now, start, end)
+        with state.lock:
+            job_id = str(uuid.UUID(int=self._export_ids.getrandbits(128), version=4))
+            state.jobs[job_id] = ExportJob(job_id, org, start, end, view.now, rows)
+        body = {
+            "usage_export_job_id": job_id,
+            "state": "created",
+            "start": iso_s(start),
+            "end": iso_s(end),
+            "download_urls": None,
+        }
+        return _json(view, body, status=201)
+
+    def _usage_get(self, request: web.Request, view: View, authed: bool) -> web.Response:
+        refused = self._usage_gate(request, view, authed)
+        if refused is not None:
+            return refused
+        org = request.match_info["org"]
+        cfg, state = self.sim.config, self.sim.usage
+        with state.lock:
+            window = int(cfg.usage_get_window_s * 1000)
+            admitted = within_limit(state.gets.setdefault(org, []), view.now, cfg.usage_get_limit, window)
+            job = state.jobs.get(request.match_info["id"])
+        if not admitted:
+            return _message(view, 429, "Rate limit exceeded.")
+        if job is None or job.org_id != org:
+            return _message(view, 404, "Usage export not found.")
+        job.polls += 1
+        urls: list[str] | None = None
+        if view.now - job.created_ms < cfg.usage_export_seconds * 1000:
+            status = "created" if job.polls == 1 else "processing"
+        else:
+            status = "completed"
+            job.completed_polls += 1
+            if job.completed_polls > 1 or not job.rows:  # the first `completed` has no URLs yet
+                urls = self._download_urls(job, view.now)
+        return _json(view, {"usage_export_job_id": job.id, "state": status, "download_urls": urls})
+
+    def _download_urls(self, job: ExportJob, now: int) -> list[str]:
+        state = self.sim.usage
+        if job.files is None:
+            job.files = csv_files(job.rows, self.sim.config.usage_rows_per_file)
+        return [
+            f"{state.download_origin}/usage/{job.id}/part-{part}.csv.gz"
+            f"?sig={state.signature(job.id, part)}&minted={now}"
+            for part in range(len(job.files))
+        ]
+
+    # -- the download origin ---------------------------------------------------------------------------
+
+    def downloads_app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._download)
+        return app
+
+    async def _download(self, request: web.Request) -> web.Response:
+        state = self.sim.usage
+        with state.lock:
+            state.download_requests.append(
+                {"method": request.method, "path": request.path, "headers": dict(request.headers)}
+            )
+        parts = request.path.strip("/").split("/")
+        job = state.jobs.get(parts[1]) if len(parts) == 3 and parts[0] == "usage" else None
+        name = parts[2] if len(parts) == 3 else ""
+        number = name.removeprefix("part-").removesuffix(".csv.gz")
+        if job is None or job.files is None or not number.isdigit() or int(number) >= len(job.files):
+            return web.Response(status=404, text="NoSuchKey")
+        if request.query.get("sig") != state.signature(job.id, int(number)):
+            return web.Response(status=403, text="SignatureDoesNotMatch")
+        data = job.files[int(number)]
+        hook = self.sim.usage_file_hook
+        if hook is not None:
+            data = hook(job.id, int(number), data)
+        return web.Response(body=data, content_type="application/x-gzip")
+
     def _list(self, view: View, key: tuple[object, ...], make: Callable[[], JSON]) -> web.Response:
         try:
             return _response(view, 200, view.body(key, make))
@@ -471,3 +642,50 @@ class Api:
         except (ValueError, TypeError) as exc:
             return _message(self.sim.view, 400, str(exc))
         return _json(self.sim.view, knobs)
+
+
+def _org_key(written: str) -> str | None:
+    """`github/acme` -> `gh/acme`, lower-cased; None when not `vcs/org`."""
+    parts = written.strip("/").split("/")
+    vcs = {"gh": "gh", "github": "gh", "bb": "bb", "bitbucket": "bb", "circleci": "circleci"}
+    if len(parts) != 2 or not parts[1] or parts[0].lower() not in vcs:
+        return None
+    return f"{vcs[parts[0].lower()]}/{parts[1]}".lower()
+
+
+def _export_window(body: bytes) -> tuple[int, int] | str:
+    """(start, end) in ms from a POST body, or the 400 message (the real API's wording where known)."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return "malformed request body"
+    if not isinstance(data, dict):
+        return "Unexpected request body provided."
+    for key in data:
+        if key not in ("start", "end", "shared_org_ids"):
+            return f"Unexpected field: {key}"
+    shared = data.get("shared_org_ids", [])
+    if not isinstance(shared, list) or not all(isinstance(x, str) and _is_uuid(x) for x in shared):
+        return "malformed request body"
+    try:
+        start, end = (_rfc3339(data[key]) for key in ("start", "end"))
+    except (KeyError, TypeError, ValueError):
+        return "malformed request body"
+    return start, end
+
+
+def _rfc3339(value: object) -> int:
+    if not isinstance(value, str):
+        raise TypeError(value)
+    moment = datetime.fromisoformat(value)
+    if moment.tzinfo is None:
+        raise ValueError(value)
+    return round(moment.timestamp() * 1000)
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True

@@ -20,9 +20,15 @@ from .history import History, build_history, epoch_ms, new_uuid
 from .render import JSON, View, users_truth
 from .server import Api, Stats
 from .testresults import tests_truth
+from .usage import UsageData, UsageRow, UsageState, truth_of
 
-_INT_KNOBS = frozenset({"page_size", "tests_page_size", "rate_burst"})
-_NULLABLE_KNOBS = frozenset({"rate_limit_rps", "token", "retention_days"})
+_INT_KNOBS = frozenset(
+    {
+        "page_size", "tests_page_size", "rate_burst", "usage_rows_per_file", "usage_post_limit",
+        "usage_get_limit", "usage_denied",
+    }
+)  # fmt: skip
+_NULLABLE_KNOBS = frozenset({"rate_limit_rps", "token", "retention_days", "usage_denied"})
 _STR_KNOBS = frozenset({"retry_after", "token", "limiter", "rate_headers", "limit_body"})
 
 
@@ -50,6 +56,10 @@ class Simulator:
         self._view = View(self.history, epoch_ms(self.config.start))
         self._clock_lock = threading.Lock()
         self._thread: _ServerThread | None = None
+        self.usage = UsageState(secret=f"circleci-ds-sim:{self.config.seed}:downloads".encode())
+        self._usage_data: UsageData | None = None
+        # Tests may mangle a downloaded file: (export job id, part, bytes) -> bytes served.
+        self.usage_file_hook: Callable[[str, int, bytes], bytes] | None = None
 
     # -- clock and state -------------------------------------------------------------------------------
 
@@ -93,6 +103,27 @@ class Simulator:
         return users_truth(self.history)
 
     @property
+    def usage_data(self) -> UsageData:
+        """Every job run's usage row, built on first use."""
+        with self.usage.lock:
+            if self._usage_data is None:
+                self._usage_data = UsageData(self.history, self.config.seed)
+            return self._usage_data
+
+    def usage_truth(self) -> dict[str, JSON]:
+        """Every usage row the exports hold now (runs over before the last UTC midnight), by job run id:
+        its organisation, project, credits (total less user credits), utilisation and profile."""
+        rows: list[UsageRow] = []
+        for org_id in sorted(self.usage_data.by_org):
+            rows += self.usage_data.available(org_id, self._view.now)
+        return {row.job_id: truth_of(self.config.seed, row) for row in rows}
+
+    def download_requests(self) -> list[dict[str, Any]]:
+        """What the download origin received: path and headers of every request."""
+        with self.usage.lock:
+            return [dict(r) for r in self.usage.download_requests]
+
+    @property
     def stats(self) -> dict[str, Any]:
         return self.recorder.snapshot()
 
@@ -119,13 +150,19 @@ class Simulator:
     async def serve(self, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
         """Serve on `host:port` (0 picks a free port) and yield the base URL ending in `/api/v2`."""
         runner = web.AppRunner(self.make_app(), access_log=None)
+        downloads = web.AppRunner(Api(self).downloads_app(), access_log=None)
         await runner.setup()
+        await downloads.setup()
         try:
             site = web.TCPSite(runner, host, port)
             await site.start()
+            # The usage files live on another origin (object storage for the real API).
+            await web.TCPSite(downloads, host, 0).start()
+            self.usage.download_origin = f"http://{_url_host(host)}:{downloads.addresses[0][1]}"
             bound_port = runner.addresses[0][1]
             yield f"http://{_url_host(host)}:{bound_port}/api/v2"
         finally:
+            await downloads.cleanup()
             await runner.cleanup()
 
     async def serve_forever(
