@@ -391,6 +391,40 @@ async def _report_progress(collector: Collector) -> None:
             log.info("progress: %s", line)
 
 
+# -- discover -------------------------------------------------------------------------------
+@app.command()
+@guarded
+def discover(
+    org: Annotated[str, typer.Argument(help="gh/ORG, github/ORG, bb/ORG or circleci/ORG-ID.")],
+    api_url: Annotated[
+        str, typer.Option(envvar="CIRCLECI_API_URL", help="CircleCI API v2 base URL.")
+    ] = DEFAULT_API_URL,
+    max_pages: Annotated[
+        int, typer.Option(min=1, help="Pages of the organisation's pipelines read at most.")
+    ] = 50,
+    timeout: Annotated[float, typer.Option(min=0.1, help="Seconds one request may take.")] = 60.0,
+) -> None:
+    """Print a da-ds fixture listing every project of ORG that has pipelines (token from CIRCLE_TOKEN).
+
+    Exit statuses: 0 printed; 1 the token was refused, or the organisation is unknown, invisible to the
+    token or has no pipeline; 2 ORG is not an organisation."""
+    from circleci_ds.collect.discover import DiscoverError, parse_org, run_discover
+
+    try:
+        parsed = parse_org(org)
+    except ValueError as exc:
+        raise fail(str(exc), EXIT_USAGE) from None
+    token = os.environ.get("CIRCLE_TOKEN") or None
+    if token:
+        Redactor.secrets.add(token)
+    try:
+        text, summary = asyncio.run(run_discover(api_url, token, parsed, max_pages, timeout))
+    except DiscoverError as exc:
+        raise fail(str(exc), EXIT_FAILED) from None
+    sys.stdout.write(text)
+    err.print(plain(Redactor.mask(summary)), soft_wrap=True)
+
+
 # -- export ---------------------------------------------------------------------------------
 IdentitiesOption = Annotated[
     Path | None,

@@ -34,6 +34,7 @@ RUNTIME_KNOBS = frozenset(
         "usage_get_limit",
         "usage_get_window_s",
         "usage_denied",
+        "usage_null_url_polls",
     }
 )
 
@@ -106,6 +107,7 @@ class SimConfig:
     usage_get_limit: int = 10  # export job look-ups per `usage_get_window_s` per organisation
     usage_get_window_s: float = 60.0
     usage_denied: int | None = None  # answer every usage route with this status (401, 403, 404)
+    usage_null_url_polls: int = 1  # `completed` answers without download URLs before they come
 
     def __post_init__(self) -> None:
         self.validate()

@@ -543,7 +543,7 @@ class Api:
         else:
             status = "completed"
             job.completed_polls += 1
-            if job.completed_polls > 1 or not job.rows:  # the first `completed` has no URLs yet
+            if job.completed_polls > cfg.usage_null_url_polls or not job.rows:  # URLs come a little later
                 urls = self._download_urls(job, view.now)
         return _json(view, {"usage_export_job_id": job.id, "state": status, "download_urls": urls})
 

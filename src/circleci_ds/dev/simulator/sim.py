@@ -25,7 +25,7 @@ from .usage import UsageData, UsageRow, UsageState, truth_of
 _INT_KNOBS = frozenset(
     {
         "page_size", "tests_page_size", "rate_burst", "usage_rows_per_file", "usage_post_limit",
-        "usage_get_limit", "usage_denied",
+        "usage_get_limit", "usage_denied", "usage_null_url_polls",
     }
 )  # fmt: skip
 _NULLABLE_KNOBS = frozenset({"rate_limit_rps", "token", "retention_days", "usage_denied"})
