@@ -54,6 +54,7 @@ NO_ACCESS = (401, 403, 404)
 @dataclass(frozen=True)
 class UsageOptions:
     wait: float = 30.0  # seconds the phase may spend waiting for exports, in all
+    first_poll: float = FIRST_POLL  # seconds before the first poll; the pause doubles up to MAX_POLL
     post_limit: plan.Limit = plan.POST_LIMIT
     get_limit: plan.Limit = plan.GET_LIMIT
     max_file_bytes: int = 512 * 1024**2  # a downloaded file, as sent
@@ -255,7 +256,7 @@ class _Org:
 
     # -- GET, download, store -------------------------------------------------------------------------
     async def _poll(self, in_flight: dict[str, db_usage.ExportRecord]) -> None:
-        pause = FIRST_POLL
+        pause = self.options.first_poll
         null_polls = {export_id: r.null_url_polls for export_id, r in in_flight.items()}
         while in_flight and not self.polls_refused:
             if not await self._sleep(pause):

@@ -39,6 +39,7 @@ ENDPOINTS = (
     "collaborations", "org_pipelines", "usage_create", "usage_get",
 )
 Inner = Callable[[web.Request, View, bool], web.Response]
+_BODY = web.RequestKey("body", bytes)  # a POST's body, read before the synchronous handler runs
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _FAULT_BODIES = {
@@ -223,7 +224,7 @@ class Api:
 
     def _with_body(self, kind: str, inner: Inner) -> Handler:
         async def handler(request: web.Request) -> web.StreamResponse:
-            request["body"] = await request.content.read(64 * 1024)
+            request[_BODY] = await request.content.read(64 * 1024)
             return await self._serve(request, kind, inner)
 
         return handler
@@ -502,7 +503,7 @@ class Api:
             admitted = within_limit(state.posts.setdefault(org, []), view.now, cfg.usage_post_limit, HOUR_MS)
         if not admitted:
             return _message(view, 429, "Rate limit exceeded.")
-        window = _export_window(request["body"])
+        window = _export_window(request[_BODY])
         if isinstance(window, str):
             return _message(view, 400, window)
         start, end = window
