@@ -6,9 +6,9 @@ Rules (the CSV's shape is documented loosely; see docs/usage-collection.md):
   (a gzip bomb never inflates at once), as does a line longer than `Limits.max_line_bytes`.
 - Columns are found by name, case-insensitively; extra columns are ignored, missing optional ones are
   null. ORGANIZATION_ID and JOB_ID are required: a header without them fails the file.
-- Fields are RFC 4180 quoted or backslash-escaped (both are read); a field that is exactly `\\N` is
-  null; a field longer than the csv module's limit (128 KiB) fails the file, as does a row whose
-  field count differs from the header's.
+- Fields are RFC 4180 quoted or backslash-escaped (both are read); a field that is exactly `\\N`,
+  quoted or not, is null; a field longer than the csv module's limit (128 KiB) fails the file, as does
+  a row whose field count differs from the header's.
 - Booleans: True/False, Y/N, yes/no, t/f, 1/0, any case. Numbers must be finite; an unreadable number
   fails the file (the data is not what it claims to be). Timestamps without a zone are UTC; an
   unreadable one is null.
@@ -34,7 +34,7 @@ GZIP_MAGIC = b"\x1f\x8b"
 CHUNK = 256 * 1024  # inflated bytes produced at once, at most
 MAX_ID = 64
 _NULL = "\ue000"  # stands for a `\N` field while the csv module reads the line
-_NULL_FIELD = re.compile(r"(?:(?<=,)|^)\\N(?=,|\r|\n|$)")
+_NULL_FIELD = re.compile(r'(?:(?<=,)|^)(?:\\N|"\\N")(?=,|\r|\n|$)')  # quoted or not
 _TRUE = frozenset({"true", "y", "yes", "t", "1"})
 _FALSE = frozenset({"false", "n", "no", "f", "0"})
 _INT32 = 2**31
