@@ -19,6 +19,8 @@ def test_demo_runs_and_leaves_an_exportable_database(tmp_path: Path) -> None:
     assert demo.returncode == 0, demo.stderr[-2000:]
     assert "Traceback" not in demo.stderr
     assert "second collection: incremental" in demo.stdout
+    usage = [line for line in demo.stdout.splitlines() if "job run(s) with credits" in line]
+    assert usage and int(usage[0].split()[2]) > 100, usage
     db = tmp_path / "demo" / "demo.db"
     assert db.exists() and (tmp_path / "demo" / "report.html").exists()
     export = subprocess.run(

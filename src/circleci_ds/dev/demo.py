@@ -1,4 +1,7 @@
-"""`circleci-ds demo`: the whole tool against the built-in simulator, with no network beyond loopback."""
+"""`circleci-ds demo`: the whole tool against the built-in simulator, with no network beyond loopback.
+
+The simulator serves the Usage API too: the first collection asks for the year's exports and reads what
+the limits allow, the second (a simulated day later) the rest."""
 
 from __future__ import annotations
 
@@ -9,6 +12,8 @@ from pathlib import Path
 
 from circleci_ds.dev.simulator import SimConfig, SimProject, Simulator
 from circleci_ds.files import write_atomic
+from circleci_ds.store import Store
+from circleci_ds.store.usage import usage_row_count
 
 DEMO_TOKEN_VAR = "CIRCLECI_DS_DEMO_TOKEN"
 DEMO_TOKEN = "demo-token-not-a-secret"
@@ -76,6 +81,7 @@ def run_demo(directory: Path) -> int:
         _say("second collection: incremental")
         code = _run(["collect", str(fixture)], env) or code
         _run(["status"], env)
+        _say(f"usage: {_usage_rows(db)} job run(s) with credits and utilisation from the Usage API exports")
         report = directory / "report.html"
         _say(f"CI metrics for the default branches, and an HTML report at {report}")
         _run(["report", "--html", str(report)], env)
@@ -87,6 +93,14 @@ def run_demo(directory: Path) -> int:
         f"  circleci-ds report --db {db} --format json"
     )
     return code
+
+
+def _usage_rows(db: str) -> int:
+    store = Store.open(db, create=False)
+    try:
+        return usage_row_count(store)
+    finally:
+        store.close()
 
 
 def _run(args: list[str], env: dict[str, str]) -> int:
