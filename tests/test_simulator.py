@@ -564,6 +564,7 @@ async def test_stats_latency_and_max_in_flight(session: aiohttp.ClientSession) -
         assert remote["by_endpoint"] == {
             "pipelines": 12, "pipeline": 2, "workflows": 1, "workflow": 1, "jobs": 1,
             "job_details": 1, "tests": 0, "project": 1, "me": 1, "user": 0,
+            "collaborations": 0, "org_pipelines": 0, "usage_create": 0, "usage_get": 0,
         }
         assert remote["status"] == {"200": 18, "401": 1, "404": 1}
         await admin(session, "POST", client.base_url, "/reset-stats")
