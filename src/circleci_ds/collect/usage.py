@@ -11,8 +11,8 @@ Rules (windows and limits are `usage_plan`'s; the CSV is `derive.usage`'s):
   limit. A job still processing then is the next run's. A `completed` job without download URLs is
   asked again up to `NULL_URL_POLLS` times, then taken as empty.
 - Each URL is downloaded without the token or any CircleCI header (a separate plain session), at most
-  `UsageOptions.max_file_bytes` as sent, no redirect followed; an export's files and rows are stored in
-  one transaction. Any failure of one export (a download, a gzip bomb, a malformed CSV, a `failed`
+  `UsageOptions.max_file_bytes` as sent (and `max_export_bytes` for all of an export's files), no
+  redirect followed; an export's files and rows are stored in one transaction. Any failure of one export (a download, a gzip bomb, a malformed CSV, a `failed`
   job) is one warning line; that export's window is asked for again next run, nothing stored is lost.
 - 401, 403 or 404 from the usage routes (no admin rights, CircleCI server, an unknown organisation):
   one line saying cost will be estimated; never a failure of the collection.
@@ -58,6 +58,8 @@ class UsageOptions:
     post_limit: plan.Limit = plan.POST_LIMIT
     get_limit: plan.Limit = plan.GET_LIMIT
     max_file_bytes: int = 512 * 1024**2  # a downloaded file, as sent
+    max_export_bytes: int = 2 * 1024**3  # all files of one export, as sent (held until it is stored)
+    max_files: int = 1000  # download URLs of one export
     csv_limits: Limits = field(default_factory=Limits)
     download_timeout: float = 300.0
 
@@ -335,7 +337,7 @@ class _Org:
 
     async def _store(self, record: db_usage.ExportRecord, urls: list[str]) -> None:
         try:
-            files = [await self._download(url) for url in urls]
+            files = await self._download_all(urls)
             rows = await self.db(
                 db_usage.write_export,
                 self.store,
@@ -365,6 +367,18 @@ class _Org:
                 yield from parse_file(data, export_id, self.projects, self.options.csv_limits)
             except UsageFileError as exc:
                 raise UsageFileError(f"file {number} of {len(files)}: {exc}") from None
+
+    async def _download_all(self, urls: list[str]) -> list[bytes]:
+        if len(urls) > self.options.max_files:
+            raise _DownloadError(f"{len(urls)} download URLs, more than {self.options.max_files}")
+        files: list[bytes] = []
+        total = 0
+        for url in urls:
+            files.append(await self._download(url))
+            total += len(files[-1])
+            if total > self.options.max_export_bytes:
+                raise _DownloadError(f"the export's files pass {self.options.max_export_bytes} bytes")
+        return files
 
     async def _download(self, url: str) -> bytes:
         """One file as sent, without the token or any CircleCI header, at most max_file_bytes."""
