@@ -13,6 +13,7 @@ backslash-escaped files alternating, `\\N` nulls, gzip, at most `--per-file` row
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
 import io
 import random
@@ -117,7 +118,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--rows", default="100000,1000000")
-    parser.add_argument("--db", default="sqlite", help="sqlite (a temporary file) or a PostgreSQL URL")
+    parser.add_argument(
+        "--db", default="sqlite", help="sqlite (a temporary file), postgresql (a private server) or a URL"
+    )
     parser.add_argument("--per-file", type=int, default=250_000)
     args = parser.parse_args()
     projects = ProjectMap.build([f"gh/bench-org/repo-{i}" for i in range(20)], {})
@@ -125,6 +128,17 @@ def main() -> None:
     print("honest one on a shared machine; PostgreSQL's own CPU is not in it).")
     print("| rows | files (MiB gz) | parse/s wall (CPU) | parse+store/s wall (CPU) | store | peak RSS MiB |")
     print("|---:|---:|---:|---:|---|---:|")
+    with contextlib.ExitStack() as stack:
+        if args.db == "postgresql":  # a private server, as the tests start
+            sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+            from pgserver import PgServer, find_bindir
+
+            server = stack.enter_context(PgServer(find_bindir()))
+            args.db = server.create_database()
+        run_sizes(args, projects)
+
+
+def run_sizes(args: argparse.Namespace, projects: ProjectMap) -> None:
     for size in (int(x) for x in args.rows.split(",")):
         files = synthetic_files(size, args.per_file)
         mib = sum(len(f) for f in files) / 2**20
