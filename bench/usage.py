@@ -26,7 +26,7 @@ from pathlib import Path
 
 from circleci_ds.derive.usage import ProjectMap, parse_file
 from circleci_ds.dev.simulator.usage import HEADER, _field
-from circleci_ds.store import Store
+from circleci_ds.derive.facts import open_store
 from circleci_ds.store.usage import add_export, usage_row_count, write_export
 
 START = 1_790_000_000
@@ -100,7 +100,7 @@ def parse_only(files: list[bytes], projects: ProjectMap) -> tuple[int, float, fl
 
 
 def parse_and_store(files: list[bytes], projects: ProjectMap, url: str) -> tuple[int, float, float]:
-    store = Store.open(url)
+    store = open_store(url)
     try:
         add_export(store, "bench", "org", 0.0, 1.0, 0.0)
         began, cpu = time.perf_counter(), time.process_time()

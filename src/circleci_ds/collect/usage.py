@@ -12,8 +12,9 @@ Rules (windows and limits are `usage_plan`'s; the CSV is `derive.usage`'s):
   asked again up to `NULL_URL_POLLS` times, then taken as empty.
 - Each URL is downloaded without the token or any CircleCI header (a separate plain session), at most
   `UsageOptions.max_file_bytes` as sent (and `max_export_bytes` for all of an export's files), no
-  redirect followed; an export's files and rows are stored in one transaction. Any failure of one export (a download, a gzip bomb, a malformed CSV, a `failed`
-  job) is one warning line; that export's window is asked for again next run, nothing stored is lost.
+  redirect followed; an export's files and rows are stored in one transaction. Any failure of one
+  export (a download, a gzip bomb, a malformed CSV, a `failed` job) is one warning line; that
+  export's window is asked for again next run, nothing stored is lost.
 - 401, 403 or 404 from the usage routes (no admin rights, CircleCI server, an unknown organisation):
   one line saying cost will be estimated; never a failure of the collection.
 """
@@ -234,7 +235,7 @@ class _Org:
             await self.db(db_usage.note_request, self.store, self.org_id, "POST", now)
             try:
                 job = await self.client.create_usage_export(
-                    self.org_id, iso(start, ms=False), iso(end, ms=False)
+                    self.org_id, _rfc3339(start), _rfc3339(end)
                 )
             except RateLimited:
                 await self.db(db_usage.note_request, self.store, self.org_id, "POST", now, refused=True)
@@ -429,6 +430,13 @@ class _Org:
 
 class _DownloadError(Exception):
     """A usage file that could not be downloaded; fails its export."""
+
+
+def _rfc3339(epoch: float) -> str:
+    """A window bound as the API takes it (whole seconds, UTC)."""
+    text = iso(epoch, ms=False)
+    assert text is not None, "windows lie within the last year"
+    return text
 
 
 def _status_of(exc: ApiError) -> str:

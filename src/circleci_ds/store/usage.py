@@ -47,13 +47,13 @@ def add_export(store: Store, export_id: str, org_id: str, start: float, end: flo
         "polls": 0,
         "null_url_polls": 0,
     }
-    with store._write() as conn:
+    with store.writing() as conn:
         conn.execute(delete(s.usage_exports).where(s.usage_exports.c.export_id == export_id))
         conn.execute(insert(s.usage_exports).values(**values))
 
 
 def update_export(store: Store, export_id: str, **values: Any) -> None:
-    with store._write() as conn:
+    with store.writing() as conn:
         conn.execute(update(s.usage_exports).where(s.usage_exports.c.export_id == export_id).values(**values))
 
 
@@ -76,8 +76,8 @@ def exports(store: Store, org_id: str) -> list[ExportRecord]:
         .where(e.org_id == org_id)
         .order_by(e.requested_at, e.export_id)
     )
-    with store._read() as conn:
-        return [ExportRecord(*row) for row in conn.execute(query)]
+    with store.reading() as conn:
+        return [ExportRecord(**row) for row in conn.execute(query).mappings()]
 
 
 def note_request(
@@ -86,7 +86,7 @@ def note_request(
     """A POST or GET just sent to a usage route; times older than KEEP_REQUESTS are dropped."""
     r = s.usage_requests.c
     values = {"org_id": org_id, "kind": kind, "at": at, "refused": refused, "export_id": export_id}
-    with store._write() as conn:
+    with store.writing() as conn:
         conn.execute(insert(s.usage_requests).values(**values))
         conn.execute(delete(s.usage_requests).where(r.at < at - KEEP_REQUESTS))
 
@@ -100,7 +100,7 @@ def request_times(store: Store, org_id: str, kind: str, since: float) -> list[fl
         .where(r.org_id == org_id, r.kind == kind, r.at >= since, r.refused.is_(False))
         .order_by(r.at)
     )
-    with store._read() as conn:
+    with store.reading() as conn:
         return [float(at) for at in conn.execute(query).scalars()]
 
 
@@ -110,7 +110,7 @@ def write_export(
     """Store an export's files as sent and its typed rows, and mark it stored, in one transaction;
     any exception raised while `rows` is read undoes it all. Returns the rows written."""
     written = 0
-    with store._write() as conn:
+    with store.writing() as conn:
         conn.execute(delete(s.usage_files).where(s.usage_files.c.export_id == export_id))
         for seq, data in enumerate(files):
             conn.execute(insert(s.usage_files).values(export_id=export_id, seq=seq, data=data))
@@ -148,5 +148,5 @@ def usage_row_count(store: Store, org_id: str | None = None) -> int:
     query = select(func.count()).select_from(s.usage_runs)
     if org_id is not None:
         query = query.where(u.org_id == org_id)
-    with store._read() as conn:
+    with store.reading() as conn:
         return int(conn.execute(query).scalar_one())
