@@ -24,9 +24,9 @@ import time
 import uuid
 from pathlib import Path
 
+from circleci_ds.derive.facts import open_store
 from circleci_ds.derive.usage import ProjectMap, parse_file
 from circleci_ds.dev.simulator.usage import HEADER, _field
-from circleci_ds.derive.facts import open_store
 from circleci_ds.store.usage import add_export, usage_row_count, write_export
 
 START = 1_790_000_000
