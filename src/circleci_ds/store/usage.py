@@ -12,7 +12,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, delete, func, insert, select, update
+from sqlalchemy import Connection, delete, func, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from circleci_ds.store import schema as s
 from circleci_ds.store.database import Store
@@ -130,16 +132,17 @@ def write_export(
     return written
 
 
-def _replace_rows(conn: Any, batch: dict[tuple[str, str], dict[str, Any]]) -> int:
+def _replace_rows(conn: Connection, batch: dict[tuple[str, str], dict[str, Any]]) -> int:
+    """Insert the rows, a row already stored under the same key replaced (an upsert: deleting first
+    costs PostgreSQL a scan per batch of the rows written earlier in the same transaction)."""
     if not batch:
         return 0
-    u = s.usage_runs.c
-    by_org: dict[str, list[str]] = {}
-    for org, job in batch:
-        by_org.setdefault(org, []).append(job)
-    for org, jobs in by_org.items():
-        conn.execute(delete(s.usage_runs).where(and_(u.org_id == org, u.job_run_id.in_(jobs))))
-    conn.execute(insert(s.usage_runs), list(batch.values()))
+    upsert = sqlite_insert if conn.dialect.name == "sqlite" else postgresql_insert
+    statement = upsert(s.usage_runs)
+    keys = {"org_id", "job_run_id"}
+    others = {c.name: statement.excluded[c.name] for c in s.usage_runs.columns if c.name not in keys}
+    statement = statement.on_conflict_do_update(index_elements=sorted(keys), set_=others)
+    conn.execute(statement, list(batch.values()))
     return len(batch)
 
 
