@@ -154,3 +154,49 @@ def test_plain_csv_without_gzip_magic_is_read_as_is() -> None:
     data = b"ORGANIZATION_ID,JOB_ID\no,j\n"
     assert [r["job_run_id"] for r in parse_file(data, "e", NO_PROJECTS)] == ["j"]
     assert list(parse_file(b"", "e", NO_PROJECTS)) == []
+
+
+def test_usage_runs_holds_the_agreed_columns() -> None:
+    """The table the cost metrics read: these columns are an interface (more may come, none go)."""
+    from circleci_ds.store import schema
+
+    agreed = [
+        "org_id",
+        "job_run_id",
+        "org_name",
+        "project_id",
+        "project_name",
+        "vcs_name",
+        "project_slug",
+        "branch",
+        "pipeline_id",
+        "pipeline_number",
+        "workflow_id",
+        "workflow_name",
+        "job_name",
+        "job_number",
+        "queued_at",
+        "started_at",
+        "stopped_at",
+        "run_day",
+        "status",
+        "resource_class",
+        "executor",
+        "parallelism",
+        "run_seconds",
+        "median_cpu_pct",
+        "max_cpu_pct",
+        "median_ram_pct",
+        "max_ram_pct",
+        "total_credits",
+        "user_credits",
+        "compute_credits",
+        "dlc_credits",
+        "network_credits",
+        "storage_credits",
+        "is_workflow_successful",
+        "export_id",
+    ]
+    columns = {c.name for c in schema.usage_runs.columns}
+    assert set(agreed) <= columns
+    assert [c.name for c in schema.usage_runs.primary_key.columns] == ["org_id", "job_run_id"]
