@@ -406,8 +406,8 @@ def discover(
 ) -> None:
     """Print a da-ds fixture listing every project of ORG that has pipelines (token from CIRCLE_TOKEN).
 
-    Exit statuses: 0 printed; 1 the token was refused, or the organisation is unknown, invisible to the
-    token or has no pipeline; 2 ORG is not an organisation."""
+    Exit statuses: 0 printed; 1 token refused, organisation unknown, unseen or without pipelines; 2 bad ORG.
+    """
     from circleci_ds.collect.discover import DiscoverError, parse_org, run_discover
 
     try:
