@@ -1,8 +1,8 @@
 """CircleCI API v2 client: HTTP only.
 
 Auth, pagination, retries (tenacity), a bound on requests in flight; pacing against the server's rate
-limit (429 / Retry-After, quota headers, the `max_wait` bound) is `pacing.Pacer`'s. It knows nothing of
-the store.
+limit (429 / Retry-After, quota headers, the `max_wait` bound) is `pacing.Pacer`'s, which reads the
+headers with `quota`. It knows nothing of the store.
 
 Every byte from the server is hostile. Rules:
 - The token never leaves the origin (scheme, host, port) of the base URL: no request goes
@@ -63,17 +63,11 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 from yarl import URL
 
 from circleci_ds import __version__
-from circleci_ds.client.pacing import (
-    Pacer,
-    Ticket,
-    WaitBudget,
-    WaitTooLong,
-    parse_http_date,
-    parse_retry_after,
-)
+from circleci_ds.client.pacing import Pacer, Ticket, WaitBudget, WaitTooLong
+from circleci_ds.client.quota import parse_http_date, parse_retry_after
 from circleci_ds.text import clean, without_surrogates
 
-__all__ = ["Pacer", "parse_retry_after"]  # re-exported: the pacer's home is pacing.py
+__all__ = ["Pacer", "parse_retry_after"]  # re-exported: their homes are pacing.py and quota.py
 
 DEFAULT_API_URL = "https://circleci.com/api/v2"
 MiB = 1024 * 1024
@@ -322,10 +316,6 @@ class CircleCIClient:
         self, path: str, params: dict[str, str] | None, budget: WaitBudget | None = None
     ) -> dict[str, Any]:
         assert self._session is not None, "use the client as an async context manager"
-        try:
-            await self.pacer.hold(budget)  # a request refused alone waits without holding a slot
-        except WaitTooLong as exc:
-            raise RateLimitWait(f"{path}: {exc}; giving up", status=exc.status, path=path) from None
         async with self._concurrency:
             try:
                 ticket = await self.pacer.wait(budget)
