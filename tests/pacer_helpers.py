@@ -2,8 +2,7 @@
 
 `drive` runs `workers` client loops (ask the pacer, send, get the answer `latency` later) against a
 `Limiter` that answers like the simulator: 429 with Retry-After in whole seconds rounded up (as a number,
-an HTTP date against the response's Date, or absent) and, if asked, quota headers. Each request carries
-its own `WaitBudget`, kept across its retries, as the client's do.
+an HTTP date against the response's Date, or absent) and, if asked, quota headers.
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ import random
 from dataclasses import dataclass, field
 from email.utils import formatdate
 
-from circleci_ds.client.pacing import Pacer, Ticket, WaitBudget
+from circleci_ds.client.pacing import Pacer, Ticket
 from circleci_ds.dev.simulator.ratelimit import Limiter
 from circleci_ds.dev.simulator.server import quota_headers
 
@@ -105,7 +104,6 @@ def drive(
     out = Outcome()
     rng = random.Random(7)
     end = clock.now + seconds
-    budgets = [WaitBudget(math.inf) for _ in range(workers)]  # the request each worker is making
     refused_at: list[float | None] = [None] * workers
     queue: list[tuple[float, int, int, Ticket | None, int, dict[str, str]]] = [
         (clock.now, ASK, worker, None, 0, {}) for worker in range(workers)
@@ -117,10 +115,9 @@ def drive(
             break
         clock.now = when
         if kind == ASK:
-            budget = budgets[worker]
-            got = pacer.try_acquire(budget)
+            got = pacer.try_acquire()
             if got is None:
-                wait = max(pacer.delay(), budget.not_before - when, 1e-4)
+                wait = max(pacer.delay(), 1e-4)
                 heapq.heappush(queue, (when + wait + rng.uniform(0.0, late), ASK, worker, None, 0, {}))
                 continue
             out.sent.append(when)
@@ -146,7 +143,6 @@ def drive(
         if requests is not None and out.succeeded >= requests:
             out.finished = when
             break
-        budgets[worker] = WaitBudget(math.inf)
         heapq.heappush(queue, (when + think, ASK, worker, None, 0, {}))
     clock.now = min(end, clock.now) if out.finished is None and math.isfinite(end) else clock.now
     return out
