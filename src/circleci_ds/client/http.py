@@ -474,7 +474,6 @@ class CircleCIClient:
         assert self._session is not None, "use the client as an async context manager"
         budget = WaitBudget(self._max_wait)
         try:
-            await self.pacer.hold(budget)
             async with self._concurrency:
                 ticket = await self.pacer.wait(budget)
                 self.stats.requests += 1
