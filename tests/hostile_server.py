@@ -53,6 +53,7 @@ class Mode(StrEnum):
     BODY = "body"  # 200 with `body` (bytes) and `headers`
     RAW = "raw"  # `raw` bytes written on the socket as the whole answer, then the connection closed
     ECHO_TOKEN = "echo-token"  # the upstream's answer with the token it received put in its strings
+    TAMPER = "tamper"  # the upstream's answer passed through `tamper(Exchange)`, which may change it
 
 
 @dataclass
@@ -63,6 +64,18 @@ class Reply:
     headers: list[tuple[str, str]] = field(default_factory=list)
     body: bytes = b""
     raw: bytes | None = None  # written as is instead of an HTTP response
+
+
+@dataclass
+class Exchange:
+    """One proxied answer a TAMPER test may change: status, JSON data and headers."""
+
+    kind: str
+    path: str  # without /api/v2
+    query: dict[str, str]
+    status: int
+    data: Any
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -170,6 +183,8 @@ class HostileServer:
             return await _send(request, Reply(raw=p["raw"]))
         if mode is Mode.ECHO_TOKEN:
             return await self._echo(request, path)
+        if mode is Mode.TAMPER:
+            return await self._tamper(request, path, kind)
         raise AssertionError(mode)
 
     async def _pages(self, request: web.Request, path: str, kind: str, n: int) -> web.StreamResponse:
@@ -204,6 +219,19 @@ class HostileServer:
         status, data = await self._upstream_json(request, path)
         echoed = _echo_into(data, token) if status == 200 else {"message": f"bad token {token}"}
         return _json(echoed, status)  # a 404 stays a 404: job-number probes end on one
+
+    async def _tamper(self, request: web.Request, path: str, kind: str) -> web.StreamResponse:
+        assert self._session is not None and self.upstream is not None
+        url, token = self.upstream + path.removeprefix("/api/v2"), request.headers.get("Circle-Token", "")
+        async with self._session.get(url, params=request.query, headers={"Circle-Token": token}) as resp:
+            status, data, date = resp.status, json.loads(await resp.read()), resp.headers.get("Date", "")
+        exchange = Exchange(
+            kind, path.removeprefix("/api/v2"), dict(request.query), status, data, {"Date": date}
+        )
+        self.params["tamper"](exchange)
+        response = _json(exchange.data, exchange.status)
+        response.headers.update(exchange.headers)
+        return response
 
     # -- the upstream ----------------------------------------------------------------------------
     async def _proxy(self, request: web.Request, path: str) -> web.StreamResponse:

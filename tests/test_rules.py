@@ -64,15 +64,32 @@ def test_reruns_frontier_counts_only_jobs_queued_before_the_run_began() -> None:
     ]
     start = parse_ts("2026-11-01T00:05:00Z")
     assert start is not None
-    assert rules.started_before(details, start) == 10
-    assert rules.started_before([], start) is None
+    assert rules.started_before(details, start) == [10]
+    assert rules.started_before([], start) == []
 
 
 def test_reruns_frontier_never_moves_back() -> None:
-    assert rules.next_frontier(500, None, None) == 500
-    assert rules.next_frontier(500, 520, 510) == 520
-    assert rules.next_frontier(None, None, 42) == 42
-    assert rules.next_frontier(None, None, None) is None
+    assert rules.next_frontier(500, None) == 500
+    assert rules.next_frontier(500, 520, [510]) == 520
+    assert rules.next_frontier(None, None, [42]) == 42
+    assert rules.next_frontier(None, None) is None
+
+
+def test_one_number_far_past_the_others_never_moves_the_frontier() -> None:
+    """Details queued before the run count as far as they follow on in steps of at most WALK_GAP."""
+    gap = rules.WALK_GAP
+    assert rules.next_frontier(None, None, [40, 42, 41]) == 42
+    assert rules.next_frontier(None, None, [40, 42, 42 + gap]) == 42 + gap
+    assert rules.next_frontier(None, None, [40, 42, 43 + gap, 2**31 - 2]) == 42
+    assert rules.next_frontier(500, 520, [530, 10**9]) == 530
+    assert rules.next_frontier(500, None, [100, 2**31 - 2]) == 500
+
+
+def test_a_long_run_of_404s_ends_the_walk_even_below_stored_numbers() -> None:
+    assert not rules.walk_done(1000, rules.WALK_GAP - 1, stored_max=2**31 - 2)
+    assert rules.walk_done(1000, rules.WALK_GAP, stored_max=2**31 - 2)
+    assert rules.walk_done(1000, rules.WALK_MISSES, stored_max=900)
+    assert not rules.walk_done(1000, rules.WALK_MISSES, stored_max=999)
 
 
 def test_reruns_frontier_covers_the_stored_numbers_just_past_it() -> None:

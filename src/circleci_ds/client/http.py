@@ -19,7 +19,15 @@ Every byte from the server is hostile. Rules:
 - Lists end at a null, absent or empty `next_page_token`; a token must be a string of at most
   `Limits.max_page_token` characters and is sent back as the `page-token` query parameter. A
   repeated token, `Limits.max_empty_pages` empty pages in a row that name a next page, or more
-  than `Limits.max_pages` pages fail the list (`EndlessPagination`).
+  than `Limits.max_pages` pages fail the list (`EndlessPagination`). A list whose pages hold more
+  than `Limits.max_list_bytes` in all fails (`ResponseTooLarge`): what one list holds in memory is
+  bounded, not only each body. A 404 means "not found" on a list's first page only; on a later page
+  it fails the list (`ApiError`), as the list was there a page ago.
+- Ids and numbers are checked once, here (`values.py`): ids sent back are bounded strings, job
+  numbers plausible integers, and job details must name the number asked for (`MalformedResponse`).
+- A `Date` header sets the server's clock (`server_now`) unless it is implausible: ahead of this
+  machine's clock by more than `MAX_DATE_AHEAD`, or of the other responses' by more than
+  `MAX_DATE_JUMP`; such a Date is not believed, and a warning says so once.
 - Ids from the server are sent back as one path segment, percent-encoded; `.` and `..` are refused.
 - Status codes: 200 is an answer; 301/302/303/307/308 redirect; 401, 404, 429 as below; 408 and
   5xx are retried (a 503 with a Retry-After after waiting it out, as a 429's, without spending an
@@ -65,6 +73,7 @@ from yarl import URL
 from circleci_ds import __version__
 from circleci_ds.client.pacing import Pacer, Ticket, WaitBudget, WaitTooLong
 from circleci_ds.client.quota import parse_http_date, parse_retry_after
+from circleci_ds.client.values import MAX_ID, details_problem, is_number
 from circleci_ds.text import clean, without_surrogates
 
 __all__ = ["Pacer", "parse_retry_after"]  # re-exported: their homes are pacing.py and quota.py
@@ -84,6 +93,7 @@ class Limits:
     max_redirects: int = 5  # same-origin hops of one request
     max_depth: int = 64  # JSON nesting; CircleCI's bodies nest about 5 deep
     max_page_token: int = 4096  # characters
+    max_list_bytes: int = 64 * MiB  # bodies of one list's pages, decoded, in all
 
 
 class ApiError(Exception):
@@ -175,6 +185,9 @@ class CircleCIClient:
         backoff_max: float = 30.0,
         limits: Limits | None = None,
     ) -> None:
+        problem = api_url_problem(base_url)
+        if problem is not None:
+            raise ValueError(problem)
         self.base_url = base_url.rstrip("/")
         self._origin = origin_of(URL(self.base_url))
         self._token = token
@@ -194,6 +207,7 @@ class CircleCIClient:
         self.stats = ClientStats()
         self._session: aiohttp.ClientSession | None = None
         self._clock_offset: float | None = None
+        self._doubted_date = False  # a Date not believed was reported once
 
     @property
     def has_token(self) -> bool:
@@ -244,7 +258,13 @@ class CircleCIClient:
         return await self.list_all(f"/workflow/{segment(workflow_id)}/job")
 
     async def job_details(self, slug: str, number: int) -> dict[str, Any]:
-        return await self.get(f"/project/{_path(slug)}/job/{job_number(number)}")
+        """GET a job's details; MalformedResponse when they name another job number."""
+        path = f"/project/{_path(slug)}/job/{job_number(number)}"
+        details = await self.get(path)
+        problem = details_problem(details, number)
+        if problem is not None:
+            raise MalformedResponse(f"{path}: {problem}", status=200, path=path)
+        return details
 
     def test_pages(self, slug: str, number: int) -> AsyncIterator[list[dict[str, Any]]]:
         """Pages of a job's test results; NotFound when it stored none."""
@@ -265,7 +285,13 @@ class CircleCIClient:
         query = dict(params or {})
         pages = PageGuard(path, self.limits)
         while True:
-            body = await self.get(path, query)
+            try:
+                body, size = await self._get_sized(path, query)
+            except NotFound as exc:
+                if pages.pages == 0:
+                    raise
+                raise ApiError(f"{path}: page {pages.pages + 1} of the list answered 404", path=path) from exc
+            pages.hold(size)
             items = body.get("items")
             if not isinstance(items, list):
                 raise MalformedResponse(f"{path}: a list answer without an `items` list", path=path)
@@ -283,6 +309,10 @@ class CircleCIClient:
         return items
 
     async def get(self, path: str, params: dict[str, str] | None = None) -> dict[str, Any]:
+        return (await self._get_sized(path, params))[0]
+
+    async def _get_sized(self, path: str, params: dict[str, str] | None) -> tuple[dict[str, Any], int]:
+        """The answer's JSON object and the size of its body, decoded."""
         budget = WaitBudget(self._max_wait)  # pauses this request may still wait out
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(TransientError),
@@ -314,7 +344,7 @@ class CircleCIClient:
 
     async def _get_once(
         self, path: str, params: dict[str, str] | None, budget: WaitBudget | None = None
-    ) -> dict[str, Any]:
+    ) -> tuple[dict[str, Any], int]:
         assert self._session is not None, "use the client as an async context manager"
         async with self._concurrency:
             try:
@@ -332,7 +362,7 @@ class CircleCIClient:
                 self.pacer.abandon(ticket)
                 self.stats.in_flight -= 1
 
-    async def _fetch(self, path: str, url: URL, ticket: Ticket) -> dict[str, Any]:
+    async def _fetch(self, path: str, url: URL, ticket: Ticket) -> tuple[dict[str, Any], int]:
         """GET `url`, following redirects within the origin only; the answer's JSON object."""
         assert self._session is not None
         for _ in range(self.limits.max_redirects + 1):
@@ -347,7 +377,7 @@ class CircleCIClient:
                     body = await read_body(path, resp, self.limits.max_response_bytes)
                 else:
                     body = await error_body(path, resp)
-                return self._handle(path, resp, body)
+                return self._handle(path, resp, body), len(body)
         raise Redirected(f"{path}: more than {self.limits.max_redirects} redirects", path=path)
 
     def _redirect_target(self, path: str, url: URL, resp: aiohttp.ClientResponse) -> URL:
@@ -436,13 +466,22 @@ class CircleCIClient:
 
     def _note_date(self, value: str | None) -> None:
         date = parse_http_date(value)
-        if date is not None and PLAUSIBLE_DATES[0] <= date < PLAUSIBLE_DATES[1]:
-            # Date has one-second resolution; keeping the smallest offset errs on the early side.
-            offset = date - time.time()
-            if self._clock_offset is None or abs(offset - self._clock_offset) > 2:
-                self._clock_offset = offset
-            else:
-                self._clock_offset = min(self._clock_offset, offset)
+        if date is None:
+            return
+        offset = date - time.time()
+        doubt = date_doubt(date, offset, self._clock_offset)
+        if doubt is not None:
+            if not self._doubted_date:
+                self._doubted_date = True
+                log.warning(
+                    "the server's Date header (%s) is not believed: %s", self._say(value or "", 60), doubt
+                )
+            return
+        # Date has one-second resolution; keeping the smallest offset errs on the early side.
+        if self._clock_offset is None or abs(offset - self._clock_offset) > 2:
+            self._clock_offset = offset
+        else:
+            self._clock_offset = min(self._clock_offset, offset)
 
     # -- organisations and usage (discover, the usage phase) ---------------------------------
     async def collaborations(self) -> list[dict[str, Any]]:
@@ -527,6 +566,35 @@ MIN_MASKED_TOKEN = 8  # CircleCI's tokens have 40 characters
 ERROR_BODY_BYTES = 64 * 1024  # enough for any error message; the rest is not read
 CHUNK = 256 * 1024  # decoded bytes produced at once, at most
 PLAUSIBLE_DATES = (946684800.0, 7258118400.0)  # server Dates from 2000 to 2200 set the clock
+MAX_DATE_AHEAD = 86400.0  # seconds a Date may run ahead of this machine's clock
+MAX_DATE_JUMP = 3600.0  # seconds a Date may run ahead of the clock the other responses set
+
+
+def date_doubt(date: float, offset: float, known: float | None) -> str | None:
+    """Why a server Date (epoch seconds; `offset` from this machine's clock) is not believed, given the
+    offset the other responses set (`known`); None when it is. A clock believed too early only makes
+    the next run list more; one too late would skip pipelines, so only the late side is bounded."""
+    if not PLAUSIBLE_DATES[0] <= date < PLAUSIBLE_DATES[1]:
+        return "outside the years 2000 to 2200"
+    if offset > MAX_DATE_AHEAD:
+        return f"{offset / 86400:.1f} days ahead of this machine's clock"
+    if known is not None and offset - known > MAX_DATE_JUMP:
+        return f"{(offset - known) / 3600:.1f} hours ahead of the other responses' Date"
+    return None
+
+
+def api_url_problem(api_url: str) -> str | None:
+    """Why an API base URL is refused; None when it is usable. Credentials in it (`user:password@`)
+    would be sent and stored as part of it; the token goes in the fixture or CIRCLE_TOKEN."""
+    try:
+        url = URL(api_url)
+    except (ValueError, TypeError):
+        return "the API URL cannot be read"
+    if url.user is not None or url.password is not None:
+        return "the API URL must not carry credentials (user:password@); the token goes in the fixture"
+    if url.scheme not in ("http", "https") or not url.host:
+        return "the API URL must be http:// or https:// with a host"
+    return None
 
 
 def origin_of(url: URL) -> tuple[str, str, int | None]:
@@ -535,15 +603,16 @@ def origin_of(url: URL) -> tuple[str, str, int | None]:
 
 
 def segment(value: object) -> str:
-    """A server-given id as one path segment: percent-encoded, never `.`, `..` or empty."""
-    if not isinstance(value, str) or value in ("", ".", ".."):
+    """A server-given id as one path segment: percent-encoded, never `.`, `..`, empty or longer than
+    MAX_ID characters."""
+    if not isinstance(value, str) or value in ("", ".", "..") or len(value) > MAX_ID:
         raise MalformedResponse(f"unusable id {clean(repr(value), 80)}")
     return quote(value, safe="")
 
 
 def job_number(value: object) -> int:
-    """A job number fit for a path: a non-negative integer below 2**63."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
+    """A job number fit for a path: a plausible one (`values.is_number`)."""
+    if not isinstance(value, int) or not is_number(value):
         raise MalformedResponse(f"unusable job number {clean(repr(value), 80)}")
     return value
 
@@ -570,6 +639,7 @@ class PageGuard:
         self.limits = limits
         self.pages = 0
         self.empty_in_a_row = 0
+        self.held = 0  # bytes of the pages read so far
         self._seen: set[bytes] = set()  # digests: memory stays small whatever the tokens' size
 
     def next(self, token: str, *, empty: bool) -> None:
@@ -584,6 +654,16 @@ class PageGuard:
         if self.pages >= self.limits.max_pages:
             self._fail(f"more than {self.limits.max_pages} pages (raise --max-pages for longer lists)")
         self._seen.add(key)
+
+    def hold(self, size: int) -> None:
+        """A page of `size` bytes was read; ResponseTooLarge past the list's byte budget."""
+        self.held += size
+        if self.held > self.limits.max_list_bytes:
+            raise ResponseTooLarge(
+                f"{self.path}: list larger than {self.limits.max_list_bytes / MiB:g} MiB in all "
+                f"({self.held} bytes after {self.pages + 1} pages)",
+                path=self.path,
+            )
 
     def _fail(self, why: str) -> None:
         raise EndlessPagination(f"{self.path}: list does not end: {why}", path=self.path)

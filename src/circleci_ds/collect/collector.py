@@ -24,7 +24,14 @@ from functools import partial
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from circleci_ds.client.http import DEFAULT_API_URL, ApiError, CircleCIClient, NotFound, Unauthorized
+from circleci_ds.client.http import (
+    DEFAULT_API_URL,
+    ApiError,
+    CircleCIClient,
+    MalformedResponse,
+    NotFound,
+    Unauthorized,
+)
 from circleci_ds.collect import rules
 from circleci_ds.collect.lanes import EndpointResult, LaneOptions, Lanes, Outcome, new_owner
 from circleci_ds.collect.tests import TestCounts, TestOptions, TestPhase
@@ -32,7 +39,7 @@ from circleci_ds.collect.usage import UsageOptions, UsagePass, collect_usage
 from circleci_ds.collect.users import UserPass, resolve_users
 from circleci_ds.inputs.fixture import Endpoint
 from circleci_ds.store import PipelineIndexEntry, Store, StoreError
-from circleci_ds.store.base import digest
+from circleci_ds.store.base import TreeRefused, digest, dumps
 from circleci_ds.times import parse_ts
 
 log = logging.getLogger("circleci_ds.collect.collector")
@@ -44,6 +51,7 @@ TREES_PER_REQUEST = 2  # pipeline trees in flight per request in flight: keeps e
 CHECKPOINT_MARGIN = 60.0  # seconds taken off the server time a run started at, for clock resolution
 WALK_LIMIT = 100_000  # job numbers probed in one run at most (a server answering every number)
 WALK_KEEP = 5_000  # walked job details kept in memory to serve the trees
+WALK_KEEP_BYTES = 32 * 1024 * 1024  # and their JSON's size in all: past it, details are read again later
 
 
 def trees_in_flight(concurrency: int) -> int:
@@ -303,8 +311,9 @@ class _Walk:
         self.saved = 0
         self.server_start: float | None = None  # server time when the run began
         self.walked: dict[int, dict[str, Any]] = {}  # job number -> details, from the walk
+        self.walked_bytes = 0  # JSON size of the details kept in `walked`
         self.walked_pipelines: dict[int, str] = {}  # job number -> pipeline id it names
-        self.queued_top: int | None = None  # highest number of details read, queued before the start
+        self.queued: list[int] = []  # numbers of details read for the trees, queued before the start
         self._began = time.monotonic()
 
     def _note_start(self) -> None:
@@ -323,7 +332,7 @@ class _Walk:
         signaled = await self._signaled(set(index))
         checkpoint = await self._list_and_read(index, previous, signaled)
         assert self.server_start is not None
-        return checkpoint, await self._frontier(rules.next_frontier(frontier, walked_top, self.queued_top))
+        return checkpoint, await self._frontier(rules.next_frontier(frontier, walked_top, self.queued))
 
     async def _frontier(self, base: int | None) -> int | None:
         """The frontier this run earns: `base`, extended over the stored numbers just past it."""
@@ -349,7 +358,8 @@ class _Walk:
                     misses += 1
                     continue
                 misses, found, top = 0, True, n
-                self._keep_walked(n, details)
+                if details:
+                    self._keep_walked(n, details)
             number += batch
             if rules.walk_done(number - 1, misses, stored_max):
                 return top
@@ -358,18 +368,24 @@ class _Walk:
         return top
 
     async def _probe(self, number: int) -> dict[str, Any] | None:
+        """The details of job `number`; None for a 404, {} for details refused (that job fails alone)."""
         self.progress.probed += 1
         try:
             return await self.client.job_details(self.endpoint.slug, number)
         except NotFound:
             return None
+        except MalformedResponse as exc:
+            self._fail_item(str(exc))
+            return {}
 
     def _keep_walked(self, number: int, details: dict[str, Any]) -> None:
         pipeline_id = rules.details_pipeline(details)
         if pipeline_id is not None:
             self.walked_pipelines[number] = pipeline_id
-        if len(self.walked) < WALK_KEEP:
+        size = len(dumps(details))
+        if len(self.walked) < WALK_KEEP and self.walked_bytes + size <= WALK_KEEP_BYTES:
             self.walked[number] = details
+            self.walked_bytes += size
 
     async def _signaled(self, stored_pipelines: set[str]) -> set[str]:
         if not self.walked_pipelines:
@@ -460,6 +476,8 @@ class _Walk:
             await work()
         except (Unauthorized, StoreError):
             raise
+        except TreeRefused as exc:
+            self._fail_item(str(exc))
         except Exception as exc:  # one bad pipeline must not stop the walk
             # An ApiError or a malformed item says it all; a traceback only for the unexpected.
             expected = isinstance(exc, ApiError | MalformedItem)
@@ -524,8 +542,8 @@ class _Walk:
         self.c.counters.workflows += 1
         try:
             jobs = await self.client.jobs(workflow["id"])
-        except NotFound:
-            jobs = []
+        except NotFound:  # the list is gone (past retention): the jobs stored stay
+            return {**workflow, "jobs": old_jobs}
         _check_items("job", jobs)
         previous = {j["id"]: j for j in old_jobs}
         details = await asyncio.gather(*(self._details(job, previous.get(job["id"])) for job in jobs))
@@ -550,8 +568,7 @@ class _Walk:
 
     def _note_details(self, details: dict[str, Any]) -> None:
         assert self.server_start is not None  # set by the first response, before any tree is read
-        number = rules.started_before([details], self.server_start)
-        self.queued_top = rules.next_frontier(self.queued_top, number, None)
+        self.queued += rules.started_before([details], self.server_start)
 
 
 def _check_items(kind: str, items: list[Any]) -> None:
@@ -559,6 +576,9 @@ def _check_items(kind: str, items: list[Any]) -> None:
         problem = rules.item_problem(kind, item)
         if problem is not None:
             raise MalformedItem(problem)
+    twice = rules.duplicate_id(items)
+    if twice is not None:
+        raise MalformedItem(f"the {kind} list names {kind} {twice} twice")
 
 
 def _describe(exc: BaseException) -> str:

@@ -20,6 +20,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from circleci_ds.client.values import is_id, is_number
 from circleci_ds.times import parse_ts
 
 FINAL_PIPELINE_STATES = frozenset({"created", "errored"})
@@ -33,8 +34,7 @@ MIN_REREAD_GAP = HOUR  # the age-spaced re-read never comes sooner than this aft
 PROJECT_INFO_MAX_AGE = DAY  # GET /project/{slug} is read again when older than this
 WALK_MISSES = 2  # numbers in a row that answer 404 (past every stored number) end the walk
 WALK_BATCH_MAX = 16  # numbers probed at once while the walk keeps finding jobs (and the most it overshoots)
-MAX_ID = 64  # longest id the store keeps
-MAX_NUMBER = 2**62
+WALK_GAP = 500  # numbers in a row that answer 404 end the walk even below stored numbers (an absurd one)
 
 
 # -- finality ---------------------------------------------------------------------------------------------
@@ -143,9 +143,11 @@ def walk_start(frontier: int | None, stored_max: int | None) -> int | None:
 
 def walk_done(last_probed: int, trailing_misses: int, stored_max: int | None) -> bool:
     """The walk ends after WALK_MISSES 404s in a row, all past every stored job number
-    (numbered approval jobs answer 404 too, so gaps below stored numbers do not end it)."""
+    (numbered approval jobs answer 404 too, so short gaps below stored numbers do not end it), or
+    after WALK_GAP 404s in a row wherever they are: no run of approval jobs is that long, and a
+    stored number far past the others (a server's lie) must not make every run probe up to it."""
     past_stored = stored_max is None or last_probed - trailing_misses >= stored_max
-    return trailing_misses >= WALK_MISSES and past_stored
+    return (trailing_misses >= WALK_MISSES and past_stored) or trailing_misses >= WALK_GAP
 
 
 def next_batch(size: int, found_any: bool) -> int:
@@ -153,21 +155,36 @@ def next_batch(size: int, found_any: bool) -> int:
     return min(WALK_BATCH_MAX, size * 2) if found_any else WALK_MISSES
 
 
-def started_before(details: Iterable[Mapping[str, Any]], start: float) -> int | None:
-    """The highest job number among details queued before `start` (the server's time when the run
-    began): every job numbered since then has a higher number."""
-    best: int | None = None
+def started_before(details: Iterable[Mapping[str, Any]], start: float) -> list[int]:
+    """The job numbers of details queued before `start` (the server's time when the run began): every
+    job numbered since then has a higher number."""
+    numbers = []
     for d in details:
         number, queued = d.get("number"), parse_ts(d.get("queued_at"))
-        if isinstance(number, int) and queued is not None and queued < start:
-            best = number if best is None else max(best, number)
-    return best
+        if isinstance(number, int) and is_number(number) and queued is not None and queued < start:
+            numbers.append(number)
+    return numbers
 
 
-def next_frontier(previous: int | None, walked_top: int | None, queued_top: int | None) -> int | None:
-    """The frontier after a successful run: nothing at or below it can start unseen."""
-    known = [x for x in (previous, walked_top, queued_top) if x is not None]
-    return max(known) if known else None
+def chain_top(base: int | None, numbers: Iterable[int]) -> int | None:
+    """The highest of `numbers` reached from `base` (from the lowest number without one) in steps of
+    at most WALK_GAP: a number far past the others, which only a lying server gives, is not reached."""
+    top = base
+    for number in sorted(numbers):
+        if top is None or top < number <= top + WALK_GAP:
+            top = number
+        elif number > top:
+            break
+    return top
+
+
+def next_frontier(previous: int | None, walked_top: int | None, queued: Iterable[int] = ()) -> int | None:
+    """The frontier after a successful run: nothing at or below it can start unseen. `walked_top`
+    answered the walk's probes; the `queued` numbers (details read for the trees) count as far as
+    they follow on from it in steps of at most WALK_GAP, so one listed number never moves the frontier
+    past what was probed."""
+    known = [x for x in (previous, walked_top) if x is not None]
+    return chain_top(max(known) if known else None, queued)
 
 
 def extend_frontier(frontier: int, stored: set[int]) -> int:
@@ -188,18 +205,10 @@ def details_pipeline(details: Mapping[str, Any]) -> str | None:
     """The pipeline id job details name, if well formed."""
     pipeline = details.get("pipeline")
     pid = pipeline.get("id") if isinstance(pipeline, dict) else None
-    return pid if _is_id(pid) else None
+    return pid if is_id(pid) else None
 
 
 # -- malformed items -----------------------------------------------------------------------------------
-def _is_id(value: object) -> bool:
-    return isinstance(value, str) and 0 < len(value) <= MAX_ID
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < MAX_NUMBER
-
-
 def _optional(item: Mapping[str, Any], key: str, check: Any) -> bool:
     return item.get(key) is None or check(item[key])
 
@@ -208,15 +217,25 @@ def item_problem(kind: str, item: object) -> str | None:
     """Why a pipeline, workflow or job from a list cannot be stored; None when it can."""
     if not isinstance(item, dict):
         return f"{kind} is not an object"
-    if not _is_id(item.get("id")):
+    if not is_id(item.get("id")):
         return f"{kind} without a usable id"
     number_key = {"pipeline": "number", "job": "job_number"}.get(kind)
-    if number_key is not None and not _optional(item, number_key, _is_number):
+    if number_key is not None and not _optional(item, number_key, is_number):
         return f"{kind} {item['id']}: bad {number_key}"
     text_keys = {"pipeline": ("state", "created_at"), "workflow": ("status", "name", "created_at")}
     for key in text_keys.get(kind, ("status", "type")):
         if not _optional(item, key, lambda v: isinstance(v, str)):
             return f"{kind} {item['id']}: bad {key}"
+    return None
+
+
+def duplicate_id(items: Iterable[Mapping[str, Any]]) -> str | None:
+    """An id that a list names twice (a list a store cannot file); None when each is named once."""
+    seen: set[Any] = set()
+    for item in items:
+        if item["id"] in seen:
+            return str(item["id"])
+        seen.add(item["id"])
     return None
 
 

@@ -28,6 +28,11 @@ class StoreError(Exception):
     """The database cannot be used; the message is for the user (never contains a password)."""
 
 
+class TreeRefused(Exception):
+    """A tree the store will not file: one of its ids is filed under another endpoint or pipeline,
+    or named twice. That tree fails alone; the message is one plain line naming it."""
+
+
 def dumps(obj: Any) -> str:
     """Compact JSON text, UTF-8 as it is (the raw objects' columns)."""
     return dumps_bytes(obj).decode()

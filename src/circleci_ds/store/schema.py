@@ -104,7 +104,7 @@ users = Table(
     "users",
     metadata,
     Column("id", String(64), primary_key=True),  # the id workflows and jobs refer to
-    Column("login", String(300)),
+    Column("login", Text),  # the API's text: no length the server must keep to (_unbounded_api_text)
     Column("name", Text),
     Column("avatar_url", Text),
     Column("deleted", Boolean, nullable=False),  # GET /user/{id} answered 404
@@ -151,7 +151,7 @@ workflow_runs = Table(
     Column("endpoint", String(300), nullable=False),
     Column("pipeline_number", BigInteger),
     Column("name", Text, nullable=False),
-    Column("status", String(40), nullable=False),
+    Column("status", Text, nullable=False),
     Column("branch", Text),
     Column("is_default_branch", Boolean),
     Column("commit", Text),
@@ -179,8 +179,8 @@ job_runs = Table(
     Column("endpoint", String(300), nullable=False),
     Column("workflow_name", Text, nullable=False),
     Column("name", Text, nullable=False),
-    Column("type", String(40)),
-    Column("status", String(40), nullable=False),
+    Column("type", Text),
+    Column("status", Text, nullable=False),
     Column("number", BigInteger),
     Column("executed", Boolean, nullable=False),
     Column("branch", Text),
@@ -194,7 +194,7 @@ job_runs = Table(
     Column("queue_time", Double),
     Column("approval_wait", Double),
     Column("dependencies", Text, nullable=False),
-    Column("resource_class", String(100)),  # job details executor.resource_class (added by _job_resources)
+    Column("resource_class", Text),  # job details executor.resource_class (added by _job_resources)
     Column("parallelism", Integer),
     Index("ix_job_runs_endpoint_created", "endpoint", "workflow_created"),
 )
@@ -478,6 +478,25 @@ def _usage_tables(conn: Connection) -> None:
     metadata.create_all(conn, tables=list(USAGE_TABLES))
 
 
+# Strings the API gives that columns of earlier steps bounded (PostgreSQL enforces a varchar's length,
+# SQLite does not): a longer one stopped every run on PostgreSQL only. They become text on both
+# backends alike; ids stay bounded, as the client refuses longer ones (client/values.py).
+UNBOUNDED_API_TEXT = (
+    ("workflow_runs", "status"),
+    ("job_runs", "type"),
+    ("job_runs", "status"),
+    ("job_runs", "resource_class"),
+    ("users", "login"),
+)
+
+
+def _unbounded_api_text(conn: Connection) -> None:
+    if conn.dialect.name != "postgresql":
+        return  # SQLite keeps any length in a VARCHAR column
+    for table_name, column_name in UNBOUNDED_API_TEXT:
+        conn.execute(text(f"ALTER TABLE {table_name} ALTER COLUMN {column_name} TYPE TEXT"))
+
+
 # Each step upgrades version N to N+1. Released steps never change; new ones are appended.
 MIGRATIONS: list[Callable[[Connection], None]] = [
     _v1_core,
@@ -491,6 +510,7 @@ MIGRATIONS: list[Callable[[Connection], None]] = [
     _people_refs,
     _job_resources,
     _usage_tables,
+    _unbounded_api_text,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

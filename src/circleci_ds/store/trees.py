@@ -4,19 +4,25 @@ Rules:
 - A tree (pipeline, workflows, jobs, details) and its derived facts are replaced in one transaction.
 - Trees are read back in keyset pages on one snapshot: memory is bounded by a page, whatever the
   size of the history.
+- Ids are keys on their own, so a tree is filed only where its ids are its own: a pipeline id filed
+  under another endpoint, or a workflow id filed under another pipeline, refuses the tree
+  (`TreeRefused`) rather than re-file the other's; so does an id named twice. CircleCI's ids are
+  UUIDs, unique across servers: one met under two endpoints is a server's lie, not data to keep twice.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, and_, delete, func, or_, select
+from sqlalchemy.exc import IntegrityError
 
 from circleci_ds.store import schema as s
-from circleci_ds.store.base import StoreBase, digest, dumps
+from circleci_ds.store.base import StoreBase, TreeRefused, db_reason, digest, dumps
 from circleci_ds.store.bulk import insert_rows
 from circleci_ds.store.facts_store import (
     FactRows,
@@ -89,7 +95,8 @@ class Trees(StoreBase):
             job_rows += rows.jobs
         ids = [r["id"] for r in pipeline_rows]
         deriver = self.needs_deriver()
-        with self.writing() as conn:
+        with _refusing(ids), self.writing() as conn:
+            _check_owned(conn, endpoint, ids, [r["id"] for r in workflow_rows])
             conn.execute(delete(s.jobs).where(s.jobs.c.pipeline_id.in_(ids)))
             conn.execute(delete(s.workflows).where(s.workflows.c.pipeline_id.in_(ids)))
             conn.execute(delete(s.pipelines).where(s.pipelines.c.id.in_(ids)))
@@ -147,6 +154,40 @@ class Trees(StoreBase):
             query = query.where(e.native == project)
         with self.engine.connect() as conn:
             return int(conn.execute(query).scalar_one())
+
+
+@contextmanager
+def _refusing(ids: list[str]) -> Iterator[None]:
+    """A key the tree breaks (an id named twice) refuses that tree, in one plain line."""
+    try:
+        yield
+    except IntegrityError as exc:
+        raise TreeRefused(f"pipeline {_named(ids)}: the store refused it ({db_reason(exc)})") from None
+
+
+def _check_owned(conn: Connection, endpoint: str, pipeline_ids: list[str], workflow_ids: list[str]) -> None:
+    """TreeRefused when a pipeline id is filed under another endpoint, or a workflow id under another
+    pipeline (module docstring)."""
+    p, w = s.pipelines.c, s.workflows.c
+    other = conn.execute(
+        select(p.id, p.endpoint).where(p.id.in_(pipeline_ids), p.endpoint != endpoint).limit(1)
+    ).first()
+    if other is not None:
+        raise TreeRefused(f"pipeline {_named([other.id])} is filed under another project ({other.endpoint})")
+    if workflow_ids:
+        taken = conn.execute(
+            select(w.id, w.pipeline_id)
+            .where(w.id.in_(workflow_ids), w.pipeline_id.not_in(pipeline_ids))
+            .limit(1)
+        ).first()
+        if taken is not None:
+            owner = _named([taken.pipeline_id])
+            raise TreeRefused(f"workflow {_named([taken.id])} is filed under another pipeline ({owner})")
+
+
+def _named(ids: Sequence[str]) -> str:
+    shown = ", ".join(i[:64] for i in ids[:3])
+    return shown + (f" and {len(ids) - 3} more" if len(ids) > 3 else "")
 
 
 def _pages_by_number(
