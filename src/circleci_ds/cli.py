@@ -34,7 +34,14 @@ from rich.table import Table
 from rich.text import Text
 
 from circleci_ds import __version__
-from circleci_ds.client.http import DEFAULT_API_URL, CircleCIClient, Limits, MiB, Unauthorized
+from circleci_ds.client.http import (
+    DEFAULT_API_URL,
+    CircleCIClient,
+    Limits,
+    MiB,
+    Unauthorized,
+    api_url_problem,
+)
 from circleci_ds.collect.collector import (
     DEFAULT_CONCURRENCY,
     Collector,
@@ -55,6 +62,7 @@ from circleci_ds.inputs.identities import Identities, IdentitiesError, load_iden
 from circleci_ds.inputs.rates import RatesError, load_rates
 from circleci_ds.metrics.cost import CostOptions, Thresholds
 from circleci_ds.store import DEFAULT_DB_URL, Store, StoreError
+from circleci_ds.store.database import database_files
 from circleci_ds.store.urls import secrets_in
 from circleci_ds.text import plain, safe_text
 from circleci_ds.times import iso, parse_date, parse_duration
@@ -242,6 +250,8 @@ def collect(
         from_ts = parse_date(from_date) if from_date else None
     except ValueError as exc:
         raise fail(str(exc), EXIT_USAGE) from None
+    if (problem := api_url_problem(api_url)) is not None:  # before anything is stored or sent
+        raise fail(f"--api-url: {problem}", EXIT_USAGE)
     settings = load_fixture(fixture)
     if settings.token:
         Redactor.secrets.add(settings.token)
@@ -668,7 +678,9 @@ def report(
         concurrency_cap = _fixture_cap(fixture)
     cost_options = _cost_options(credit_rates, rightsize_min_runs, oversized_pct, starved_pct)
     if html is not None:
-        check_target(html)  # a path that can never be written fails before the work, not after
+        # A path that can never be written, or that is an input (the database), fails before the work.
+        inputs = [*database_files(db), *(p for p in (fixture, identities) if p is not None)]
+        check_target(html, inputs)
     people_ids = _load_identities(identities)
     store = _open_store(db, create=False)
     try:
@@ -816,8 +828,17 @@ def version() -> None:
     print(__version__)
 
 
+def _reader_gone(self: Console) -> None:
+    """A reader that stopped early (`report | head -1`) is no failure: exit 0 quietly, as `export`
+    does. Rich's default exits 1; its help output and our consoles all go through here."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())  # nothing is flushed into the closed pipe at exit
+    raise SystemExit(EXIT_OK)
+
+
 def main() -> None:
     signal.signal(signal.SIGTERM, _on_sigterm)  # SIGTERM ends a command as SIGINT does: one line
+    Console.on_broken_pipe = _reader_gone  # type: ignore[method-assign]  # rich's hook
     app(prog_name="circleci-ds")
 
 

@@ -10,6 +10,8 @@ Rules:
   symbolic link is followed, and the file it points to is replaced.
 - A replaced file keeps its permission bits; a new one gets the usual 0o666 less the umask.
 - Failures raise OutputError with one line naming the path.
+- An output never replaces one of the command's inputs (`check_target`): its database, the
+  database's -wal, -shm and -journal files, its fixture or identities file.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import contextlib
 import os
 import stat
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 
@@ -83,6 +86,20 @@ def _reason(exc: OSError) -> str:
     return exc.strerror or exc.__class__.__name__
 
 
-def check_target(path: Path) -> None:
-    """OutputError now if `path` can never be written, before any work is done for it."""
-    _target(path)
+def check_target(path: Path, inputs: Iterable[Path] = ()) -> None:
+    """OutputError now if `path` can never be written, before any work is done for it, or if it is one
+    of the command's `inputs` (its database, the database's -wal and -shm files, its fixture):
+    writing the output there would replace what it is made from."""
+    target = _target(path)
+    for given in inputs:
+        if _same_file(target, given):
+            raise OutputError(f"cannot write {path}: it is {given}, which this command reads")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)  # hard links
+    except OSError:
+        return False

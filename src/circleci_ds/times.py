@@ -106,6 +106,20 @@ class TimeReader:
         return epoch
 
 
+MAX_DURATION = 10 * 366 * 86400.0  # seconds: a longer duration from the API is not believed
+
+
+def duration_ms(value: object) -> float | None:
+    """A duration in milliseconds as the API gives it (job details' `duration`), or None when it is
+    not a number, negative, not finite or past MAX_DURATION: such a value is absurd, and past a
+    64-bit integer it would break every document and table built from it."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if not 0 <= value <= MAX_DURATION * 1000:  # NaN fails too
+        return None
+    return float(value)
+
+
 def parse_duration(text: str) -> float:
     """Seconds in `72h`, `3d`, `1d12h`, `90m`, `45s` or a bare number of seconds."""
     text = text.strip()

@@ -32,14 +32,13 @@ Rules:
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from typing import Any
 
 from circleci_ds.store import Deriver, FactRows, Store, StoredTree
-from circleci_ds.times import TimeReader, parse_ts, seconds_between
+from circleci_ds.times import TimeReader, duration_ms, parse_ts, seconds_between
 
 WORKFLOW_FAILED = frozenset({"failed", "error"})
 JOB_FAILED = frozenset({"failed", "infrastructure_fail", "timedout", "terminated-unknown"})
@@ -419,11 +418,12 @@ def _non_negative(seconds: float | None) -> float | None:
     return None if seconds is None or seconds < 0 else seconds
 
 
-def job_seconds(duration_ms: Any, started: float | None, stopped: float | None) -> float | None:
+def job_seconds(duration: Any, started: float | None, stopped: float | None) -> float | None:
     """A job's duration in seconds, to the millisecond; see the module rules."""
-    usable = isinstance(duration_ms, int | float) and not isinstance(duration_ms, bool)
-    if usable and 0 <= duration_ms < math.inf and (duration_ms > 0 or started is not None):
-        return round(duration_ms / 1000, 3)
+    # A job that never started reports duration 0: that is "unknown", not "instant".
+    given = duration_ms(duration)  # None when absurd (times.MAX_DURATION): then from the timestamps
+    if given is not None and (given > 0 or started is not None):
+        return round(given / 1000, 3)
     return _non_negative(seconds_between(started, stopped))
 
 

@@ -202,4 +202,7 @@ def job_duration_ms(duration: Any, started: float | None, stopped: float | None)
 
 
 def _first_int(*values: Any) -> int | None:
-    return next((v for v in values if isinstance(v, int) and not isinstance(v, bool)), None)
+    """The first value that is an integer a `long` field holds (signed 64 bits)."""
+    return next(
+        (v for v in values if isinstance(v, int) and not isinstance(v, bool) and -(2**63) <= v < 2**63), None
+    )

@@ -13,11 +13,16 @@ Rules:
   identities' `source` / `username` as logins, enrolments with 1900-01-01 / 2100-01-01 as open ends.
 - A bad file stops with one line naming the file and the line (exit status 2). The file is read with
   circleci_ds.inputs.yamlfile's guards: at most MAX_IDENTITIES_BYTES, aliases expanding to at most MAX_NODES.
+- A JSON file (a SortingHat export runs to tens of MiB) is parsed with `json` alone: the YAML node tree
+  that gives line numbers is built only for the error being reported. JSON nested too deeply to
+  parse is a bad file like any other.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -34,6 +39,7 @@ PROVIDER_ALIASES = {"gh": "github", "github": "github", "bb": "bitbucket", "bitb
                     "gitlab": "gitlab"}
 MAX_IDENTITIES_BYTES = 256 << 20  # SortingHat exports of large organisations run to tens of MiB
 MAX_NODES = 20_000_000  # what the aliases of such a file may expand to
+Root = Callable[[], yaml.Node | None]  # the node tree for line numbers, built when first asked for
 _OPEN_START, _OPEN_END = datetime(1900, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC)
 
 
@@ -196,7 +202,7 @@ def load_identities(path: Path | str) -> Identities:
     try:
         parsed = _File.model_validate(raw)
     except ValidationError as exc:
-        raise IdentitiesError(describe(path, root, exc, ())) from None
+        raise IdentitiesError(describe(path, root(), exc, ())) from None
     entries: dict[tuple[str, str], tuple[Identity, str]] = {}
     for index, person in enumerate(parsed.people):
         logins = [
@@ -217,11 +223,11 @@ def load_identities(path: Path | str) -> Identities:
     return Identities(entries)
 
 
-def _from_sortinghat(path: Path, raw: dict[str, Any], root: yaml.Node | None) -> Identities:
+def _from_sortinghat(path: Path, raw: dict[str, Any], root: Root) -> Identities:
     try:
         export = _ShExport.model_validate(raw)
     except ValidationError as exc:
-        raise IdentitiesError(describe(path, root, exc, ())) from None
+        raise IdentitiesError(describe(path, root(), exc, ())) from None
     entries: dict[tuple[str, str], tuple[Identity, str]] = {}
     for key, unique in export.uidentities.items():
         profile = unique.profile or _ShProfile()
@@ -256,7 +262,7 @@ def _open(value: datetime | date | None, bound: datetime) -> datetime | date | N
 def _add(
     entries: dict[tuple[str, str], tuple[Identity, str]],
     path: Path,
-    root: yaml.Node | None,
+    root: Root,
     where: tuple[Any, ...],
     provider: str,
     login: str,
@@ -265,7 +271,7 @@ def _add(
 ) -> None:
     key = (provider, login.lower())
     if key in entries and entries[key][0] is not identity:
-        where_line = line_of(root, where)
+        where_line = line_of(root(), where)
         raise IdentitiesError(f"{path}{where_line}: {provider} login {login!r} belongs to two people")
     entries[key] = (identity, identity_id or sha1_id(provider, login))
 
@@ -278,13 +284,16 @@ def _domain(value: str | None) -> str | None:
     return value.strip().lower() or None if value else None
 
 
-def _parse(path: Path) -> tuple[Any, yaml.Node | None]:
-    """The file's data and its YAML node tree (for line numbers); JSON files are parsed as JSON."""
+def _parse(path: Path) -> tuple[Any, Root]:
+    """The file's data and its YAML node tree (for line numbers); JSON files are parsed as JSON, their
+    node tree built only if an error needs a line."""
     text = read_text(path, MAX_IDENTITIES_BYTES, IdentitiesError, "identities")
+    root: Root
     if path.suffix.lower() == ".json":
-        raw, root = _parse_json(path, text), _nodes(text)
+        raw, root = _parse_json(path, text), functools.cache(lambda: _nodes(text))
     else:
-        raw, root = parse(path, text, IdentitiesError, loader=_Loader, max_nodes=MAX_NODES)
+        raw, node = parse(path, text, IdentitiesError, loader=_Loader, max_nodes=MAX_NODES)
+        root = lambda: node  # noqa: E731 - built already: the alias check needs it
     if not isinstance(raw, dict):
         raise IdentitiesError(f"{path}: expected a mapping with `people` (or a SortingHat export)")
     return raw, root
@@ -293,7 +302,7 @@ def _parse(path: Path) -> tuple[Any, yaml.Node | None]:
 def _nodes(text: str) -> yaml.Node | None:
     try:
         return yaml.compose(text, Loader=_Loader)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):
         return None  # valid JSON that YAML cannot read: messages go without a line
 
 
@@ -302,3 +311,5 @@ def _parse_json(path: Path, text: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise IdentitiesError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from None
+    except RecursionError:
+        raise IdentitiesError(f"{path}: invalid JSON: nested too deeply") from None

@@ -123,6 +123,18 @@ class Store(Trees, Endpoints, Leases):
             return s.current_version(conn)
 
 
+def database_files(url: str) -> list[Path]:
+    """The files a SQLite URL's database lives in (itself, -wal, -shm, -journal); none for PostgreSQL,
+    memory or a URL that cannot be read (opening it reports that)."""
+    try:
+        path = _Target.parse(url).sqlite_path
+    except (UnsupportedURL, ArgumentError, ValueError):
+        return []
+    if path is None:
+        return []
+    return [path, *(path.with_name(path.name + suffix) for suffix in ("-wal", "-shm", "-journal"))]
+
+
 @dataclass(frozen=True)
 class _Target:
     """A supported database URL, as SQLAlchemy takes it, and the SQLite file it names, if any."""
@@ -135,7 +147,10 @@ class _Target:
         sa_url = engine_url(url)
         parsed = make_url(sa_url)
         path = parsed.database if parsed.get_backend_name() == "sqlite" else None
-        usable = bool(path) and path != ":memory:" and not str(path).startswith("file:") and not parsed.query
+        # A query string (`?timeout=5`) still names a file, which must be looked at before it is
+        # written to; only `?uri=true` makes the database a URI this check cannot follow.
+        as_uri = str(parsed.query.get("uri", "")).lower() in ("1", "true", "yes", "on")
+        usable = bool(path) and path != ":memory:" and not str(path).startswith("file:") and not as_uri
         return cls(sa_url, Path(path) if usable and path else None)
 
     def check_sqlite_file(self, *, write: bool) -> None:
