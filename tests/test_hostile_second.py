@@ -285,3 +285,25 @@ async def test_a_workflow_list_past_the_byte_budget_fails_its_pipeline_alone(sta
         if error is not None:
             assert "bytes" in error or "MiB" in error or "KiB" in error
             assert_plain(error)
+
+
+async def test_lists_read_at_once_past_the_run_budget_fail_alone(stage: Stage) -> None:
+    """What every list being read holds counts against one budget; the list going over fails alone,
+    and the budget is given back as lists end (an honest run after it collects everything)."""
+    stage.sim.advance(DAY)
+    stage.sim.configure(page_size=1)
+
+    def padded(exchange: Exchange) -> None:
+        if exchange.status == 200:
+            for item in exchange.data["items"]:
+                item["padding"] = "p" * 20_000
+
+    stage.tamper(padded, "workflows")
+    errors = await stage.collect(Limits(max_held_bytes=30_000))
+    assert any(errors.values())
+    for error in errors.values():
+        if error is not None:
+            assert "at once" in error
+            assert_plain(error)
+    stage.honest()
+    assert await stage.collect(Limits(max_held_bytes=30_000)) == {slug: None for slug in SLUGS}

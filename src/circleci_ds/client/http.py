@@ -21,8 +21,10 @@ Every byte from the server is hostile. Rules:
   repeated token, `Limits.max_empty_pages` empty pages in a row that name a next page, or more
   than `Limits.max_pages` pages fail the list (`EndlessPagination`). A list whose pages hold more
   than `Limits.max_list_bytes` in all fails (`ResponseTooLarge`): what one list holds in memory is
-  bounded, not only each body. A 404 means "not found" on a list's first page only; on a later page
-  it fails the list (`ApiError`), as the list was there a page ago.
+  bounded, not only each body; and so is what every list being read at once holds, in all
+  (`Limits.max_held_bytes`: past it the list that would go over fails). A 404 means "not found" on
+  a list's first page only; on a later page it fails the list (`ApiError`), as the list was there
+  a page ago.
 - Ids and numbers are checked once, here (`values.py`): ids sent back are bounded strings, job
   numbers plausible integers, and job details must name the number asked for (`MalformedResponse`).
 - A `Date` header sets the server's clock (`server_now`) unless it is implausible: ahead of this
@@ -94,6 +96,7 @@ class Limits:
     max_depth: int = 64  # JSON nesting; CircleCI's bodies nest about 5 deep
     max_page_token: int = 4096  # characters
     max_list_bytes: int = 64 * MiB  # bodies of one list's pages, decoded, in all
+    max_held_bytes: int = 256 * MiB  # bodies of the pages of every list being read at once, in all
 
 
 class ApiError(Exception):
@@ -205,6 +208,7 @@ class CircleCIClient:
         self.limits = limits or Limits()
         self.pacer = Pacer(max_rps, max_wait=max_wait)
         self.stats = ClientStats()
+        self.held_bytes = 0  # bodies of the pages of the lists being read (list_all), decoded
         self._session: aiohttp.ClientSession | None = None
         self._clock_offset: float | None = None
         self._doubted_date = False  # a Date not believed was reported once
@@ -282,6 +286,14 @@ class CircleCIClient:
         self, path: str, params: dict[str, str] | None = None
     ) -> AsyncIterator[list[dict[str, Any]]]:
         """Yield each page's items until a page names no next page; endless lists fail."""
+        async for items, _ in self._pages(path, params, counted=False):
+            yield items
+
+    async def _pages(
+        self, path: str, params: dict[str, str] | None, *, counted: bool
+    ) -> AsyncIterator[tuple[list[dict[str, Any]], int]]:
+        """Each page's items and body size; with `counted`, the size is added to `held_bytes` (the
+        caller takes it off) and ResponseTooLarge past `Limits.max_held_bytes`."""
         query = dict(params or {})
         pages = PageGuard(path, self.limits)
         while True:
@@ -296,17 +308,35 @@ class CircleCIClient:
             if not isinstance(items, list):
                 raise MalformedResponse(f"{path}: a list answer without an `items` list", path=path)
             token = page_token(path, body, self.limits)
-            yield items
+            if counted:
+                self._hold(path, size)  # the caller takes it off; no await comes between
+            yield items, size if counted else 0
             if token is None:
                 return
             pages.next(token, empty=not items)
             query["page-token"] = token
 
     async def list_all(self, path: str) -> list[dict[str, Any]]:
+        """Every item of a list. The bytes of its pages count against `Limits.max_held_bytes`, with those
+        of every other list being read at the same time, until the list is returned."""
         items: list[dict[str, Any]] = []
-        async for page in self.pages(path):
-            items.extend(page)
-        return items
+        held = 0
+        try:
+            async for page in self._pages(path, None, counted=True):
+                items.extend(page[0])
+                held += page[1]
+            return items
+        finally:
+            self.held_bytes -= held
+
+    def _hold(self, path: str, size: int) -> None:
+        if self.held_bytes + size > self.limits.max_held_bytes:
+            raise ResponseTooLarge(
+                f"{path}: lists being read hold more than {self.limits.max_held_bytes / MiB:g} MiB at once; "
+                "this one is given up",
+                path=path,
+            )
+        self.held_bytes += size
 
     async def get(self, path: str, params: dict[str, str] | None = None) -> dict[str, Any]:
         return (await self._get_sized(path, params))[0]
