@@ -17,7 +17,7 @@ DOCS = ROOT / "docs"
 
 # Pages the README links to that land with other work; drop a name once its file is in docs/.
 LANDING_LATER = frozenset(
-    {"security.md"}
+    set()
 )
 
 # [text](target) outside code; the target up to a space, ')' or '#'
