@@ -457,14 +457,7 @@ class CircleCIClient:
         raise ApiError(f"{path}: HTTP {status}{message}", status=status, path=path)
 
     def _json_object(self, path: str, body: bytes) -> dict[str, Any]:
-        try:
-            data = json.loads(body, parse_constant=_refuse_constant, parse_float=_finite, parse_int=_int64)
-        except _Refused as exc:
-            raise MalformedResponse(f"{path}: {exc}", status=200, path=path) from None
-        except RecursionError:
-            raise MalformedResponse(f"{path}: JSON nested too deeply", status=200, path=path) from None
-        except ValueError:
-            raise UnreadableBody(f"{path}: response is not JSON", status=200, path=path) from None
+        data = _parse_json(path, body)
         if not isinstance(data, dict):
             kind = "null" if data is None else type(data).__name__
             raise MalformedResponse(f"{path}: expected a JSON object, got {kind}", status=200, path=path)
@@ -575,14 +568,7 @@ class CircleCIClient:
 
     def _json_value(self, path: str, body: bytes) -> Any:
         """A JSON object or array, held to the same rules as `_json_object`'s."""
-        try:
-            data = json.loads(body, parse_constant=_refuse_constant, parse_float=_finite, parse_int=_int64)
-        except _Refused as exc:
-            raise MalformedResponse(f"{path}: {exc}", status=200, path=path) from None
-        except RecursionError:
-            raise MalformedResponse(f"{path}: JSON nested too deeply", status=200, path=path) from None
-        except ValueError:
-            raise UnreadableBody(f"{path}: response is not JSON", status=200, path=path) from None
+        data = _parse_json(path, body)
         if not isinstance(data, dict | list):
             raise MalformedResponse(f"{path}: expected a JSON object or array", status=200, path=path)
         try:
@@ -590,6 +576,18 @@ class CircleCIClient:
         except _Refused as exc:
             raise MalformedResponse(f"{path}: {exc}", status=200, path=path) from None
 
+
+
+def _parse_json(path: str, body: bytes) -> Any:
+    """The JSON value of a 2xx body: numbers past their type, NaN and too deep nesting are refused."""
+    try:
+        return json.loads(body, parse_constant=_refuse_constant, parse_float=_finite, parse_int=_int64)
+    except _Refused as exc:
+        raise MalformedResponse(f"{path}: {exc}", status=200, path=path) from None
+    except RecursionError:
+        raise MalformedResponse(f"{path}: JSON nested too deeply", status=200, path=path) from None
+    except ValueError:
+        raise UnreadableBody(f"{path}: response is not JSON", status=200, path=path) from None
 
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
 MIN_MASKED_TOKEN = 8  # CircleCI's tokens have 40 characters
