@@ -188,7 +188,7 @@ def test_a_hostile_file_fails_its_export_alone(sqlite_url: str, kind: str, caplo
     sim = Simulator(config())
     url = sim.start_thread()
     options = UsageOptions(
-        wait=20.0, get_limit=plan.Limit(1000, 60.0), csv_limits=Limits(max_csv_bytes=4 << 20)
+        wait=20.0, first_poll=0.1, get_limit=plan.Limit(1000, 60.0), csv_limits=Limits(max_csv_bytes=4 << 20)
     )
     try:
         run(url, sqlite_url, options)

@@ -4,6 +4,8 @@ Rules:
 - a lane collects one endpoint at a time; `parallel_endpoints` lanes run at once;
 - an endpoint is collected under a lease in the store, renewed every third of its TTL; a lease that
   cannot be renewed was taken over by another collector: the endpoint's work stops (`LeaseLost`);
+- renewals run on a thread of their own, not behind the store thread's queue of writes, so a busy
+  collector's leases do not lapse while it works;
 - an endpoint another collector finished during this run counts as collected elsewhere;
 - the lease of a dead collector on this host (same boot and pid namespace) is taken at once, others
   when they expire;
@@ -20,6 +22,7 @@ import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -75,16 +78,27 @@ class Lanes:
         self._collect, self._on_done = collect, on_done
         self._claiming = asyncio.Lock()  # one lane looks for work at a time
         self._quiet_until = 0.0  # monotonic time before which no lane looks again
+        self._heartbeats = ThreadPoolExecutor(max_workers=1, thread_name_prefix="circleci-ds-leases")
 
     async def run(self, endpoints: list[Endpoint]) -> dict[str, EndpointResult]:
         started = await self.db(self.store.now)  # the database's clock, shared with other collectors
         pending = list(endpoints)
         results: dict[str, EndpointResult] = {}
         lanes = max(1, min(self.options.parallel_endpoints, len(endpoints)))
-        async with asyncio.TaskGroup() as group:
-            for _ in range(lanes):
-                group.create_task(self._lane(pending, started, results))
+        try:
+            async with asyncio.TaskGroup() as group:
+                for _ in range(lanes):
+                    group.create_task(self._lane(pending, started, results))
+        finally:
+            self._heartbeats.shutdown(wait=True)
         return results
+
+    async def _renew(self, endpoint: Endpoint) -> bool:
+        loop = asyncio.get_running_loop()
+        o = self.options
+        return await loop.run_in_executor(
+            self._heartbeats, self.store.renew_lease, endpoint.slug, o.owner, o.lease_ttl
+        )
 
     async def _lane(
         self, pending: list[Endpoint], started: float, results: dict[str, EndpointResult]
@@ -172,9 +186,7 @@ class Lanes:
     async def _heartbeat(self, endpoint: Endpoint, work: asyncio.Task[EndpointResult]) -> None:
         while True:
             await asyncio.sleep(self.options.lease_ttl / 3)
-            if not await self.db(
-                self.store.renew_lease, endpoint.slug, self.options.owner, self.options.lease_ttl
-            ):
+            if not await self._renew(endpoint):
                 log.warning("%s: lease lost; another collector took the endpoint over", endpoint.written)
                 work.cancel()
                 raise LeaseLost(endpoint.slug)
