@@ -6,8 +6,9 @@ suggested class's rate to the current one's). Real credits always come from the 
 
 Source: CircleCI's public price list of compute resource classes (credits per minute),
 https://circleci.com/pricing/price-list/ (linked from https://circleci.com/pricing/#compute-options-table),
-as of RATES_DATE. Prices change: `report --credit-rates FILE` replaces or adds entries (a YAML mapping of
-resource class to credits per minute).
+recorded on RATES_DATE; docs/cost.md says which entries were checked against it. Prices change:
+`report --credit-rates FILE` replaces or adds entries (a YAML mapping of resource class to credits per
+minute).
 
 Each family lists its classes from the smallest to the largest; "the next smaller class" of a class is
 the one before it in its family. A class name that several executors share (`medium` is both a Docker
