@@ -39,7 +39,7 @@ from typing import Any
 from sqlalchemy import Connection, and_, func, select
 from sqlalchemy.sql import Select
 
-from circleci_ds.derive.facts import JOB_FAILED, WORKFLOW_FAILED, default_branch, open_store
+from circleci_ds.derive.facts import JOB_FAILED, WORKFLOW_FAILED, default_branches, open_store
 from circleci_ds.metrics.ci import (
     COMPLETED,
     JobMetrics,
@@ -114,7 +114,7 @@ def scope_of(conn: Connection, which: str) -> Scope:
         oldest = conn.execute(select(func.min(W.c.created))).scalar()
         window = Window(window.since if oldest is None else oldest, window.until, ALL_BRANCHES)
     deploy = re.compile(definitions.DEFAULT_DEPLOY_PATTERN)  # unused here
-    defaults = {slug: default_branch(info) for slug, info in project_infos(conn).items()}
+    defaults = default_branches(project_infos(conn))
     return Scope(window, endpoints, defaults, "auto", deploy)
 
 

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -196,6 +196,11 @@ def default_branch(info: Any) -> str | None:
     """The default branch from a GET /project/{slug} answer."""
     vcs_info = as_dict(as_dict(info).get("vcs_info"))
     return _text(vcs_info.get("default_branch"))
+
+
+def default_branches(project_infos: Mapping[str, Any]) -> dict[str, str | None]:
+    """Endpoint slug -> default branch, from the stored GET /project/{slug} answers."""
+    return {slug: default_branch(info) for slug, info in project_infos.items()}
 
 
 def is_default(branch: str | None, default: str | None) -> bool | None:

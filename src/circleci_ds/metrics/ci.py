@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import Connection, and_, case, func, literal, or_, select
 from sqlalchemy.sql import ColumnElement, Select
 
-from circleci_ds.derive.facts import JOB_FAILED, WORKFLOW_FAILED, JobFact, critical_path, default_branch
+from circleci_ds.derive.facts import JOB_FAILED, WORKFLOW_FAILED, JobFact, critical_path, default_branches
 from circleci_ds.metrics import definitions
 from circleci_ds.metrics.sqlstats import count_if, floor_int, moments, percentile, percentiles, stream, sum_if
 from circleci_ds.metrics.window import ALL_BRANCHES, Window
@@ -371,7 +371,7 @@ def metrics_over(
         scope = Scope(
             window=replace(window, since=since, until=until),
             endpoints=endpoints,
-            defaults={slug: default_branch(info) for slug, info in project_infos(conn).items()},
+            defaults=default_branches(project_infos(conn)),
             bucket=choose_bucket(bucket, since, until),
             deploy=re.compile(pattern, re.IGNORECASE),
         )

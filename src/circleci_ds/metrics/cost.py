@@ -45,7 +45,7 @@ from sqlalchemy import (
 from sqlalchemy.sql import ColumnElement, Select, Subquery
 
 from circleci_ds.derive.credit_rates import CreditRates, shipped_rates
-from circleci_ds.derive.facts import JOB_FAILED, default_branch
+from circleci_ds.derive.facts import JOB_FAILED, default_branches
 from circleci_ds.metrics import ci, tests
 from circleci_ds.metrics.sqlstats import count_if, floor_int, percentiles, sum_if
 from circleci_ds.metrics.window import ALL_BRANCHES, Window
@@ -325,7 +325,7 @@ def compute_cost(
             until=until,
             branch=None if branch in (None, ALL_BRANCHES) else branch,
             endpoints=endpoints,
-            defaults={slug: default_branch(info) for slug, info in project_infos(conn).items()},
+            defaults=default_branches(project_infos(conn)),
             whole_org=project is None,
         )
         return cost_report(conn, scope, options, flaky_tests)

@@ -34,7 +34,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Select, and_, case, exists, false, func, or_, select, true
 from sqlalchemy.orm import aliased
 
-from circleci_ds.derive.facts import default_branch
+from circleci_ds.derive.facts import default_branches
 from circleci_ds.metrics.sqlstats import percentiles
 from circleci_ds.metrics.window import ALL_BRANCHES, Window
 from circleci_ds.store import Store
@@ -130,7 +130,7 @@ class _Scope:
 
     def __init__(self, store: Store, window: Window) -> None:
         self.window = window
-        self.defaults = {slug: default_branch(info) for slug, info in store.project_infos().items()}
+        self.defaults = default_branches(store.project_infos())
         self.natives = _natives(store)
 
     def timely(self, t: Any, state: str = Marker.DONE) -> ColumnElement[bool]:

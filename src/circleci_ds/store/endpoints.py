@@ -16,7 +16,7 @@ from sqlalchemy import Connection, func, insert, select, update
 
 from circleci_ds.store import schema as s
 from circleci_ds.store.base import StoreBase, dumps
-from circleci_ds.store.facts_store import Deriver, project_info_of, set_default_branch
+from circleci_ds.store.facts_store import Deriver, project_info_of, project_infos, set_default_branch
 from circleci_ds.text import clean
 
 
@@ -152,9 +152,9 @@ class Endpoints(StoreBase):
         return finished is not None and finished >= since
 
     def project_infos(self) -> dict[str, dict[str, Any]]:
+        """Endpoint slug -> its stored GET /project/{slug} answer, for the endpoints that have one."""
         with self.connect() as conn:
-            rows = conn.execute(select(s.endpoints.c.slug, s.endpoints.c.project_info)).all()
-        return {slug: json.loads(info) for slug, info in rows if info}
+            return {slug: info for slug, info in project_infos(conn).items() if info is not None}
 
     def endpoint_statuses(self) -> list[EndpointStatus]:
         e, p, le = s.endpoints.c, s.pipelines.c, s.leases.c
