@@ -61,6 +61,7 @@ import json
 import logging
 import math
 import random
+import re
 import time
 import zlib
 from collections.abc import AsyncIterator, Iterator
@@ -69,6 +70,7 @@ from typing import Any
 from urllib.parse import quote
 
 import aiohttp
+import orjson
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 from yarl import URL
 
@@ -198,8 +200,9 @@ class CircleCIClient:
         self._masked = token if token and len(token) >= MIN_MASKED_TOKEN else None
         self._masked_bytes = self._masked.encode("utf-8", "surrogatepass") if self._masked else None
         self._concurrency = asyncio.Semaphore(concurrency)
-        # A body that trickles in is bounded by the total, a silent connection by sock_read.
-        self._timeout = aiohttp.ClientTimeout(total=timeout, sock_read=timeout)
+        # One bound per request, body included: a body that trickles in or a silent connection both
+        # end with it (a sock_read bound as long would add a timer per read and bound nothing more).
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._max_attempts = max_attempts
         self._max_wait = max_wait
         self._backoff_initial = backoff_initial
@@ -236,6 +239,7 @@ class CircleCIClient:
             connector=connector,
             auto_decompress=False,  # decompressed here, in bounded steps
             trust_env=False,  # no proxy from the environment sees the token
+            cookie_jar=aiohttp.DummyCookieJar(),  # the API sets none to keep; a server's are not sent back
         )
         return self
 
@@ -344,10 +348,17 @@ class CircleCIClient:
     async def _get_sized(self, path: str, params: dict[str, str] | None) -> tuple[dict[str, Any], int]:
         """The answer's JSON object and the size of its body, decoded."""
         budget = WaitBudget(self._max_wait)  # pauses this request may still wait out
+        try:  # the first attempt without a retry loop: nearly every request ends here
+            return await self._get_once(path, params, budget)
+        except TransientError as exc:
+            if self._gives_up(exc, 1):
+                raise
+            self.stats.retries += 1
+            await asyncio.sleep(self._backoff(exc, 1))
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(TransientError),
-            stop=self._stop,
-            wait=self._wait,
+            stop=lambda state: self._gives_up(_outcome(state), state.attempt_number + 1),
+            wait=lambda state: self._backoff(_outcome(state), state.attempt_number + 1),
             before_sleep=self._count_retry,
             reraise=True,
         )
@@ -356,17 +367,17 @@ class CircleCIClient:
                 return await self._get_once(path, params, budget)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _stop(self, state: RetryCallState) -> bool:
-        exc = state.outcome.exception() if state.outcome else None
+    def _gives_up(self, exc: BaseException | None, attempts: int) -> bool:
+        """Whether a request that failed `attempts` times, the last with `exc`, is not tried again."""
         if isinstance(exc, RateLimited | Unavailable):
             return False  # the pacer's wait budget ends it (RateLimitWait)
-        return state.attempt_number >= self._max_attempts
+        return attempts >= self._max_attempts
 
-    def _wait(self, state: RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome else None
+    def _backoff(self, exc: BaseException | None, attempts: int) -> float:
+        """Seconds before the next attempt of a request that failed `attempts` times."""
         if isinstance(exc, RateLimited | Unavailable):
             return 0.0  # the pacer holds the request (or every request) until Retry-After has passed
-        ceiling = min(self._backoff_max, self._backoff_initial * 2 ** (state.attempt_number - 1))
+        ceiling = min(self._backoff_max, self._backoff_initial * 2 ** (attempts - 1))
         return random.uniform(ceiling / 2, ceiling)
 
     def _count_retry(self, state: RetryCallState) -> None:
@@ -577,9 +588,17 @@ class CircleCIClient:
             raise MalformedResponse(f"{path}: {exc}", status=200, path=path) from None
 
 
-
 def _parse_json(path: str, body: bytes) -> Any:
-    """The JSON value of a 2xx body: numbers past their type, NaN and too deep nesting are refused."""
+    """The JSON value of a 2xx body: numbers past their type, NaN and too deep nesting are refused.
+    orjson parses first: it refuses what the rules refuse (NaN, infinite numbers, bad UTF-8, lone
+    surrogates), and the standard parser then says why, or takes what orjson is stricter about (a
+    BOM, UTF-16, lone surrogates, replaced later); a body with a run of 19 digits goes to it at once,
+    as orjson reads integers past 64 bits as floats."""
+    if _LONG_DIGITS.search(body) is None:
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError:
+            pass
     try:
         return json.loads(body, parse_constant=_refuse_constant, parse_float=_finite, parse_int=_int64)
     except _Refused as exc:
@@ -589,6 +608,8 @@ def _parse_json(path: str, body: bytes) -> Any:
     except ValueError:
         raise UnreadableBody(f"{path}: response is not JSON", status=200, path=path) from None
 
+
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
 MIN_MASKED_TOKEN = 8  # CircleCI's tokens have 40 characters
 ERROR_BODY_BYTES = 64 * 1024  # enough for any error message; the rest is not read
@@ -846,6 +867,10 @@ def _clean_str(text: str, token: str | None, *, keep_nul: bool = False) -> str:
     if not keep_nul:
         text = text.replace("\x00", "\ufffd")  # PostgreSQL text cannot hold NUL
     return text.replace(token, "***") if token else text
+
+
+def _outcome(state: RetryCallState) -> BaseException | None:
+    return state.outcome.exception() if state.outcome else None
 
 
 def _object(path: str, answer: Any) -> dict[str, Any]:

@@ -12,6 +12,7 @@ A value that is absent, malformed or out of range reads as None: the caller goes
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Mapping
@@ -32,6 +33,7 @@ class Quota:
     reset: float
 
 
+@functools.lru_cache(maxsize=16)  # a server's Date changes once a second; parsing it is slow
 def parse_http_date(value: str | None) -> float | None:
     """Epoch seconds of an HTTP date, or None if absent or unreadable."""
     if not value:
