@@ -61,7 +61,6 @@ import json
 import logging
 import math
 import random
-import re
 import time
 import zlib
 from collections.abc import AsyncIterator, Iterator
@@ -594,7 +593,7 @@ def _parse_json(path: str, body: bytes) -> Any:
     surrogates), and the standard parser then says why, or takes what orjson is stricter about (a
     BOM, UTF-16, lone surrogates, replaced later); a body with a run of 19 digits goes to it at once,
     as orjson reads integers past 64 bits as floats."""
-    if _LONG_DIGITS.search(body) is None:
+    if _LONG_RUN not in body.translate(_DIGIT_RUNS):  # faster than a regular expression
         try:
             return orjson.loads(body)
         except orjson.JSONDecodeError:
@@ -609,7 +608,8 @@ def _parse_json(path: str, body: bytes) -> Any:
         raise UnreadableBody(f"{path}: response is not JSON", status=200, path=path) from None
 
 
-_LONG_DIGITS = re.compile(rb"[0-9]{19}")
+_DIGIT_RUNS = bytes(0x39 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))  # digits to 9, the rest to space
+_LONG_RUN = b"9" * 19
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
 MIN_MASKED_TOKEN = 8  # CircleCI's tokens have 40 characters
 ERROR_BODY_BYTES = 64 * 1024  # enough for any error message; the rest is not read
