@@ -1,15 +1,20 @@
 """The usage phase against the simulator: every row of its truth stored once, the download origin never
-sees the token, hostile files fail their export alone, the limits hold across runs, no access is a line."""
+sees the token, hostile files fail their export alone, the limits hold across runs, no access is a line,
+and the exports are asked for while the endpoints are read."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import logging
 import sqlite3
+from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import pytest
+from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
@@ -28,9 +33,9 @@ DAY = 86400.0
 FAST = UsageOptions(wait=20.0, first_poll=0.1, get_limit=plan.Limit(1000, 60.0))
 
 
-def config(**knobs: Any) -> SimConfig:
+def config(api_pipelines: int = 14, **knobs: Any) -> SimConfig:
     projects = [
-        SimProject("gh/acme/api", pipelines=14),
+        SimProject("gh/acme/api", pipelines=api_pipelines),
         SimProject("gh/acme/web", pipelines=7),
         SimProject("gh/acme/ops", pipelines=5),
         SimProject("gh/other/tool", pipelines=4),
@@ -255,9 +260,11 @@ def test_a_429_from_the_server_ends_the_asking_without_failing(sqlite_url: str, 
     finally:
         sim.stop_thread()
     assert all(r.error is None for r in results)
-    # 3 admitted, then a 429 ends the first run's asking; the second run meets a 429 at once
-    assert sim.stats["by_endpoint"]["usage_create"] == 5
-    assert sim.stats["status"]["429"] == 2
+    # The first run's newest window alone (admitted), then its other 9 together: 2 admitted, 7 refused.
+    # The second run's newest window meets a 429 at once, and nothing more is sent.
+    assert sim.stats["by_endpoint"]["usage_create"] == 11
+    assert sim.stats["status"]["429"] == 8
+    assert len(exports_table(sqlite_url)) == 3 and not exports_table(other)
 
 
 def test_completed_without_urls_is_taken_as_empty_after_a_few_polls(sqlite_url: str) -> None:
@@ -326,3 +333,105 @@ def test_raw_files_are_kept_as_sent(sqlite_url: str) -> None:
     assert len(files) >= 2 and all(f[:2] == b"\x1f\x8b" for f in files)
     lines = [line for f in files for line in gzip.decompress(f).splitlines()[1:] if line]
     assert len(lines) == len(stored_rows(sqlite_url))
+
+
+# -- alongside the endpoints ---------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def recording_proxy(upstream: str, refuse: str | None = None) -> AsyncIterator[tuple[str, list[str]]]:
+    """A server in front of the simulator's API that notes the kind of each request as it arrives
+    (`usage_create`, `project`, `jobs`, ...) and answers paths ending in `refuse` with a 404."""
+    seen: list[str] = []
+    async with aiohttp.ClientSession() as session:
+
+        async def forward(request: web.Request) -> web.Response:
+            tail = request.match_info["tail"]
+            seen.append(_kind(request.method, tail))
+            if refuse is not None and tail.endswith(refuse):
+                return web.json_response({"message": "Not found"}, status=404)
+            keep = {"circle-token", "content-type"}
+            headers = {k: v for k, v in request.headers.items() if k.lower() in keep}
+            url = f"{upstream}/{tail}"
+            body = await request.read()
+            async with session.request(
+                request.method, url, params=request.query, headers=headers, data=body
+            ) as reply:
+                data, status = await reply.read(), reply.status
+                date = reply.headers.get("Date", "")
+            kind = "application/json"
+            return web.Response(body=data, status=status, content_type=kind, headers={"Date": date})
+
+        app = web.Application()
+        app.router.add_route("*", "/api/v2/{tail:.*}", forward)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            yield f"http://127.0.0.1:{runner.addresses[0][1]}/api/v2", seen
+        finally:
+            await runner.cleanup()
+
+
+def _kind(method: str, tail: str) -> str:
+    parts = tail.strip("/").split("/")
+    if parts[0] == "organizations":
+        return "usage_create" if method == "POST" else "usage_get"
+    if parts[0] == "project":
+        return {4: "project", 5: "pipelines", 6: "job_details"}.get(len(parts), "other")
+    if parts[0] == "pipeline" and len(parts) == 3:
+        return "workflows"
+    if parts[0] == "workflow" and len(parts) == 3:
+        return "jobs"
+    return parts[-1]
+
+
+def collect_through_proxy(sim: Simulator, db_url: str, refuse: str | None = None) -> tuple[Any, list[str]]:
+    async def go() -> tuple[Any, list[str]]:
+        async with recording_proxy(sim_url, refuse) as (url, seen):
+            results, _ = await collect(url, db_url, FIXTURE, token=TOKEN, usage=True, usage_options=FAST)
+        return results, seen
+
+    sim_url = sim.start_thread()
+    try:
+        return asyncio.run(go())
+    finally:
+        sim.stop_thread()
+
+
+TREE_READS = ("workflows", "jobs", "job_details")
+
+
+def test_exports_are_asked_for_while_the_pipelines_are_read(sqlite_url: str) -> None:
+    """The exports are asked for, and polled, before the endpoints' last tree read (so before the last
+    pipeline is stored), in the order the server received the requests; the rows are stored all the same."""
+    sim = Simulator(config(api_pipelines=40))
+    results, seen = collect_through_proxy(sim, sqlite_url)
+    assert all(r.error is None for r in results)
+    creates = [i for i, kind in enumerate(seen) if kind == "usage_create"]
+    polls = [i for i, kind in enumerate(seen) if kind == "usage_get"]
+    last_tree_read = max(i for i, kind in enumerate(seen) if kind in TREE_READS)
+    assert len(creates) == 10, "the POST limit: 10 an hour"
+    assert max(creates) < last_tree_read, "every export was asked for while the pipelines were read"
+    assert min(polls) < last_tree_read, "polling began while the pipelines were read"
+    assert_rows_match(sqlite_url, acme_truth(sim))
+    assert {e["state"] for e in exports_table(sqlite_url)} <= {"stored", "empty"}, "none left in flight"
+
+
+def test_an_organisation_only_the_project_info_names_is_asked_for_once_it_is_stored(
+    sqlite_url: str, caplog: Any
+) -> None:
+    """/me/collaborations refused: the organisation comes from the project infos this run stores, so
+    its exports are asked for after them, and every row is stored."""
+    sim = Simulator(config())
+    with caplog.at_level(logging.WARNING, logger="circleci_ds"):
+        results, seen = collect_through_proxy(sim, sqlite_url, refuse="me/collaborations")
+    assert all(r.error is None for r in results)
+    assert seen.count("collaborations") == 1
+    creates = [i for i, kind in enumerate(seen) if kind == "usage_create"]
+    infos = [i for i, kind in enumerate(seen) if kind == "project"]
+    assert len(infos) == len(FIXTURE) and len(creates) == 10
+    assert min(creates) > max(infos), "asked for once the endpoints' project infos were stored"
+    assert not [r.getMessage() for r in caplog.records if "usage" in r.getMessage()]
+    assert_rows_match(sqlite_url, acme_truth(sim))

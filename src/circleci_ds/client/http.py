@@ -251,6 +251,11 @@ class CircleCIClient:
         """Server time (epoch seconds) from the `Date` headers seen so far; local time before any."""
         return time.time() + (self._clock_offset or 0.0)
 
+    @property
+    def knows_server_time(self) -> bool:
+        """True once a believed `Date` header has set `server_now`."""
+        return self._clock_offset is not None
+
     # -- endpoints -------------------------------------------------------------------------
     def pipeline_pages(self, slug: str) -> AsyncIterator[list[dict[str, Any]]]:
         return self.pages(f"/project/{_path(slug)}/pipeline")

@@ -177,23 +177,28 @@ class Collector:
             self.collect_endpoint,
             self._endpoint_done,
         )
+        endpoints_done = asyncio.Event()  # their project infos are stored: usage can map projects
         try:
-            results = await lanes.run(endpoints)
-            self.users = await resolve_users(self.client, self.store, self.db)  # people, once per id
-            if self.options.usage:
-                self.usage = await self._usage(endpoints)
+            async with asyncio.TaskGroup() as group:
+                # The usage phase runs alongside: the server prepares the exports while pipelines are read.
+                usage = group.create_task(self._usage(endpoints, endpoints_done)) if o.usage else None
+                results = await lanes.run(endpoints)
+                endpoints_done.set()
+                self.users = await resolve_users(self.client, self.store, self.db)  # people, once per id
+                if usage is not None:
+                    self.usage = await usage
         except BaseExceptionGroup as group_error:
             raise _first(group_error) from None
         finally:
             self._db_thread.shutdown(wait=True)
         return [results[ep.slug] for ep in endpoints if ep.slug in results]
 
-    async def _usage(self, endpoints: list[Endpoint]) -> UsagePass:
+    async def _usage(self, endpoints: list[Endpoint], endpoints_done: asyncio.Event) -> UsagePass:
         """The usage phase: an extra, whatever it meets is a warning, never the collection's failure."""
         o = self.options
         try:
             return await collect_usage(
-                self.client, self.store, self.db, endpoints, o.usage_org_ids, o.usage_options
+                self.client, self.store, self.db, endpoints, o.usage_org_ids, o.usage_options, endpoints_done
             )
         except StoreError:
             raise

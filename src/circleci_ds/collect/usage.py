@@ -1,22 +1,28 @@
 """The usage phase of a collection: the organisations' Usage API exports, into `usage_runs`.
 
 Rules (windows and limits are `usage_plan`'s; the CSV is `derive.usage`'s):
-- It runs after the endpoints, with a token only (the Usage API has no anonymous access). The
-  organisations are the fixture's `usage-org-id` entries, else those of the fixture's endpoints: the
-  id of `circleci/<org-id>/...` endpoints, GET /me/collaborations for `gh/` and `bb/` ones (matched by
-  slug), and the stored project info's `organization_id` when that fails.
+- It starts with the collection and runs alongside the endpoints, with a token only (the Usage API
+  has no anonymous access): the server prepares the exports while the pipelines are read. What needs
+  the endpoints' results waits for them (`endpoints_done`): mapping CSV projects to endpoints (the
+  stored project infos), and so downloading and storing.
+- The organisations are the fixture's `usage-org-id` entries, else those of the fixture's endpoints:
+  the id of `circleci/<org-id>/...` endpoints, GET /me/collaborations for `gh/` and `bb/` ones
+  (matched by slug), and the stored project info's `organization_id` when that fails; an
+  organisation only a project info not stored yet can name is asked for once the endpoints are done.
 - Export jobs in flight from an earlier run are polled first; new windows are asked for newest first
   while the POST limit allows; the rest is said in one line and left to the next run.
-- Polling is bounded: at most `UsageOptions.wait` seconds in all, at growing intervals, within the GET
-  limit. A job still processing then is the next run's. A `completed` job without download URLs is
-  asked again up to `NULL_URL_POLLS` times, then taken as empty.
+- Polling is bounded: at most `UsageOptions.wait` seconds from the phase's start, at growing
+  intervals, within the GET limit. A job still processing then is the next run's. A `completed` job
+  without download URLs is asked again up to `NULL_URL_POLLS` times, then taken as empty. A job
+  found completed before the endpoints are done keeps its URLs (valid for hours) until they are.
 - Each URL is downloaded without the token or any CircleCI header (a separate plain session), at most
   `UsageOptions.max_file_bytes` as sent (and `max_export_bytes` for all of an export's files), no
   redirect followed; an export's files and rows are stored in one transaction. Any failure of one
   export (a download, a gzip bomb, a malformed CSV, a `failed` job) is one warning line; that
   export's window is asked for again next run, nothing stored is lost.
 - 401, 403 or 404 from the usage routes (no admin rights, CircleCI server, an unknown organisation):
-  one line saying cost will be estimated; never a failure of the collection.
+  one line saying cost will be estimated, once the endpoints are done (a token the endpoints reject
+  ends the run without it); never a failure of the collection.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from circleci_ds.client.http import ApiError, CircleCIClient, NotFound, RateLimi
 from circleci_ds.collect import usage_plan as plan
 from circleci_ds.derive.usage import Limits, ProjectMap, UsageFileError, parse_file
 from circleci_ds.inputs.fixture import Endpoint
-from circleci_ds.store import Store
+from circleci_ds.store import Store, StoreError
 from circleci_ds.store import usage as db_usage
 from circleci_ds.text import clean
 from circleci_ds.times import iso
@@ -50,6 +56,7 @@ MAX_POLL = 15.0
 IN_FLIGHT = ("created", "processing")
 DONE = ("stored", "empty")
 NO_ACCESS = (401, 403, 404)
+CLOCK_POLL = 0.02  # seconds between looks for the server's clock at the phase's start
 
 
 @dataclass(frozen=True)
@@ -116,6 +123,12 @@ def project_ids(infos: dict[str, dict[str, Any]]) -> dict[str, str]:
     return {slug: info["id"] for slug, info in infos.items() if isinstance(info.get("id"), str)}
 
 
+def org_of_infos(slugs: list[str], infos: dict[str, dict[str, Any]]) -> str | None:
+    """The one organisation id the project infos of `slugs` name; None for none, or several."""
+    ids = {org_of_project(infos.get(slug)) for slug in slugs} - {None}
+    return ids.pop() if len(ids) == 1 else None
+
+
 # -- the phase (I/O) ---------------------------------------------------------------------------------------
 
 
@@ -126,38 +139,26 @@ async def collect_usage(
     endpoints: list[Endpoint],
     org_ids: tuple[str, ...] = (),
     options: UsageOptions | None = None,
+    endpoints_done: asyncio.Event | None = None,
 ) -> UsagePass:
-    """Export, download and store the usage of the organisations behind `endpoints` (or `org_ids`)."""
+    """Export, download and store the usage of the organisations behind `endpoints` (or `org_ids`).
+    `endpoints_done` is set once the endpoints' project infos are stored; None: they are already."""
     options = options or UsageOptions()
     done = UsagePass()
     if not client.has_token:
         log.info("usage: no token, and the Usage API needs one; cost will be estimated from job details")
         return done
-    infos: dict[str, dict[str, Any]] = await db(store.project_infos)
-    fixture_slugs = [e.slug for e in endpoints]
-    projects = ProjectMap.build(
-        fixture_slugs, project_ids({s: infos[s] for s in fixture_slugs if s in infos})
-    )
-    orgs = list(org_ids) or await _find_orgs(client, endpoints, infos)
-    deadline = time.monotonic() + options.wait
+    if endpoints_done is None:
+        endpoints_done = asyncio.Event()
+        endpoints_done.set()
     async with aiohttp.ClientSession(
         auto_decompress=False,  # the files are gzip as sent; derive.usage checks the magic bytes
         trust_env=False,
         timeout=aiohttp.ClientTimeout(total=options.download_timeout),
         headers={"Accept-Encoding": "identity"},
     ) as downloads:
-        for org_id in orgs:
-            done.orgs += 1
-            org = _Org(client, store, db, org_id, projects, options, downloads, done, deadline)
-            try:
-                await org.run()
-            except _NoAccess as exc:
-                done.no_access.append(org_id)
-                log.warning(
-                    "usage: no access to the usage of organisation %s (%s); cost will be estimated",
-                    org_id,
-                    exc,
-                )
+        phase = _Phase(client, store, db, endpoints, options, endpoints_done, downloads, done)
+        await phase.run(org_ids)
     return done
 
 
@@ -165,11 +166,100 @@ class _NoAccess(Exception):
     """The usage routes refuse this token or organisation."""
 
 
-async def _find_orgs(
-    client: CircleCIClient, endpoints: list[Endpoint], infos: dict[str, dict[str, Any]]
-) -> list[str]:
-    by_org = org_slugs(endpoints)
-    found: dict[str, str] = {key: key for key in by_org if "/" not in key}  # circleci/<org-id>/...
+class _Phase:
+    """One run's usage phase: its organisations, each in a task of its own, and what they share."""
+
+    def __init__(
+        self,
+        client: CircleCIClient,
+        store: Store,
+        db: Db,
+        endpoints: list[Endpoint],
+        options: UsageOptions,
+        endpoints_done: asyncio.Event,
+        downloads: aiohttp.ClientSession,
+        done: UsagePass,
+    ) -> None:
+        self.client, self.store, self.db, self.endpoints = client, store, db, endpoints
+        self.options, self.endpoints_done = options, endpoints_done
+        self.downloads, self.done = downloads, done
+        self.deadline = time.monotonic() + options.wait  # counted from the phase's start
+        self._infos: dict[str, dict[str, Any]] | None = None  # the project infos once the endpoints are done
+        self._projects: ProjectMap | None = None
+        self._reading = asyncio.Lock()
+
+    async def run(self, org_ids: tuple[str, ...]) -> None:
+        try:
+            async with asyncio.TaskGroup() as group:
+                if org_ids:
+                    for org_id in dict.fromkeys(org_ids):
+                        group.create_task(self._org(org_id))
+                else:
+                    await self._find_orgs(group)
+        except BaseExceptionGroup as error:
+            raise _first_leaf(error) from None
+
+    async def _find_orgs(self, group: asyncio.TaskGroup) -> None:
+        """Start each organisation as soon as it is known: most at once, those only a project info
+        stored by this run can name once the endpoints are done."""
+        by_org = org_slugs(self.endpoints)
+        found = await _known_orgs(self.client, by_org, await self.db(self.store.project_infos))
+        started = set(found.values())
+        for org_id in sorted(started):
+            group.create_task(self._org(org_id))
+        left = [key for key in by_org if key not in found]
+        if not left:
+            return
+        infos = await self.infos()
+        for key in left:
+            late = org_of_infos(by_org[key], infos)
+            if late is None:
+                log.warning("usage: no organisation id found for %s; set the fixture's usage-org-id", key)
+            elif late not in started:
+                started.add(late)
+                group.create_task(self._org(late))
+
+    async def _org(self, org_id: str) -> None:
+        self.done.orgs += 1
+        await self._server_clock()
+        try:
+            await _Org(self, org_id).run()
+        except _NoAccess as exc:
+            self.done.no_access.append(org_id)
+            await self.endpoints_done.wait()  # a token the endpoints reject ends the run without this line
+            log.warning(
+                "usage: no access to the usage of organisation %s (%s); cost will be estimated", org_id, exc
+            )
+
+    async def _server_clock(self) -> None:
+        """Windows and the limits' bookkeeping are on the server's clock: wait for a first Date
+        header (any request's), or for the endpoints' end (a server without Date: this machine's)."""
+        while not self.client.knows_server_time and not self.endpoints_done.is_set():
+            await asyncio.sleep(CLOCK_POLL)
+
+    async def infos(self) -> dict[str, dict[str, Any]]:
+        """The stored project infos, read once the endpoints are done (they store them)."""
+        await self.endpoints_done.wait()
+        async with self._reading:
+            if self._infos is None:
+                self._infos = await self.db(self.store.project_infos)
+            return self._infos
+
+    async def projects(self) -> ProjectMap:
+        """CSV project -> endpoint, once the endpoints' project infos are stored."""
+        if self._projects is None:
+            infos = await self.infos()
+            slugs = [e.slug for e in self.endpoints]
+            self._projects = ProjectMap.build(slugs, project_ids({s: infos[s] for s in slugs if s in infos}))
+        return self._projects
+
+
+async def _known_orgs(
+    client: CircleCIClient, by_org: dict[str, list[str]], infos: dict[str, dict[str, Any]]
+) -> dict[str, str]:
+    """Organisation key -> id, for the keys known before the endpoints: `circleci/<org-id>/...`
+    slugs, GET /me/collaborations, then the project infos stored by earlier runs."""
+    found: dict[str, str] = {key: key for key in by_org if "/" not in key}
     wanted = [key for key in by_org if "/" in key]
     if wanted:
         try:
@@ -177,34 +267,24 @@ async def _find_orgs(
         except ApiError as exc:
             log.debug("usage: /me/collaborations: %s", exc)
     for key in wanted:
-        if key not in found:
-            ids = {org_of_project(infos.get(slug)) for slug in by_org[key]} - {None}
-            if len(ids) == 1:
-                found[key] = ids.pop()  # type: ignore[assignment]
-            else:
-                log.warning("usage: no organisation id found for %s; set the fixture's usage-org-id", key)
-    return sorted(set(found.values()))
+        org_id = org_of_infos(by_org[key], infos) if key not in found else None
+        if org_id is not None:
+            found[key] = org_id
+    return found
 
 
 class _Org:
     """One organisation's exports in this run."""
 
-    def __init__(
-        self,
-        client: CircleCIClient,
-        store: Store,
-        db: Db,
-        org_id: str,
-        projects: ProjectMap,
-        options: UsageOptions,
-        downloads: aiohttp.ClientSession,
-        done: UsagePass,
-        deadline: float,
-    ) -> None:
-        self.client, self.store, self.db, self.org_id = client, store, db, org_id
-        self.projects, self.options, self.downloads = projects, options, downloads
-        self.done, self.deadline = done, deadline
+    def __init__(self, phase: _Phase, org_id: str) -> None:
+        self.phase, self.org_id = phase, org_id
+        self.client, self.store, self.db = phase.client, phase.store, phase.db
+        self.options, self.downloads, self.done = phase.options, phase.downloads, phase.done
+        self.deadline = phase.deadline
         self.polls_refused = False
+        self.posts_refused = False
+        # Jobs found completed (with their URLs) before the endpoints were done: stored after them.
+        self.ready: list[tuple[db_usage.ExportRecord, list[str]]] = []
 
     async def run(self) -> None:
         records = await self.db(db_usage.exports, self.store, self.org_id)
@@ -220,42 +300,54 @@ class _Org:
         asked = await self._ask(windows)
         in_flight = {r.export_id: r for r in pending} | {r.export_id: r for r in asked}
         await self._poll(in_flight)
-        self._say_left(windows[len(asked) :], in_flight)
+        for record, urls in self.ready:  # the URLs stay valid for hours; the endpoints are done now
+            await self._store(record, urls)
+        done = {(r.window_start, r.window_end) for r in asked}
+        self._say_left([w for w in windows if w not in done], in_flight)
 
     # -- POST -----------------------------------------------------------------------------------------
     async def _ask(self, windows: list[plan.Window]) -> list[db_usage.ExportRecord]:
-        asked: list[db_usage.ExportRecord] = []
-        for start, end in windows:
-            now = self.client.server_now()
-            sent = await self.db(
-                db_usage.request_times, self.store, self.org_id, "POST", now - self.options.post_limit.window
-            )
-            if plan.allowed_now(sent, now, self.options.post_limit) < 1:
-                break
-            await self.db(db_usage.note_request, self.store, self.org_id, "POST", now)
-            try:
-                job = await self.client.create_usage_export(
-                    self.org_id, _rfc3339(start), _rfc3339(end)
-                )
-            except RateLimited:
-                await self.db(db_usage.note_request, self.store, self.org_id, "POST", now, refused=True)
-                break  # the server counts more than we do: the rest is the next run's
-            except (Unauthorized, NotFound) as exc:
+        """POST the windows the limit admits, newest first. They are counted in the store all at once
+        before any is sent, so a collector starting meanwhile sees the limit used (the requests wait
+        behind the endpoints' for the client: one at a time, they would leave it open for seconds).
+        The newest goes alone, the rest together once it is admitted; a 429 to it means the server
+        counts more than we do, and the rest is the next run's."""
+        now = self.client.server_now()
+        limit = self.options.post_limit
+        count = await self.db(_reserve_posts, self.store, self.org_id, now, limit, len(windows))
+        if count == 0:
+            return []
+        first = await self._post(windows[0], now)
+        if self.posts_refused:
+            return []
+        rest = await asyncio.gather(*(self._post(w, now) for w in windows[1:count]), return_exceptions=True)
+        for outcome in rest:
+            if isinstance(outcome, BaseException):
+                raise outcome  # after every answer is in: the exports created are recorded
+        return [r for r in (first, *rest) if isinstance(r, db_usage.ExportRecord)]
+
+    async def _post(self, window: plan.Window, now: float) -> db_usage.ExportRecord | None:
+        """One export job asked for and recorded; None when it was not created."""
+        start, end = window
+        try:
+            job = await self.client.create_usage_export(self.org_id, _rfc3339(start), _rfc3339(end))
+        except RateLimited:
+            await self.db(db_usage.note_request, self.store, self.org_id, "POST", now, refused=True)
+            self.posts_refused = True
+            return None
+        except (Unauthorized, NotFound) as exc:
+            raise _NoAccess(_status_of(exc)) from None
+        except ApiError as exc:
+            if exc.status in NO_ACCESS:
                 raise _NoAccess(_status_of(exc)) from None
-            except ApiError as exc:
-                if exc.status in NO_ACCESS:
-                    raise _NoAccess(_status_of(exc)) from None
-                log.warning("usage: export of %s..%s not created: %s", iso(start), iso(end), exc)
-                continue
-            export_id = job.get("usage_export_job_id")
-            if not isinstance(export_id, str) or not 0 < len(export_id) <= 64:
-                log.warning("usage: an export job answer without a usable id; skipped")
-                continue
-            await self.db(db_usage.add_export, self.store, export_id, self.org_id, start, end, now)
-            asked.append(
-                db_usage.ExportRecord(export_id, self.org_id, start, end, "created", now, 0, 0, None, None)
-            )
-        return asked
+            log.warning("usage: export of %s..%s not created: %s", iso(start), iso(end), exc)
+            return None
+        export_id = job.get("usage_export_job_id")
+        if not isinstance(export_id, str) or not 0 < len(export_id) <= 64:
+            log.warning("usage: an export job answer without a usable id; skipped")
+            return None
+        await self.db(db_usage.add_export, self.store, export_id, self.org_id, start, end, now)
+        return db_usage.ExportRecord(export_id, self.org_id, start, end, "created", now, 0, 0, None, None)
 
     # -- GET, download, store -------------------------------------------------------------------------
     async def _poll(self, in_flight: dict[str, db_usage.ExportRecord]) -> None:
@@ -333,10 +425,14 @@ class _Org:
         if not isinstance(urls, list) or not all(isinstance(u, str) for u in urls):
             await self._fail(export_id, "download_urls is not a list of URLs")
             return True
-        await self._store(record, urls)
+        if self.phase.endpoints_done.is_set():
+            await self._store(record, urls)
+        else:
+            self.ready.append((record, urls))  # stored once the project map can be built
         return True
 
     async def _store(self, record: db_usage.ExportRecord, urls: list[str]) -> None:
+        projects = await self.phase.projects()
         try:
             files = await self._download_all(urls)
             rows = await self.db(
@@ -344,7 +440,7 @@ class _Org:
                 self.store,
                 record.export_id,
                 files,
-                self._rows(record.export_id, files),
+                self._rows(record.export_id, files, projects),
                 self.client.server_now(),
             )
         except (UsageFileError, _DownloadError) as exc:
@@ -362,10 +458,10 @@ class _Org:
             len(files),
         )
 
-    def _rows(self, export_id: str, files: list[bytes]) -> Iterator[dict[str, Any]]:
+    def _rows(self, export_id: str, files: list[bytes], projects: ProjectMap) -> Iterator[dict[str, Any]]:
         for number, data in enumerate(files, 1):
             try:
-                yield from parse_file(data, export_id, self.projects, self.options.csv_limits)
+                yield from parse_file(data, export_id, projects, self.options.csv_limits)
             except UsageFileError as exc:
                 raise UsageFileError(f"file {number} of {len(files)}: {exc}") from None
 
@@ -428,6 +524,16 @@ class _Org:
             log.info("usage: %d export(s) not ready yet; the next run picks them up", len(in_flight))
 
 
+def _reserve_posts(store: Store, org_id: str, now: float, limit: plan.Limit, wanted: int) -> int:
+    """How many POSTs may go now, at most `wanted`, each counted in the store at once: one call on
+    the store thread, so the window in which another collector could count the same is short."""
+    sent = db_usage.request_times(store, org_id, "POST", now - limit.window)
+    count = min(wanted, plan.allowed_now(sent, now, limit))
+    for _ in range(count):
+        db_usage.note_request(store, org_id, "POST", now)
+    return count
+
+
 class _DownloadError(Exception):
     """A usage file that could not be downloaded; fails its export."""
 
@@ -441,3 +547,13 @@ def _rfc3339(epoch: float) -> str:
 
 def _status_of(exc: ApiError) -> str:
     return f"HTTP {exc.status}" if exc.status else str(exc)
+
+
+def _first_leaf(group: BaseExceptionGroup) -> BaseException:
+    """The exception that matters in a task group's failure: a StoreError first (it ends the run),
+    else the first one (the unexpected, a warning of the collector's)."""
+    stores, _ = group.split(StoreError)
+    first: BaseException = stores or group
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    return first
