@@ -406,7 +406,8 @@ TREE_READS = ("workflows", "jobs", "job_details")
 def test_exports_are_asked_for_while_the_pipelines_are_read(sqlite_url: str) -> None:
     """The exports are asked for, and polled, before the endpoints' last tree read (so before the last
     pipeline is stored), in the order the server received the requests; the rows are stored all the same."""
-    sim = Simulator(config(api_pipelines=40))
+    # 25 ms a request: the endpoints' ~900 requests take seconds at 8 in flight, however fast the pacer.
+    sim = Simulator(config(api_pipelines=40, latency_ms=25.0))
     results, seen = collect_through_proxy(sim, sqlite_url)
     assert all(r.error is None for r in results)
     creates = [i for i, kind in enumerate(seen) if kind == "usage_create"]
