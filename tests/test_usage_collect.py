@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
+from circleci_ds.client.http import Unauthorized
 from circleci_ds.collect import usage_plan as plan
 from circleci_ds.collect.usage import UsageOptions
 from circleci_ds.derive.usage import Limits
@@ -436,3 +437,22 @@ def test_an_organisation_only_the_project_info_names_is_asked_for_once_it_is_sto
     assert min(creates) > max(infos), "asked for once the endpoints' project infos were stored"
     assert not [r.getMessage() for r in caplog.records if "usage" in r.getMessage()]
     assert_rows_match(sqlite_url, acme_truth(sim))
+
+
+@pytest.mark.parametrize("with_org_id", [False, True])
+def test_a_rejected_token_still_ends_the_run_with_no_usage_line(
+    sqlite_url: str, caplog: Any, with_org_id: bool
+) -> None:
+    """The phase runs alongside the endpoints, yet a token the API rejects ends the collection as
+    before: Unauthorized, no usage line, nothing stored, with or without an organisation to ask."""
+    sim = Simulator(config())
+    url = sim.start_thread()
+    org = sim.history.project("gh/acme/api").org_id  # type: ignore[union-attr]
+    extra = {"usage_org_ids": (org,)} if with_org_id else {}
+    try:
+        with caplog.at_level(logging.INFO, logger="circleci_ds"), pytest.raises(Unauthorized):
+            run(url, sqlite_url, token="not-the-token-0123456789", **extra)
+    finally:
+        sim.stop_thread()
+    assert not [r.getMessage() for r in caplog.records if r.getMessage().startswith("usage")]
+    assert not stored_rows(sqlite_url)
