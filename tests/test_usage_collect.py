@@ -472,3 +472,30 @@ def test_a_run_cancelled_while_usage_is_in_flight_ends_cleanly(sqlite_url: str) 
     assert cancelled == [] and asked > 0, "cancelled while the phase was under way"
     assert all(r.error is None for r in results)
     assert_rows_match(sqlite_url, acme_truth(sim))
+
+
+def test_a_collector_started_once_another_asked_for_the_exports_asks_for_none(db_url: str) -> None:
+    """Two collectors on one store: the second starts once the first's POSTs are under way. The
+    first counted them all in the store before sending any, so the second sends none, and no window
+    is asked for twice."""
+    sim = Simulator(config(latency_ms=25.0))
+    url = sim.start_thread()
+
+    async def both() -> list[Any]:
+        first = asyncio.create_task(
+            collect(url, db_url, FIXTURE, token=TOKEN, usage=True, usage_options=FAST)
+        )
+        while sim.stats["by_endpoint"]["usage_create"] == 0 and not first.done():
+            await asyncio.sleep(0.005)
+        second = await collect(url, db_url, FIXTURE, token=TOKEN, usage=True, usage_options=FAST)
+        return [*(await first)[0], *second[0]]
+
+    try:
+        results = asyncio.run(both())
+    finally:
+        sim.stop_thread()
+    assert all(r.error is None for r in results)
+    assert sim.stats["by_endpoint"]["usage_create"] == 10
+    windows = [(e["window_start"], e["window_end"]) for e in exports_table(db_url)]
+    assert len(windows) == len(set(windows)) == 10
+    assert_rows_match(db_url, acme_truth(sim))
