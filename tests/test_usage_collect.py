@@ -10,6 +10,7 @@ import gzip
 import logging
 import sqlite3
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -499,3 +500,21 @@ def test_a_collector_started_once_another_asked_for_the_exports_asks_for_none(db
     windows = [(e["window_start"], e["window_end"]) for e in exports_table(db_url)]
     assert len(windows) == len(set(windows)) == 10
     assert_rows_match(db_url, acme_truth(sim))
+
+
+def test_polling_goes_on_while_the_endpoints_are_read(sqlite_url: str) -> None:
+    """A `wait` shorter than the endpoints' collection does not end the polling while they are read: the
+    simulator answers a completed job's first poll without URLs, so only a second poll, past `wait`,
+    can store the rows."""
+    sim = Simulator(config(api_pipelines=40, latency_ms=25.0, usage_null_url_polls=1))
+    # One poll fits in `wait`, not two; one export (the newest window holds every run), so a round of
+    # polls is one request, not ten queued behind the endpoints' requests.
+    short = replace(FAST, wait=0.25, first_poll=0.1, post_limit=plan.Limit(1, 3600.0))
+    url = sim.start_thread()
+    try:
+        results = run(url, sqlite_url, short)
+    finally:
+        sim.stop_thread()
+    assert all(r.error is None for r in results)
+    assert_rows_match(sqlite_url, acme_truth(sim))
+    assert {e["state"] for e in exports_table(sqlite_url)} <= {"stored", "empty"}, "none left in flight"

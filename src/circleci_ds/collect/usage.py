@@ -367,11 +367,19 @@ class _Org:
             pause = min(MAX_POLL, pause * 2)
 
     async def _sleep(self, seconds: float) -> bool:
-        """Sleep unless it would pass the deadline; False when time is up."""
-        if time.monotonic() + seconds > self.deadline:
+        """Sleep `seconds`; False when time is up. Past the deadline, polling goes on while the endpoints
+        are still read (the exports get ready meanwhile, at no cost in time) and ends when they are."""
+        if time.monotonic() + seconds <= self.deadline:
+            await asyncio.sleep(seconds)
+            return True
+        done = self.phase.endpoints_done
+        if done.is_set():
             return False
-        await asyncio.sleep(seconds)
-        return True
+        try:
+            await asyncio.wait_for(done.wait(), seconds)
+        except TimeoutError:
+            return True  # slept it out while the endpoints were read
+        return False  # they are done: the deadline holds again, and this sleep would have passed it
 
     async def _get_slot(self) -> bool:
         """Wait for the GET limit to admit a request, within the deadline; False when it cannot."""
