@@ -7,9 +7,11 @@ an HTTP date against the response's Date, or absent) and, if asked, quota header
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import math
 import random
+import selectors
 from dataclasses import dataclass, field
 from email.utils import formatdate
 
@@ -26,6 +28,31 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
+
+
+class _Instant(selectors.DefaultSelector):
+    """A selector whose waits take no real time: waiting `timeout` s moves the fake clock on instead."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__()
+        self.clock = clock
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        if timeout is None:
+            raise RuntimeError("every task waits and nothing is scheduled: they would wait for ever")
+        self.clock.now += max(0.0, timeout)
+        return super().select(0)
+
+
+class SimulatedLoop(asyncio.SelectorEventLoop):
+    """An event loop on the fake clock: `asyncio.sleep` and timeouts pass in simulated time, at once."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__(_Instant(clock))
+        self.clock = clock
+
+    def time(self) -> float:
+        return self.clock.now
 
 
 @dataclass

@@ -21,7 +21,7 @@ from circleci_ds.client.http import CircleCIClient, RateLimitWait
 from circleci_ds.client.pacing import Pacer, Ticket, WaitBudget, WaitTooLong
 from circleci_ds.dev.simulator import SimConfig, SimProject, Simulator
 from circleci_ds.dev.simulator.ratelimit import FixedWindow, Limiter, TokenBucket
-from pacer_helpers import FakeClock, drive
+from pacer_helpers import FakeClock, SimulatedLoop, drive
 
 
 def send(pacer: Pacer, clock: FakeClock) -> Ticket:
@@ -332,6 +332,129 @@ async def test_a_pause_beyond_max_wait_fails_at_once_per_request_and_per_run() -
     limited(pacer, clock, "600")
     with pytest.raises(WaitTooLong, match="asks to wait 10m00s more, beyond --max-wait 15m00s for one"):
         await pacer.wait(WaitBudget(300.0))  # this request's bound
+
+
+# -- waiting: one wake-up per admitted request ----------------------------------------------------
+
+
+class Sleeps:
+    """Counts the pacer's sleeps (asyncio.sleep) while requests wait on it; latency sleeps not."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count = 0
+        self.real = asyncio.sleep
+
+        async def counted(seconds: float) -> None:
+            self.count += 1
+            await self.real(seconds)
+
+        monkeypatch.setattr(asyncio, "sleep", counted)
+
+
+def run_workers(
+    pacer: Pacer, clock: FakeClock, sleeps: Sleeps, seconds: float, workers: int = 32, **answers: int
+) -> list[Ticket]:
+    """`workers` requests in a loop for `seconds` of simulated time, each answered after 25 ms: 200, or
+    429 (Retry-After 1) for the request numbered in `answers["refuse"]`."""
+    sent: list[Ticket] = []
+    end = clock.now + seconds
+
+    async def worker() -> None:
+        while clock.now < end:
+            ticket = await pacer.wait()
+            sent.append(ticket)
+            await sleeps.real(0.025)
+            refused = ticket.seq == answers.get("refuse")
+            pacer.observe(ticket, 429 if refused else 200, {"Retry-After": "1"} if refused else {})
+
+    async def main() -> None:
+        await asyncio.gather(*(worker() for _ in range(workers)))
+
+    loop = SimulatedLoop(clock)
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
+    return sent
+
+
+def test_each_admitted_request_costs_one_sleep_however_many_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Slow start holds 32 requests back: were each to sleep until the next slot, all would wake at it
+    # and all but one sleep again, 32 sleeps per request.
+    clock = FakeClock()
+    pacer = Pacer(clock=clock)
+    sleeps = Sleeps(monkeypatch)
+    sent = run_workers(pacer, clock, sleeps, 4.0)
+    assert len(sent) >= 250  # 20/s doubling each second: about 300 in 4 s
+    assert sleeps.count <= 1.05 * len(sent)
+    assert [t.seq for t in sent] == sorted(t.seq for t in sent)
+
+
+def test_a_pause_costs_each_waiting_request_one_sleep_and_one_goes_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = FakeClock()
+    pacer = Pacer(clock=clock)
+    sleeps = Sleeps(monkeypatch)
+    sent = run_workers(pacer, clock, sleeps, 4.0, refuse=60)
+    refused = next(t for t in sent if t.seq == 60)
+    after = [t for t in sent if t.sent > refused.sent + 0.025]
+    assert after[0].first and after[0].sent == pytest.approx(refused.sent + 0.025 + 1.0)
+    assert after[1].sent >= after[0].sent + 0.025  # the others waited for its answer
+    # Per request one sleep; per pause one for each request waiting, and the polls of the one whose
+    # turn it is while the first is out (0.025 s / POLL).
+    assert sleeps.count <= 1.05 * len(sent) + 32 + 0.025 / Pacer.POLL + 1
+
+
+def test_a_cancelled_waiter_does_not_hold_the_others(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = FakeClock()
+    pacer = Pacer(clock=clock)
+    got: list[Ticket] = []
+
+    async def main() -> None:
+        send(pacer, clock)  # the next slot is 1/20 s away
+        waiting = [asyncio.ensure_future(pacer.wait()) for _ in range(3)]
+        await asyncio.sleep(0.01)  # the first one's turn: it sleeps until the slot; the others queue
+        waiting[0].cancel()
+        waiting[1].cancel()  # queued: leaves the queue
+        got.append(await waiting[2])
+        assert waiting[0].cancelled() and waiting[1].cancelled()
+
+    loop = SimulatedLoop(clock)
+    start = clock.now
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert got[0].sent == pytest.approx(start + 1 / Pacer.START)
+
+
+def test_requests_waiting_their_turn_when_a_pause_begins_each_judge_it_on_their_budget() -> None:
+    clock = FakeClock()
+    pacer = Pacer(clock=clock, max_wait=900.0)
+    outcomes: list[str] = []
+
+    async def one(budget: float) -> None:
+        try:
+            await pacer.wait(WaitBudget(budget))
+            outcomes.append(f"sent at +{clock.now - start:g}")
+        except WaitTooLong:
+            outcomes.append(f"gave up at +{clock.now - start:g}")
+
+    async def main() -> None:
+        first = send(pacer, clock)
+        waiting = [asyncio.ensure_future(one(budget)) for budget in (5.0, 500.0, 5.0)]
+        await asyncio.sleep(0.001)  # all three wait for a slot, in turn
+        pacer.observe(first, 429, {"Retry-After": "300"})
+        await asyncio.gather(*waiting)
+
+    loop = SimulatedLoop(clock)
+    start = clock.now
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert sorted(outcomes) == ["gave up at +0.05", "gave up at +0.05", "sent at +300.001"]
 
 
 # -- per limiter shape, in simulated time -----------------------------------------------------------

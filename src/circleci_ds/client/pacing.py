@@ -122,6 +122,7 @@ class Pacer:
         self._paused_total = 0.0  # seconds of pauses in the run, overlapping ones once
         self._ceiling = math.inf  # rule 3: the pace climbs fast up to it, slowly past it
         self._successes = 0  # 2xx answers to requests sent since the last pause ended
+        self._turn = asyncio.Lock()  # waiting requests ask in turn (wait)
 
     # -- read-only views -------------------------------------------------------------------------
     @property
@@ -140,15 +141,30 @@ class Pacer:
         return self._paused_total
 
     async def wait(self, budget: WaitBudget | None = None) -> Ticket:
-        """When this request may go, its ticket; WaitTooLong rather than wait beyond its `budget` (rule 5)."""
-        while (ticket := self.try_acquire()) is None:
+        """When this request may go, its ticket; WaitTooLong rather than wait beyond its `budget` (rule 5).
+
+        Waiting requests take turns in arrival order (an asyncio.Lock is FIFO): only the one whose turn
+        it is sleeps until the next slot, so each admitted request costs one wake-up, not one per
+        request waiting. A pause is waited out outside the queue, each request against its own budget;
+        a request cancelled while waiting leaves the queue to the next."""
+        while True:
+            async with self._turn:
+                ticket = await self._next_slot()
+            if ticket is not None:
+                return ticket
             pause = self.pause_remaining
-            if pause > 0:
-                self._check_budget(pause, budget)
-            delay = self.delay()
-            await asyncio.sleep(delay)
-            if pause > 0 and budget is not None:
-                budget.left -= min(delay, pause)
+            self._check_budget(pause, budget)
+            await asyncio.sleep(pause)
+            if budget is not None:
+                budget.left -= pause
+
+    async def _next_slot(self) -> Ticket | None:
+        """The ticket of the request whose turn it is, once its slot comes; None when a pause holds
+        every request (then each waits it out on its own budget)."""
+        while (ticket := self.try_acquire()) is None:
+            if self.pause_remaining > 0:
+                return None
+            await asyncio.sleep(self.delay())
         return ticket
 
     def _check_budget(self, pause: float, budget: WaitBudget | None) -> None:
