@@ -22,7 +22,9 @@
 5. **Bounds**: `max_rps` caps the pace; a request that would wait out more than `max_wait` s of pauses
    in all (or the run, counting overlapping pauses once) fails at once with `WaitTooLong`.
 
-The clock is injectable: every rule runs in simulated time in the tests.
+Waiting requests ask in turn, in arrival order: only the one whose turn it is sleeps until the next
+slot, so each admitted request costs one wake-up however many wait. The clock is injectable: every
+rule runs in simulated time in the tests.
 """
 
 from __future__ import annotations
@@ -101,7 +103,7 @@ class Pacer:
     FLOOR, MAX_FLOOR = 0.25, 60.0  # least pause, doubling per pause since the last 2xx up to this
     QUOTA_RESET = 2.0  # a reset this far (whole seconds) is exact enough to spread what is left over
     LONG_PAUSE = 30.0  # pauses this long are announced
-    POLL = 0.005  # how often waiting requests look again while the first one after a pause is out
+    POLL = 0.005  # how often the request whose turn it is looks again while the first after a pause is out
 
     def __init__(
         self,
@@ -232,7 +234,8 @@ class Pacer:
         elif status == 503 and wait is not None:  # down for that long (RFC 9110): not a rate
             self._begin_pause(ticket, wait, now, 503)
         elif 200 <= status < 300:
-            self._pause = replace(self._pause, strikes=0)
+            if self._pause.strikes:  # most answers: nothing to reset, no new Pause to build
+                self._pause = replace(self._pause, strikes=0)
             self._successes += ticket.sent >= self._pause.until
 
     def _refused(self, ticket: Ticket, wait: float, now: float) -> None:
