@@ -1,6 +1,6 @@
 """Benchmark: the rate-limit matrix's cells in simulated time, each under several machine shapes.
 
-    python bench/pacer_matrix.py [--only SUBSTRING] [--quota]
+    python bench/pacer_matrix.py [--only SUBSTRING] [--quota] [--cpu]
 
 The pacer alone (no HTTP, no collector) against the simulator's limiters, driven on a fake clock by
 `tests/pacer_helpers.drive`: deterministic and a few seconds for the whole matrix, so a change to a
@@ -18,14 +18,20 @@ With --quota, instead: servers sending `RateLimit-*` quota headers (rule 4), one
 and 150/s, and windows per second at 10, 60 and 150/s and per minute at 600, at 5 and 100 ms. A bucket's
 `Reset` is the time until it is full, in whole seconds, so small buckets say 1 whatever they hold, and
 at 100 ms more requests are in flight than a small bucket holds.
+
+With --cpu, instead: the CPU the pacer costs a waiting request, in real time on a real event loop: 32
+requests in a loop (ask, 25 ms of latency, answer 200) through 6 s of slow start, where the pace holds
+them back; prints the requests admitted and the process's CPU per request (the loop's work included).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import math
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,13 +123,41 @@ def quota_sweep() -> int:
     return 0
 
 
+def cpu_per_request(seconds: float = 6.0, workers: int = 32, latency: float = 0.025) -> int:
+    admitted = 0
+
+    async def collect() -> None:
+        pacer = Pacer()
+        end = time.monotonic() + seconds
+
+        async def worker() -> None:
+            nonlocal admitted
+            while time.monotonic() < end:
+                ticket = await pacer.wait()
+                admitted += 1
+                await asyncio.sleep(latency)
+                pacer.observe(ticket, 200, {})
+
+        await asyncio.gather(*(worker() for _ in range(workers)))
+
+    cpu = time.process_time()
+    asyncio.run(collect())
+    cpu = time.process_time() - cpu
+    print(f"{admitted} requests in {seconds:g} s, {workers} in flight at most, {latency * 1000:g} ms: "
+          f"{cpu:.2f} s CPU, {cpu / admitted * 1e6:.0f} us per request")  # fmt: skip
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--only", default="", help="run the cells whose name contains this")
     parser.add_argument("--quota", action="store_true", help="servers sending quota headers instead")
+    parser.add_argument("--cpu", action="store_true", help="the CPU per waiting request instead")
     args = parser.parse_args()
+    if args.cpu:
+        return cpu_per_request()
     logging.disable(logging.WARNING)  # long pauses are announced; not here
     if args.quota:
         return quota_sweep()
