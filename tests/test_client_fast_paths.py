@@ -17,6 +17,7 @@ from circleci_ds.client.http import (
     TransientError,
     UnreadableBody,
     _parse_json,
+    scrubbed,
 )
 from hostile_server import HostileServer, Reply
 
@@ -69,7 +70,7 @@ def typed(value: Any) -> Any:
 
 
 def parse(body: bytes) -> Any:
-    return _parse_json("/x", body)
+    return _parse_json("/x", body)[0]
 
 
 numbers = st.one_of(
@@ -140,3 +141,36 @@ async def test_a_request_is_sent_at_most_max_attempts_times(
         sent = min(failures + 1, attempts)
         assert len(hostile.seen) == sent
         assert client.stats.retries == sent - 1
+
+
+def full_scrub(body: bytes) -> Any:
+    """What an answer reads as when every string is checked: the standard parser, then the scrub."""
+    data = json.loads(body)
+    return scrubbed(data, TOKEN, 64) if isinstance(data, dict) else data
+
+
+def escaped(text: str, every: int) -> str:
+    """`text` as a JSON string's inside, every `every`-th character written as a \\u escape."""
+    return "".join(
+        f"\\u{ord(c):04x}" if i % every == 0 else json.dumps(c, ensure_ascii=False)[1:-1]
+        for i, c in enumerate(text)
+    )
+
+
+pieces = st.one_of(
+    st.text(max_size=8),
+    st.just(TOKEN),
+    st.sampled_from(["\x00", "\ud800", "\udfff", "é", "😀", "<&>", TOKEN[:5]]),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(parts=st.lists(pieces, max_size=5), every=st.integers(1, 60), in_key=st.booleans())
+def test_strings_are_scrubbed_whenever_they_need_it(parts: list[str], every: int, in_key: bool) -> None:
+    """The bytes-level judgement (no scrub needed) never lets through a NUL, a lone surrogate or the
+    token, written as they are or as escapes, in keys or values: the answer reads as the full scrub's."""
+    text = escaped("".join(parts), every)
+    inner = f'"{text}": 1' if in_key else f'"k": "{text}"'
+    body = ('{"items": [{' + inner + '}], "next_page_token": null}').encode("utf-8", "surrogatepass")
+    client = CircleCIClient("http://127.0.0.1:9", TOKEN)
+    assert client._json_object("/x", body) == full_scrub(body)

@@ -61,6 +61,7 @@ import json
 import logging
 import math
 import random
+import re
 import time
 import zlib
 from collections.abc import AsyncIterator, Iterator
@@ -198,6 +199,7 @@ class CircleCIClient:
         # Masked in answers' strings; a token too short to be real would match ordinary text.
         self._masked = token if token and len(token) >= MIN_MASKED_TOKEN else None
         self._masked_bytes = self._masked.encode("utf-8", "surrogatepass") if self._masked else None
+        self._token_escape = token_escape(self._masked)
         self._concurrency = asyncio.Semaphore(concurrency)
         # One bound per request, body included: a body that trickles in or a silent connection both
         # end with it (a sock_read bound as long would add a timer per read and bound nothing more).
@@ -472,12 +474,12 @@ class CircleCIClient:
         raise ApiError(f"{path}: HTTP {status}{message}", status=status, path=path)
 
     def _json_object(self, path: str, body: bytes) -> dict[str, Any]:
-        data = _parse_json(path, body)
+        data, by_orjson = _parse_json(path, body)
         if not isinstance(data, dict):
             kind = "null" if data is None else type(data).__name__
             raise MalformedResponse(f"{path}: expected a JSON object, got {kind}", status=200, path=path)
         try:
-            if not _plain(body, self._masked_bytes):
+            if not self._plain(body, by_orjson):
                 return scrubbed(data, self._masked, self.limits.max_depth)
             # Each level of nesting takes a bracket: with no more brackets than levels allowed, none
             # is too deep.
@@ -486,6 +488,16 @@ class CircleCIClient:
             return data
         except _Refused as exc:
             raise MalformedResponse(f"{path}: {exc}", status=200, path=path) from None
+
+    def _plain(self, body: bytes, by_orjson: bool) -> bool:
+        """Whether no string of the parsed body can need scrubbing, judged on its bytes. orjson refuses
+        lone surrogates, so what it parsed holds none; a NUL is written `\\u0000`, and the token is in
+        the bytes as it is, or one of its characters is written as an escape."""
+        if not by_orjson:
+            return _plain(body, self._masked_bytes)
+        if b"\\u0000" in body or (self._masked_bytes is not None and self._masked_bytes in body):
+            return False
+        return self._token_escape is None or self._token_escape.search(body) is None
 
     def _message(self, body: bytes) -> str:
         """`: <message>` from a JSON error body, cleaned and bounded; else nothing."""
@@ -583,7 +595,7 @@ class CircleCIClient:
 
     def _json_value(self, path: str, body: bytes) -> Any:
         """A JSON object or array, held to the same rules as `_json_object`'s."""
-        data = _parse_json(path, body)
+        data, _ = _parse_json(path, body)
         if not isinstance(data, dict | list):
             raise MalformedResponse(f"{path}: expected a JSON object or array", status=200, path=path)
         try:
@@ -592,19 +604,19 @@ class CircleCIClient:
             raise MalformedResponse(f"{path}: {exc}", status=200, path=path) from None
 
 
-def _parse_json(path: str, body: bytes) -> Any:
+def _parse_json(path: str, body: bytes) -> tuple[Any, bool]:
     """The JSON value of a 2xx body: numbers past their type, NaN and too deep nesting are refused.
     orjson parses first: it refuses what the rules refuse (NaN, infinite numbers, bad UTF-8, lone
     surrogates), and the standard parser then says why, or takes what orjson is stricter about (a
     BOM, UTF-16, lone surrogates, replaced later); a body with a run of 19 digits goes to it at once,
-    as orjson reads integers past 64 bits as floats."""
+    as orjson reads integers past 64 bits as floats. The value, and whether orjson parsed it."""
     if _LONG_RUN not in body.translate(_DIGIT_RUNS):  # faster than a regular expression
         try:
-            return orjson.loads(body)
+            return orjson.loads(body), True
         except orjson.JSONDecodeError:
             pass
     try:
-        return json.loads(body, parse_constant=_refuse_constant, parse_float=_finite, parse_int=_int64)
+        return json.loads(body, parse_constant=_refuse_constant, parse_float=_finite, parse_int=_int64), False
     except _Refused as exc:
         raise MalformedResponse(f"{path}: {exc}", status=200, path=path) from None
     except RecursionError:
@@ -841,6 +853,17 @@ def scrubbed(data: dict[str, Any], token: str | None, max_depth: int) -> dict[st
             elif isinstance(value, dict | list):
                 stack.append((value, depth + 1))
     return data
+
+
+def token_escape(token: str | None) -> re.Pattern[bytes] | None:
+    """A `\\u` escape that may write one of `token`'s characters (any escape for a token that is not
+    ASCII); None without a token."""
+    if token is None:
+        return None
+    if not token.isascii():
+        return re.compile(rb"\\u")
+    codes = sorted({f"{ord(c):04x}".encode() for c in token})
+    return re.compile(rb"\\u(?:" + b"|".join(codes) + rb")", re.IGNORECASE)
 
 
 def _plain(body: bytes, token: bytes | None) -> bool:
