@@ -1,7 +1,7 @@
 """Benchmark: `circleci-ds collect` as a process against the simulator in another process.
 
     python bench/collect.py [--full] [--incremental] [--reruns] [--ratelimit] [--memory] [--tests]
-                            [--store] [--backend sqlite,postgresql] [--repeat N] [--json]
+                            [--store] [--trees] [--backend sqlite,postgresql] [--repeat N] [--json]
 
 With no scenario flag every scenario runs:
   full         P projects x M pipelines (3 x 100), L ms latency per request (25): the collection at
@@ -24,8 +24,12 @@ With no scenario flag every scenario runs:
   store        writing test results in bulk, in this process (--store-jobs jobs of --store-tests
                results, written as the collector writes them: facts derived, BATCH_JOBS jobs per
                transaction): results stored per CPU second.
+  trees        writing pipeline trees as the collector writes them, in this process: the simulator's
+               trees of one project of --trees-pipelines (300) pipelines, facts derived, written one
+               tree per transaction (`save_tree`) and in batches of --trees-batch trees (`write_trees`,
+               a transaction per batch): CPU and wall time per tree.
 
-Every scenario but `store` runs on each --backend (sqlite; postgresql: a throw-away server from
+Every scenario but `store` and `trees` runs on each --backend (sqlite; postgresql: a throw-away server from
 tests/pgserver.py, a new database per run). `CPU ms/req` is the collector's CPU per request, `req/job`
 the requests per job stored.
 
@@ -393,6 +397,49 @@ def store(args: argparse.Namespace, work: Workdir, base_cpu_ms: float) -> list[R
     return [{"run": label, "results": results, "CPU s": cpu, "results/s": results / cpu}]
 
 
+def trees(args: argparse.Namespace, work: Workdir, base_cpu_ms: float) -> list[Row]:
+    """Pipeline trees written as the collector writes them, in this process: CPU per tree."""
+    from circleci_ds.collect.rules import pipeline_is_final
+    from circleci_ds.dev.simulator import SimConfig, SimProject, Simulator
+
+    slug = "gh/bench/trees"
+    sim = Simulator(SimConfig(projects=[SimProject(slug, pipelines=args.trees_pipelines)]))
+    data = sim.truth(slug)
+    rows = []
+    for size in args.trees_batch:
+        target = open_store(work.fresh_db())
+        try:
+            target.ensure_endpoint(slug, slug, f"https://circleci.com/{slug}", "bench")
+            wall, cpu = time.perf_counter(), time.process_time()
+            write_in_batches(target, slug, data, size, pipeline_is_final)
+            cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        finally:
+            target.close()
+        label = "one per transaction" if size == 1 else f"batches of {size}"
+        jobs = sum(len(w["jobs"]) for tree in data for w in tree["workflows"])
+        rows.append(
+            {"run": label, "trees": len(data), "jobs": jobs, "CPU ms/tree": cpu * 1000 / len(data),
+             "wall ms/tree": wall * 1000 / len(data)}
+        )  # fmt: skip
+    return rows
+
+
+def write_in_batches(
+    target: Any, slug: str, data: list[dict[str, Any]], size: int, is_final: Callable[[Any], bool]
+) -> None:
+    """One tree per transaction through `save_tree` (size 1), else `write_trees` batches."""
+    if size == 1:
+        for tree in data:
+            target.save_tree(slug, tree, fetched_at=1.8e9, is_final=is_final(tree))
+        return
+    from circleci_ds.store.trees import TreeWrite
+
+    for start in range(0, len(data), size):
+        batch = [TreeWrite(slug, tree, 1.8e9, is_final(tree)) for tree in data[start : start + size]]
+        outcomes = target.write_trees(batch)
+        assert not any(outcomes), outcomes
+
+
 def verdict(ok: bool) -> str:
     return "meets" if ok else "MISSES"
 
@@ -454,6 +501,10 @@ def tests_targets(rows: list[Row]) -> list[str]:
     ]
 
 
+def trees_targets(rows: list[Row]) -> list[str]:
+    return [f"{row['run']}: {row['CPU ms/tree']:.2f} ms of CPU per tree" for row in rows]
+
+
 def store_targets(rows: list[Row]) -> list[str]:
     rate = rows[0]["results/s"]
     return [f"{verdict(rate >= 200_000)} >= 200,000 results stored a second: {rate:,.0f}"]
@@ -485,6 +536,7 @@ SCENARIOS: dict[str, tuple[Scenario, str, Targets]] = {
         tests_targets,
     ),
     "store": (store, "storing test results in bulk", store_targets),
+    "trees": (trees, "writing pipeline trees: {trees_pipelines} pipelines", trees_targets),
 }
 
 
@@ -557,6 +609,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--memory-latency-ms", type=float, default=2.0)
     parser.add_argument("--store-jobs", type=int, default=2000)
     parser.add_argument("--store-tests", type=int, default=100, help="results per job (store)")
+    parser.add_argument("--trees-pipelines", type=int, default=300, help="pipelines (trees)")
+    parser.add_argument("--trees-batch", type=_ints, default=[1, 16], help="trees per transaction")
     parser.add_argument("--backend", type=_names, default=["sqlite"], help="sqlite,postgresql")
     parser.add_argument("--repeat", type=int, default=1, help="report medians of N repeats")
     parser.add_argument(

@@ -17,6 +17,7 @@ import math
 import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from functools import lru_cache
 
 DAY = 86400.0
 WEEK = 7 * DAY
@@ -38,6 +39,13 @@ def parse_ts(value: object) -> float | None:
     """Epoch seconds of an API timestamp (`2026-11-01T10:00:00Z`, `...:00.123+02:00`); None if unreadable."""
     if not isinstance(value, str) or not value or len(value) > 64:
         return None
+    return _parse_text(value)
+
+
+@lru_cache(maxsize=4096)
+def _parse_text(value: str) -> float | None:
+    # Cached: a tree names most of its instants several times (job list, job details, workflow),
+    # and each is read by more than one rule.
     try:
         parsed = datetime.fromisoformat(value[:-1] if value[-1] in "Zz" else value)
         if parsed.tzinfo is None:

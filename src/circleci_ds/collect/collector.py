@@ -35,11 +35,13 @@ from circleci_ds.client.http import (
 from circleci_ds.collect import rules
 from circleci_ds.collect.lanes import EndpointResult, LaneOptions, Lanes, Outcome, new_owner
 from circleci_ds.collect.tests import TestCounts, TestOptions, TestPhase
+from circleci_ds.collect.treequeue import TreeQueue
 from circleci_ds.collect.usage import UsageOptions, UsagePass, collect_usage
 from circleci_ds.collect.users import UserPass, resolve_users
 from circleci_ds.inputs.fixture import Endpoint
 from circleci_ds.store import PipelineIndexEntry, Store, StoreError
 from circleci_ds.store.base import TreeRefused, digest, dumps
+from circleci_ds.store.trees import TreeWrite
 from circleci_ds.times import parse_ts
 
 log = logging.getLogger("circleci_ds.collect.collector")
@@ -158,6 +160,7 @@ class Collector:
         self.users = UserPass()
         self.usage = UsagePass()
         self._db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="circleci-ds-store")
+        self.trees = TreeQueue(store, self.db, self.options.owner)  # trees written a batch at a time
 
     async def db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a store call on the single store thread, so the event loop never blocks on I/O."""
@@ -533,9 +536,8 @@ class _Walk:
         await self._save(tree, fetched_at, final=rules.pipeline_is_final(tree))
 
     async def _save(self, tree: dict[str, Any], fetched_at: float, *, final: bool) -> None:
-        await self.c.db(
-            self.c.store.save_tree, self.endpoint.slug, tree, fetched_at=fetched_at, is_final=final
-        )
+        """Write the tree, with the others ready meanwhile (treequeue.py); TreeRefused fails it alone."""
+        await self.c.trees.save(TreeWrite(self.endpoint.slug, tree, fetched_at, final))
         self.saved += 1
         self.progress.stored += 1
         self.c.counters.pipelines += 1

@@ -33,6 +33,10 @@ class TreeRefused(Exception):
     or named twice. That tree fails alone; the message is one plain line naming it."""
 
 
+class NotLeased(TreeRefused):
+    """A tree of an endpoint whose lease its collector lost to another: nothing of it is written."""
+
+
 def dumps(obj: Any) -> str:
     """Compact JSON text, UTF-8 as it is (the raw objects' columns)."""
     return dumps_bytes(obj).decode()

@@ -1,18 +1,24 @@
-"""Bulk inserts through the driver: the statements the collector's writes repeat, built once."""
+"""Statements through the driver: the ones the collector's writes repeat, built once per database.
+
+SQLAlchemy Core compiles an expression and builds its cache key on every call; on the collector's
+hot path that cost more than the database's own work. These helpers build the SQL text once per
+(table, columns, placeholder style) and hand the rows to the driver (`executemany`).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
 from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import Connection
 
+KEYS_PER_QUERY = 400  # keys per `IN (...)` lookup at most
+
 
 def insert_rows(conn: Connection, table: str, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Insert rows (column -> value, the first row's columns) through the driver's executemany: the
-    collector's hot path, where SQLAlchemy's per-row work cost more than the database's."""
+    """Insert rows (column -> value, the first row's columns) through the driver's executemany."""
     if not rows:
         return
     columns = tuple(rows[0])
@@ -24,8 +30,47 @@ def insert_rows(conn: Connection, table: str, rows: Sequence[Mapping[str, Any]])
     )
 
 
+def insert_tuples(
+    conn: Connection, table: str, columns: tuple[str, ...], rows: list[tuple[Any, ...]]
+) -> None:
+    """Insert rows given as tuples in `columns`' order."""
+    if rows:
+        conn.exec_driver_sql(_insert_sql(table, columns, conn.dialect.paramstyle), rows)
+
+
+def delete_by(conn: Connection, table: str, column: str, keys: Iterable[Any]) -> None:
+    """Delete the rows whose `column` is one of `keys`: one statement, executed for each key."""
+    params = [(key,) for key in keys]
+    if params:
+        conn.exec_driver_sql(_delete_sql(table, column, conn.dialect.paramstyle), params)
+
+
+def select_in(conn: Connection, template: str, keys: Sequence[Any]) -> list[Any]:
+    """The rows of `template` (SQL text with `{keys}` where the `IN (...)` list goes), in batches of
+    KEYS_PER_QUERY keys; the text for each count of keys is built once."""
+    rows: list[Any] = []
+    for start in range(0, len(keys), KEYS_PER_QUERY):
+        batch = tuple(keys[start : start + KEYS_PER_QUERY])
+        rows += conn.exec_driver_sql(_in_sql(template, len(batch), conn.dialect.paramstyle), batch).all()
+    return rows
+
+
+def mark(paramstyle: str) -> str:
+    """The driver's placeholder: sqlite3's `?`, psycopg's `%s`."""
+    return "?" if paramstyle == "qmark" else "%s"
+
+
 @lru_cache(maxsize=64)
 def _insert_sql(table: str, columns: tuple[str, ...], paramstyle: str) -> str:
-    mark = "?" if paramstyle == "qmark" else "%s"
     names = ", ".join(f'"{c}"' for c in columns)
-    return f"INSERT INTO {table} ({names}) VALUES ({', '.join([mark] * len(columns))})"
+    return f"INSERT INTO {table} ({names}) VALUES ({', '.join([mark(paramstyle)] * len(columns))})"
+
+
+@lru_cache(maxsize=64)
+def _delete_sql(table: str, column: str, paramstyle: str) -> str:
+    return f'DELETE FROM {table} WHERE "{column}" = {mark(paramstyle)}'
+
+
+@lru_cache(maxsize=256)
+def _in_sql(template: str, count: int, paramstyle: str) -> str:
+    return template.format(keys=", ".join([mark(paramstyle)] * count))

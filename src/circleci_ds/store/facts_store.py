@@ -12,10 +12,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, case, delete, select, update
+from sqlalchemy import Connection, case, select, update
 
 from circleci_ds.store import schema as s
-from circleci_ds.store.bulk import insert_rows
+from circleci_ds.store.bulk import delete_by, insert_rows, insert_tuples
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,18 +48,19 @@ class Deriver(Protocol):
 def project_infos(conn: Connection) -> dict[str, Any]:
     """Endpoint slug -> its stored GET /project/{slug} answer (None when missing or unreadable)."""
     return {
-        slug: _parsed(info)
+        slug: parsed_info(info)
         for slug, info in conn.execute(select(s.endpoints.c.slug, s.endpoints.c.project_info))
     }
 
 
 def project_info_of(conn: Connection, endpoint: str) -> Any:
-    return _parsed(
+    return parsed_info(
         conn.execute(select(s.endpoints.c.project_info).where(s.endpoints.c.slug == endpoint)).scalar()
     )
 
 
-def _parsed(info_json: str | None) -> Any:
+def parsed_info(info_json: str | None) -> Any:
+    """A stored GET /project/{slug} answer, parsed (None when missing or unreadable)."""
     try:
         return json.loads(info_json) if info_json else None
     except ValueError:
@@ -87,9 +88,9 @@ def write_facts(conn: Connection, trees: Sequence[FactRows]) -> None:
 
 def write_people(conn: Connection, named: Mapping[str, Iterable[str]]) -> None:
     """Replace the people_refs of these pipelines (pipeline id -> the user ids its tree names)."""
-    r = s.people_refs.c
-    conn.execute(delete(s.people_refs).where(r.pipeline_id.in_(list(named))))
-    _insert(conn, s.people_refs, ({"pipeline_id": p, "user_id": u} for p, ids in named.items() for u in ids))
+    delete_by(conn, s.people_refs.name, "pipeline_id", named)
+    rows = [(p, u) for p, ids in named.items() for u in ids]
+    insert_tuples(conn, s.people_refs.name, ("pipeline_id", "user_id"), rows)
 
 
 def read_facts(conn: Connection, pipeline_ids: Sequence[str]) -> dict[str, FactRows]:
@@ -112,8 +113,7 @@ def read_facts(conn: Connection, pipeline_ids: Sequence[str]) -> dict[str, FactR
 
 def delete_facts(conn: Connection, pipeline_ids: Sequence[str]) -> None:
     for table in (s.job_runs, s.workflow_runs, s.pipeline_runs):
-        column = table.c.id if table is s.pipeline_runs else table.c.pipeline_id
-        conn.execute(delete(table).where(column.in_(list(pipeline_ids))))
+        delete_by(conn, table.name, "id" if table is s.pipeline_runs else "pipeline_id", pipeline_ids)
 
 
 def _insert(conn: Connection, table: Any, rows: Iterable[dict[str, Any]]) -> None:

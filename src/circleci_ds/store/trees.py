@@ -14,19 +14,19 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, func, or_, select
+from sqlalchemy import Connection, and_, func, or_, select
 from sqlalchemy.exc import IntegrityError
 
 from circleci_ds.store import schema as s
-from circleci_ds.store.base import StoreBase, TreeRefused, db_reason, digest, dumps
-from circleci_ds.store.bulk import insert_rows
+from circleci_ds.store.base import NotLeased, StoreBase, TreeRefused, db_reason, digest, dumps
+from circleci_ds.store.bulk import delete_by, insert_rows, select_in
 from circleci_ds.store.facts_store import (
+    Deriver,
     FactRows,
-    project_info_of,
+    parsed_info,
     read_facts,
     write_facts,
     write_people,
@@ -86,29 +86,48 @@ class Trees(StoreBase):
     def save_trees(
         self, endpoint: str, trees: Sequence[dict[str, Any]], *, fetched_at: float, is_final: bool
     ) -> None:
-        """Replace pipeline trees of one endpoint and their facts in one transaction (bulk writes)."""
-        pipeline_rows, workflow_rows, job_rows = [], [], []
-        for tree in trees:
-            rows = tree_rows(endpoint, tree, fetched_at=fetched_at, is_final=is_final)
-            pipeline_rows.append(rows.pipeline)
-            workflow_rows += rows.workflows
-            job_rows += rows.jobs
-        ids = [r["id"] for r in pipeline_rows]
+        """Replace pipeline trees of one endpoint and their facts (`write_trees`); raises the first
+        tree's failure once the others are written."""
+        outcomes = self.write_trees([TreeWrite(endpoint, tree, fetched_at, is_final) for tree in trees])
+        failed = next((outcome for outcome in outcomes if outcome is not None), None)
+        if failed is not None:
+            raise failed
+
+    def write_trees(self, batch: Sequence[TreeWrite], *, owner: str | None = None) -> list[Exception | None]:
+        """Replace the trees of a batch and their facts in one transaction; each tree's outcome, in
+        order (None: written). A tree that cannot be filed (TreeRefused; NotLeased when `owner` is
+        given and no longer holds the lease of the tree's endpoint) or read (its exception) fails
+        alone: the others are written. StoreError (the database failed) fails the whole batch."""
         deriver = self.needs_deriver()
-        with _refusing(ids), self.writing() as conn:
-            _check_owned(conn, endpoint, ids, [r["id"] for r in workflow_rows])
-            conn.execute(delete(s.jobs).where(s.jobs.c.pipeline_id.in_(ids)))
-            conn.execute(delete(s.workflows).where(s.workflows.c.pipeline_id.in_(ids)))
-            conn.execute(delete(s.pipelines).where(s.pipelines.c.id.in_(ids)))
-            for table, batch in (
-                (s.pipelines, pipeline_rows),
-                (s.workflows, workflow_rows),
-                (s.jobs_numbered, job_rows),
-            ):
-                insert_rows(conn, table.name, batch)
-            default = deriver.default_branch(project_info_of(conn, endpoint))
-            write_facts(conn, [deriver.tree_facts(endpoint, tree, default) for tree in trees])
-            write_people(conn, {pid: deriver.people(tree) for pid, tree in zip(ids, trees, strict=True)})
+        outcomes: list[Exception | None] = [None] * len(batch)
+        ready: list[_Pending] = []
+        for index, item in enumerate(batch):
+            try:
+                rows = tree_rows(item.endpoint, item.tree, fetched_at=item.fetched_at, is_final=item.is_final)
+            except Exception as exc:  # a tree the collector let through but cannot be filed: it alone
+                outcomes[index] = exc
+                continue
+            ready.append(_Pending(index, item, rows))
+        try:
+            with self.writing() as conn:
+                outcomes_of = _BatchWriter(conn, deriver, owner).write(ready)
+        except IntegrityError as exc:
+            if len(ready) == 1:
+                outcomes_of = {ready[0].index: _refused(ready[0], exc)}
+            else:  # an id named twice, in a tree or across two: each tree again, on its own
+                outcomes_of = {}
+                for pending in ready:
+                    outcomes_of.update(self._write_alone(pending, deriver, owner))
+        for index, outcome in outcomes_of.items():
+            outcomes[index] = outcome
+        return outcomes
+
+    def _write_alone(self, pending: _Pending, deriver: Deriver, owner: str | None) -> dict[int, Exception]:
+        try:
+            with self.writing() as conn:
+                return _BatchWriter(conn, deriver, owner).write([pending])
+        except IntegrityError as exc:
+            return {pending.index: _refused(pending, exc)}
 
     def iter_trees(
         self,
@@ -156,33 +175,105 @@ class Trees(StoreBase):
             return int(conn.execute(query).scalar_one())
 
 
-@contextmanager
-def _refusing(ids: list[str]) -> Iterator[None]:
+@dataclass(frozen=True, slots=True)
+class TreeWrite:
+    """A pipeline tree ready to be written: its endpoint, the tree, when it was read, whether final."""
+
+    endpoint: str
+    tree: dict[str, Any]
+    fetched_at: float
+    is_final: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    index: int  # in the batch
+    item: TreeWrite
+    rows: TreeRows
+
+
+def _refused(pending: _Pending, exc: IntegrityError) -> TreeRefused:
     """A key the tree breaks (an id named twice) refuses that tree, in one plain line."""
-    try:
-        yield
-    except IntegrityError as exc:
-        raise TreeRefused(f"pipeline {_named(ids)}: the store refused it ({db_reason(exc)})") from None
+    return TreeRefused(
+        f"pipeline {_named([pending.rows.pipeline['id']])}: the store refused it ({db_reason(exc)})"
+    )
 
 
-def _check_owned(conn: Connection, endpoint: str, pipeline_ids: list[str], workflow_ids: list[str]) -> None:
-    """TreeRefused when a pipeline id is filed under another endpoint, or a workflow id under another
-    pipeline (module docstring)."""
-    p, w = s.pipelines.c, s.workflows.c
-    other = conn.execute(
-        select(p.id, p.endpoint).where(p.id.in_(pipeline_ids), p.endpoint != endpoint).limit(1)
-    ).first()
-    if other is not None:
-        raise TreeRefused(f"pipeline {_named([other.id])} is filed under another project ({other.endpoint})")
-    if workflow_ids:
-        taken = conn.execute(
-            select(w.id, w.pipeline_id)
-            .where(w.id.in_(workflow_ids), w.pipeline_id.not_in(pipeline_ids))
-            .limit(1)
-        ).first()
-        if taken is not None:
-            owner = _named([taken.pipeline_id])
-            raise TreeRefused(f"workflow {_named([taken.id])} is filed under another pipeline ({owner})")
+_LEASES = "SELECT endpoint, owner FROM leases WHERE endpoint IN ({keys})"
+_PIPELINE_OWNERS = "SELECT id, endpoint FROM pipelines WHERE id IN ({keys})"
+_WORKFLOW_OWNERS = "SELECT id, pipeline_id FROM workflows WHERE id IN ({keys})"
+_PROJECT_INFO = "SELECT slug, project_info FROM endpoints WHERE slug IN ({keys})"
+_RAW_TABLES = ((s.jobs.name, "pipeline_id"), (s.workflows.name, "pipeline_id"), (s.pipelines.name, "id"))
+
+
+class _BatchWriter:
+    """Writes a batch of trees in the caller's transaction: a few statements built once per database
+    and run through the driver, whatever the number of trees."""
+
+    def __init__(self, conn: Connection, deriver: Deriver, owner: str | None) -> None:
+        self.conn, self.deriver, self.owner = conn, deriver, owner
+
+    def write(self, batch: list[_Pending]) -> dict[int, Exception]:
+        """Write the trees that may be filed; the refusals of the others (tree index -> why)."""
+        refused = self._not_leased(batch)
+        refused.update(self._not_owned([p for p in batch if p.index not in refused]))
+        kept = [p for p in batch if p.index not in refused]
+        if not kept:
+            return refused
+        ids = [p.rows.pipeline["id"] for p in kept]
+        for table, column in _RAW_TABLES:
+            delete_by(self.conn, table, column, ids)
+        insert_rows(self.conn, s.pipelines.name, [p.rows.pipeline for p in kept])
+        insert_rows(self.conn, s.workflows.name, [w for p in kept for w in p.rows.workflows])
+        insert_rows(self.conn, s.jobs_numbered.name, [j for p in kept for j in p.rows.jobs])
+        defaults = self._default_branches({p.item.endpoint for p in kept})
+        facts = [
+            self.deriver.tree_facts(p.item.endpoint, p.item.tree, defaults[p.item.endpoint]) for p in kept
+        ]
+        write_facts(self.conn, facts)
+        write_people(
+            self.conn, {pid: self.deriver.people(p.item.tree) for pid, p in zip(ids, kept, strict=True)}
+        )
+        return refused
+
+    def _not_leased(self, batch: list[_Pending]) -> dict[int, Exception]:
+        """The trees of endpoints whose lease `owner` no longer holds: it lost them to another."""
+        if self.owner is None or not batch:
+            return {}
+        endpoints = sorted({p.item.endpoint for p in batch})
+        holders = dict(select_in(self.conn, _LEASES, endpoints))
+        return {
+            p.index: NotLeased(
+                f"pipeline {_named([p.rows.pipeline['id']])}: not written, the lease of {p.item.endpoint} "
+                "was lost to another collector"
+            )
+            for p in batch
+            if holders.get(p.item.endpoint) != self.owner
+        }
+
+    def _not_owned(self, batch: list[_Pending]) -> dict[int, Exception]:
+        """TreeRefused for a tree whose pipeline id is filed under another endpoint, or one of whose
+        workflow ids is filed under another pipeline (module docstring)."""
+        if not batch:
+            return {}
+        refused: dict[int, Exception] = {}
+        by_pipeline = {p.rows.pipeline["id"]: p for p in batch}
+        for pid, endpoint in select_in(self.conn, _PIPELINE_OWNERS, list(by_pipeline)):
+            pending = by_pipeline[pid]
+            if endpoint != pending.item.endpoint:
+                why = f"pipeline {_named([pid])} is filed under another project ({endpoint})"
+                refused[pending.index] = TreeRefused(why)
+        by_workflow = {w["id"]: p for p in batch for w in p.rows.workflows}
+        for wid, owner in select_in(self.conn, _WORKFLOW_OWNERS, list(by_workflow)):
+            pending = by_workflow[wid]
+            if owner != pending.rows.pipeline["id"] and pending.index not in refused:
+                why = f"workflow {_named([wid])} is filed under another pipeline ({_named([owner])})"
+                refused[pending.index] = TreeRefused(why)
+        return refused
+
+    def _default_branches(self, endpoints: set[str]) -> dict[str, str | None]:
+        infos = dict(select_in(self.conn, _PROJECT_INFO, sorted(endpoints)))
+        return {e: self.deriver.default_branch(parsed_info(infos.get(e))) for e in endpoints}
 
 
 def _named(ids: Sequence[str]) -> str:
