@@ -16,6 +16,7 @@ import pytest
 from circleci_ds.collect.treequeue import TreeQueue
 from circleci_ds.derive.facts import open_store
 from circleci_ds.store import Store, StoreError
+from circleci_ds.store import schema as s
 from circleci_ds.store.base import NotLeased, TreeRefused
 from circleci_ds.store.trees import TreeWrite
 from test_store import count_rows, make_tree
@@ -83,6 +84,19 @@ def test_a_workflow_filed_under_another_pipeline_refuses_only_its_tree(db_url: s
         assert "workflow api-1-w0 is filed under another pipeline (api-1)" in str(outcomes[0])
         assert store.load_tree("api-2") is None
         assert store.load_tree("api-1") == make_tree("api-1", 1)
+
+
+def test_rows_left_without_their_pipeline_do_not_block_its_tree(db_url: str) -> None:
+    """A batch deletes only by the ids of pipelines stored; rows of a pipeline not stored (which no
+    write leaves) make the batch fail, and the tree written alone deletes them by its id."""
+    with opened(db_url) as store:
+        store.save_tree(API, make_tree("api-1", 1), fetched_at=1.0, is_final=True)
+        with store.writing() as conn:
+            conn.execute(s.pipelines.delete().where(s.pipelines.c.id == "api-1"))
+        outcomes = store.write_trees([item(make_tree("api-1", 1, tag="-again")), item(make_tree("api-2", 2))])
+        assert outcomes == [None, None]
+        assert store.load_tree("api-1") == make_tree("api-1", 1, tag="-again")
+    assert count_rows(db_url, "jobs") == 8
 
 
 def test_a_malformed_tree_fails_alone_with_its_error(db_url: str) -> None:

@@ -81,6 +81,11 @@ def set_default_branch(conn: Connection, endpoint: str, default: str | None) -> 
 def write_facts(conn: Connection, trees: Sequence[FactRows]) -> None:
     """Replace the facts of these pipelines (delete, then insert in bulk)."""
     delete_facts(conn, [t.pipeline["id"] for t in trees])
+    insert_facts(conn, trees)
+
+
+def insert_facts(conn: Connection, trees: Sequence[FactRows]) -> None:
+    """Insert the facts of pipelines that have none stored."""
     _insert(conn, s.pipeline_runs, (t.pipeline for t in trees))
     _insert(conn, s.workflow_runs, (w for t in trees for w in t.workflows))
     _insert(conn, s.job_runs, (j for t in trees for j in t.jobs))
@@ -88,7 +93,15 @@ def write_facts(conn: Connection, trees: Sequence[FactRows]) -> None:
 
 def write_people(conn: Connection, named: Mapping[str, Iterable[str]]) -> None:
     """Replace the people_refs of these pipelines (pipeline id -> the user ids its tree names)."""
-    delete_by(conn, s.people_refs.name, "pipeline_id", named)
+    delete_people(conn, list(named))
+    insert_people(conn, named)
+
+
+def delete_people(conn: Connection, pipeline_ids: Sequence[str]) -> None:
+    delete_by(conn, s.people_refs.name, "pipeline_id", pipeline_ids)
+
+
+def insert_people(conn: Connection, named: Mapping[str, Iterable[str]]) -> None:
     rows = [(p, u) for p, ids in named.items() for u in ids]
     insert_tuples(conn, s.people_refs.name, ("pipeline_id", "user_id"), rows)
 

@@ -26,10 +26,12 @@ from circleci_ds.store.bulk import delete_by, insert_rows, select_in
 from circleci_ds.store.facts_store import (
     Deriver,
     FactRows,
+    delete_facts,
+    delete_people,
+    insert_facts,
+    insert_people,
     parsed_info,
     read_facts,
-    write_facts,
-    write_people,
 )
 from circleci_ds.store.job_usage import UsageByJob, has_usage, read_job_usage
 from circleci_ds.times import parse_ts
@@ -111,13 +113,11 @@ class Trees(StoreBase):
         try:
             with self.writing() as conn:
                 outcomes_of = _BatchWriter(conn, deriver, owner).write(ready)
-        except IntegrityError as exc:
-            if len(ready) == 1:
-                outcomes_of = {ready[0].index: _refused(ready[0], exc)}
-            else:  # an id named twice, in a tree or across two: each tree again, on its own
-                outcomes_of = {}
-                for pending in ready:
-                    outcomes_of.update(self._write_alone(pending, deriver, owner))
+        except IntegrityError:
+            # An id named twice, in a tree or across two: each tree again, on its own.
+            outcomes_of = {}
+            for pending in ready:
+                outcomes_of.update(self._write_alone(pending, deriver, owner))
         for index, outcome in outcomes_of.items():
             outcomes[index] = outcome
         return outcomes
@@ -125,7 +125,7 @@ class Trees(StoreBase):
     def _write_alone(self, pending: _Pending, deriver: Deriver, owner: str | None) -> dict[int, Exception]:
         try:
             with self.writing() as conn:
-                return _BatchWriter(conn, deriver, owner).write([pending])
+                return _BatchWriter(conn, deriver, owner, alone=True).write([pending])
         except IntegrityError as exc:
             return {pending.index: _refused(pending, exc)}
 
@@ -210,8 +210,12 @@ class _BatchWriter:
     """Writes a batch of trees in the caller's transaction: a few statements built once per database
     and run through the driver, whatever the number of trees."""
 
-    def __init__(self, conn: Connection, deriver: Deriver, owner: str | None) -> None:
+    def __init__(self, conn: Connection, deriver: Deriver, owner: str | None, *, alone: bool = False) -> None:
         self.conn, self.deriver, self.owner = conn, deriver, owner
+        # A tree's rows are only ever written and deleted together, so a pipeline not stored has
+        # none to delete; written alone (after an integrity error), a tree deletes by its id anyway.
+        self.alone = alone
+        self.stored: set[str] = set()  # pipeline ids of the batch already stored
 
     def write(self, batch: list[_Pending]) -> dict[int, Exception]:
         """Write the trees that may be filed; the refusals of the others (tree index -> why)."""
@@ -221,8 +225,11 @@ class _BatchWriter:
         if not kept:
             return refused
         ids = [p.rows.pipeline["id"] for p in kept]
+        replaced = ids if self.alone else [pid for pid in ids if pid in self.stored]
         for table, column in _RAW_TABLES:
-            delete_by(self.conn, table, column, ids)
+            delete_by(self.conn, table, column, replaced)
+        delete_facts(self.conn, replaced)
+        delete_people(self.conn, replaced)
         insert_rows(self.conn, s.pipelines.name, [p.rows.pipeline for p in kept])
         insert_rows(self.conn, s.workflows.name, [w for p in kept for w in p.rows.workflows])
         insert_rows(self.conn, s.jobs_numbered.name, [j for p in kept for j in p.rows.jobs])
@@ -230,8 +237,8 @@ class _BatchWriter:
         facts = [
             self.deriver.tree_facts(p.item.endpoint, p.item.tree, defaults[p.item.endpoint]) for p in kept
         ]
-        write_facts(self.conn, facts)
-        write_people(
+        insert_facts(self.conn, facts)
+        insert_people(
             self.conn, {pid: self.deriver.people(p.item.tree) for pid, p in zip(ids, kept, strict=True)}
         )
         return refused
@@ -259,6 +266,7 @@ class _BatchWriter:
         refused: dict[int, Exception] = {}
         by_pipeline = {p.rows.pipeline["id"]: p for p in batch}
         for pid, endpoint in select_in(self.conn, _PIPELINE_OWNERS, list(by_pipeline)):
+            self.stored.add(pid)
             pending = by_pipeline[pid]
             if endpoint != pending.item.endpoint:
                 why = f"pipeline {_named([pid])} is filed under another project ({endpoint})"
