@@ -594,3 +594,22 @@ def test_collect_fails_an_endpoint_whose_wait_exceeds_max_wait(tmp_path: Path) -
     assert sim.stats["by_endpoint"]["pipelines"] == 1
     assert sim.stats["by_endpoint"]["usage_create"] <= 1
     assert sim.stats["status"].get("429") == sim.stats["requests"] - 1  # all but the first refused
+
+
+def test_a_wake_up_late_by_a_timer_tick_keeps_its_slot_idle_time_earns_no_burst() -> None:
+    """Event loops round sleeps up to the millisecond: a request admitted up to LATE after its slot keeps
+    the pace's timeline (the next slot is one interval after the missed one), while a request after idle
+    time starts a new one (the next slot is one interval after it)."""
+    now = [0.0]
+    pacer = Pacer(max_rps=100.0, clock=lambda: now[0])
+    pacer.rate = 100.0  # 10 ms a slot
+    assert pacer.try_acquire() is not None
+    now[0] = 0.010 + Pacer.LATE * 0.8  # the next slot, woken a little late
+    assert pacer.try_acquire() is not None
+    now[0] = 0.020
+    assert pacer.try_acquire() is not None, "the late wake-up did not push the next slot back"
+    now[0] = 1.0  # idle for most of a second
+    assert pacer.try_acquire() is not None
+    assert pacer.try_acquire() is None, "idle time earned a burst"
+    now[0] = 1.010
+    assert pacer.try_acquire() is not None

@@ -7,7 +7,9 @@
    pause only if it asks for more.
 2. **One first**: after a pause one request goes; the others wait for its answer, so a pause that
    ended too soon costs one refusal, not one per request in flight.
-3. **Pace** (AIMD): requests go at most `rate` a second, evenly spaced. While the pace holds requests
+3. **Pace** (AIMD): requests go at most `rate` a second, evenly spaced on the pace's own timeline (a
+   request admitted at most `LATE` s after its slot, a timer's resolution, keeps it; after idle time a
+   new timeline starts, without a burst). While the pace holds requests
    back it grows: x`FAST` a second until the first 429 (slow start); then x`RECOVER` a second up to the
    ceiling, `DECREASE` x the last refused pace, and x`CLIMB` a second past it. The first 429 of a bunch
    (of a request sent after the last pause ended) cuts the pace: to half at the end of slow start (the
@@ -103,6 +105,7 @@ class Pacer:
     FLOOR, MAX_FLOOR = 0.25, 60.0  # least pause, doubling per pause since the last 2xx up to this
     QUOTA_RESET = 2.0  # a reset this far (whole seconds) is exact enough to spread what is left over
     LONG_PAUSE = 30.0  # pauses this long are announced
+    LATE = 0.001  # seconds a wake-up may be late and keep its slot (an event loop's timers: 1 ms)
     POLL = 0.005  # how often the request whose turn it is looks again while the first after a pause is out
 
     def __init__(
@@ -200,7 +203,9 @@ class Pacer:
         pace = min(self.rate, self._quota_pace(now))
         if now - self._next < 1.0 / pace and pace == self.rate:  # the pace held this one back: climb
             self.rate = self._capped(self.rate * self._growth() ** (1.0 / self.rate))
-        self._next = max(self._next, now) + 1.0 / pace  # evenly spaced; idle time earns no burst
+        # Evenly spaced; idle time earns no burst, but a wake-up late by up to LATE (timer resolution)
+        # keeps its slot, so late timers do not slow the pace.
+        self._next = (self._next if now - self._next <= self.LATE else now) + 1.0 / pace
         if self._seq == 0:
             self._pause = Pause(now)  # the first stretch between pauses starts here
         self._seq += 1
