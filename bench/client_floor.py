@@ -12,7 +12,7 @@ jobs, both routes each) C at a time, R times each way, and prints the CPU this p
   JSON, redirects, the Date clock), its pace raised so that it holds nothing back.
 The difference is what the client's rules cost above the HTTP library; the collector's own CPU per
 request (`bench/collect.py`) adds the store and the walk to it. `--loop uvloop` runs both on uvloop's
-event loop instead of asyncio's.
+event loop instead of asyncio's (uvloop is not a dependency: install it first).
 """
 
 from __future__ import annotations
@@ -91,7 +91,10 @@ async def client(url: str, items: list[str], concurrency: int) -> float:
 
 def run(loop: str, coro: Any) -> float:
     if loop == "uvloop":
-        import uvloop
+        try:
+            import uvloop
+        except ImportError:
+            raise SystemExit("--loop uvloop: uvloop is not installed (pip install uvloop)") from None
 
         return uvloop.run(coro)  # type: ignore[no-any-return]
     return asyncio.run(coro)  # type: ignore[no-any-return]

@@ -479,7 +479,7 @@ class CircleCIClient:
             kind = "null" if data is None else type(data).__name__
             raise MalformedResponse(f"{path}: expected a JSON object, got {kind}", status=200, path=path)
         try:
-            if not self._plain(body, by_orjson):
+            if not self._needs_no_scrub(body, by_orjson):
                 return scrubbed(data, self._masked, self.limits.max_depth)
             # Each level of nesting takes a bracket: with no more brackets than levels allowed, none
             # is too deep.
@@ -489,7 +489,7 @@ class CircleCIClient:
         except _Refused as exc:
             raise MalformedResponse(f"{path}: {exc}", status=200, path=path) from None
 
-    def _plain(self, body: bytes, by_orjson: bool) -> bool:
+    def _needs_no_scrub(self, body: bytes, by_orjson: bool) -> bool:
         """Whether no string of the parsed body can need scrubbing, judged on its bytes. orjson refuses
         lone surrogates, so what it parsed holds none; a NUL is written `\\u0000`, and the token is in
         the bytes as it is, or one of its characters is written as an escape."""
