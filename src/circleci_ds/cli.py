@@ -49,6 +49,7 @@ from circleci_ds.collect.collector import (
     Options,
     trees_in_flight,
 )
+from circleci_ds.collect.gc_tuning import fewer_gc_passes
 from circleci_ds.collect.lanes import Outcome
 from circleci_ds.collect.progress import RequestRate, active_lines, client_line, pause_left
 from circleci_ds.collect.users import UserPass
@@ -272,20 +273,21 @@ def collect(
     limits = Limits(max_response_bytes=int(max_response_mb * MiB), max_pages=max_pages)
     started = time.monotonic()
     try:
-        results, stats, counters, users = asyncio.run(
-            _collect(
-                settings,
-                store,
-                api_url,
-                concurrency,
-                max_rps,
-                options,
-                max_wait=max_wait_s,
-                limits=limits,
-                timeout=timeout,
-                backoff=retry_backoff,
+        with fewer_gc_passes():
+            results, stats, counters, users = asyncio.run(
+                _collect(
+                    settings,
+                    store,
+                    api_url,
+                    concurrency,
+                    max_rps,
+                    options,
+                    max_wait=max_wait_s,
+                    limits=limits,
+                    timeout=timeout,
+                    backoff=retry_backoff,
+                )
             )
-        )
     except Unauthorized:
         raise fail(
             "token rejected (HTTP 401): check the fixture's Circle-Token or CIRCLE_TOKEN", EXIT_FAILED
