@@ -154,6 +154,37 @@ def test_upgrades_a_v1_store_in_place_and_keeps_its_data(db_url: str) -> None:
     assert count_rows(db_url, "job_runs") == 4
 
 
+RESULT_INDEXES = {"ix_test_results_by_job", "ix_test_results_failures"}
+
+
+def test_the_upgrade_indexes_test_results_once_by_job_and_keeps_them(db_url: str) -> None:
+    before = s.MIGRATIONS.index(s._test_results_by_job)
+    with raw_engine(db_url) as engine, engine.begin() as conn:  # the release before: two indexes
+        for step in s.MIGRATIONS[:before]:
+            step(conn)
+        conn.execute(text("DROP INDEX ix_test_results_by_job"))
+        conn.execute(text("CREATE INDEX ix_test_results_job ON test_results (job_ref, case_ref)"))
+        conn.execute(
+            text("CREATE INDEX ix_test_results_case ON test_results (case_ref, job_ref, outcome, run_time)")
+        )
+        conn.execute(insert(s.schema_version).values(version=before))
+        conn.execute(
+            insert(s.test_results).values(
+                job_ref=1, case_ref=2, outcome=0, result="failure", run_time=0.5, message="boom"
+            )
+        )
+    with opened(db_url) as store, store.reading() as conn:
+        indexes = {ix["name"] for ix in inspect(conn).get_indexes("test_results")}
+        rows = conn.execute(select(s.test_results)).all()
+    assert indexes == RESULT_INDEXES
+    assert [tuple(row) for row in rows] == [(1, 2, 0, "failure", 0.5, "boom")]
+
+
+def test_a_new_store_indexes_test_results_once_by_job(db_url: str) -> None:
+    with opened(db_url) as store, store.reading() as conn:
+        assert {ix["name"] for ix in inspect(conn).get_indexes("test_results")} == RESULT_INDEXES
+
+
 def test_a_newer_schema_is_refused_and_nothing_is_written(db_url: str) -> None:
     with raw_engine(db_url) as engine, engine.begin() as conn:
         s.MIGRATIONS[0](conn)
