@@ -13,12 +13,16 @@ from typing import Any
 
 import pytest
 
+from circleci_ds.client.http import CircleCIClient
+from circleci_ds.collect.collector import Collector, Options
 from circleci_ds.collect.treequeue import TreeQueue
 from circleci_ds.derive.facts import open_store
+from circleci_ds.dev.simulator import SimConfig, SimProject
 from circleci_ds.store import Store, StoreError
 from circleci_ds.store import schema as s
 from circleci_ds.store.base import NotLeased, TreeRefused
 from circleci_ds.store.trees import TreeWrite
+from collect_helpers import assert_matches_truth, collect, endpoints, serving
 from test_store import count_rows, make_tree
 
 API, WEB = "gh/acme/api", "gh/acme/web"
@@ -153,19 +157,35 @@ class StoreThread:
         return release
 
 
+class HeldWrites:
+    """The store's batch writes, each held on the store thread until `release` is set."""
+
+    def __init__(self, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.writing, self.release = threading.Event(), threading.Event()
+        self.written: list[str] = []  # the pipeline ids of every batch, in order
+        self._write_trees = store.write_trees
+        monkeypatch.setattr(store, "write_trees", self.write_trees)
+
+    def write_trees(self, batch: list[TreeWrite], owner: str | None = None) -> list[Exception | None]:
+        self.written.extend(w.tree["id"] for w in batch)
+        self.writing.set()
+        self.release.wait(30)
+        return self._write_trees(batch, owner=owner)
+
+
 async def test_the_trees_ready_together_are_one_batch_and_a_refused_one_fails_alone(db_url: str) -> None:
     thread = StoreThread()
     with opened(db_url) as store:
         store.try_lease(API, "me", 60.0)
         store.save_tree(WEB, make_tree("web-1", 1), fetched_at=1.0, is_final=True)
-        queue = TreeQueue(store, thread, "me")
-        release = thread.hold()  # the store thread writes something else meanwhile
-        trees = [make_tree(f"api-{n}", n) for n in range(1, 5)] + [make_tree("web-1", 9)]
-        saves = [asyncio.ensure_future(queue.save(item(tree))) for tree in trees]
-        await asyncio.sleep(0.05)
-        assert not any(s.done() for s in saves)  # nothing written yet: they wait together
-        release.set()
-        results = await asyncio.gather(*saves, return_exceptions=True)
+        async with TreeQueue(store, thread, "me") as queue:
+            release = thread.hold()  # the store thread writes something else meanwhile
+            trees = [make_tree(f"api-{n}", n) for n in range(1, 5)] + [make_tree("web-1", 9)]
+            saves = [asyncio.ensure_future(queue.save(item(tree))) for tree in trees]
+            await asyncio.sleep(0.05)
+            assert not any(s.done() for s in saves)  # nothing written yet: they wait together
+            release.set()
+            results = await asyncio.gather(*saves, return_exceptions=True)
         assert results[:4] == [None] * 4
         assert isinstance(results[4], TreeRefused) and "web-1" in str(results[4])
         assert (queue.batches, queue.written) == (1, 4)
@@ -176,20 +196,20 @@ async def test_the_trees_ready_together_are_one_batch_and_a_refused_one_fails_al
 async def test_a_save_cancelled_before_its_batch_is_not_written(db_url: str) -> None:
     thread = StoreThread()
     with opened(db_url) as store:
-        queue = TreeQueue(store, thread, "me")
         store.try_lease(API, "me", 60.0)
-        release = thread.hold()
-        first = asyncio.ensure_future(queue.save(item(make_tree("api-1", 1))))
-        await asyncio.sleep(0.05)  # its batch is on its way: the next trees wait for the next one
-        kept = asyncio.ensure_future(queue.save(item(make_tree("api-2", 2))))
-        dropped = asyncio.ensure_future(queue.save(item(make_tree("api-3", 3))))
-        await asyncio.sleep(0.05)
-        dropped.cancel()  # its endpoint's work stopped (a lost lease, a signal)
-        release.set()
-        await first
-        await kept
-        with pytest.raises(asyncio.CancelledError):
-            await dropped
+        async with TreeQueue(store, thread, "me") as queue:
+            release = thread.hold()
+            first = asyncio.ensure_future(queue.save(item(make_tree("api-1", 1))))
+            await asyncio.sleep(0.05)  # its batch is on its way: the next trees wait for the next one
+            kept = asyncio.ensure_future(queue.save(item(make_tree("api-2", 2))))
+            dropped = asyncio.ensure_future(queue.save(item(make_tree("api-3", 3))))
+            await asyncio.sleep(0.05)
+            dropped.cancel()  # its endpoint's work stopped (a lost lease, a signal)
+            release.set()
+            await first
+            await kept
+            with pytest.raises(asyncio.CancelledError):
+                await dropped
         assert (queue.batches, queue.written) == (2, 2)
         assert store.load_tree("api-2") is not None and store.load_tree("api-3") is None
     thread.pool.shutdown()
@@ -198,10 +218,97 @@ async def test_a_save_cancelled_before_its_batch_is_not_written(db_url: str) -> 
 async def test_a_database_failure_fails_every_tree_of_its_batch(db_url: str) -> None:
     thread = StoreThread()
     with opened(db_url) as store:
-        queue = TreeQueue(store, thread, "me")
         store.try_lease(API, "me", 60.0)
         store.read_only = True  # every write now fails as a StoreError
-        saves = [queue.save(item(make_tree(f"api-{n}", n))) for n in (1, 2)]
-        results = await asyncio.gather(*saves, return_exceptions=True)
+        async with TreeQueue(store, thread, "me") as queue:
+            saves = [queue.save(item(make_tree(f"api-{n}", n))) for n in (1, 2)]
+            results = await asyncio.gather(*saves, return_exceptions=True)
         assert all(isinstance(r, StoreError) for r in results)
     thread.pool.shutdown()
+
+
+async def test_a_save_outside_the_queue_context_is_refused(db_url: str) -> None:
+    thread = StoreThread()
+    with opened(db_url) as store:
+        queue = TreeQueue(store, thread, "me")
+        with pytest.raises(RuntimeError, match="async with"):
+            await queue.save(item(make_tree("api-1", 1)))
+        async with queue:
+            pass
+        with pytest.raises(RuntimeError, match="async with"):
+            await queue.save(item(make_tree("api-1", 1)))
+        assert store.load_tree("api-1") is None
+    thread.pool.shutdown()
+
+
+async def test_leaving_the_queue_while_a_batch_is_written_ends_its_task_and_saves(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The queue's owner (a run) is cancelled while the store thread writes a batch and other trees
+    wait, and the thread stays busy past the owner's end: leaving the queue ends its writing task,
+    every save ends cancelled, and the batch is written once, the waiting trees not at all."""
+    thread = StoreThread()
+    with opened(db_url) as store:
+        store.try_lease(API, "me", 60.0)
+        held = HeldWrites(store, monkeypatch)
+        queue = TreeQueue(store, thread, "me")
+        saves: list[asyncio.Task[None]] = []
+
+        async def run() -> None:
+            async with queue, asyncio.TaskGroup() as group:
+                saves.append(group.create_task(queue.save(item(make_tree("api-1", 1)))))
+                while not held.writing.is_set():
+                    await asyncio.sleep(0.01)
+                saves.extend(group.create_task(queue.save(item(make_tree(f"api-{n}", n)))) for n in (2, 3))
+                await asyncio.sleep(1000)
+
+        owner = asyncio.create_task(run())
+        while len(queue.pending) < 2:
+            await asyncio.sleep(0.01)
+        owner.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await owner
+        assert asyncio.all_tasks() == {asyncio.current_task()}  # the batch is still on the store thread
+        assert len(saves) == 3 and all(save.cancelled() for save in saves)
+        assert queue.pending == [] and queue.batches == 0
+        held.release.set()
+        thread.pool.shutdown(wait=True)
+        assert held.written == ["api-1"]
+        assert store.load_tree("api-1") is not None
+        assert store.load_tree("api-2") is None and store.load_tree("api-3") is None
+
+
+async def test_a_run_cancelled_while_a_batch_is_written_ends_every_save_and_task(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run is cancelled (a signal) while the store thread writes a batch and other trees wait
+    for the next: when the run returns, no task of it is left, every waiting save ended cancelled,
+    and no tree was written twice; the next run collects the rest."""
+    slugs = ["gh/acme/queue"]
+    with serving(SimConfig(seed=4, projects=[SimProject(slugs[0], pipelines=12)])) as (sim, url):
+        store = open_store(db_url)
+        held = HeldWrites(store, monkeypatch)
+        try:
+            async with CircleCIClient(url, None, backoff_initial=0.01) as client:
+                collector = Collector(client, store, Options(lease_ttl=60.0, tests=False, usage=False))
+                run = asyncio.create_task(collector.run(endpoints(slugs)))
+                for _ in range(3000):  # a batch on the store thread, and trees waiting for the next
+                    if held.writing.is_set() and collector.trees.pending:
+                        break
+                    await asyncio.sleep(0.01)
+                assert held.writing.is_set() and collector.trees.pending
+                waiting = [done for _, done in collector.trees.pending]
+                run.cancel()
+                # The store thread goes on until the run's end waits for it: released a while later.
+                threading.Timer(0.5, held.release.set).start()
+                with pytest.raises(asyncio.CancelledError):
+                    await run
+                assert asyncio.all_tasks() == {asyncio.current_task()}
+                assert all(done.cancelled() for done in waiting)
+                assert collector.trees.pending == []
+        finally:
+            held.release.set()
+            store.close()
+        assert len(held.written) == len(set(held.written)) > 0
+        await collect(url, db_url, slugs)
+        assert_matches_truth(db_url, sim, slugs)

@@ -182,7 +182,7 @@ class Collector:
         )
         endpoints_done = asyncio.Event()  # their project infos are stored: usage can map projects
         try:
-            async with asyncio.TaskGroup() as group:
+            async with self.trees, asyncio.TaskGroup() as group:
                 # The usage phase runs alongside: the server prepares the exports while pipelines are read.
                 usage = group.create_task(self._usage(endpoints, endpoints_done)) if o.usage else None
                 results = await lanes.run(endpoints)

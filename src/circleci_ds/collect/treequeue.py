@@ -9,6 +9,9 @@ Rules:
   of its batch with the same StoreError, which stops the run.
 - Every batch is written under the collector's lease check: the trees of an endpoint whose lease
   was lost to another collector are refused (`NotLeased`), nothing of them written.
+- The queue is an async context manager, entered by the collector's run: the task writing the
+  batches lives only inside it. Leaving it (the run stopped) cancels that task; every save still
+  waiting ends cancelled, and a batch the store thread is writing is finished there, not again.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ StoreThread = Callable[..., Awaitable[Any]]  # runs a store call on the collecto
 
 
 class TreeQueue:
-    """The collector's trees waiting for the store thread."""
+    """The collector's trees waiting for the store thread; saves are taken inside `async with`."""
 
     def __init__(self, store: Store, run_db: StoreThread, owner: str) -> None:
         self.store, self.db, self.owner = store, run_db, owner
@@ -32,9 +35,26 @@ class TreeQueue:
         self.batches = 0  # transactions written
         self.written = 0  # trees in them
         self._draining: asyncio.Task[None] | None = None
+        self._open = False
+
+    async def __aenter__(self) -> TreeQueue:
+        self._open = True
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        """End the writing task (already ended after a run without error) and the saves waiting."""
+        self._open = False
+        if self._draining is not None:
+            self._draining.cancel()
+            await asyncio.wait([self._draining])
+        for _, done in self.pending:
+            done.cancel()
+        self.pending = []
 
     async def save(self, item: TreeWrite) -> None:
         """Write `item` with the trees ready beside it; raise its own failure, or its batch's."""
+        if not self._open:
+            raise RuntimeError("trees are saved only inside `async with TreeQueue(...)`")
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.pending.append((item, done))
         if self._draining is None or self._draining.done():
