@@ -144,9 +144,10 @@ async def test_a_request_is_sent_at_most_max_attempts_times(
 
 
 def full_scrub(body: bytes) -> Any:
-    """What an answer reads as when every string is checked: the standard parser, then the scrub."""
+    """What an answer reads as when every string is checked: the standard parser, then the scrub (an
+    array inside a wrapper object, as `_json_value` holds it)."""
     data = json.loads(body)
-    return scrubbed(data, TOKEN, 64) if isinstance(data, dict) else data
+    return scrubbed(data, TOKEN, 64) if isinstance(data, dict) else scrubbed({"v": data}, TOKEN, 65)["v"]
 
 
 def escaped(text: str, every: int) -> str:
@@ -172,5 +173,25 @@ def test_strings_are_scrubbed_whenever_they_need_it(parts: list[str], every: int
     text = escaped("".join(parts), every)
     inner = f'"{text}": 1' if in_key else f'"k": "{text}"'
     body = ('{"items": [{' + inner + '}], "next_page_token": null}').encode("utf-8", "surrogatepass")
+    array = ("[{" + inner + "}]").encode("utf-8", "surrogatepass")  # the usage routes answer arrays too
     client = CircleCIClient("http://127.0.0.1:9", TOKEN)
     assert client._json_object("/x", body) == full_scrub(body)
+    assert client._json_value("/x", body) == full_scrub(body)
+    assert client._json_value("/x", array) == full_scrub(array)
+
+
+@pytest.mark.parametrize("levels", [64, 65])
+@pytest.mark.parametrize("inside", ["1", '"plain"', '"\\u0000"', f'"{TOKEN}"'])
+def test_a_json_value_is_held_to_the_depth_limit_whether_its_strings_are_walked_or_not(
+    levels: int, inside: str
+) -> None:
+    """Plain strings take the path that skips the scrub, a NUL or the token the one that walks them:
+    both refuse what is nested past the limit (64 levels) and mask what they keep."""
+    client = CircleCIClient("http://127.0.0.1:9", TOKEN)
+    for body in ("[" * levels + inside + "]" * levels, '{"a":' * levels + inside + "}" * levels):
+        if levels > 64:
+            with pytest.raises(MalformedResponse, match="nested deeper than 64 levels"):
+                client._json_value("/x", body.encode())
+        else:
+            assert client._json_value("/x", body.encode()) == full_scrub(body.encode())
+            assert TOKEN not in json.dumps(client._json_value("/x", body.encode()))

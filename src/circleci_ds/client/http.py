@@ -594,14 +594,19 @@ class CircleCIClient:
             return self._handle(path, resp, body)
 
     def _json_value(self, path: str, body: bytes) -> Any:
-        """A JSON object or array, held to the same rules as `_json_object`'s."""
-        data, _ = _parse_json(path, body)
+        """A JSON object or array, held to the same rules as `_json_object`'s (its strings walked
+        only when `_needs_no_scrub` cannot rule it out)."""
+        data, by_orjson = _parse_json(path, body)
         if not isinstance(data, dict | list):
             raise MalformedResponse(f"{path}: expected a JSON object or array", status=200, path=path)
+        wrapped, depth = {"value": data}, self.limits.max_depth + 1  # the wrapper takes one level
         try:
-            return scrubbed({"value": data}, self._masked, self.limits.max_depth + 1)["value"]
-        except _Refused as exc:
-            raise MalformedResponse(f"{path}: {exc}", status=200, path=path) from None
+            if self._needs_no_scrub(body, by_orjson):
+                return shallow_enough(wrapped, depth)["value"]
+            return scrubbed(wrapped, self._masked, depth)["value"]
+        except _Refused:  # too deep, the one refusal of both; said without the wrapper's level
+            why = f"JSON nested deeper than {self.limits.max_depth} levels"
+            raise MalformedResponse(f"{path}: {why}", status=200, path=path) from None
 
 
 def _parse_json(path: str, body: bytes) -> tuple[Any, bool]:
