@@ -483,26 +483,35 @@ class Api:
 
     # -- usage exports ---------------------------------------------------------------------------------
 
-    def _usage_gate(self, request: web.Request, view: View, authed: bool) -> web.Response | None:
+    def _usage_refusal(
+        self,
+        request: web.Request,
+        view: View,
+        authed: bool,
+        sent: dict[str, list[int]],
+        limit: int,
+        window_ms: int,
+    ) -> web.Response | None:
+        """The usage routes' first steps: the organisation's access, then the route's limit (`sent`:
+        its requests' times by organisation, this one counted when admitted); None: it goes on."""
         denied = self.sim.config.usage_denied
         if denied is not None:
             return _message(view, denied, "Permission denied" if denied == 403 else "Not found")
         if not authed:
             return _message(view, 401, "Invalid token provided.")
-        if request.match_info["org"] not in self.sim.usage_data.by_org:
+        org = request.match_info["org"]
+        if org not in self.sim.usage_data.by_org:
             return _message(view, 404, "Organization does not exist.")
-        return None
+        with self.sim.usage.lock:
+            admitted = within_limit(sent.setdefault(org, []), view.now, limit, window_ms)
+        return None if admitted else _message(view, 429, "Rate limit exceeded.")
 
     def _usage_create(self, request: web.Request, view: View, authed: bool) -> web.Response:
-        refused = self._usage_gate(request, view, authed)
+        cfg, state = self.sim.config, self.sim.usage
+        refused = self._usage_refusal(request, view, authed, state.posts, cfg.usage_post_limit, HOUR_MS)
         if refused is not None:
             return refused
         org = request.match_info["org"]
-        cfg, state = self.sim.config, self.sim.usage
-        with state.lock:
-            admitted = within_limit(state.posts.setdefault(org, []), view.now, cfg.usage_post_limit, HOUR_MS)
-        if not admitted:
-            return _message(view, 429, "Rate limit exceeded.")
         window = _export_window(request[_BODY])
         if isinstance(window, str):
             return _message(view, 400, window)
@@ -524,18 +533,14 @@ class Api:
         return _json(view, body, status=201)
 
     def _usage_get(self, request: web.Request, view: View, authed: bool) -> web.Response:
-        refused = self._usage_gate(request, view, authed)
+        cfg, state = self.sim.config, self.sim.usage
+        window = int(cfg.usage_get_window_s * 1000)
+        refused = self._usage_refusal(request, view, authed, state.gets, cfg.usage_get_limit, window)
         if refused is not None:
             return refused
-        org = request.match_info["org"]
-        cfg, state = self.sim.config, self.sim.usage
         with state.lock:
-            window = int(cfg.usage_get_window_s * 1000)
-            admitted = within_limit(state.gets.setdefault(org, []), view.now, cfg.usage_get_limit, window)
             job = state.jobs.get(request.match_info["id"])
-        if not admitted:
-            return _message(view, 429, "Rate limit exceeded.")
-        if job is None or job.org_id != org:
+        if job is None or job.org_id != request.match_info["org"]:
             return _message(view, 404, "Usage export not found.")
         job.polls += 1
         urls: list[str] | None = None
