@@ -24,7 +24,7 @@ StoreThread = Callable[..., Awaitable[Any]]  # runs a store call on the collecto
 
 CHUNK = 5000  # results written per transaction at most
 BATCH_JOBS = 100  # whole jobs written per transaction at most
-PAGE = 2000  # jobs needing tests looked at per query
+PAGE = 500  # jobs needing tests looked at per query: their JSON is held until the page is read
 STOP_AFTER = 5  # jobs failing in a row end the endpoint's test phase for this run
 
 
@@ -72,21 +72,21 @@ def unread_page(
     """The next page of stored finished build jobs numbered above `after` whose tests were never
     read (or only half-way; `with_skipped`: or skipped), as test_jobs records, and the highest
     number the page looked at (None: no job is left)."""
-    rows = db.unread_jobs(store, endpoint, after, limit, with_skipped=with_skipped)
+    page = db.unread_jobs(store, endpoint, after, limit, with_skipped=with_skipped)
     pipelines: dict[str, Any] = {}  # the jobs of a page share few pipelines and workflows
     workflows: dict[str, Any] = {}
     out = []
-    for row in rows:
+    for row in page.jobs:
         job = json.loads(row.job)
         if not isinstance(job, dict) or not wants_tests(job):
             continue
         job["details"] = json.loads(row.details) if row.details else None
         if row.pipeline_id not in pipelines:
-            pipelines[row.pipeline_id] = json.loads(row.pipeline)
-        if row.workflow not in workflows:
-            workflows[row.workflow] = json.loads(row.workflow)
-        out.append(job_context(endpoint, job, workflows[row.workflow], pipelines[row.pipeline_id]))
-    return out, (rows[-1].job_number if rows else None)
+            pipelines[row.pipeline_id] = json.loads(page.pipelines[row.pipeline_id])
+        if row.workflow_id not in workflows:
+            workflows[row.workflow_id] = json.loads(page.workflows[row.workflow_id])
+        out.append(job_context(endpoint, job, workflows[row.workflow_id], pipelines[row.pipeline_id]))
+    return out, (page.jobs[-1].job_number if page.jobs else None)
 
 
 class TestPhase:

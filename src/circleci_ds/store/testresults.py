@@ -19,7 +19,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, and_, bindparam, func, select
+from sqlalchemy import Connection, and_, bindparam, exists, func, select
 from sqlalchemy.exc import DBAPIError
 
 from circleci_ds.store import schema as s
@@ -87,26 +87,35 @@ class Unread(NamedTuple):
     job_number: int
     job: str
     details: str | None
-    workflow: str
+    workflow_id: str
     pipeline_id: str
-    pipeline: str
+
+
+@dataclass(frozen=True, slots=True)
+class UnreadPage:
+    """A page of unread jobs, and the JSON of their workflows and pipelines by id (each once)."""
+
+    jobs: list[Unread]
+    workflows: dict[str, str]
+    pipelines: dict[str, str]
 
 
 def unread_jobs(
     store: StoreBase, endpoint: str, after: int, limit: int, *, with_skipped: bool = False
-) -> list[Unread]:
+) -> UnreadPage:
     """The endpoint's next `limit` stored build jobs numbered above `after` without a marker (or only
     half-way read; `with_skipped`: or skipped), by number."""
     j, w, p, t = s.jobs_numbered.c, s.workflows.c, s.pipelines.c, s.test_jobs.c
     final = [Marker.DONE, Marker.NONE] if with_skipped else [Marker.DONE, Marker.NONE, Marker.SKIPPED]
     marked = select(t.job_number).where(t.endpoint == endpoint, t.job_number == j.job_number)
+    # The endpoint as a condition, not a join: the jobs are then read in number order from `after`
+    # and the query stops at `limit`, where a join from the endpoint's pipelines read all its jobs.
+    ours = exists().where(p.id == j.pipeline_id, p.endpoint == endpoint)
     query = (
-        select(j.job_number, j.data, j.details, w.data, p.id, p.data)
-        .select_from(
-            s.jobs_numbered.join(s.workflows, w.id == j.workflow_id).join(s.pipelines, p.id == j.pipeline_id)
-        )
+        select(j.job_number, j.data, j.details, j.workflow_id, j.pipeline_id)
+        .select_from(s.jobs_numbered.join(s.workflows, w.id == j.workflow_id))
         .where(
-            p.endpoint == endpoint,
+            ours,
             j.job_number > after,
             ~marked.where(t.state.in_(final)).exists(),
             j.data.like('%"type":"build"%'),
@@ -115,7 +124,12 @@ def unread_jobs(
         .limit(limit)
     )
     with store.reading() as conn:
-        return [Unread(*row) for row in conn.execute(query)]
+        jobs = [Unread(*row) for row in conn.execute(query)]
+        workflow_ids = sorted({job.workflow_id for job in jobs})
+        pipeline_ids = sorted({job.pipeline_id for job in jobs})
+        workflows = {i: d for i, d in conn.execute(select(w.id, w.data).where(w.id.in_(workflow_ids)))}
+        pipelines = {i: d for i, d in conn.execute(select(p.id, p.data).where(p.id.in_(pipeline_ids)))}
+    return UnreadPage(jobs, workflows, pipelines)
 
 
 def quiet_streaks(store: StoreBase, endpoint: str) -> dict[str, int]:
