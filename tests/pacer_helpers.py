@@ -12,12 +12,16 @@ import heapq
 import math
 import random
 import selectors
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from email.utils import formatdate
+from typing import Any, TypeVar
 
 from circleci_ds.client.pacing import Pacer, Ticket
 from circleci_ds.dev.simulator.ratelimit import Limiter
 from circleci_ds.dev.simulator.server import quota_headers
+
+T = TypeVar("T")
 
 EPOCH = 1_800_000_000.0  # the fake server's wall clock is EPOCH + the fake monotonic clock
 
@@ -53,6 +57,15 @@ class SimulatedLoop(asyncio.SelectorEventLoop):
 
     def time(self) -> float:
         return self.clock.now
+
+
+def run_simulated(clock: FakeClock, main: Coroutine[Any, Any, T]) -> T:
+    """Run `main` to its end on a SimulatedLoop of `clock`, then close the loop."""
+    loop = SimulatedLoop(clock)
+    try:
+        return loop.run_until_complete(main)
+    finally:
+        loop.close()
 
 
 @dataclass

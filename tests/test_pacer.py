@@ -21,7 +21,7 @@ from circleci_ds.client.http import CircleCIClient, RateLimitWait
 from circleci_ds.client.pacing import Pacer, Ticket, WaitBudget, WaitTooLong
 from circleci_ds.dev.simulator import SimConfig, SimProject, Simulator
 from circleci_ds.dev.simulator.ratelimit import FixedWindow, Limiter, TokenBucket
-from pacer_helpers import FakeClock, SimulatedLoop, drive
+from pacer_helpers import FakeClock, drive, run_simulated
 
 
 def send(pacer: Pacer, clock: FakeClock) -> Ticket:
@@ -370,11 +370,7 @@ def run_workers(
     async def main() -> None:
         await asyncio.gather(*(worker() for _ in range(workers)))
 
-    loop = SimulatedLoop(clock)
-    try:
-        loop.run_until_complete(main())
-    finally:
-        loop.close()
+    run_simulated(clock, main())
     return sent
 
 
@@ -420,12 +416,8 @@ def test_a_cancelled_waiter_does_not_hold_the_others(monkeypatch: pytest.MonkeyP
         got.append(await waiting[2])
         assert waiting[0].cancelled() and waiting[1].cancelled()
 
-    loop = SimulatedLoop(clock)
     start = clock.now
-    try:
-        loop.run_until_complete(main())
-    finally:
-        loop.close()
+    run_simulated(clock, main())
     assert got[0].sent == pytest.approx(start + 1 / Pacer.START)
 
 
@@ -448,12 +440,8 @@ def test_requests_waiting_their_turn_when_a_pause_begins_each_judge_it_on_their_
         pacer.observe(first, 429, {"Retry-After": "300"})
         await asyncio.gather(*waiting)
 
-    loop = SimulatedLoop(clock)
     start = clock.now
-    try:
-        loop.run_until_complete(main())
-    finally:
-        loop.close()
+    run_simulated(clock, main())
     assert sorted(outcomes) == ["gave up at +0.05", "gave up at +0.05", "sent at +300.001"]
 
 
