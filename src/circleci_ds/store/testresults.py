@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, and_, bindparam, exists, func, select
-from sqlalchemy.exc import DBAPIError
 
 from circleci_ds.store import schema as s
 from circleci_ds.store.base import StoreBase, dumps_bytes
+from circleci_ds.store.bulk import driver_cursor
 
 _KEYS_PER_QUERY = 400  # (classname, name) pairs or job numbers per IN (...) lookup
 _RAW_LEVEL = 6
@@ -389,16 +389,9 @@ class _Writer:
 
     def _copy(self, statement: str, rows: list[tuple[Any, ...]]) -> None:
         """PostgreSQL's COPY through the driver; its errors surface as the other statements' do."""
-        dbapi = self.conn.dialect.loaded_dbapi
-        cursor = self.conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-        try:
-            with cursor.copy(statement) as copy:
-                for row in rows:
-                    copy.write_row(row)
-        except dbapi.Error as exc:
-            raise DBAPIError.instance(statement, None, exc, dbapi.Error) from None
-        finally:
-            cursor.close()
+        with driver_cursor(self.conn, statement) as cursor, cursor.copy(statement) as copy:
+            for row in rows:
+                copy.write_row(row)
 
     def _case_refs(self, endpoint: str, job_name: str, facts: Sequence[Fact]) -> Names:
         """The ids of the job name's tests, these facts' included: known, else from the table, else
