@@ -4,8 +4,8 @@ CPython frees an object when its last reference goes; its cycle collector only f
 refers to itself. It walks the young objects every 700 new containers by default: every few requests
 here, as each parsed answer is hundreds of dicts and lists, which die by reference count anyway. The
 collector makes almost no cycles, so those walks find next to nothing; walking every 50,000 containers
-cuts the collector's CPU in them about tenfold (docs/benchmarks-collect.md) and leaves memory bounded
-by the same 50,000 objects at most.
+cuts the collector's CPU in them about tenfold (docs/benchmarks-collect.md); garbage in a cycle
+waits for at most 50,000 new containers instead of 700 before it is freed.
 """
 
 from __future__ import annotations
