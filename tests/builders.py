@@ -1,5 +1,5 @@
-"""One home for the raw items tests build by hand: a job and a workflow as the API lists them, and a
-StoredTree around a pipeline as the store gives it back.
+"""One home for the raw items tests build by hand: a job and a workflow as the API lists them, a
+StoredTree around a pipeline as the store gives it back, and a job whose tests are to be read.
 
 Fields a test does not name are absent, or take the defaults below; times are ISO text (each test
 file keeps its own shorthand for its clock). Trees that the simulator generates come from
@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from circleci_ds.store import StoredTree
+from circleci_ds.store.testresults import TestJob
 
 SLUG = "gh/acme/api"
 NATIVE = "acme"
@@ -57,3 +58,9 @@ def stored_tree(
 ) -> StoredTree:
     """A pipeline tree as Store.iter_trees gives it (no stored facts: readers derive them)."""
     return StoredTree(endpoint, native, f"https://circleci.com/{endpoint}", updated_on, data)
+
+
+def unread_job(number: int, name: str = "lint", status: str = "success", endpoint: str = SLUG) -> TestJob:
+    """A finished build job of `endpoint` whose tests are to be read: a minute long, on main."""
+    return TestJob(endpoint, number, f"id-{number}", "p", "w", "build", name, "main", "c", status,
+                   1.7e9, 1.7e9, 1.7e9 + 60, 60.0, None)  # fmt: skip

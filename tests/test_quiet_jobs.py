@@ -10,6 +10,7 @@ from typing import Any
 from rich.console import Console
 
 import circleci_ds.derive.tests as rules
+from builders import unread_job as job
 from circleci_ds.collect.tests import write_jobs
 from circleci_ds.derive.facts import open_store
 from circleci_ds.dev.simulator import SimConfig, SimProject, Simulator
@@ -22,11 +23,6 @@ from test_testresults_collect import threaded as threaded  # a fixture: a simula
 
 SLUG = "gh/acme/api"
 DAY = 86400.0
-
-
-def job(number: int, name: str = "lint", status: str = "success") -> db.TestJob:
-    return db.TestJob(SLUG, number, f"id-{number}", "p", "w", "build", name, "main", "c", status,
-                      1.7e9, 1.7e9, 1.7e9 + 60, 60.0, None)  # fmt: skip
 
 
 def test_a_quiet_name_is_read_when_it_failed_or_is_sampled() -> None:
