@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 import circleci_ds.collect.tests as phase
 import circleci_ds.derive.tests as rules
+from builders import unread_job
 from circleci_ds.derive.facts import open_store
 from circleci_ds.dev.simulator import SimConfig, SimProject, Simulator
 from circleci_ds.store import testresults as db
@@ -104,6 +106,36 @@ async def test_running_jobs_are_read_once_finished(db_url: str, monkeypatch: pyt
         assert {k: v for k, v in after.items() if k in before} == before
         read = [k for k, (state, _) in after.items() if k not in before and state != db.Marker.SKIPPED]
         assert sim.stats["by_endpoint"]["tests"] >= len(read) > 0
+
+
+async def test_a_full_batch_is_written_while_the_next_one_fills(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whoever fills a batch (a reader, or the loop that starts readers) hands it to the store and goes
+    on; it waits only while the store is a whole batch behind."""
+    monkeypatch.setattr(phase, "BATCH_JOBS", 3)
+    release = asyncio.Event()
+    written: list[list[int]] = []
+
+    async def store_thread(fn: Any, store: Any, batch: Any, known: Any) -> None:  # holds every write
+        assert fn is phase.write_jobs
+        await release.wait()
+        written.append([job.job_number for job, _ in batch])
+
+    reads = phase.TestPhase(
+        cast(Any, None), cast(Any, None), store_thread, phase.TestCounts(), "e", phase.TestOptions()
+    )
+    async with asyncio.TaskGroup() as group:
+        reads.group = group
+        for number in range(5):  # the first batch is handed over while its write is held
+            await asyncio.wait_for(reads._batched(unread_job(number), [{}]), 5)
+        filler = group.create_task(reads._batched(unread_job(5), [{}]))  # the second waits for it
+        await asyncio.sleep(0.05)
+        assert not filler.done()
+        release.set()
+        await asyncio.wait_for(filler, 5)
+        reads.group = None
+    await reads.flush()
+    assert written == [[0, 1, 2], [3, 4, 5]]
+    assert (reads.counts.jobs, reads.counts.results) == (6, 6)
 
 
 async def test_large_results_are_paged_and_written_in_chunks(

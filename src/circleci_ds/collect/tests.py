@@ -117,6 +117,8 @@ class TestPhase:
         self.errors: list[str] = []
         self.batch: list[tuple[TestJob, list[Any] | None]] = []  # jobs read (or skipped), not written yet
         self.batched = 0  # their results
+        self.group: asyncio.TaskGroup | None = None  # the run's readers and batch writes
+        self.writing: asyncio.Task[None] | None = None  # the latest batch handed to the store
         self.known: CaseRefs = {}  # test ids already in the store, shared by the endpoint's jobs
         self.failures_in_a_row = 0
         self.stopped = False  # no more jobs are started this run
@@ -130,6 +132,7 @@ class TestPhase:
             self.streaks = await self.db(db.quiet_streaks, self.store, self.endpoint)
         after: int | None = -1
         async with asyncio.TaskGroup() as group:
+            self.group = group
             while after is not None and not self.stopped:  # a page of jobs at a time: bounded memory
                 pending, after = await self.db(
                     unread_page, self.store, self.endpoint, after, PAGE, with_skipped=read_all
@@ -143,6 +146,7 @@ class TestPhase:
                         self.slots.release()
                         break
                     group.create_task(self._guarded(job))
+        self.group = None
         await self.flush()
         if self.woke:
             await self.db(db.unskip, self.store, self.endpoint, self.woke)
@@ -205,11 +209,26 @@ class TestPhase:
         if items is None:
             self.counts.skipped += 1
         if len(self.batch) >= BATCH_JOBS or self.batched >= CHUNK:
+            await self._hand_over()
+
+    async def _hand_over(self) -> None:
+        """Write the batch on a task of its own. Whoever filled it (a reader, or the loop that
+        starts readers) waits only for the write before it: reads go on while the store writes, and
+        a store a whole batch behind holds them back."""
+        if self.group is None:
             await self.flush()
+            return
+        batch, self.batch, self.batched = self.batch, [], 0
+        previous, self.writing = self.writing, self.group.create_task(self._write(batch))
+        if previous is not None:
+            await previous
 
     async def flush(self) -> None:
         """Write the whole jobs read so far in one transaction (a kill before it loses only reads)."""
         batch, self.batch, self.batched = self.batch, [], 0
+        await self._write(batch)
+
+    async def _write(self, batch: list[tuple[TestJob, list[Any] | None]]) -> None:
         if batch:
             await self.db(write_jobs, self.store, batch, self.known)
             for _, items in batch:
