@@ -18,6 +18,7 @@ import circleci_ds.derive.tests as rules
 from builders import unread_job
 from circleci_ds.derive.facts import open_store
 from circleci_ds.dev.simulator import SimConfig, SimProject, Simulator
+from circleci_ds.store import StoreError
 from circleci_ds.store import testresults as db
 from collect_helpers import collect as collect_all
 from collect_helpers import kill_9_once, quirky_server
@@ -136,6 +137,29 @@ async def test_a_full_batch_is_written_while_the_next_one_fills(monkeypatch: pyt
     await reads.flush()
     assert written == [[0, 1, 2], [3, 4, 5]]
     assert (reads.counts.jobs, reads.counts.results) == (6, 6)
+
+
+async def test_a_batch_the_store_refuses_stops_the_run_with_the_store_error(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch written on its own task fails the run as a write in the reader's task did: the
+    store's error, alone; the batches written before it stay."""
+    monkeypatch.setattr(phase, "BATCH_JOBS", 4)
+    real, calls = phase.write_jobs, []
+
+    def refusing(store: Any, batch: Any, known: Any) -> None:
+        calls.append(len(batch))
+        if len(calls) == 3:
+            raise StoreError("database is full")
+        real(store, batch, known)
+
+    monkeypatch.setattr(phase, "write_jobs", refusing)
+    sim = Simulator(config(projects=[SimProject("gh/acme/api", pipelines=12)]))
+    async with sim.serve() as url:
+        with pytest.raises(StoreError, match="database is full"):
+            await collect(url, db_url, ["gh/acme/api"])
+    done = [state for state, _ in markers(db_url).values() if state != db.Marker.READING]
+    assert len(calls) >= 3 and len(done) >= sum(calls[:2])
 
 
 async def test_large_results_are_paged_and_written_in_chunks(
