@@ -37,7 +37,10 @@ Requests, 429s and requests in flight are counted by the simulator (`/_sim/stats
 from the first request the simulator saw (polled every 5 ms) to the collector's exit, so it leaves
 out interpreter start-up and imports; `wall s` is the whole process. Peak RSS and CPU come from
 `os.wait4` on the collector; CPU per request leaves out the CPU of `python -m circleci_ds version`
-(interpreter start-up and the same imports; the median of 5 starts), shown in the header.
+(interpreter start-up and the same imports; the median of 5 starts), shown in the header. `mean in
+flight` is the simulator's requests in flight averaged over `active s` (at most --concurrency: what
+the time allowed, by Little's law); `test reads/s` the test-result reads a second from the first to
+the last (0 when none).
 """
 
 from __future__ import annotations
@@ -79,6 +82,12 @@ class Run:
     max_in_flight: int
     cpu_s: float
     peak_rss_mb: float
+    in_flight_s: float = 0.0  # requests in flight summed over time (the simulator's)
+    tests_per_s: float | None = None  # test-result reads a second, from the first to the last
+
+    @property
+    def mean_in_flight(self) -> float:
+        return self.in_flight_s / self.active_s if self.active_s > 0 else 0.0
 
     @property
     def answered(self) -> int:
@@ -125,6 +134,7 @@ def collect(sim: Sim, fixture: Path, db_url: str, concurrency: int = 16, *extra:
     args += ["--concurrency", str(concurrency), *extra]
     wall, active, usage = run_process(args, sim)
     stats = sim.stats()
+    tests, span = stats["by_endpoint"].get("tests", 0), stats.get("spans", {}).get("tests")
     return Run(
         wall_s=wall,
         active_s=active,
@@ -133,6 +143,8 @@ def collect(sim: Sim, fixture: Path, db_url: str, concurrency: int = 16, *extra:
         max_in_flight=stats["max_in_flight"],
         cpu_s=usage.ru_utime + usage.ru_stime,
         peak_rss_mb=usage.ru_maxrss / 1024,  # KiB on Linux
+        in_flight_s=stats.get("in_flight_seconds", 0.0),  # absent from older simulators
+        tests_per_s=tests / (span[1] - span[0]) if span and span[1] > span[0] else None,
     )
 
 
@@ -171,6 +183,8 @@ def base_row(label: str, run: Run, base_cpu_ms: float) -> Row:
         "requests": run.requests,
         "429s": run.rate_limited,
         "max in flight": run.max_in_flight,
+        "mean in flight": run.mean_in_flight,
+        "test reads/s": run.tests_per_s if run.tests_per_s is not None else 0.0,
         "peak RSS MB": run.peak_rss_mb,
         "CPU ms/req": max(0.0, run.cpu_s * 1000 - base_cpu_ms) / max(1, run.requests),
     }

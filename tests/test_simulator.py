@@ -548,6 +548,7 @@ async def test_stats_latency_and_max_in_flight(session: aiohttp.ClientSession) -
     async with serving(sim, session) as client:
         await asyncio.gather(*(client.get("/project/gh/acme/api/pipeline") for _ in range(12)))
         assert sim.stats["max_in_flight"] >= 6  # answers held for the latency overlap
+        assert sim.stats["in_flight_seconds"] >= 12 * 0.05  # each held 60 ms, less 10 of jitter
         sim.configure(latency_ms=0.0, jitter_ms=0.0)
         pipeline = next(p for p in sim.truth("gh/acme/api") if p["workflows"])
         workflow = pipeline["workflows"][0]
@@ -567,9 +568,12 @@ async def test_stats_latency_and_max_in_flight(session: aiohttp.ClientSession) -
             "collaborations": 0, "org_pipelines": 0, "usage_create": 0, "usage_get": 0,
         }
         assert remote["status"] == {"200": 18, "401": 1, "404": 1}
+        asked = {kind for kind, count in remote["by_endpoint"].items() if count}
+        assert set(remote["spans"]) == asked
+        assert all(first <= last for first, last in remote["spans"].values())
         await admin(session, "POST", client.base_url, "/reset-stats")
         assert sim.stats == {"requests": 0, "by_endpoint": dict.fromkeys(remote["by_endpoint"], 0),
-                             "status": {}, "max_in_flight": 0}
+                             "status": {}, "max_in_flight": 0, "in_flight_seconds": 0.0, "spans": {}}
 
 
 # -- admin routes, threads and standalone ---------------------------------------------------------------

@@ -6,6 +6,7 @@ import asyncio
 import json
 import math
 import random
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -50,7 +51,9 @@ _FAULT_BODIES = {
 
 
 class Stats:
-    """Request counters for the non-admin API."""
+    """Request counters for the non-admin API, and how busy it was (for benchmarks: requests in flight
+    over time, and when each kind of request was first and last asked, on this process's monotonic
+    clock)."""
 
     def __init__(self) -> None:
         self.in_flight = 0
@@ -61,26 +64,41 @@ class Stats:
         self.by_endpoint = dict.fromkeys(ENDPOINTS, 0)
         self.status: dict[str, int] = {}
         self.max_in_flight = self.in_flight
+        self.in_flight_seconds = 0.0  # the sum over time of the requests in flight
+        self.spans: dict[str, list[float]] = {}  # kind -> [first asked, last asked]
+        self._since = time.monotonic()
+
+    def _busy(self) -> float:
+        now = time.monotonic()
+        self.in_flight_seconds += self.in_flight * (now - self._since)
+        self._since = now
+        return now
 
     def begin(self, kind: str | None) -> None:
+        now = self._busy()
         self.requests += 1
         if kind is not None:
             self.by_endpoint[kind] += 1
+            self.spans.setdefault(kind, [now, now])[1] = now
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
 
     def end(self, status: int | None) -> None:
+        self._busy()
         self.in_flight -= 1
         if status is not None:
             key = str(status)
             self.status[key] = self.status.get(key, 0) + 1
 
     def snapshot(self) -> dict[str, Any]:
+        self._busy()
         return {
             "requests": self.requests,
             "by_endpoint": dict(self.by_endpoint),
             "status": dict(self.status),
             "max_in_flight": self.max_in_flight,
+            "in_flight_seconds": self.in_flight_seconds,
+            "spans": {kind: list(span) for kind, span in self.spans.items()},
         }
 
 
