@@ -373,6 +373,20 @@ def tests(args: argparse.Namespace, work: Workdir, base_cpu_ms: float) -> list[R
     return rows
 
 
+def store_item(job: int, test: int) -> dict[str, Any]:
+    """A test result of the `store` scenario: one in 97 fails."""
+    failed = (job + test) % 97 == 0
+    return {
+        "message": "AssertionError: assert 200 == 503" if failed else None,
+        "source": "pytest",
+        "run_time": 0.001 * ((job * 31 + test) % 997),
+        "file": f"tests/test_module_{test % 20}.py",
+        "result": "failure" if failed else "success",
+        "name": f"test_case_{test}",
+        "classname": f"tests.test_module_{test % 20}.TestModule",
+    }
+
+
 def store(args: argparse.Namespace, work: Workdir, base_cpu_ms: float) -> list[Row]:
     """Test results written as the collector writes them, in this process: results per CPU second."""
     from circleci_ds.collect.gc_tuning import fewer_gc_passes
@@ -382,25 +396,12 @@ def store(args: argparse.Namespace, work: Workdir, base_cpu_ms: float) -> list[R
     db_url = work.fresh_db()
     target = open_store(db_url)
     names = [f"test-shard-{i}" for i in range(10)]
-
-    def item(job: int, test: int) -> dict[str, Any]:
-        failed = (job + test) % 97 == 0
-        return {
-            "message": "AssertionError: assert 200 == 503" if failed else None,
-            "source": "pytest",
-            "run_time": 0.001 * ((job * 31 + test) % 997),
-            "file": f"tests/test_module_{test % 20}.py",
-            "result": "failure" if failed else "success",
-            "name": f"test_case_{test}",
-            "classname": f"tests.test_module_{test % 20}.TestModule",
-        }
-
     jobs = []
     for number in range(1, args.store_jobs + 1):
         job = TestJob("gh/bench/store", number, f"job-{number}", "p", "w", "build", names[number % 10],
                       "main", "c0ffee", "success", 1.7e9 + number, 1.7e9 + number, 1.7e9 + number + 60,
                       60.0, None)  # fmt: skip
-        jobs.append((job, [item(number, i) for i in range(args.store_tests)]))
+        jobs.append((job, [store_item(number, i) for i in range(args.store_tests)]))
     known: CaseRefs = {}
     try:
         with fewer_gc_passes():  # as `collect` runs
