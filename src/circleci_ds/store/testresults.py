@@ -23,9 +23,8 @@ from sqlalchemy import Connection, and_, bindparam, exists, func, select
 
 from circleci_ds.store import schema as s
 from circleci_ds.store.base import StoreBase, dumps_bytes
-from circleci_ds.store.bulk import driver_cursor
+from circleci_ds.store.bulk import KEYS_PER_QUERY, driver_cursor
 
-_KEYS_PER_QUERY = 400  # (classname, name) pairs or job numbers per IN (...) lookup
 _RAW_LEVEL = 1  # zlib's fastest: pages 12-29% larger than at 6 (about 1% of a store), writing cheaper
 
 
@@ -359,8 +358,8 @@ class _Writer:
     def _markers(self, endpoint: str, numbers: list[int]) -> dict[int, tuple[int, str, int]]:
         """Job number -> (ref, state, tests) of the markers these jobs have."""
         out: dict[int, tuple[int, str, int]] = {}
-        for start in range(0, len(numbers), _KEYS_PER_QUERY):
-            batch = numbers[start : start + _KEYS_PER_QUERY]
+        for start in range(0, len(numbers), KEYS_PER_QUERY):
+            batch = numbers[start : start + KEYS_PER_QUERY]
             rows = self.conn.exec_driver_sql(self.sql.markers(len(batch)), (endpoint, *batch))
             out.update({number: (ref, state, tests) for number, ref, state, tests in rows})
         return out
@@ -419,11 +418,11 @@ class _Writer:
         wanted = set(keys)
         out: Names = {}
         classnames = sorted({classname for classname, _ in keys})
-        for start in range(0, len(classnames), _KEYS_PER_QUERY):
+        for start in range(0, len(classnames), KEYS_PER_QUERY):
             params = {
                 "endpoint": endpoint,
                 "job_name": job_name,
-                "classnames": classnames[start : start + _KEYS_PER_QUERY],
+                "classnames": classnames[start : start + KEYS_PER_QUERY],
             }
             for classname, name, ref in self.conn.execute(_cases_lookup, params):
                 if (classname, name) in wanted:
